@@ -1,0 +1,288 @@
+"""Qwen2 / Qwen2.5 decoder in Flax NNX, with a value head and an explicit KV cache.
+
+Numerics follow transformers' `Qwen2ForCausalLM`: RMSNorm and softmax in fp32, RoPE
+tables in fp32, rotate-half RoPE, grouped-query attention with q/k/v biases and no o-proj
+bias, SwiGLU MLP, tied or untied output head. Logits come back in fp32.
+
+The KV cache is a pytree passed in and returned; nothing is mutated in place. A cache has
+`S` slots; `valid[b, s]` says whether slot `s` of row `b` holds a real token, so rows of
+different lengths share one cache (left padding, or holes). `end` is the next slot written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+  """Architecture hyper-parameters (names follow the Hugging Face config where they exist)."""
+
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  num_key_value_heads: int
+  head_dim: int = 0  # 0: hidden_size // num_attention_heads
+  rope_theta: float = 1_000_000.0
+  rms_norm_eps: float = 1e-6
+  tie_word_embeddings: bool = False
+  max_position_embeddings: int = 32768
+  value_hidden_multiplier: int = 4  # value MLP: H -> m*H -> H -> 1 (1536 -> 6144 -> 1536 -> 1)
+
+  def __post_init__(self):
+    if self.head_dim == 0:
+      object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+    if self.num_attention_heads % self.num_key_value_heads:
+      raise ValueError(
+          f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+          f"num_key_value_heads ({self.num_key_value_heads})")
+
+
+@chex.dataclass(frozen=True)
+class KVCache:
+  """Per-layer keys and values for `S` slots, plus which slots hold real tokens."""
+
+  key_states: jax.Array  # [layers, B, S, kv_heads, head_dim]
+  value_states: jax.Array  # [layers, B, S, kv_heads, head_dim]
+  valid: jax.Array  # [B, S] bool
+  end: jax.Array  # [] int32: next slot to write
+
+  @classmethod
+  def empty(cls, config: Qwen2Config, batch_size: int, num_slots: int, dtype=jnp.float32):
+    """An all-empty cache for `batch_size` rows of `num_slots` slots."""
+    shape = (config.num_hidden_layers, batch_size, num_slots, config.num_key_value_heads,
+             config.head_dim)
+    return cls(key_states=jnp.zeros(shape, dtype), value_states=jnp.zeros(shape, dtype),
+               valid=jnp.zeros((batch_size, num_slots), bool), end=jnp.zeros((), jnp.int32))
+
+
+@chex.dataclass(frozen=True)
+class ModelOutput:
+  """What one forward pass returns."""
+
+  logits: jax.Array  # [B, T, V] float32 ([B, 1, V] with last_only=True)
+  values: jax.Array  # [B, T] float32 in [-1, 1]
+  hidden: jax.Array  # [B, T, H] final (normed) hidden state
+  cache: KVCache | None
+
+
+def _normal(std):
+  return nnx.initializers.normal(stddev=std)
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm computed in fp32, as in transformers."""
+
+  def __init__(self, dim: int, eps: float, dtype):
+    self.scale = nnx.Param(jnp.ones((dim,), dtype))
+    self.eps = eps
+
+  def __call__(self, x):
+    input_dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...] * x32.astype(input_dtype)
+
+
+def rope_tables(positions, head_dim: int, theta: float):
+  """cos, sin tables [B, T, head_dim] in fp32 for integer positions [B, T]."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  angles = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def _rotate_half(x):
+  half = x.shape[-1] // 2
+  return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x, cos, sin):
+  """Rotate x [B, T, heads, D] by the tables [B, T, D]."""
+  cos = cos[:, :, None, :].astype(x.dtype)
+  sin = sin[:, :, None, :].astype(x.dtype)
+  return x * cos + _rotate_half(x) * sin
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with q/k/v biases."""
+
+  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs):
+    c = config
+    dense = lambda i, o, bias: nnx.Linear(i, o, use_bias=bias, dtype=dtype, param_dtype=dtype,
+                                          kernel_init=_normal(0.02), rngs=rngs)
+    self.q_proj = dense(c.hidden_size, c.num_attention_heads * c.head_dim, True)
+    self.k_proj = dense(c.hidden_size, c.num_key_value_heads * c.head_dim, True)
+    self.v_proj = dense(c.hidden_size, c.num_key_value_heads * c.head_dim, True)
+    self.o_proj = dense(c.num_attention_heads * c.head_dim, c.hidden_size, False)
+    self.num_heads = c.num_attention_heads
+    self.num_kv_heads = c.num_key_value_heads
+    self.head_dim = c.head_dim
+
+  def __call__(self, x, cos, sin, mask, past):
+    """x [B, T, H]; mask [B, T, S] bool; past: (keys, values) [B, S', kv, D] or None."""
+    batch, length, _ = x.shape
+    q = self.q_proj(x).reshape(batch, length, self.num_heads, self.head_dim)
+    k = self.k_proj(x).reshape(batch, length, self.num_kv_heads, self.head_dim)
+    v = self.v_proj(x).reshape(batch, length, self.num_kv_heads, self.head_dim)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if past is not None:
+      past_k, past_v, start = past
+      k = jax.lax.dynamic_update_slice(past_k, k.astype(past_k.dtype), (0, start, 0, 0))
+      v = jax.lax.dynamic_update_slice(past_v, v.astype(past_v.dtype), (0, start, 0, 0))
+    group = self.num_heads // self.num_kv_heads
+    q = q.reshape(batch, length, self.num_kv_heads, group, self.head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+                        preferred_element_type=jnp.float32) * (self.head_dim ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(x.dtype))
+    out = out.reshape(batch, length, self.num_heads * self.head_dim)
+    return self.o_proj(out), (k, v)
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward block."""
+
+  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs):
+    dense = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=dtype, param_dtype=dtype,
+                                    kernel_init=_normal(0.02), rngs=rngs)
+    self.gate_proj = dense(config.hidden_size, config.intermediate_size)
+    self.up_proj = dense(config.hidden_size, config.intermediate_size)
+    self.down_proj = dense(config.intermediate_size, config.hidden_size)
+
+  def __call__(self, x):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+  """Pre-norm attention + MLP block."""
+
+  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs):
+    self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+    self.self_attn = Attention(config, dtype, rngs)
+    self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+    self.mlp = MLP(config, dtype, rngs)
+
+  def __call__(self, x, cos, sin, mask, past):
+    attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
+    x = x + attn
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return x, kv
+
+
+class ValueHead(nnx.Module):
+  """MLP on the final hidden state: H -> m*H -> H -> 1, ReLU, tanh output; fp32 params."""
+
+  def __init__(self, hidden_size: int, multiplier: int, rngs: nnx.Rngs):
+    wide = hidden_size * multiplier
+    self.fc1 = nnx.Linear(hidden_size, wide, rngs=rngs)
+    self.fc2 = nnx.Linear(wide, hidden_size, rngs=rngs)
+    self.out = nnx.Linear(hidden_size, 1, kernel_init=_normal(0.01), rngs=rngs)
+
+  def __call__(self, hidden):
+    h = jax.nn.relu(self.fc1(hidden.astype(jnp.float32)))
+    h = jax.nn.relu(self.fc2(h))
+    return jnp.tanh(self.out(h)[..., 0])
+
+
+class Qwen2Model(nnx.Module):
+  """Qwen2 causal LM plus value head. `model(tokens)` -> ModelOutput(logits, values, ...)."""
+
+  def __init__(self, config: Qwen2Config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.config = config
+    self.dtype = dtype
+    self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype,
+                                  param_dtype=dtype, embedding_init=_normal(0.02), rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(config, dtype, rngs)
+                            for _ in range(config.num_hidden_layers)])
+    self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+    if not config.tie_word_embeddings:
+      self.lm_head = nnx.Linear(config.hidden_size, config.vocab_size, use_bias=False,
+                                dtype=dtype, param_dtype=dtype, kernel_init=_normal(0.02),
+                                rngs=rngs)
+    self.value_head = ValueHead(config.hidden_size, config.value_hidden_multiplier, rngs)
+
+  def output_embedding(self):
+    """The [H, V] matrix mapping final hidden states to logits."""
+    if self.config.tie_word_embeddings:
+      return self.embed_tokens.embedding[...].T
+    return self.lm_head.kernel[...]
+
+  def __call__(self, tokens, *, positions=None, attention_mask=None,
+               cache: KVCache | None = None, last_only: bool = False) -> ModelOutput:
+    """Forward tokens [B, T] int32; with a cache they are written at slots end..end+T-1.
+
+    attention_mask [B, T] (1 = real token) marks padding among these tokens; positions
+    [B, T] default to the count of real tokens before each one (cache included).
+    """
+    chex.assert_rank(tokens, 2)
+    batch, length = tokens.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((batch, length), bool)
+    attention_mask = attention_mask.astype(bool)
+    if cache is None:
+      previous = jnp.zeros((batch,), jnp.int32)
+      key_valid = attention_mask  # [B, S=T]
+      start = 0
+    else:
+      previous = cache.valid.sum(-1).astype(jnp.int32)
+      start = cache.end
+      key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, start))
+    if positions is None:
+      positions = previous[:, None] + jnp.cumsum(attention_mask, axis=-1) - 1
+      positions = jnp.maximum(positions, 0)
+    num_slots = key_valid.shape[1]
+    query_slots = start + jnp.arange(length)
+    causal = jnp.arange(num_slots)[None, :] <= query_slots[:, None]  # [T, S]
+    mask = causal[None] & key_valid[:, None, :]  # [B, T, S]
+
+    cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+    x = self.embed_tokens(tokens)
+    new_keys, new_values = [], []
+    for i, layer in enumerate(self.layers):
+      past = None if cache is None else (cache.key_states[i], cache.value_states[i], start)
+      x, (k, v) = layer(x, cos, sin, mask, past)
+      new_keys.append(k)
+      new_values.append(v)
+    hidden = self.norm(x)
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(key_states=jnp.stack(new_keys), value_states=jnp.stack(new_values),
+                          valid=key_valid, end=(start + length).astype(jnp.int32))
+    head_input = hidden[:, -1:] if last_only else hidden
+    logits = jnp.einsum("bth,hv->btv", head_input, self.output_embedding().astype(hidden.dtype),
+                        preferred_element_type=jnp.float32)
+    values = self.value_head(hidden)
+    return ModelOutput(logits=logits, values=values, hidden=hidden, cache=new_cache)
+
+
+def init_model(config: Qwen2Config, seed: int = 0, dtype=jnp.float32) -> Qwen2Model:
+  """A randomly initialised model (normal(0.02) weights, as transformers does)."""
+  return Qwen2Model(config, dtype=dtype, rngs=nnx.Rngs(seed))
+
+
+def num_params(model: nnx.Module) -> int:
+  """Number of parameters in a module."""
+  state = nnx.state(model, nnx.Param)
+  return sum(int(x.size) for x in jax.tree.leaves(state))
+
+
+def forward_flops_per_token(config: Qwen2Config, context: int) -> float:
+  """Approximate forward FLOPs per token: 2 * matmul params + attention over `context`."""
+  c = config
+  attn_params = c.hidden_size * (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim
+  attn_params += c.num_attention_heads * c.head_dim * c.hidden_size
+  mlp_params = 3 * c.hidden_size * c.intermediate_size
+  matmul = c.num_hidden_layers * (attn_params + mlp_params) + c.hidden_size * c.vocab_size
+  attention = c.num_hidden_layers * 2 * c.num_attention_heads * c.head_dim * context
+  return 2.0 * matmul + 2.0 * attention
+

@@ -1,0 +1,155 @@
+"""Batched generation: prefill, then a `lax.while_loop` decode with per-row stop flags.
+
+Prompts come right-padded with their lengths and are left-aligned inside (so every row
+writes the same cache slot each step); positions count real tokens only, so results do
+not depend on padding. Randomness is per row (one key per row, folded with the step), so
+a row's sample depends only on its own key: the same on 1 device or 8.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxdistill.models.qwen2 import KVCache, Qwen2Model
+
+
+@chex.dataclass(frozen=True)
+class SampleOutput:
+  """Generated continuations, padded to max_new_tokens."""
+
+  tokens: jax.Array  # [B, N] int32, pad_id after a row finished
+  lengths: jax.Array  # [B] int32: generated tokens, the stop token included
+  logprobs: jax.Array  # [B, N] float32 log pi(token) at temperature 1 (0 on padding)
+  sample_logprobs: jax.Array  # [B, N] float32 under the sampling distribution (0 if greedy)
+  values: jax.Array  # [B, N] float32 value head at the state before each token
+  finished: jax.Array  # [B] bool: stopped on a stop token (not cut at max_new_tokens)
+
+
+def left_align(tokens, lengths, pad_id: int = 0):
+  """Right-padded tokens [B, T] -> left-padded tokens and their mask [B, T]."""
+  width = tokens.shape[1]
+  shift = width - lengths
+  aligned = jax.vmap(jnp.roll)(tokens, shift)
+  mask = jnp.arange(width)[None, :] >= shift[:, None]
+  return jnp.where(mask, aligned, pad_id), mask
+
+
+def prefill(model: Qwen2Model, tokens, lengths, num_slots: int, pad_id: int = 0):
+  """Run right-padded prompts [B, T] into a fresh cache of `num_slots` slots.
+
+  Returns (cache, logits [B, V] and value [B] at each prompt's last token).
+  """
+  batch, width = tokens.shape
+  aligned, mask = left_align(tokens, lengths, pad_id)
+  cache = KVCache.empty(model.config, batch, num_slots, model.dtype)
+  out = model(aligned, attention_mask=mask, cache=cache, last_only=True)
+  return out.cache, out.logits[:, -1], out.values[:, -1]
+
+
+def _top_p_filter(logits, temperature, top_p):
+  """Mask logits [B, V] outside the smallest set whose probability reaches top_p."""
+
+  def filter_(logits):
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered / temperature, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    kept = jnp.where(before < top_p, ordered, jnp.inf)
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+  return jax.lax.cond(top_p < 1.0, filter_, lambda x: x, logits)
+
+
+def sample_tokens(row_keys, logits, temperature, top_p):
+  """One token per row from logits [B, V]: (tokens, logp at T=1, logp under sampling)."""
+  safe_temperature = jnp.where(temperature > 0, temperature, 1.0)
+  filtered = _top_p_filter(logits, safe_temperature, top_p) / safe_temperature
+  gumbel = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[-1:], logits.dtype))(row_keys)
+  greedy = temperature <= 0
+  tokens = jnp.where(greedy, jnp.argmax(logits, -1), jnp.argmax(filtered + gumbel, -1))
+  pick = lambda lp: jnp.take_along_axis(lp, tokens[:, None], axis=-1)[:, 0]
+  logp = pick(jax.nn.log_softmax(logits, axis=-1))
+  sample_logp = jnp.where(greedy, 0.0, pick(jax.nn.log_softmax(filtered, axis=-1)))
+  return tokens.astype(jnp.int32), logp, sample_logp
+
+
+def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_new_tokens: int,
+           temperature, top_p, stop_ids: tuple[int, ...], pad_id: int) -> SampleOutput:
+  """Continue every row from (cache, next-token logits [B, V], value [B])."""
+  batch = logits.shape[0]
+  stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+  temperature = jnp.asarray(temperature, jnp.float32)
+  top_p = jnp.asarray(top_p, jnp.float32)
+  buffers = dict(
+      tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
+      logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32),
+      sample_logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32),
+      values=jnp.zeros((batch, max_new_tokens), jnp.float32),
+      lengths=jnp.zeros((batch,), jnp.int32))
+  done = jnp.zeros((batch,), bool)
+
+  def cond(carry):
+    step, _, _, _, done, _ = carry
+    return (step < max_new_tokens) & ~jnp.all(done)
+
+  def body(carry):
+    step, cache, logits, value, done, buffers = carry
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
+    token, logp, sample_logp = sample_tokens(step_keys, logits, temperature, top_p)
+    active = ~done
+    token = jnp.where(active, token, pad_id)
+    put = lambda buf, x: buf.at[:, step].set(jnp.where(active, x, buf[:, step]))
+    buffers = dict(tokens=put(buffers["tokens"], token),
+                   logprobs=put(buffers["logprobs"], logp),
+                   sample_logprobs=put(buffers["sample_logprobs"], sample_logp),
+                   values=put(buffers["values"], value),
+                   lengths=buffers["lengths"] + active.astype(jnp.int32))
+    done = done | (active & jnp.isin(token, stop))
+    out = model(token[:, None], attention_mask=active[:, None], cache=cache)
+    return step + 1, out.cache, out.logits[:, 0], out.values[:, 0], done, buffers
+
+  carry = (jnp.zeros((), jnp.int32), cache, logits, value, done, buffers)
+  _, _, _, _, done, buffers = jax.lax.while_loop(cond, body, carry)
+  return SampleOutput(finished=done, **buffers)
+
+
+def row_keys_from(rng, batch: int):
+  """One key per row."""
+  return jax.random.split(rng, batch)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "stop_ids",
+                                             "pad_id"))
+def _generate_jit(graphdef, state, prompt_tokens, prompt_lengths, row_keys, temperature,
+                  top_p, *, max_new_tokens, stop_ids, pad_id):
+  model = nnx.merge(graphdef, state)
+  num_slots = prompt_tokens.shape[1] + max_new_tokens
+  cache, logits, value = prefill(model, prompt_tokens, prompt_lengths, num_slots, pad_id)
+  return decode(model, cache, logits, value, row_keys, max_new_tokens=max_new_tokens,
+                temperature=temperature, top_p=top_p, stop_ids=stop_ids, pad_id=pad_id)
+
+
+def generate(model: Qwen2Model, prompt_tokens, prompt_lengths, rng, *, max_new_tokens: int,
+             temperature: float = 1.0, top_p: float = 1.0, stop_ids=(), pad_id: int = 0,
+             row_keys=None) -> SampleOutput:
+  """Sample continuations of right-padded prompts [B, T] with lengths [B] (jitted).
+
+  temperature 0 is greedy. Compiles once per (shapes, max_new_tokens, stop_ids, pad_id);
+  temperature and top_p are traced, so changing them does not recompile.
+  """
+  prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+  prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+  chex.assert_rank(prompt_tokens, 2)
+  chex.assert_shape(prompt_lengths, prompt_tokens.shape[:1])
+  if row_keys is None:
+    row_keys = row_keys_from(rng, prompt_tokens.shape[0])
+  graphdef, state = nnx.split(model)
+  return _generate_jit(graphdef, state, prompt_tokens, prompt_lengths, row_keys,
+                       jnp.float32(temperature), jnp.float32(top_p),
+                       max_new_tokens=int(max_new_tokens),
+                       stop_ids=tuple(int(i) for i in stop_ids), pad_id=int(pad_id))

@@ -1,0 +1,109 @@
+"""Tokenizers: load any Hugging Face tokenizer directory, or build the small character one.
+
+The character tokenizer of the CPU preset is a real HF tokenizer directory (tokenizer.json
++ tokenizer_config.json with a chat template), so the same code path that serves Qwen's
+tokenizer serves it: `AutoTokenizer.from_pretrained(dir)` loads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import string
+
+STEP_START, STEP_END = "<step>", "</step>"
+ANSWER_START, ANSWER_END = "<answer>", "</answer>"
+EOS, PAD = "<|endoftext|>", "<|pad|>"
+USER, ASSISTANT = "<|user|>", "<|assistant|>"
+SPECIAL_TOKENS = (PAD, EOS, STEP_START, STEP_END, ANSWER_START, ANSWER_END, USER, ASSISTANT)
+CHARACTERS = (string.digits + "+-*/()=" + " \n" + string.ascii_lowercase + "NTU:,.?")
+
+CHAR_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}" + USER + "{{ m['content'] }}\n"
+    "{% elif m['role'] == 'assistant' %}" + ASSISTANT + "{{ m['content'] }}" + EOS + "\n"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}")
+
+
+class TokenizerError(ValueError):
+  """A tokenizer directory that cannot be loaded; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+  """Token ids the search and the sampler need."""
+
+  pad_id: int
+  eos_id: int
+  step_end_id: int | None  # None when the tokenizer has no single step-end token
+  stop_ids: tuple[int, ...]  # a step ends at one of these
+
+
+def build_char_tokenizer(path: str):
+  """Build the character-level tokenizer, save it as an HF directory at `path`, return it."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
+
+  vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(CHARACTERS))}
+  core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
+  core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+  core.decoder = decoders.Fuse()  # characters join back without spaces
+  core.add_special_tokens(list(SPECIAL_TOKENS))
+  tokenizer = PreTrainedTokenizerFast(
+      tokenizer_object=core, eos_token=EOS, pad_token=PAD, unk_token=PAD,
+      additional_special_tokens=[STEP_START, STEP_END, ANSWER_START, ANSWER_END, USER,
+                                 ASSISTANT],
+      chat_template=CHAR_CHAT_TEMPLATE, padding_side="right", clean_up_tokenization_spaces=False)
+  os.makedirs(path, exist_ok=True)
+  tokenizer.save_pretrained(path)
+  return load_tokenizer(path)
+
+
+def load_tokenizer(path: str):
+  """Load an HF tokenizer directory (Qwen's, or one written by build_char_tokenizer)."""
+  from transformers import AutoTokenizer
+  if not os.path.isdir(path):
+    raise TokenizerError(f"tokenizer directory {path!r} does not exist")
+  try:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+  except (OSError, ValueError, TypeError) as e:
+    raise TokenizerError(f"cannot load a tokenizer from {path!r}: "
+                         f"{str(e).splitlines()[0]}") from None
+  if tokenizer.pad_token_id is None:
+    tokenizer.pad_token = tokenizer.eos_token
+  return tokenizer
+
+
+def special_ids(tokenizer) -> SpecialIds:
+  """Pad / EOS / step-end ids; the step-end token must be a single token to stop on."""
+  eos = tokenizer.eos_token_id
+  if eos is None:
+    raise TokenizerError("the tokenizer has no EOS token")
+  step_end = tokenizer.convert_tokens_to_ids(STEP_END)
+  if step_end is None or step_end == tokenizer.unk_token_id:
+    step_end = None
+  stops = tuple(sorted({eos} | ({step_end} if step_end is not None else set())))
+  return SpecialIds(pad_id=int(tokenizer.pad_token_id), eos_id=int(eos), step_end_id=step_end,
+                    stop_ids=stops)
+
+
+def encode_batch(tokenizer, texts: list[str], max_length: int | None = None):
+  """Right-padded int32 ids [B, T] and lengths [B] (numpy), no special tokens added."""
+  import numpy as np
+  ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+  if max_length is not None:
+    too_long = [len(x) for x in ids if len(x) > max_length]
+    if too_long:
+      raise ValueError(f"a prompt has {max(too_long)} tokens, more than max_length={max_length}")
+  width = max_length or max(len(x) for x in ids)
+  tokens = np.full((len(ids), width), tokenizer.pad_token_id, np.int32)
+  for row, x in enumerate(ids):
+    tokens[row, :len(x)] = x
+  return tokens, np.asarray([len(x) for x in ids], np.int32)
+
+
+def decode(tokenizer, ids, length: int | None = None) -> str:
+  """Text of ids (first `length` of them), special tokens kept (tags are special tokens)."""
+  ids = [int(i) for i in (ids[:length] if length is not None else ids)]
+  return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -1,0 +1,60 @@
+"""Test setup: 8 fake CPU devices (before jax is imported) and tiny local checkpoints."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def make_hf_checkpoint(path, *, tied, theta, num_kv_heads, vocab_size=97, hidden=64,
+                       layers=2, heads=4, seed=0):
+  """Save a tiny random Qwen2ForCausalLM with transformers (non-zero biases and norms)."""
+  import torch
+  from transformers import Qwen2Config, Qwen2ForCausalLM
+  config = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=num_kv_heads, tie_word_embeddings=tied,
+                       rope_parameters={"rope_type": "default", "rope_theta": theta},
+                       max_position_embeddings=512)
+  torch.manual_seed(seed)
+  model = Qwen2ForCausalLM(config).eval()
+  with torch.no_grad():  # transformers zero-inits biases and ones-inits norms: perturb them
+    for name, param in model.named_parameters():
+      if "bias" in name or "norm" in name:
+        param.add_(torch.randn_like(param) * 0.1)
+  model.save_pretrained(path)
+  return model
+
+
+CHECKPOINT_KINDS = {
+    "tied-theta1e4-mha": dict(tied=True, theta=1e4, num_kv_heads=4),
+    "untied-theta1e6-gqa": dict(tied=False, theta=1e6, num_kv_heads=2),
+    "untied-theta1e4-mqa": dict(tied=False, theta=1e4, num_kv_heads=1),
+}
+
+
+@pytest.fixture(scope="session", params=sorted(CHECKPOINT_KINDS))
+def hf_checkpoint(request, tmp_path_factory):
+  """(directory, torch model) for each checkpoint kind."""
+  path = tmp_path_factory.mktemp(request.param)
+  model = make_hf_checkpoint(str(path), **CHECKPOINT_KINDS[request.param])
+  return str(path), model
+
+
+@pytest.fixture(scope="session")
+def gqa_checkpoint(tmp_path_factory):
+  """One untied GQA checkpoint (directory, torch model)."""
+  path = tmp_path_factory.mktemp("gqa")
+  model = make_hf_checkpoint(str(path), **CHECKPOINT_KINDS["untied-theta1e6-gqa"])
+  return str(path), model

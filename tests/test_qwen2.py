@@ -1,0 +1,125 @@
+"""The Flax Qwen2 model against transformers' PyTorch Qwen2ForCausalLM."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2ForCausalLM
+
+from jaxdistill.models import KVCache, from_pretrained, save_pretrained
+from jaxdistill.sampling import generate
+
+
+def _tokens(batch, length, vocab, seed=0):
+  return np.random.RandomState(seed).randint(0, vocab, (batch, length)).astype(np.int32)
+
+
+def _torch_logits(model, tokens, attention_mask=None):
+  kwargs = {}
+  if attention_mask is not None:
+    kwargs["attention_mask"] = torch.tensor(attention_mask)
+  with torch.no_grad():
+    return model(torch.tensor(tokens, dtype=torch.long), **kwargs).logits.numpy()
+
+
+def test_logits_match_transformers(hf_checkpoint):
+  path, reference = hf_checkpoint
+  model = from_pretrained(path)
+  tokens = _tokens(3, 17, model.config.vocab_size)
+  out = model(jnp.asarray(tokens))
+  assert out.logits.shape == (3, 17, model.config.vocab_size)
+  assert out.values.shape == (3, 17)
+  assert out.logits.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out.logits), _torch_logits(reference, tokens), atol=1e-4,
+                             rtol=0)
+  assert np.all(np.abs(np.asarray(out.values)) <= 1.0)
+
+
+def test_config_read(hf_checkpoint):
+  path, reference = hf_checkpoint
+  config = from_pretrained(path).config
+  assert config.tie_word_embeddings == reference.config.tie_word_embeddings
+  assert config.rope_theta == reference.config.rope_parameters["rope_theta"]
+  assert config.num_key_value_heads == reference.config.num_key_value_heads
+
+
+def test_cached_decode_equals_full_forward(hf_checkpoint):
+  path, _ = hf_checkpoint
+  model = from_pretrained(path)
+  tokens = jnp.asarray(_tokens(2, 12, model.config.vocab_size, seed=1))
+  full = model(tokens)
+  # prefill 5 tokens, then one token at a time
+  out = model(tokens[:, :5], cache=KVCache.empty(model.config, 2, 12))
+  logits, values, cache = [out.logits], [out.values], out.cache
+  for t in range(5, 12):
+    out = model(tokens[:, t:t + 1], cache=cache)
+    logits.append(out.logits)
+    values.append(out.values)
+    cache = out.cache
+  np.testing.assert_allclose(np.concatenate(logits, 1), full.logits, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.concatenate(values, 1), full.values, atol=1e-5, rtol=0)
+  assert int(cache.end) == 12
+
+
+def test_padded_batch_matches_transformers_masked_forward(gqa_checkpoint):
+  """Left padding with an attention mask gives transformers' logits at real positions."""
+  path, reference = gqa_checkpoint
+  model = from_pretrained(path)
+  tokens = _tokens(3, 10, model.config.vocab_size, seed=2)
+  mask = np.ones_like(tokens)
+  mask[0, :4] = 0
+  mask[1, :1] = 0
+  ours = np.asarray(model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask)).logits)
+  theirs = _torch_logits(reference, tokens, mask)
+  real = mask.astype(bool)
+  np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4, rtol=0)
+
+
+def test_greedy_generation_matches_transformers_generate(gqa_checkpoint):
+  path, reference = gqa_checkpoint
+  model = from_pretrained(path)
+  lengths = np.array([3, 9, 6, 1], np.int32)
+  prompts = _tokens(4, 9, model.config.vocab_size, seed=3)
+  pad = 0
+  right = np.where(np.arange(9)[None] < lengths[:, None], prompts, pad).astype(np.int32)
+  out = generate(model, right, lengths, jax.random.key(0), max_new_tokens=32, temperature=0.0)
+  assert out.tokens.shape == (4, 32)
+  np.testing.assert_array_equal(np.asarray(out.lengths), 32)
+
+  left = np.full_like(prompts, pad)
+  mask = np.zeros_like(prompts)
+  for row, n in enumerate(lengths):
+    left[row, 9 - n:] = prompts[row, :n]
+    mask[row, 9 - n:] = 1
+  reference.generation_config.eos_token_id = None
+  with torch.no_grad():
+    expected = reference.generate(torch.tensor(left, dtype=torch.long),
+                                  attention_mask=torch.tensor(mask), max_new_tokens=32,
+                                  min_new_tokens=32, do_sample=False, pad_token_id=pad)
+  np.testing.assert_array_equal(np.asarray(out.tokens), expected[:, 9:].numpy())
+
+
+def test_round_trip_through_save_pretrained(hf_checkpoint, tmp_path):
+  path, reference = hf_checkpoint
+  model = from_pretrained(path)
+  save_pretrained(model, str(tmp_path))
+  reloaded = Qwen2ForCausalLM.from_pretrained(str(tmp_path)).eval()
+  tokens = _tokens(2, 9, model.config.vocab_size, seed=4)
+  np.testing.assert_array_equal(_torch_logits(reloaded, tokens), _torch_logits(reference, tokens))
+  # the value head travels beside the HF weights
+  again = from_pretrained(str(tmp_path), seed=123)
+  np.testing.assert_array_equal(np.asarray(again(jnp.asarray(tokens)).values),
+                                np.asarray(model(jnp.asarray(tokens)).values))
+
+
+def test_bf16_params_stay_close(gqa_checkpoint):
+  path, reference = gqa_checkpoint
+  model = from_pretrained(path, dtype=jnp.bfloat16)
+  assert model.embed_tokens.embedding.dtype == jnp.bfloat16
+  tokens = _tokens(2, 8, model.config.vocab_size, seed=5)
+  logits = np.asarray(model(jnp.asarray(tokens)).logits)
+  assert logits.dtype == np.float32
+  expected = _torch_logits(reference, tokens)
+  # bf16 weights: a few percent of the logit scale, not exactness
+  assert np.abs(logits - expected).max() < 0.05 * np.abs(expected).max() + 0.05
