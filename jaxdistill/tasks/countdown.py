@@ -1,0 +1,310 @@
+"""Countdown: reach a target by combining numbers with + - * /.
+
+Problem generator (deterministic for a seed), prompts, an exact verifier that grades only
+the generated text, sparse and dense rewards, and a solver that also writes step-by-step
+solutions for the warm start. `python -m jaxdistill.tasks.countdown` writes and inspects
+JSONL datasets.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import json
+import random
+from fractions import Fraction
+from typing import Iterable, Sequence
+
+from jaxdistill.tasks.expression import ExpressionError, evaluate_postfix, to_postfix, tokenize
+
+ANSWER_START, ANSWER_END = "<answer>", "</answer>"
+SYSTEM_PROMPT = (
+    "You combine numbers with +, -, * and / to reach a target. Think in short steps; write "
+    "each one as <step>a op b = c</step>, for example <step>6 * 4 = 24</step>. Use each "
+    "given number at most once. Finish with exactly one <answer>expression</answer> that "
+    "uses only the given numbers, for example <answer>(6 * 4) - 3</answer>.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """One Countdown problem."""
+
+  numbers: tuple[int, ...]
+  target: int
+
+  def key(self):
+    """Identity for split disjointness: the multiset of numbers and the target."""
+    return tuple(sorted(self.numbers)), self.target
+
+  def to_json(self) -> str:
+    return json.dumps({"numbers": list(self.numbers), "target": self.target})
+
+
+# ----------------------------------------------------------------------------- generator
+
+def _random_reduction(numbers: Sequence[int], rng: random.Random) -> int:
+  """Combine all numbers by random operations with positive-integer intermediates."""
+  values = list(numbers)
+  while len(values) > 1:
+    i, j = rng.sample(range(len(values)), 2)
+    a, b = values[i], values[j]
+    results = [a + b, a * b]
+    if a > b:
+      results.append(a - b)
+    if b and a % b == 0:
+      results.append(a // b)
+    result = rng.choice(results)
+    values = [v for k, v in enumerate(values) if k not in (i, j)] + [result]
+  return values[0]
+
+
+def make_problem(rng: random.Random, count: int = 4, low: int = 1, high: int = 13,
+                 simulations: int = 64) -> Problem:
+  """Random numbers; the target is the least frequent result of random reductions."""
+  numbers = tuple(rng.randint(low, high) for _ in range(count))
+  counts = collections.Counter(_random_reduction(numbers, rng) for _ in range(simulations))
+  rarest = min(counts.values())
+  target = rng.choice(sorted(v for v, c in counts.items() if c == rarest))
+  return Problem(numbers, target)
+
+
+def generate(n: int, seed: int, *, count: int = 4, low: int = 1, high: int = 13,
+             simulations: int = 64, exclude: Iterable[Problem] = ()) -> list[Problem]:
+  """n problems, deterministic for `seed`, none equal (by key) to one in `exclude`."""
+  rng = random.Random(seed)
+  seen = {p.key() for p in exclude}
+  problems = []
+  while len(problems) < n:
+    problem = make_problem(rng, count, low, high, simulations)
+    if problem.key() not in seen:
+      problems.append(problem)
+  return problems
+
+
+def make_splits(seed: int = 0, train_size: int = 20_000, test_size: int = 820, **kwargs):
+  """(train, test): the test split first, then train problems that avoid every test key."""
+  test = generate(test_size, seed, **kwargs)
+  train = generate(train_size, seed + 1, exclude=test, **kwargs)
+  return train, test
+
+
+def read_jsonl(path: str) -> list[Problem]:
+  """Read `{"numbers": [...], "target": T}` or `{"nums": [...], "target": T}` lines."""
+  problems = []
+  with open(path) as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        numbers = row["numbers"] if "numbers" in row else row["nums"]
+        problems.append(Problem(tuple(int(x) for x in numbers), int(row["target"])))
+      except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}:{line_no}: not a Countdown problem ({e!r})") from None
+  return problems
+
+
+def write_jsonl(problems: Iterable[Problem], path: str) -> None:
+  """One JSON object a line."""
+  with open(path, "w") as f:
+    for p in problems:
+      f.write(p.to_json() + "\n")
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def user_message(numbers: Sequence[int], target: int) -> str:
+  """The task statement shown to an instruct model."""
+  return (f"Numbers: {' '.join(map(str, numbers))}\nTarget: {target}\n"
+          "Reach the target.")
+
+
+def chat_prompt(tokenizer, numbers: Sequence[int], target: int) -> str:
+  """Prompt text for an instruct tokenizer, through its chat template."""
+  messages = [{"role": "system", "content": SYSTEM_PROMPT},
+              {"role": "user", "content": user_message(numbers, target)}]
+  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def compact_prompt(numbers: Sequence[int], target: int) -> str:
+  """Short prompt for the character tokenizer (its chat template wraps the user turn)."""
+  from jaxdistill.tokenization import ASSISTANT, USER
+  return f"{USER}Numbers: {' '.join(map(str, numbers))}\nTarget: {target}\n{ASSISTANT}"
+
+
+# ----------------------------------------------------------------------------- verifier
+
+@dataclasses.dataclass(frozen=True)
+class Grade:
+  """What the verifier found in a completion."""
+
+  valid: bool
+  value: Fraction | None
+  correct: bool
+  reason: str  # '' when valid
+
+
+def extract_answer(completion: str) -> str | None:
+  """The text inside the last <answer>...</answer>, or None."""
+  end = completion.rfind(ANSWER_END)
+  if end < 0:
+    return None
+  start = completion.rfind(ANSWER_START, 0, end)
+  if start < 0:
+    return None
+  return completion[start + len(ANSWER_START):end]
+
+
+def _is_sub_multiset(used: Sequence[int], available: Sequence[int]) -> bool:
+  remaining = collections.Counter(available)
+  remaining.subtract(used)
+  return min(remaining.values(), default=0) >= 0 and len(used) <= len(available)
+
+
+def grade(completion: str, numbers: Sequence[int], target: int, *, require_all: bool = False,
+          integer_intermediates: bool = False) -> Grade:
+  """Grade only the generated text; never raises on any string."""
+  answer = extract_answer(completion)
+  if answer is None:
+    return Grade(False, None, False, "no <answer>...</answer>")
+  try:
+    tokens = tokenize(answer)
+    literals = [t for t in tokens if isinstance(t, int)]
+    # numbers first: it bounds the arithmetic below to a few small literals
+    if not _is_sub_multiset(literals, numbers):
+      raise ExpressionError(f"uses numbers {literals} beyond {list(numbers)}")
+    if require_all and sorted(literals) != sorted(numbers):
+      raise ExpressionError(f"does not use all of {list(numbers)}")
+    evaluation = evaluate_postfix(to_postfix(tokens))
+    if integer_intermediates and not evaluation.integer_intermediates:
+      raise ExpressionError("a fractional intermediate result")
+  except ExpressionError as e:
+    return Grade(False, None, False, str(e))
+  return Grade(True, evaluation.value, evaluation.value == target, "")
+
+
+def reward(completion: str, numbers: Sequence[int], target: int, dense: bool = True, *,
+           invalid_reward: float = -1.0, distance_weight: float = 2.0,
+           require_all: bool = False, integer_intermediates: bool = False) -> float:
+  """Sparse: 1.0 on the target else 0.0. Dense: 1 - w*min(|t-p|/t, 1); invalid -> -1.0."""
+  result = grade(completion, numbers, target, require_all=require_all,
+                 integer_intermediates=integer_intermediates)
+  if not dense:
+    return 1.0 if result.correct else 0.0
+  if not result.valid:
+    return float(invalid_reward)
+  distance = abs(Fraction(target) - result.value) / abs(target) if target else (
+      Fraction(0) if result.value == 0 else Fraction(1))
+  return float(1 - distance_weight * min(distance, Fraction(1)))
+
+
+# ----------------------------------------------------------------------------- solver
+
+def _combine(a, b, op: str, integer_only: bool):
+  """a op b, or None where the rule forbids it (integer mode: positive integers only)."""
+  if op == "+":
+    return a + b
+  if op == "*":
+    return a * b
+  if op == "-":
+    return a - b if (a > b or not integer_only) else None
+  if integer_only:
+    return a // b if b and a % b == 0 else None
+  return a / b if b else None
+
+
+def _search(items: list[tuple], target, integer_only: bool, use_all: bool):
+  """Depth-first: combine two items until one equals target; returns (expr, steps)."""
+  for value, expr, steps in items:
+    if value == target and (len(items) == 1 or not use_all):
+      return expr, steps
+  if len(items) < 2:
+    return None
+  for i, j in itertools.combinations(range(len(items)), 2):
+    rest = [x for k, x in enumerate(items) if k not in (i, j)]
+    for (a, ea, sa), (b, eb, sb) in ((items[i], items[j]), (items[j], items[i])):
+      for op in "+-*/":
+        if op in "+*" and a < b:
+          continue  # commutative: one order is enough
+        value = _combine(a, b, op, integer_only)
+        if value is None:
+          continue
+        step = (a, op, b, value)
+        found = _search(rest + [(value, f"({ea} {op} {eb})", sa + sb + (step,))], target,
+                        integer_only, use_all)
+        if found:
+          return found
+  return None
+
+
+def _solve(numbers: Sequence[int], target: int):
+  # prefer all numbers and positive-integer intermediates (plain ints: fast, and valid
+  # under every verifier rule); then rational intermediates; then subsets of the numbers
+  for integer_only, use_all in ((True, True), (False, True), (False, False)):
+    cast = int if integer_only else Fraction
+    items = [(cast(n), str(n), ()) for n in numbers]
+    found = _search(items, cast(target), integer_only, use_all)
+    if found:
+      expr, steps = found
+      return (expr[1:-1] if expr.startswith("(") and expr.endswith(")") else expr), steps
+  return None
+
+
+def _fmt(x) -> str:
+  x = Fraction(x)
+  return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
+
+
+def solve(numbers: Sequence[int], target: int) -> str | None:
+  """A valid expression reaching target with each number at most once, or None."""
+  found = _solve(numbers, target)
+  return found[0] if found else None
+
+
+def solution_steps(numbers: Sequence[int], target: int) -> str | None:
+  """The solver's solution as `<step>a op b = c</step>` lines and a final answer."""
+  found = _solve(numbers, target)
+  if not found:
+    return None
+  expr, steps = found
+  lines = [f"<step>{_fmt(a)} {op} {_fmt(b)} = {_fmt(c)}</step>" for a, op, b, c in steps]
+  return "\n".join(lines + [f"{ANSWER_START}{expr}{ANSWER_END}"])
+
+
+def target_statistics(problems: Sequence[Problem]) -> dict:
+  """min / median / 90th percentile / max of the targets."""
+  targets = sorted(p.target for p in problems)
+  pick = lambda q: targets[min(len(targets) - 1, int(q * (len(targets) - 1) + 0.5))]
+  return {"count": len(targets), "min": targets[0], "median": pick(0.5), "p90": pick(0.9),
+          "max": targets[-1], "share_le_100": sum(t <= 100 for t in targets) / len(targets)}
+
+
+def _main(argv):
+  import os
+
+  from absl import flags
+  del argv
+  FLAGS = flags.FLAGS
+  if FLAGS.inspect:
+    for path in FLAGS.inspect:
+      print(path, target_statistics(read_jsonl(path)))
+    return
+  train, test = make_splits(FLAGS.seed, FLAGS.train_size, FLAGS.test_size)
+  os.makedirs(FLAGS.out, exist_ok=True)
+  for name, split in (("train", train), ("test", test)):
+    path = os.path.join(FLAGS.out, f"{name}.jsonl")
+    write_jsonl(split, path)
+    print(f"wrote {path}", target_statistics(split))
+  for p in test[:3]:
+    print(p.numbers, p.target, "->", solve(p.numbers, p.target))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("out", "data/countdown", "where train.jsonl and test.jsonl go")
+  flags.DEFINE_integer("seed", 0, "generator seed")
+  flags.DEFINE_integer("train_size", 20_000, "train problems")
+  flags.DEFINE_integer("test_size", 820, "held-out problems")
+  flags.DEFINE_multi_string("inspect", None, "print target statistics of these JSONL files")
+  app.run(_main)
