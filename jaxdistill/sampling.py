@@ -85,13 +85,16 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
   stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
   temperature = jnp.asarray(temperature, jnp.float32)
   top_p = jnp.asarray(top_p, jnp.float32)
+  # buffers derive from the logits (full_like), not constants: under shard_map the loop
+  # carry must be device-varying from the start
+  grid = jnp.broadcast_to(jnp.zeros_like(logits[:, :1], jnp.int32), (batch, max_new_tokens))
   buffers = dict(
-      tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
-      logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32),
-      sample_logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32),
-      values=jnp.zeros((batch, max_new_tokens), jnp.float32),
-      lengths=jnp.zeros((batch,), jnp.int32))
-  done = jnp.zeros((batch,), bool)
+      tokens=jnp.full_like(grid, pad_id),
+      logprobs=jnp.zeros_like(grid, jnp.float32),
+      sample_logprobs=jnp.zeros_like(grid, jnp.float32),
+      values=jnp.zeros_like(grid, jnp.float32),
+      lengths=jnp.zeros_like(grid[:, 0]))
+  done = jnp.zeros_like(grid[:, 0], bool)
 
   def cond(carry):
     step, _, _, _, done, _ = carry

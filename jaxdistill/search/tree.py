@@ -93,9 +93,14 @@ def init_tree(root: RootOutput, capacity: int) -> Tree:
   nodes = lambda value, dtype: jnp.full_like(node_anchor, value, dtype)
   edges = lambda value, dtype: jnp.full_like(
       jnp.broadcast_to(node_anchor[:, :, None], (batch, capacity, num_actions)), value, dtype)
-  embeddings = jax.tree.map(
-      lambda x: jnp.zeros_like(jnp.broadcast_to(x[:, None], (batch, capacity) + x.shape[1:])
-                               ).at[:, ROOT].set(x), root.embedding)
+  def node_array(x):  # [B, ...] -> [B, N, ...] holding x at the root
+    array = jnp.zeros_like(jnp.broadcast_to(x[:, None], (batch, capacity) + x.shape[1:]))
+    zero = jnp.broadcast_to(node_anchor.reshape(node_anchor.shape + (1,) * (x.ndim - 1)),
+                            array.shape).astype(x.dtype)
+    array = (array | zero) if x.dtype == bool else array + zero  # varying even if x is not
+    return array.at[:, ROOT].set(x)
+
+  embeddings = jax.tree.map(node_array, root.embedding)
   value = root.value.astype(jnp.float32)
   return Tree(
       parent=nodes(NO_NODE, jnp.int32),

@@ -1,0 +1,161 @@
+"""The expand function backed by the language model: a node is a prefix of reasoning steps.
+
+A node's embedding holds its path (prompt + the steps that lead to it, in a fixed-stride
+buffer) and the K candidate steps it sampled. Expanding the edge (node, k) appends the
+node's k-th candidate to its path, then evaluates the new path:
+  * terminal (the step ended with EOS, or no room is left for another step): its value is
+    the task reward, computed in Python through `jax.pure_callback`; never the value head,
+    never expanded;
+  * otherwise: one prefill of the path, the value head at its last token is the node's
+    value, and K step continuations are sampled from the prefilled cache (temperature, stop
+    at step-end or EOS or L tokens); prior logits = their summed log-probs at temperature 1
+    (optionally divided by their length).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdistill import sampling
+from jaxdistill.search.tree import ExpandOutput, RootOutput
+
+
+@chex.dataclass(frozen=True)
+class NodeState:
+  """Embedding of one node (leading axis: rows)."""
+
+  path_tokens: jax.Array  # [M, P] int32 prompt + steps, pad after path_length
+  path_length: jax.Array  # [M] int32
+  prompt_length: jax.Array  # [M] int32: the generated part starts here
+  problem: jax.Array  # [M] int32 index of the row's problem (for the reward)
+  candidate_tokens: jax.Array  # [M, K, L] int32 the K sampled next steps
+  candidate_lengths: jax.Array  # [M, K] int32
+  candidate_logprobs: jax.Array  # [M, K] float32 summed log-probs at temperature 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LMSearchConfig:
+  """Static settings of the LM expansion."""
+
+  num_children: int = 4  # K
+  max_step_tokens: int = 64  # L
+  max_path_tokens: int = 512  # P: prompt + steps
+  temperature: float = 0.8
+  length_normalized_prior: bool = False
+  step_end_id: int = 0
+  eos_id: int = 1
+  pad_id: int = 0
+
+
+RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(generated token rows [M, P] with pad past the end, problem ids [M]) -> rewards [M]."""
+
+
+def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, reward_fn):
+  """Value, prior logits and K candidates of each row's path (terminal rows: the reward)."""
+  rows, width = state.path_tokens.shape
+  k, steps = config.num_children, config.max_step_tokens
+  cache, logits, value = sampling.prefill(model, state.path_tokens, state.path_length,
+                                          num_slots=width + steps, pad_id=config.pad_id)
+  repeat = lambda x: jnp.repeat(x, k, axis=0)
+  row_keys = jax.vmap(lambda key: jax.random.split(key, k))(keys).reshape(rows * k)
+  out = sampling.decode(model, cache.repeat_rows(k), repeat(logits), repeat(value),
+                        row_keys, max_new_tokens=steps, temperature=config.temperature,
+                        top_p=1.0, stop_ids=(config.step_end_id, config.eos_id),
+                        pad_id=config.pad_id)
+  lengths = out.lengths.reshape(rows, k)
+  logprobs = out.logprobs.sum(-1).reshape(rows, k)
+  prior = logprobs / jnp.maximum(lengths, 1) if config.length_normalized_prior else logprobs
+  task_reward = _task_reward(state, terminal, reward_fn)
+  value = jnp.where(terminal, task_reward, value)
+  return value, prior, state.replace(candidate_tokens=out.tokens.reshape(rows, k, steps),
+                                     candidate_lengths=lengths, candidate_logprobs=logprobs)
+
+
+def _task_reward(state: NodeState, terminal, reward_fn):
+  """Rewards of terminal rows from Python (others 0), graded on generated tokens only."""
+  positions = jnp.arange(state.path_tokens.shape[1])[None]
+  generated = (positions >= state.prompt_length[:, None]) & (
+      positions < state.path_length[:, None])
+  tokens = jnp.where(generated, state.path_tokens, -1)  # -1: not generated
+
+  def host(tokens, problems, terminal):
+    rewards = np.zeros(tokens.shape[0], np.float32)
+    for row in np.flatnonzero(terminal):
+      rewards[row] = reward_fn(tokens[row][tokens[row] >= 0], int(problems[row]))
+    return rewards
+
+  return jax.pure_callback(host, jax.ShapeDtypeStruct(terminal.shape, jnp.float32), tokens,
+                           state.problem, terminal, vmap_method="sequential")
+
+
+def root_output(model, config: LMSearchConfig, prompt_tokens, prompt_lengths, problems,
+                keys, reward_fn) -> RootOutput:
+  """Root of each tree: the prompt, its value, and its K candidate first steps."""
+  rows = prompt_tokens.shape[0]
+  width = config.max_path_tokens
+  if prompt_tokens.shape[1] > width:
+    raise ValueError(f"prompts of {prompt_tokens.shape[1]} tokens exceed max_path_tokens={width}")
+  path = jnp.full((rows, width), config.pad_id, jnp.int32)
+  path = path.at[:, :prompt_tokens.shape[1]].set(prompt_tokens)
+  k, steps = config.num_children, config.max_step_tokens
+  state = NodeState(path_tokens=path, path_length=prompt_lengths.astype(jnp.int32),
+                    prompt_length=prompt_lengths.astype(jnp.int32),
+                    problem=problems.astype(jnp.int32),
+                    candidate_tokens=jnp.zeros((rows, k, steps), jnp.int32),
+                    candidate_lengths=jnp.zeros((rows, k), jnp.int32),
+                    candidate_logprobs=jnp.zeros((rows, k), jnp.float32))
+  value, prior, state = _evaluate(model, config, state, keys, jnp.zeros((rows,), bool),
+                                  reward_fn)
+  return RootOutput(prior_logits=prior, value=value, embedding=state)
+
+
+def append_step(config: LMSearchConfig, parent: NodeState, action):
+  """Child states: the parent's path + its candidate `action` (no candidates yet)."""
+  rows = action.shape[0]
+  step = parent.candidate_tokens[jnp.arange(rows), action]  # [M, L]
+  step_length = parent.candidate_lengths[jnp.arange(rows), action]  # [M]
+  positions = jnp.arange(config.max_path_tokens)[None]
+  offset = positions - parent.path_length[:, None]
+  in_step = (offset >= 0) & (offset < step_length[:, None])
+  gathered = jnp.take_along_axis(step, jnp.clip(offset, 0, config.max_step_tokens - 1), axis=1)
+  path = jnp.where(in_step, gathered, parent.path_tokens)
+  length = jnp.minimum(parent.path_length + step_length, config.max_path_tokens)
+  last = step[jnp.arange(rows), jnp.maximum(step_length - 1, 0)]
+  ended = (step_length > 0) & (last == config.eos_id)
+  return parent.replace(path_tokens=path, path_length=length), ended
+
+
+def make_expand_fn(graphdef, params, config: LMSearchConfig, reward_fn: RewardFn):
+  """expand_fn(keys, parent NodeState, action) for `mcts.search`, closing over params."""
+
+  def expand_fn(keys, parent: NodeState, action):
+    model = nnx.merge(graphdef, params)
+    child, ended = append_step(config, parent, action)
+    full = child.path_length + config.max_step_tokens > config.max_path_tokens
+    terminal = ended | full
+    value, prior, child = _evaluate(model, config, child, keys, terminal, reward_fn)
+    zeros = jnp.zeros_like(value)
+    return ExpandOutput(prior_logits=prior, value=value, reward=zeros, terminal=terminal,
+                        discount=zeros + 1.0), child
+
+  return expand_fn
+
+
+def countdown_reward_fn(tokenizer, problems, dense: bool = False) -> RewardFn:
+  """Reward of generated tokens for Countdown problem `problems[i]`."""
+  from jaxdistill.tasks import countdown
+  from jaxdistill.tokenization import decode
+
+  def reward_fn(tokens: np.ndarray, problem: int) -> float:
+    p = problems[problem]
+    return countdown.reward(decode(tokenizer, tokens), p.numbers, p.target, dense=dense)
+
+  return reward_fn
