@@ -217,3 +217,38 @@ def test_sharded_search_equals_unsharded_and_has_no_collectives():
   reference = jax.jit(run)(env.root(batch), keys)
   np.testing.assert_array_equal(ours.tree.visit_count, reference.tree.visit_count)
   np.testing.assert_array_equal(ours.path_nodes, reference.path_nodes)
+
+
+def test_gumbel_root_selection_matches_mctx():
+  """Gumbel + Sequential Halving at the root, pUCT inside: same visits as mctx.search."""
+  env, batch, sims, considered = HashEnv(6, discount=0.9, reward_scale=0.2), 5, 24, 2
+  noise = jax.random.gumbel(jax.random.key(9), (batch, K))
+  root = env.root(batch)
+  interior = functools.partial(mctx.muzero_action_selection, pb_c_init=0.5, pb_c_base=1e30,
+                               qtransform=_raw_q(0.0))
+  root_selection = functools.partial(mctx.gumbel_muzero_root_action_selection,
+                                     num_simulations=sims, max_num_considered_actions=considered,
+                                     qtransform=mctx.qtransform_completed_by_mix_value)
+  theirs = mctx.search(params=(), rng_key=jax.random.key(0),
+                       root=mctx.RootFnOutput(prior_logits=root.prior_logits, value=root.value,
+                                              embedding=root.embedding),
+                       recurrent_fn=env.recurrent_fn, root_action_selection_fn=root_selection,
+                       interior_action_selection_fn=interior, num_simulations=sims,
+                       extra_data=mctx.GumbelMuZeroExtraData(root_gumbel=noise))
+  ours = jax.jit(lambda r, k: mcts.search(
+      r, env.expand_fn, k, num_iterations=sims, root_selection="gumbel",
+      max_num_considered_actions=considered, root_gumbel=noise))(
+          root, jax.random.split(jax.random.key(0), batch))
+  np.testing.assert_array_equal(ours.tree.visit_count, theirs.node_visits)
+  np.testing.assert_array_equal(ours.tree.children, theirs.children_index)
+  # the recommended root action is mctx.gumbel_muzero_policy's rule on the same tree
+  visits = np.asarray(ours.tree.child_visits(jnp.zeros((batch,), jnp.int32)))
+  assert (visits[np.arange(batch), ours.path_actions[:, 0]] == visits.max(-1)).all()
+  # halving: only `considered` root actions were ever visited
+  assert ((visits > 0).sum(-1) <= considered).all()
+
+
+def test_gumbel_with_agents_keeps_invariants():
+  env = HashEnv(7, terminal_prob=0.2)
+  out = _search(env, 4, 8, 4, root_selection="gumbel", max_num_considered_actions=4)
+  _check_invariants(out, 8, 4)

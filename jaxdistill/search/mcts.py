@@ -23,7 +23,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jaxdistill.search import puct
+from jaxdistill.search import gumbel, puct
 from jaxdistill.search.tree import NO_NODE, ROOT, ExpandOutput, RootOutput, Tree, init_tree
 
 ExpandFn = Callable[[jax.Array, Any, jax.Array], tuple[ExpandOutput, Any]]
@@ -44,11 +44,15 @@ class SearchOutput:
   num_expanded: jax.Array  # [B] int32 nodes expanded (root excluded)
 
 
-def _select_agents(tree: Tree, num_agents: int, score_kwargs: dict):
+def _select_agents(tree: Tree, gumbel_noise, num_agents: int, score_kwargs: dict,
+                   gumbel_table=None, num_considered: int = 0):
   """W agents of ONE tree select and claim leaves in turn (virtual loss in between)."""
 
   def agent(tree, _):
-    node, action, child = puct.select(tree, **score_kwargs)
+    root_scores = None
+    if gumbel_table is not None:
+      root_scores = gumbel.root_scores(tree, gumbel_noise, gumbel_table, num_considered)
+    node, action, child = puct.select(tree, root_scores, **score_kwargs)
     tree, leaf, is_new, collided = puct.claim(tree, node, action, child)
     return tree, (node, action, leaf, is_new, collided)
 
@@ -79,15 +83,20 @@ def _write_expansions(tree: Tree, leaves, is_new, output: ExpandOutput, embeddin
       embeddings=jax.tree.map(put, tree.embeddings, embedding))
 
 
-def most_visited_path(tree: Tree, max_length: int):
-  """Follow the most-visited child from the root (first index on ties), per tree."""
+def most_visited_path(tree: Tree, max_length: int, root_actions=None):
+  """Follow the most-visited child from the root (first index on ties), per tree.
 
-  def one_tree(tree):
+  root_actions [B], when given, replaces the most-visited choice at the root (Gumbel).
+  """
+
+  def one_tree(tree, root_action):
     def step(carry, _):
       node, alive = carry
       children = tree.children[node]
       visits = jnp.where(children >= 0, tree.visit_count[jnp.maximum(children, 0)], 0)
       action = jnp.argmax(visits).astype(jnp.int32)
+      if root_action is not None:
+        action = jnp.where(node == ROOT, root_action, action)
       moves = alive & (visits[action] > 0)
       child = jnp.where(moves, children[action], NO_NODE)
       out = (child, jnp.where(moves, action, NO_NODE),
@@ -100,15 +109,23 @@ def most_visited_path(tree: Tree, max_length: int):
                                                              length=max_length)
     return nodes, actions, (nodes >= 0).sum().astype(jnp.int32), visits, child_visits
 
-  return jax.vmap(one_tree)(tree)
+  if root_actions is None:
+    return jax.vmap(lambda t: one_tree(t, None))(tree)
+  return jax.vmap(one_tree)(tree, root_actions)
 
 
 def search(root: RootOutput, expand_fn: ExpandFn, tree_keys: jax.Array, *,
            num_iterations: int, num_agents: int = 1, c_puct: float = 0.5,
            first_play_value: float = 0.0, virtual_loss: str = "visit",
-           virtual_loss_value: float = 1.0, max_path_length: int | None = None
-           ) -> SearchOutput:
-  """Run num_iterations x num_agents simulations on each of B trees (tree_keys [B])."""
+           virtual_loss_value: float = 1.0, max_path_length: int | None = None,
+           root_selection: str = "puct", max_num_considered_actions: int = 16,
+           gumbel_scale: float = 1.0, root_gumbel=None) -> SearchOutput:
+  """Run num_iterations x num_agents simulations on each of B trees (tree_keys [B]).
+
+  root_selection 'gumbel' selects at the root by Gumbel + Sequential Halving over
+  max_num_considered_actions actions (noise from the tree key, or root_gumbel [B, K]) and
+  recommends the root action the mctx way; interior nodes always use pUCT.
+  """
   batch, num_actions = root.prior_logits.shape
   chex.assert_shape(tree_keys, (batch,))
   if virtual_loss not in puct.VIRTUAL_LOSS_KINDS:
@@ -116,15 +133,25 @@ def search(root: RootOutput, expand_fn: ExpandFn, tree_keys: jax.Array, *,
                      f"got {virtual_loss!r}")
   if num_iterations < 1 or num_agents < 1:
     raise ValueError("num_iterations and num_agents must be >= 1")
+  if root_selection not in ("puct", "gumbel"):
+    raise ValueError(f"root_selection must be 'puct' or 'gumbel', got {root_selection!r}")
   capacity = 1 + num_iterations * num_agents
   score_kwargs = dict(c_puct=c_puct, first_play_value=first_play_value,
                       virtual_loss=virtual_loss, virtual_loss_value=virtual_loss_value)
-  select_agents = jax.vmap(functools.partial(_select_agents, num_agents=num_agents,
-                                             score_kwargs=score_kwargs))
+  table, num_considered = None, 0
+  if root_gumbel is None:
+    root_gumbel = gumbel_scale * jax.vmap(lambda k: jax.random.gumbel(
+        jax.random.fold_in(k, 0x7FFFFFFF), (num_actions,)))(tree_keys)
+  if root_selection == "gumbel":
+    num_considered = min(max_num_considered_actions, num_actions)
+    table = gumbel.considered_visit_table(num_considered, capacity - 1)
+  select_agents = jax.vmap(functools.partial(
+      _select_agents, num_agents=num_agents, score_kwargs=score_kwargs, gumbel_table=table,
+      num_considered=num_considered))
 
   def iteration(i, state):
     tree, collisions = state
-    tree, (parents, actions, leaves, is_new, collided) = select_agents(tree)  # [B, W]
+    tree, (parents, actions, leaves, is_new, collided) = select_agents(tree, root_gumbel)
     rows = jnp.arange(batch)[:, None]
     parent_embedding = jax.tree.map(lambda e: e[rows, parents], tree.embeddings)
     flat = lambda x: x.reshape((batch * num_agents,) + x.shape[2:])
@@ -141,8 +168,10 @@ def search(root: RootOutput, expand_fn: ExpandFn, tree_keys: jax.Array, *,
   tree = init_tree(root, capacity)
   tree, collisions = jax.lax.fori_loop(0, num_iterations, iteration,
                                        (tree, jnp.zeros_like(tree.num_nodes)))
+  root_actions = (jax.vmap(gumbel.root_action)(tree, root_gumbel)
+                  if root_selection == "gumbel" else None)
   nodes, actions, length, visits, child_visits = most_visited_path(
-      tree, max_path_length or capacity - 1)
+      tree, max_path_length or capacity - 1, root_actions)
   return SearchOutput(tree=tree, path_nodes=nodes, path_actions=actions, path_length=length,
                       path_visits=visits, path_child_visits=child_visits,
                       collisions=collisions, num_expanded=tree.num_nodes - 1)

@@ -44,15 +44,17 @@ def edge_scores(tree: Tree, node, *, c_puct: float, first_play_value: float,
   return q + c_puct * prior * jnp.sqrt(parent_visits) / (1.0 + visits + pending)
 
 
-def select(tree: Tree, **score_kwargs):
+def select(tree: Tree, root_scores=None, **score_kwargs):
   """Walk from the root by argmax score to the first edge that leads to no expanded node.
 
-  Returns (node, action, child): `child` is NO_NODE for an untaken edge, a node not yet
-  expanded (claimed by an earlier agent this iteration), or a terminal node.
+  `root_scores` [K], when given, replaces pUCT at the root (Gumbel selection). Returns
+  (node, action, child): `child` is NO_NODE for an untaken edge, a node not yet expanded
+  (claimed by an earlier agent this iteration), or a terminal node.
   """
 
-  def descend(node):
-    action = jnp.argmax(edge_scores(tree, node, **score_kwargs)).astype(jnp.int32)
+  def descend(node, scores=None):
+    scores = edge_scores(tree, node, **score_kwargs) if scores is None else scores
+    action = jnp.argmax(scores).astype(jnp.int32)
     return action, tree.children[node, action]
 
   def cond(state):
@@ -68,7 +70,7 @@ def select(tree: Tree, **score_kwargs):
   # the root id comes from tree data, not a constant, so that under shard_map the loop
   # carry is device-varying like everything else in it
   root = jnp.full_like(tree.num_nodes, ROOT)
-  action, child = descend(root)
+  action, child = descend(root, root_scores)
   return jax.lax.while_loop(cond, body, (root, action, child))
 
 

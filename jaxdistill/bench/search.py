@@ -1,0 +1,181 @@
+"""Search-kernel benchmark.
+
+    python -m jaxdistill.bench.search [--quick]
+
+(i)   tree operations only (a synthetic expand function), over a grid of B, K, W and
+      iterations: simulations/s and compile time, next to mctx.muzero_policy and mctx.search
+      with pUCT selection on the same shapes (W = 1), in one run;
+(ii)  with the tiny LM: whole search time vs the same search with a free expand function of
+      the same output shapes, i.e. the share of tree operations in search time;
+(iii) peak memory of each compiled search (XLA memory analysis: arguments + temporaries);
+and a check that the search compiled under shard_map has no cross-device collectives.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import mctx
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxdistill.bench.common import best_time, print_table, write_json
+from jaxdistill.search import lm_expand, mcts
+from jaxdistill.search.tree import ExpandOutput, RootOutput
+
+flags.DEFINE_bool("quick", False, "a small grid (a first check)")
+flags.DEFINE_string("out", "bench_results/search.json", "JSON output")
+FLAGS = flags.FLAGS
+
+COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
+
+
+def synthetic(batch, num_actions):
+  """A cheap deterministic environment: state hashes give priors and values."""
+
+  def evaluate(state):
+    x = (state[:, None] * jnp.uint32(2654435761) + jnp.arange(num_actions, dtype=jnp.uint32))
+    logits = ((x >> 8) & 0xFFFF).astype(jnp.float32) / 65536.0 * 4.0 - 2.0
+    value = ((state * jnp.uint32(40503)) >> 16).astype(jnp.float32) / 65536.0 * 2.0 - 1.0
+    return logits, value
+
+  def expand_fn(keys, state, action):
+    del keys
+    state = state * jnp.uint32(num_actions + 1) + action.astype(jnp.uint32) + 1
+    logits, value = evaluate(state)
+    zeros = jnp.zeros_like(value)
+    return ExpandOutput(prior_logits=logits, value=value, reward=zeros,
+                        terminal=zeros > 1.0, discount=zeros + 1.0), state
+
+  def recurrent_fn(params, rng, action, state):
+    del params, rng
+    state = state * jnp.uint32(num_actions + 1) + action.astype(jnp.uint32) + 1
+    logits, value = evaluate(state)
+    return mctx.RecurrentFnOutput(reward=jnp.zeros_like(value), discount=jnp.ones_like(value),
+                                  prior_logits=logits, value=value), state
+
+  state = jnp.arange(batch, dtype=jnp.uint32) + 7
+  logits, value = evaluate(state)
+  return RootOutput(prior_logits=logits, value=value, embedding=state), expand_fn, recurrent_fn
+
+
+def _timed(fn, *args):
+  """(compile seconds, best run seconds, peak bytes) of jit(fn)(*args)."""
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  peak = None if memory is None else int(memory.argument_size_in_bytes +
+                                         memory.temp_size_in_bytes + memory.output_size_in_bytes)
+  jax.block_until_ready(compiled(*args))
+  return compile_s, best_time(lambda: jax.block_until_ready(compiled(*args))), peak
+
+
+def tree_ops_grid(grid):
+  rows = []
+  for batch, num_actions, agents, iterations in grid:
+    root, expand_fn, recurrent_fn = synthetic(batch, num_actions)
+    keys = jax.random.split(jax.random.key(0), batch)
+    sims = iterations * agents
+    ours = lambda r, k: mcts.search(r, expand_fn, k, num_iterations=iterations,
+                                    num_agents=agents)
+    compile_s, seconds, peak = _timed(ours, root, keys)
+    row = {"B": batch, "K": num_actions, "W": agents, "I": iterations, "sims": sims,
+           "ours_sims_per_s": batch * sims / seconds, "ours_compile_s": compile_s,
+           "ours_peak_mb": (peak or 0) / 2**20}
+    if agents == 1:
+      mroot = mctx.RootFnOutput(prior_logits=root.prior_logits, value=root.value,
+                                embedding=root.embedding)
+      muzero = lambda r, k: mctx.muzero_policy((), k, r, recurrent_fn, num_simulations=sims)
+      compile_s, seconds, _ = _timed(muzero, mroot, jax.random.key(0))
+      row |= {"mctx_muzero_sims_per_s": batch * sims / seconds, "mctx_compile_s": compile_s}
+      selection = functools.partial(mctx.muzero_action_selection, pb_c_init=0.5,
+                                    pb_c_base=1e30,
+                                    qtransform=lambda t, n: t.qvalues(n))
+      plain = lambda r, k: mctx.search((), k, root=r, recurrent_fn=recurrent_fn,
+                                       root_action_selection_fn=lambda kk, t, n: selection(
+                                           kk, t, n, 0),
+                                       interior_action_selection_fn=selection,
+                                       num_simulations=sims)
+      _, seconds, _ = _timed(plain, mroot, jax.random.key(0))
+      row["mctx_search_puct_sims_per_s"] = batch * sims / seconds
+      row["ours_vs_muzero"] = row["ours_sims_per_s"] / row["mctx_muzero_sims_per_s"]
+    rows.append(row)
+  return rows
+
+
+def lm_share(batch, agents, iterations):
+  """Share of tree operations in an LM-backed search (tiny model, K=4, L=16)."""
+  from jaxdistill.models import Qwen2Config, init_model
+  config = lm_expand.LMSearchConfig(num_children=4, max_step_tokens=16, max_path_tokens=96,
+                                    temperature=0.8, step_end_id=2, eos_id=1, pad_id=0)
+  model = init_model(Qwen2Config(vocab_size=64, hidden_size=128, intermediate_size=384,
+                                 num_hidden_layers=4, num_attention_heads=4,
+                                 num_key_value_heads=2), seed=0)
+  graphdef, params = nnx.split(model)
+  reward = lambda tokens, problem: 0.0
+  rng = np.random.RandomState(0)
+  prompts = jnp.asarray(rng.randint(3, 64, (batch, 24)), jnp.int32)
+  lengths = jnp.full((batch,), 24, jnp.int32)
+  keys = jax.random.split(jax.random.key(0), batch)
+  root = lm_expand.root_output(model, config, prompts, lengths, jnp.arange(batch), keys, reward)
+  expand_fn = lm_expand.make_expand_fn(graphdef, params, config, reward)
+  run = lambda r, k: mcts.search(r, expand_fn, k, num_iterations=iterations, num_agents=agents)
+  _, total, peak = _timed(run, root, keys)
+
+  def free_expand(keys, parent, action):  # same output shapes, no LM
+    child, _ = lm_expand.append_step(config, parent, action)
+    zeros = jnp.zeros(action.shape, jnp.float32)
+    return ExpandOutput(prior_logits=parent.candidate_logprobs, value=zeros, reward=zeros,
+                        terminal=zeros > 1.0, discount=zeros + 1.0), child
+
+  free = lambda r, k: mcts.search(r, free_expand, k, num_iterations=iterations,
+                                  num_agents=agents)
+  _, tree_only, _ = _timed(free, root, keys)
+  return {"B": batch, "W": agents, "I": iterations, "search_s": total, "tree_ops_s": tree_only,
+          "tree_ops_share": tree_only / total, "peak_mb": (peak or 0) / 2**20}
+
+
+def collectives_check(batch=16):
+  devices = jax.devices()
+  mesh = Mesh(np.array(devices), ("data",))
+  root, expand_fn, _ = synthetic(batch * len(devices), 4)
+  run = lambda r, k: mcts.search(r, expand_fn, k, num_iterations=8, num_agents=4)
+  sharded = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=P("data"), out_specs=P("data")))
+  put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
+  keys = jax.random.split(jax.random.key(0), batch * len(devices))
+  hlo = sharded.lower(put(root), put(keys)).compile().as_text()
+  found = [c for c in COLLECTIVES if c in hlo]
+  return {"devices": len(devices), "collectives": found}
+
+
+def main(argv):
+  del argv
+  if FLAGS.quick:
+    grid = [(8, 4, 1, 64), (8, 4, 4, 16)]
+    lm = [(8, 4, 4)]
+  else:
+    grid = [(b, k, w, sims // w) for b in (8, 64) for k in (4, 16) for w, sims in
+            ((1, 256), (4, 256), (16, 256))]
+    lm = [(16, 1, 16), (16, 4, 4), (16, 16, 2)]
+  rows = tree_ops_grid(grid)
+  print("(i) tree operations only (synthetic expand); sims/s counts all B trees")
+  print_table(rows, ["B", "K", "W", "I", "ours_sims_per_s", "mctx_muzero_sims_per_s",
+                     "mctx_search_puct_sims_per_s", "ours_vs_muzero", "ours_compile_s",
+                     "mctx_compile_s", "ours_peak_mb"])
+  lm_rows = [lm_share(*args) for args in lm]
+  print("(ii) tiny LM (4 layers, hidden 128, K=4, L=16): share of tree operations")
+  print_table(lm_rows, ["B", "W", "I", "search_s", "tree_ops_s", "tree_ops_share", "peak_mb"])
+  check = collectives_check()
+  print(f"(iii) shard_map over {check['devices']} device(s): collectives in HLO: "
+        f"{check['collectives'] or 'none'}")
+  write_json(FLAGS.out, {"tree_ops": rows, "lm": lm_rows, "collectives": check})
+
+
+if __name__ == "__main__":
+  app.run(main)
