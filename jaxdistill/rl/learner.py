@@ -1,0 +1,166 @@
+"""TrainState and the pure update step: CISPO (or PPO-clip) + value + k3 KL, AdamW.
+
+`update(state, batch) -> (state, metrics)` is pure: no hidden mutation, optax directly.
+Inside `shard_map` over 'data' (axis_name given) each device takes the loss of its local
+rows and gradients are averaged with `pmean`; with equal shards that is the global mean.
+A non-finite loss or gradient leaves params and optimizer state untouched and is counted in
+the metrics (`skipped`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxdistill.rl import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+  """Hyper-parameters of the update (DESIGN §5 defaults)."""
+
+  policy_loss: str = "cispo"  # cispo | ppo
+  eps_high: float = 5.0  # CISPO weight cap
+  ppo_eps: float = 0.2
+  value_coef: float = 1.0
+  kl_coef: float = 0.05
+  learning_rate: float = 5e-6
+  end_learning_rate: float = 0.0
+  warmup_steps: int = 0
+  decay_steps: int = 2048  # linear decay to end_learning_rate over this many updates
+  weight_decay: float = 0.0
+  clip_norm: float = 0.1
+  epochs: int = 1
+  minibatches: int = 1
+
+
+@chex.dataclass(frozen=True)
+class TrainState:
+  """Everything the update changes."""
+
+  params: Any  # nnx.State of the model
+  opt_state: Any
+  step: jax.Array  # [] int32 updates applied
+  rng: jax.Array  # key
+
+
+@chex.dataclass(frozen=True)
+class LearnerBatch:
+  """Trajectories aligned to prediction targets (see losses.py)."""
+
+  tokens: jax.Array  # [B, T + 1] int32 prompt + generated + pad
+  mask: jax.Array  # [B, T] float32: 1 where tokens[:, t + 1] was generated
+  advantages: jax.Array  # [B, T] float32
+  returns: jax.Array  # [B, T] float32 value targets
+  old_logprobs: jax.Array  # [B, T] float32 behaviour policy
+  ref_logprobs: jax.Array  # [B, T] float32 frozen reference policy
+
+
+def make_optimizer(config: LearnerConfig) -> optax.GradientTransformation:
+  """Global-norm clip, then AdamW with warm-up and linear decay."""
+  schedule = optax.join_schedules([
+      optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1)),
+      optax.linear_schedule(config.learning_rate, config.end_learning_rate,
+                            max(config.decay_steps, 1)),
+  ], [max(config.warmup_steps, 0)]) if config.warmup_steps else optax.linear_schedule(
+      config.learning_rate, config.end_learning_rate, max(config.decay_steps, 1))
+  return optax.chain(optax.clip_by_global_norm(config.clip_norm),
+                     optax.adamw(schedule, weight_decay=config.weight_decay))
+
+
+def init_state(params, optimizer: optax.GradientTransformation, rng) -> TrainState:
+  """A fresh TrainState for params (an nnx.State)."""
+  return TrainState(params=params, opt_state=optimizer.init(params),
+                    step=jnp.zeros((), jnp.int32), rng=rng)
+
+
+def sequence_logprobs(graphdef, params, tokens):
+  """(log pi of each next token [B, T], values [B, T]) for tokens [B, T + 1]."""
+  model = nnx.merge(graphdef, params)
+  out = model(tokens[:, :-1])
+  logp = jax.nn.log_softmax(out.logits, axis=-1)
+  taken = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  return taken, out.values
+
+
+def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerConfig):
+  """Total loss and its parts."""
+  logprobs, values = sequence_logprobs(graphdef, params, batch.tokens)
+  if config.policy_loss == "cispo":
+    policy = losses.cispo_loss(logprobs, batch.old_logprobs, batch.advantages, batch.mask,
+                               config.eps_high)
+  elif config.policy_loss == "ppo":
+    policy = losses.ppo_clip_loss(logprobs, batch.old_logprobs, batch.advantages, batch.mask,
+                                  config.ppo_eps)
+  else:
+    raise ValueError(f"policy_loss must be 'cispo' or 'ppo', got {config.policy_loss!r}")
+  value = losses.value_loss(values, batch.returns, batch.mask)
+  kl = losses.kl_k3(logprobs, batch.ref_logprobs, batch.mask)
+  total = policy + config.value_coef * value + config.kl_coef * kl
+  ratio = losses.sequence_mean(jnp.exp(logprobs - batch.old_logprobs), batch.mask)
+  return total, {"loss": total, "policy_loss": policy, "value_loss": value, "kl": kl,
+                 "ratio": ratio}
+
+
+def _as_device_varying(tree, axis_name: str):
+  """Mark replicated values as per-device. Under shard_map, the gradient with respect to a
+  replicated input is already psum-ed over the axis (the transpose of the implicit
+  broadcast); made varying, each device gets its own gradient and one pmean averages."""
+  if hasattr(jax.lax, "pcast"):
+    return jax.lax.pcast(tree, (axis_name,), to="varying")
+  return jax.lax.pvary(tree, (axis_name,))
+
+
+def _all_finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def gradients(params, graphdef, batch: LearnerBatch, config: LearnerConfig,
+              axis_name: str | None = None):
+  """(gradients, metrics) of the loss, averaged over `axis_name` when inside shard_map."""
+  if axis_name is not None:
+    params = _as_device_varying(params, axis_name)
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, graphdef, batch,
+                                                                  config)
+  if axis_name is not None:
+    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+  return grads, metrics
+
+
+def update(state: TrainState, batch: LearnerBatch, *, graphdef, optimizer, config: LearnerConfig,
+           axis_name: str | None = None):
+  """epochs x minibatches gradient steps on batch; returns (state, metrics of the last)."""
+  rows = batch.tokens.shape[0]
+  if rows % config.minibatches:
+    raise ValueError(f"{rows} rows do not split into {config.minibatches} minibatches")
+  size = rows // config.minibatches
+
+  def step(carry, indices):
+    params, opt_state, skipped = carry
+    minibatch = jax.tree.map(lambda x: x[indices], batch)
+    grads, metrics = gradients(params, graphdef, minibatch, config, axis_name)
+    finite = _all_finite(grads) & jnp.isfinite(metrics["loss"])
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics = metrics | {"grad_norm": optax.tree.norm(grads)}
+    return (keep(new_params, params), keep(new_opt_state, opt_state),
+            skipped + (~finite).astype(jnp.int32)), metrics
+
+  rng, shuffle = jax.random.split(state.rng)
+  keys = jax.random.split(shuffle, config.epochs)
+  order = jnp.concatenate([
+      jax.random.permutation(k, rows) if config.minibatches > 1 else jnp.arange(rows)
+      for k in keys]).reshape(config.epochs * config.minibatches, size)
+  (params, opt_state, skipped), metrics = jax.lax.scan(
+      step, (state.params, state.opt_state, jnp.zeros((), jnp.int32)), order)
+  metrics = jax.tree.map(lambda x: x[-1], metrics) | {"skipped": skipped}
+  applied = config.epochs * config.minibatches - skipped
+  return state.replace(params=params, opt_state=opt_state, step=state.step + applied,
+                       rng=rng), metrics

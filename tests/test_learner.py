@@ -1,0 +1,197 @@
+"""Losses against hand-computed values and the pure, shardable update step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxdistill.models import Qwen2Config, init_model
+from jaxdistill.rl import learner, losses
+
+MASK = jnp.array([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]], jnp.float32)
+
+
+def _policy(theta, actions):
+  """log pi(actions) for a tiny softmax policy with logits theta [T, A]."""
+  return jnp.take_along_axis(jax.nn.log_softmax(theta, -1), actions[:, None], -1)[:, 0][None]
+
+
+def test_sequence_mean_by_hand():
+  x = jnp.array([[9.0, 1.0, 2.0, 3.0, 9.0], [9.0, 9.0, 4.0, 4.0, 4.0]])
+  assert float(losses.sequence_mean(x, MASK)) == pytest.approx((2.0 + 4.0) / 2)
+  empty = jnp.zeros((1, 5))
+  assert float(losses.sequence_mean(jnp.ones((1, 5)), empty)) == 0.0
+
+
+def test_cispo_gradient_equals_reinforce_at_ratio_one():
+  theta = jax.random.normal(jax.random.key(0), (5, 7))
+  actions = jnp.array([1, 3, 0, 6, 2])
+  advantages = jnp.array([[0.5, -1.0, 2.0, 0.3, 1.0]])
+  mask = jnp.array([[1, 1, 1, 1, 0]], jnp.float32)
+  old = jax.lax.stop_gradient(_policy(theta, actions))
+  cispo = jax.grad(lambda t: losses.cispo_loss(_policy(t, actions), old, advantages, mask))(theta)
+  reinforce = jax.grad(lambda t: losses.sequence_mean(-advantages * _policy(t, actions),
+                                                      mask))(theta)
+  np.testing.assert_allclose(cispo, reinforce, atol=1e-6)
+  assert np.abs(np.asarray(cispo)).max() > 1e-3
+
+
+def test_cispo_caps_the_weight_and_passes_no_gradient_through_it():
+  logp = jnp.array([[-1.0]])
+  old = jnp.array([[-4.0]])  # ratio e^3 ~ 20 > 5
+  adv, mask = jnp.array([[2.0]]), jnp.array([[1.0]])
+  assert float(losses.cispo_loss(logp, old, adv, mask)) == pytest.approx(-5.0 * 2.0 * -1.0)
+  grad = jax.grad(lambda l: losses.cispo_loss(l, old, adv, mask))(logp)
+  assert float(grad[0, 0]) == pytest.approx(-5.0 * 2.0)
+
+
+def test_ppo_clip_gradient_is_zero_outside_the_trust_region():
+  mask = jnp.ones((1, 1))
+  grad = lambda logp, old, adv: float(jax.grad(lambda l: losses.ppo_clip_loss(
+      l, jnp.array([[old]]), jnp.array([[adv]]), mask, 0.2))(jnp.array([[logp]]))[0, 0])
+  assert grad(np.log(1.5), 0.0, 1.0) == 0.0  # ratio 1.5 > 1.2, A > 0
+  assert grad(np.log(0.5), 0.0, -1.0) == 0.0  # ratio 0.5 < 0.8, A < 0
+  assert grad(np.log(1.1), 0.0, 1.0) == pytest.approx(-1.1)  # inside: -ratio * A
+  assert grad(np.log(0.5), 0.0, 1.0) == pytest.approx(-0.5)  # pessimistic side unclipped
+
+
+def test_masked_tokens_change_nothing():
+  rng = np.random.RandomState(0)
+  logp, old, adv, ret, ref, values = (jnp.asarray(rng.randn(2, 5), jnp.float32) for _ in range(6))
+  junk = jnp.where(MASK > 0, 0.0, 1e6)
+  for fn, args in [(losses.cispo_loss, (logp, old, adv)), (losses.ppo_clip_loss, (logp, old, adv)),
+                   (losses.value_loss, (values, ret)), (losses.kl_k3, (logp, ref))]:
+    clean = fn(*args, MASK)
+    dirty = fn(*(a + junk for a in args), MASK)
+    assert float(clean) == pytest.approx(float(dirty), rel=1e-6)
+
+
+def test_kl_is_zero_when_policy_equals_reference_and_positive_otherwise():
+  logp = jnp.log(jnp.array([[0.2, 0.5, 0.3, 0.9, 0.1]]))
+  mask = jnp.ones((1, 5))
+  assert float(losses.kl_k3(logp, logp, mask)) == 0.0
+  assert float(losses.kl_k3(logp, logp - 0.3, mask)) > 0.0
+
+
+def test_advantage_estimators():
+  values = jnp.array([[0.0, 0.2, -0.1, 0.4, 0.0], [0.0, 0.0, 0.3, 0.3, 0.5]])
+  rewards = jnp.array([1.0, -1.0])
+  plain = losses.reward_minus_value(rewards, values, MASK)
+  np.testing.assert_allclose(plain, (rewards[:, None] - values) * MASK)
+  advantages, returns = losses.gae(rewards, values, MASK, gamma=1.0, lam=1.0)
+  np.testing.assert_allclose(advantages, plain, atol=1e-6)  # GAE(1, 1) telescopes to R - V
+  np.testing.assert_allclose(returns, rewards[:, None] * MASK, atol=1e-6)
+  advantages, _ = losses.gae(rewards, values, MASK, gamma=1.0, lam=0.0)  # one-step TD
+  np.testing.assert_allclose(advantages[0, 1:4], [-0.2 + -0.1, 0.4 + 0.1, 1.0 - 0.4], atol=1e-6)
+  group = losses.group_normalized(jnp.array([1.0, 0.0, 0.0, 1.0, 5.0, 5.0, 5.0, 5.0]), 4)
+  np.testing.assert_allclose(group[:4], [1.0, -1.0, -1.0, 1.0], atol=1e-4)
+  np.testing.assert_allclose(group[4:], 0.0, atol=1e-6)
+
+
+CONFIG = Qwen2Config(vocab_size=30, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2)
+
+
+def _batch(rows=8, length=12, seed=0, graphdef=None, params=None):
+  rng = np.random.RandomState(seed)
+  tokens = jnp.asarray(rng.randint(0, CONFIG.vocab_size, (rows, length + 1)), jnp.int32)
+  mask = np.zeros((rows, length), np.float32)
+  for r in range(rows):
+    start = rng.randint(2, 6)
+    mask[r, start:rng.randint(start + 1, length + 1)] = 1
+  logp, _ = learner.sequence_logprobs(graphdef, params, tokens)
+  return learner.LearnerBatch(
+      tokens=tokens, mask=jnp.asarray(mask),
+      advantages=jnp.asarray(rng.randn(rows, length), jnp.float32),
+      returns=jnp.asarray(rng.uniform(-1, 1, (rows, length)), jnp.float32),
+      old_logprobs=logp, ref_logprobs=logp - 0.1)
+
+
+def _setup(config=learner.LearnerConfig(learning_rate=1e-2)):
+  graphdef, params = nnx.split(init_model(CONFIG, seed=0))
+  optimizer = learner.make_optimizer(config)
+  state = learner.init_state(params, optimizer, jax.random.key(0))
+  return graphdef, optimizer, state, config
+
+
+def _one_and_eight(optimizer, config):
+  graphdef, _, state, _ = _setup(config)
+  state = learner.init_state(state.params, optimizer, jax.random.key(0))
+  batch = _batch(graphdef=graphdef, params=state.params)
+  run = lambda axis: lambda s, b: learner.update(s, b, graphdef=graphdef, optimizer=optimizer,
+                                                 config=config, axis_name=axis)
+  single = jax.jit(run(None))(state, batch)
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  sharded = jax.jit(jax.shard_map(run("data"), mesh=mesh, in_specs=(P(), P("data")),
+                                  out_specs=(P(), P())))
+  many = sharded(state, jax.device_put(batch, NamedSharding(mesh, P("data"))))
+  return state, single, many
+
+
+def test_eight_devices_equal_one_device():
+  """Same global batch: same loss, gradient norm and updated params on 8 devices and 1."""
+  config = learner.LearnerConfig(learning_rate=1e-2)
+  # SGD after the clip: the update is linear in the averaged gradient, so params must agree
+  # elementwise. (With Adam the first step is lr * g / (|g| + eps): for entries with g near
+  # 0 it turns fp32 rounding of another reduction order into a visible fraction of lr.)
+  sgd = optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.sgd(1.0))
+  state, (single, single_metrics), (many, many_metrics) = _one_and_eight(sgd, config)
+  assert float(many_metrics["loss"]) == pytest.approx(float(single_metrics["loss"]), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(many.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-8)
+  moved = max(float(jnp.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(state.params), jax.tree.leaves(single.params)))
+  assert moved > 1e-4 and int(single.step) == 1
+  # the default optimizer (AdamW): loss and gradient norm agree as well
+  adamw = learner.make_optimizer(config)
+  _, (_, single_metrics), (_, many_metrics) = _one_and_eight(adamw, config)
+  for key in ("loss", "grad_norm", "kl", "value_loss"):
+    assert float(many_metrics[key]) == pytest.approx(float(single_metrics[key]), rel=1e-5)
+
+
+def test_non_finite_loss_skips_the_update():
+  graphdef, optimizer, state, config = _setup()
+  batch = _batch(graphdef=graphdef, params=state.params)
+  batch = batch.replace(advantages=batch.advantages.at[0, 5].set(jnp.nan))
+  batch = batch.replace(mask=batch.mask.at[0, 5].set(1.0))
+  new_state, metrics = learner.update(state, batch, graphdef=graphdef, optimizer=optimizer,
+                                      config=config)
+  assert int(metrics["skipped"]) == 1 and int(new_state.step) == 0
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_several_epochs_move_the_ratio_and_ppo_clips():
+  config = learner.LearnerConfig(learning_rate=3e-2, policy_loss="ppo", epochs=4,
+                                 minibatches=2, clip_norm=10.0)
+  graphdef, optimizer, state, _ = _setup(config)
+  batch = _batch(graphdef=graphdef, params=state.params)
+  new_state, metrics = learner.update(state, batch, graphdef=graphdef, optimizer=optimizer,
+                                      config=config)
+  assert int(new_state.step) == 8
+  assert abs(float(metrics["ratio"]) - 1.0) > 1e-3  # later minibatches are off-policy
+  logp, _ = learner.sequence_logprobs(graphdef, new_state.params, batch.tokens)
+  ratio = np.asarray(jnp.exp(logp - batch.old_logprobs))[np.asarray(batch.mask) > 0]
+  assert (np.abs(ratio - 1.0) > 0.2).any()  # the policy left the trust region somewhere...
+  # ...and there the clipped objective has no gradient pushing it further out
+  grads = jax.grad(lambda l: losses.ppo_clip_loss(l, batch.old_logprobs, batch.advantages,
+                                                  batch.mask, 0.2))(logp)
+  outside = ((np.asarray(jnp.exp(logp - batch.old_logprobs)) > 1.2) &
+             (np.asarray(batch.advantages) > 0) & (np.asarray(batch.mask) > 0))
+  assert outside.any() and (np.asarray(grads)[outside] == 0).all()
+
+
+def test_eight_devices_give_the_same_gradients():
+  graphdef, _, state, config = _setup()
+  batch = _batch(graphdef=graphdef, params=state.params)
+  grad = lambda axis: lambda p, b: learner.gradients(p, graphdef, b, config, axis)[0]
+  single = jax.jit(grad(None))(state.params, batch)
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  sharded = jax.jit(jax.shard_map(grad("data"), mesh=mesh, in_specs=(P(), P("data")),
+                                  out_specs=P()))
+  many = sharded(state.params, jax.device_put(batch, NamedSharding(mesh, P("data"))))
+  for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(many)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-8)
