@@ -1,30 +1,33 @@
-"""Entry point: `python -m jaxdistill.main --config configs/countdown.py[:preset]`.
+"""Entry point: `python -m jaxdistill.main --config configs/countdown.py[:preset] --workdir DIR`.
 
-Until the training program lands this runs the sampling job: load (qwen presets) or build
-(tiny, smoke) the model and tokenizer, sample answers to held-out Countdown problems, and
-grade them.
+--mode train (default): evaluate, train with config.algo, evaluate, print base vs trained;
+--mode eval: mean@k of the latest checkpoint (or the initial model);
+--mode sample: print a few held-out problems with sampled answers.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/countdown.py[:preset]",
                                           lock_config=True)
+flags.DEFINE_string("workdir", None, "run directory (default runs/<preset>-<algo>)")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "what to run")
 flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
 
 
 class UsageError(Exception):
   """A problem the user can fix; printed as one line."""
 
 
-def load_model_and_tokenizer(config):
-  """The model and tokenizer of a config: a local HF directory, or built locally (tiny)."""
+def load_model_and_tokenizer(config, workdir: str):
+  """The initial model and tokenizer: a local HF directory, or built locally (tiny/smoke)."""
   import jax.numpy as jnp
 
   from jaxdistill import tokenization
@@ -35,10 +38,9 @@ def load_model_and_tokenizer(config):
                      "Face directory of the model (e.g. from `huggingface-cli download "
                      "Qwen/Qwen2.5-1.5B-Instruct --local-dir DIR`)")
   if config.model.path:
-    return from_pretrained(config.model.path, dtype=dtype), tokenization.load_tokenizer(
-        config.model.path)
-  tokenizer_dir = os.path.join(config.workdir, "tokenizer")
-  tokenizer = tokenization.build_char_tokenizer(tokenizer_dir)
+    return (from_pretrained(config.model.path, dtype=dtype),
+            tokenization.load_tokenizer(config.model.path))
+  tokenizer = tokenization.build_char_tokenizer(os.path.join(workdir, "tokenizer"))
   m = config.model
   arch = Qwen2Config(vocab_size=len(tokenizer), hidden_size=m.hidden_size,
                      intermediate_size=m.intermediate_size,
@@ -49,68 +51,139 @@ def load_model_and_tokenizer(config):
   return init_model(arch, seed=config.seed, dtype=dtype), tokenizer
 
 
-def sample_job(config) -> dict:
-  """Sample answers to held-out problems and grade them; returns summary numbers."""
-  import jax
-  import numpy as np
+def _prepare_workdir(config) -> str:
+  workdir = FLAGS.workdir or os.path.join("runs", f"{config.preset}-{config.algo}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UsageError(f"cannot create workdir {workdir!r}: {e.strerror}") from None
+  probe = os.path.join(workdir, ".write_test")
+  try:
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UsageError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+  return workdir
 
+
+def _print_table(rows):
+  print("\n| model | " + " | ".join(rows[0][1]) + " |")
+  print("|---|" + "---|" * len(rows[0][1]))
+  for name, values in rows:
+    print(f"| {name} | " + " | ".join(
+        f"{v:.3f}" if isinstance(v, float) else str(v) for v in values.values()) + " |")
+
+
+def run_job(config, workdir: str, mode: str) -> dict:
+  """Run one mode; returns what it measured."""
+  from jaxdistill import evaluate as evaluation
+  from jaxdistill import parallel
+  from jaxdistill.tasks import countdown
+  parallel.maybe_initialize_distributed()
+  model, tokenizer = load_model_and_tokenizer(config, workdir)
+  train_split, test_split = countdown.make_splits(config.task.data_seed, config.task.train_size,
+                                                  config.task.test_size)
+  if mode == "train":
+    from jaxdistill import train
+    summary = train.train(config, model, tokenizer, train_split, test_split, workdir)
+    rows = [(name, summary[key]) for name, key in (("before", "eval_before"),
+                                                   ("after", "eval_after")) if key in summary]
+    if rows:
+      _print_table(rows)
+    if os.path.exists(os.path.join(workdir, "eval.png")):
+      print(f"plot: {os.path.join(workdir, 'eval.png')}")
+    return summary
+  eval_config = evaluation.EvalConfig(
+      k=config.eval.k, temperature=config.eval.temperature, top_p=config.eval.top_p,
+      max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+      prompt_width=config.task.prompt_width)
+  model = _restore_params(config, model, workdir)
+  if mode == "eval":
+    result = evaluation.evaluate(model, tokenizer, test_split[:config.eval.num_problems],
+                                 eval_config, seed=config.seed, prompt=config.task.prompt)
+    print(result)
+    return result
+  return _sample(model, tokenizer, test_split[:8], eval_config, config.task.prompt)
+
+
+def _restore_params(config, model, workdir):
+  """The model with the params of the latest checkpoint in workdir, if there is one."""
+  import jax
+  from flax import nnx
+
+  from jaxdistill.checkpointing import Checkpointer
+  from jaxdistill.rl import learner
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    print("no checkpoint in the workdir: using the initial model")
+    return model
+  graphdef, params = nnx.split(model)
+  optimizer = learner.make_optimizer(learner.LearnerConfig(
+      learning_rate=config.learner.learning_rate))
+  state = learner.init_state(params, optimizer, jax.random.PRNGKey(0))
+  restored = Checkpointer(directory).restore_latest(state)
+  if restored is None:
+    return model
+  print(f"using checkpoint {restored[0]}")
+  return nnx.merge(graphdef, restored[1].params)
+
+
+def _sample(model, tokenizer, problems, eval_config, prompt):
+  import jax
+
+  from jaxdistill import evaluate as evaluation
   from jaxdistill import tokenization
-  from jaxdistill.models import num_params
   from jaxdistill.sampling import generate
   from jaxdistill.tasks import countdown
-
-  model, tokenizer = load_model_and_tokenizer(config)
   ids = tokenization.special_ids(tokenizer)
-  problems = countdown.generate(config.sample.num_prompts, seed=config.task.data_seed)
-  if config.task.prompt == "chat":
-    prompts = [countdown.chat_prompt(tokenizer, p.numbers, p.target) for p in problems]
-  else:
-    prompts = [countdown.compact_prompt(p.numbers, p.target) for p in problems]
-  tokens, lengths = tokenization.encode_batch(tokenizer, prompts)
-  print(f"model: {num_params(model):,} parameters; {len(problems)} prompts")
-  start = time.perf_counter()
-  out = generate(model, tokens, lengths, jax.random.key(config.seed),
-                 max_new_tokens=config.sample.max_new_tokens,
-                 temperature=config.sample.temperature, top_p=config.sample.top_p,
-                 stop_ids=(ids.eos_id,), pad_id=ids.pad_id)
-  out = jax.device_get(out)
-  seconds = time.perf_counter() - start
-  rewards = []
+  tokens, lengths = evaluation.encode_prompts(tokenizer, problems, prompt,
+                                              eval_config.prompt_width)
+  out = jax.device_get(generate(model, tokens, lengths, jax.random.PRNGKey(0),
+                                max_new_tokens=eval_config.max_new_tokens,
+                                temperature=eval_config.temperature, stop_ids=(ids.eos_id,),
+                                pad_id=ids.pad_id))
+  solved = 0
   for row, p in enumerate(problems):
     text = tokenization.decode(tokenizer, out.tokens[row], int(out.lengths[row]))
-    rewards.append(countdown.reward(text, p.numbers, p.target, dense=False))
-    if row < 3:
-      print(f"{p.numbers} -> {p.target}: {text[:120]!r}")
-  summary = {"mean_sparse_reward": float(np.mean(rewards)),
-             "generated_tokens": int(np.sum(out.lengths)), "seconds": seconds}
-  print(f"solved {summary['mean_sparse_reward']:.1%}; {summary['generated_tokens']} tokens in "
-        f"{seconds:.1f}s (compile included)")
-  return summary
+    reward = countdown.reward(text, p.numbers, p.target, dense=False)
+    solved += reward == 1.0
+    print(f"{list(p.numbers)} -> {p.target} [{'solved' if reward == 1.0 else 'not solved'}]\n"
+          f"  {text!r}")
+  return {"solved": solved, "shown": len(problems)}
 
 
 def main(argv):
-  """Run the job the config describes."""
+  """Run the job the flags describe."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
+  if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   from jaxdistill.models import CheckpointError
   from jaxdistill.tokenization import TokenizerError
-  with config.unlocked():
-    config.workdir = config.workdir or os.path.join("runs", config.preset)
   try:
-    os.makedirs(config.workdir, exist_ok=True)
-    if not os.access(config.workdir, os.W_OK):
-      raise UsageError(f"workdir {config.workdir!r} is not writable")
-    logging.info("workdir %s", config.workdir)
-    sample_job(config)
-  except (UsageError, CheckpointError, TokenizerError, PermissionError) as e:
+    workdir = _prepare_workdir(config)
+    run_job(config, workdir, FLAGS.mode)
+  except (UsageError, CheckpointError, TokenizerError) as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except ValueError as e:  # bad settings found while building the run
+    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
     sys.exit(2)
 
 
 def run():
-  """Console-script entry point."""
-  app.run(main)
+  """Console-script entry point; unknown config fields are reported in one line."""
+  try:
+    app.run(main)
+  except (KeyError, AttributeError) as e:  # ml_collections: an override of a missing field
+    text = str(e.args[0] if e.args else e)
+    name = re.search(r"(\w+)", text)
+    hint = re.search(r"Did you mean \"(\w+)\"", text)
+    print(f"error: unknown config field {name.group(1) if name else text!r}"
+          + (f" (did you mean {hint.group(1)}?)" if hint else ""), file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 `update(state, batch) -> (state, metrics)` is pure: no hidden mutation, optax directly.
 Inside `shard_map` over 'data' (axis_name given) each device takes the loss of its local
 rows and gradients are averaged with `pmean`; with equal shards that is the global mean.
-A non-finite loss or gradient leaves params and optimizer state untouched and is counted in
-the metrics (`skipped`).
+A non-finite loss, gradient or updated parameter leaves params and optimizer state untouched
+and is counted in the metrics (`skipped`).
 """
 
 from __future__ import annotations
@@ -145,9 +145,10 @@ def update(state: TrainState, batch: LearnerBatch, *, graphdef, optimizer, confi
     params, opt_state, skipped = carry
     minibatch = jax.tree.map(lambda x: x[indices], batch)
     grads, metrics = gradients(params, graphdef, minibatch, config, axis_name)
-    finite = _all_finite(grads) & jnp.isfinite(metrics["loss"])
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
+    # the step must be finite end to end: loss, gradients and the params it produces
+    finite = _all_finite(grads) & jnp.isfinite(metrics["loss"]) & _all_finite(new_params)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     metrics = metrics | {"grad_norm": optax.tree.norm(grads)}
     return (keep(new_params, params), keep(new_opt_state, opt_state),

@@ -65,7 +65,8 @@ def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, r
   cache, logits, value = sampling.prefill(model, state.path_tokens, state.path_length,
                                           num_slots=width + steps, pad_id=config.pad_id)
   repeat = lambda x: jnp.repeat(x, k, axis=0)
-  row_keys = jax.vmap(lambda key: jax.random.split(key, k))(keys).reshape(rows * k)
+  row_keys = jax.vmap(lambda key: jax.random.split(key, k))(keys)
+  row_keys = row_keys.reshape((rows * k,) + row_keys.shape[2:])  # typed or raw keys
   out = sampling.decode(model, cache.repeat_rows(k), repeat(logits), repeat(value),
                         row_keys, max_new_tokens=steps, temperature=config.temperature,
                         top_p=1.0, stop_ids=(config.step_end_id, config.eos_id),

@@ -1,0 +1,189 @@
+"""Trajectory producers over the same sampler: mcts_distill, cispo (group sampling), best_of_n.
+
+Each returns `Trajectories` (prompt + completion tokens, right-padded, with their reward)
+plus what it cost: tokens generated (sampled) and LM token-forwards (every position the
+model ran on, padding of the static shapes included), so methods can be compared at equal
+compute. All functions run inside jit (and shard_map); rewards come from Python through
+`jax.pure_callback`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdistill import sampling
+from jaxdistill.search import lm_expand, mcts
+
+
+@chex.dataclass(frozen=True)
+class Trajectories:
+  """Completed trajectories for the learner."""
+
+  tokens: jax.Array  # [M, S] int32 prompt + completion, pad after `length`
+  prompt_length: jax.Array  # [M] int32
+  length: jax.Array  # [M] int32 prompt + completion
+  reward: jax.Array  # [M] float32 task reward (sparse or dense, per config)
+  group: jax.Array  # [M] int32 index of the prompt the row answers
+  generated_tokens: jax.Array  # [] int32 tokens sampled to produce these rows
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+  """Static settings shared by the producers."""
+
+  max_completion_tokens: int = 128
+  temperature: float = 0.8
+  top_p: float = 1.0
+  group_size: int = 16  # cispo samples per prompt
+  best_of: int = 64  # best_of_n samples per prompt
+  eos_id: int = 1
+  pad_id: int = 0
+
+
+def _host_rewards(tokens, prompt_length, length, groups, reward_fn):
+  """Task rewards [M] of completions (tokens between prompt_length and length)."""
+  positions = jnp.arange(tokens.shape[1])[None]
+  generated = (positions >= prompt_length[:, None]) & (positions < length[:, None])
+  marked = jnp.where(generated, tokens, -1)
+
+  def host(marked, groups):
+    return np.asarray([reward_fn(row[row >= 0], int(g)) for row, g in zip(marked, groups)],
+                      np.float32)
+
+  return jax.pure_callback(host, jax.ShapeDtypeStruct(groups.shape, jnp.float32), marked,
+                           groups, vmap_method="sequential")
+
+
+def _concat(prompt_tokens, prompt_lengths, out: sampling.SampleOutput, pad_id: int):
+  """Right-padded prompt + completion rows [M, T + N]."""
+  width = prompt_tokens.shape[1] + out.tokens.shape[1]
+  positions = jnp.arange(width)[None]
+  offset = positions - prompt_lengths[:, None]
+  completion = jnp.take_along_axis(
+      out.tokens, jnp.clip(offset, 0, out.tokens.shape[1] - 1), axis=1)
+  prompt = jnp.pad(prompt_tokens, ((0, 0), (0, out.tokens.shape[1])),
+                   constant_values=pad_id)
+  tokens = jnp.where(offset < 0, prompt, jnp.where(offset < out.lengths[:, None], completion,
+                                                    pad_id))
+  return tokens, prompt_lengths + out.lengths
+
+
+def sample_completions(model, prompt_tokens, prompt_lengths, row_keys, config: RolloutConfig,
+                       temperature):
+  """One completion per row (until EOS or max_completion_tokens)."""
+  num_slots = prompt_tokens.shape[1] + config.max_completion_tokens
+  cache, logits, value = sampling.prefill(model, prompt_tokens, prompt_lengths, num_slots,
+                                          config.pad_id)
+  return sampling.decode(model, cache, logits, value, row_keys,
+                         max_new_tokens=config.max_completion_tokens, temperature=temperature,
+                         top_p=config.top_p, stop_ids=(config.eos_id,), pad_id=config.pad_id)
+
+
+def _group_samples(model, prompt_tokens, prompt_lengths, problems, keys, config, samples,
+                   temperature, reward_fn):
+  """`samples` completions of every prompt, with rewards: rows [B * samples]."""
+  repeat = lambda x: jnp.repeat(x, samples, axis=0)
+  row_keys = jax.vmap(lambda k: jax.random.split(k, samples))(keys)
+  row_keys = row_keys.reshape((-1,) + row_keys.shape[2:])  # typed or raw keys
+  tokens, lengths = repeat(prompt_tokens), repeat(prompt_lengths)
+  out = sample_completions(model, tokens, lengths, row_keys, config, temperature)
+  full, total = _concat(tokens, lengths, out, config.pad_id)
+  groups = repeat(problems)
+  reward = _host_rewards(full, lengths, total, groups, reward_fn)
+  return Trajectories(tokens=full, prompt_length=lengths, length=total, reward=reward,
+                      group=groups, generated_tokens=out.lengths.sum())
+
+
+def cispo(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
+          config: RolloutConfig, reward_fn):
+  """G samples per prompt at the configured temperature; all of them go to the learner."""
+  model = nnx.merge(graphdef, params)
+  return _group_samples(model, prompt_tokens, prompt_lengths, problems, keys, config,
+                        config.group_size, config.temperature, reward_fn)
+
+
+def best_of_n(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
+              config: RolloutConfig, reward_fn, dense_reward_fn):
+  """N samples per prompt; the best by dense reward becomes the prompt's trajectory."""
+  model = nnx.merge(graphdef, params)
+  n = config.best_of
+  all_rows = _group_samples(model, prompt_tokens, prompt_lengths, problems, keys, config, n,
+                            config.temperature, dense_reward_fn)
+  batch = prompt_tokens.shape[0]
+  best = jnp.argmax(all_rows.reward.reshape(batch, n), axis=-1) + jnp.arange(batch) * n
+  pick = lambda x: x[best]
+  chosen = jax.tree.map(pick, dict(tokens=all_rows.tokens, prompt_length=all_rows.prompt_length,
+                                   length=all_rows.length, group=all_rows.group))
+  reward = _host_rewards(chosen["tokens"], chosen["prompt_length"], chosen["length"],
+                         chosen["group"], reward_fn)
+  return Trajectories(reward=reward, generated_tokens=all_rows.generated_tokens, **chosen)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+  """Static search settings for mcts_distill."""
+
+  lm: lm_expand.LMSearchConfig
+  num_iterations: int = 100
+  num_agents: int = 16
+  c_puct: float = 0.5
+  first_play_value: float = 0.0
+  virtual_loss: str = "visit"
+  root_selection: str = "puct"
+
+
+def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
+                 config: RolloutConfig, search: SearchSettings, reward_fn):
+  """Search per prompt; the most-visited path, completed by sampling if it stopped short."""
+  model = nnx.merge(graphdef, params)
+  lm = search.lm
+  batch = prompt_tokens.shape[0]
+  root_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+  search_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
+  completion_keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys)
+  root = lm_expand.root_output(model, lm, prompt_tokens, prompt_lengths, problems, root_keys,
+                               reward_fn)
+  expand_fn = lm_expand.make_expand_fn(graphdef, params, lm, reward_fn)
+  out = mcts.search(root, expand_fn, search_keys, num_iterations=search.num_iterations,
+                    num_agents=search.num_agents, c_puct=search.c_puct,
+                    first_play_value=search.first_play_value,
+                    virtual_loss=search.virtual_loss, root_selection=search.root_selection)
+  rows = jnp.arange(batch)
+  last = jnp.where(out.path_length > 0,
+                   out.path_nodes[rows, jnp.maximum(out.path_length - 1, 0)], 0)
+  emb = out.tree.embeddings
+  path, path_length = emb.path_tokens[rows, last], emb.path_length[rows, last]
+  finished = out.tree.terminal[rows, last]
+  # complete paths that stopped before EOS with ordinary sampling from their end
+  completion = sample_completions(model, path, path_length, completion_keys, config,
+                                  lm.temperature)
+  completion = completion.replace(lengths=jnp.where(finished, 0, completion.lengths))
+  tokens, length = _concat(path, path_length, completion, lm.pad_id)
+  prompt_length = prompt_lengths.astype(jnp.int32)
+  reward = _host_rewards(tokens, prompt_length, length, problems, reward_fn)
+  # sampled: the K candidates of every evaluated non-terminal node, and the completions
+  sampled = (emb.candidate_lengths.sum(-1) * (out.tree.expanded & ~out.tree.terminal)).sum()
+  return Trajectories(tokens=tokens, prompt_length=prompt_length, length=length, reward=reward,
+                      group=problems.astype(jnp.int32),
+                      generated_tokens=sampled + completion.lengths.sum()), out
+
+
+def forward_tokens(method: str, prompts: int, prompt_width: int, config: RolloutConfig,
+                   search: SearchSettings | None = None) -> int:
+  """Positions the LM processes for one batch of prompts (static shapes, padding included)."""
+  completion = prompt_width + config.max_completion_tokens
+  if method == "cispo":
+    return prompts * config.group_size * completion
+  if method == "best_of_n":
+    return prompts * config.best_of * completion
+  lm = search.lm
+  per_expansion = lm.max_path_tokens + lm.num_children * lm.max_step_tokens
+  expansions = prompts * (1 + search.num_iterations * search.num_agents)
+  return expansions * per_expansion + prompts * (lm.max_path_tokens +
+                                                 config.max_completion_tokens)

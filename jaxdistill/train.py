@@ -1,0 +1,197 @@
+"""The training program: one jitted SPMD iteration (rollouts -> learner batch -> update),
+compiled once, and the outer loop with progress, metrics, evaluation and checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from jaxdistill import evaluate as evaluation
+from jaxdistill import parallel, tokenization
+from jaxdistill.checkpointing import Checkpointer
+from jaxdistill.metrics import MetricsLog, plot_eval
+from jaxdistill.rl import learner, losses, rollouts
+from jaxdistill.search import lm_expand
+
+METHODS = ("mcts_distill", "cispo", "best_of_n")
+
+
+def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, advantage: str,
+                   group_size: int) -> learner.LearnerBatch:
+  """Old and reference log-probs, old values, advantages and returns for trajectories."""
+  tokens = traj.tokens
+  positions = jnp.arange(tokens.shape[1] - 1)[None]
+  # entry t predicts token t + 1: generated when prompt_length <= t + 1 < length
+  mask = ((positions + 1 >= traj.prompt_length[:, None]) &
+          (positions + 1 < traj.length[:, None])).astype(jnp.float32)
+  old_logprobs, old_values = jax.lax.stop_gradient(
+      learner.sequence_logprobs(graphdef, params, tokens))
+  ref_logprobs, _ = jax.lax.stop_gradient(learner.sequence_logprobs(graphdef, ref_params, tokens))
+  if advantage == "group":
+    advantages = losses.group_normalized(traj.reward, group_size)[:, None] * mask
+  elif advantage == "gae":
+    advantages, _ = losses.gae(traj.reward, old_values, mask)
+  else:
+    advantages = losses.reward_minus_value(traj.reward, old_values, mask)
+  return learner.LearnerBatch(tokens=tokens, mask=mask, advantages=advantages,
+                              returns=traj.reward[:, None] * mask, old_logprobs=old_logprobs,
+                              ref_logprobs=ref_logprobs)
+
+
+@dataclasses.dataclass(frozen=True)
+class IterationSpec:
+  """Everything static about one training iteration."""
+
+  method: str
+  rollout: rollouts.RolloutConfig
+  search: rollouts.SearchSettings | None
+  learner: learner.LearnerConfig
+  advantage: str
+
+
+def build_iteration(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn, mesh):
+  """jit(shard_map(iteration)): (state, ref_params, prompts, lengths, problems, keys) ->
+  (state, metrics). Prompts, problem ids and keys are split over 'data'."""
+
+  def per_device(state, ref_params, prompt_tokens, prompt_lengths, problems, keys):
+    args = (graphdef, state.params, prompt_tokens, prompt_lengths, problems, keys, spec.rollout)
+    if spec.method == "mcts_distill":
+      traj, _ = rollouts.mcts_distill(*args, spec.search, reward_fn)
+    elif spec.method == "cispo":
+      traj = rollouts.cispo(*args, reward_fn)
+    else:
+      traj = rollouts.best_of_n(*args, reward_fn, dense_reward_fn)
+    batch = assemble_batch(graphdef, state.params, ref_params, traj, spec.advantage,
+                           spec.rollout.group_size)
+    state, metrics = learner.update(state, batch, graphdef=graphdef, optimizer=optimizer,
+                                    config=spec.learner, axis_name=parallel.DATA)
+    completion = (traj.length - traj.prompt_length).astype(jnp.float32)
+    stats = {"reward": jax.lax.pmean(traj.reward.mean(), parallel.DATA),
+             "solved": jax.lax.pmean((traj.reward >= 1.0).mean(), parallel.DATA),
+             "completion_tokens": jax.lax.pmean(completion.mean(), parallel.DATA),
+             "generated_tokens": jax.lax.psum(traj.generated_tokens, parallel.DATA)}
+    return state, metrics | stats
+
+  data = P(parallel.DATA)
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), data, data, data, data),
+                          out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def prompt_keys(seed: int, step: int, problem_ids):
+  """One key per prompt from (seed, step, problem id): independent of the device count."""
+  base = jax.random.fold_in(jax.random.key(seed), step)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(problem_ids, jnp.uint32))
+
+
+def spec_from_config(config, ids: tokenization.SpecialIds) -> IterationSpec:
+  """IterationSpec of an ml_collections config."""
+  r, s, l = config.rollout, config.search, config.learner
+  rollout = rollouts.RolloutConfig(
+      max_completion_tokens=r.max_completion_tokens, temperature=r.temperature, top_p=r.top_p,
+      group_size=r.group_size, best_of=r.best_of, eos_id=ids.eos_id, pad_id=ids.pad_id)
+  search = None
+  if config.algo == "mcts_distill":
+    if ids.step_end_id is None:
+      raise ValueError("mcts_distill needs a tokenizer with a single '</step>' token")
+    search = rollouts.SearchSettings(
+        lm=lm_expand.LMSearchConfig(
+            num_children=s.num_children, max_step_tokens=s.max_step_tokens,
+            max_path_tokens=s.max_path_tokens, temperature=s.temperature,
+            length_normalized_prior=s.length_normalized_prior, step_end_id=ids.step_end_id,
+            eos_id=ids.eos_id, pad_id=ids.pad_id),
+        num_iterations=s.num_iterations, num_agents=s.num_agents, c_puct=s.c_puct,
+        first_play_value=s.first_play_value, virtual_loss=s.virtual_loss,
+        root_selection=s.root_selection)
+  learner_config = learner.LearnerConfig(
+      policy_loss=l.policy_loss, eps_high=l.eps_high, ppo_eps=l.ppo_eps,
+      value_coef=l.value_coef, kl_coef=l.kl_coef, learning_rate=l.learning_rate,
+      end_learning_rate=l.end_learning_rate, warmup_steps=l.warmup_steps,
+      decay_steps=l.decay_steps or config.train.num_iterations, weight_decay=l.weight_decay,
+      clip_norm=l.clip_norm, epochs=l.epochs, minibatches=l.minibatches)
+  advantage = "group" if config.algo == "cispo" else l.advantage
+  return IterationSpec(method=config.algo, rollout=rollout, search=search,
+                       learner=learner_config, advantage=advantage)
+
+
+def train(config, model, tokenizer, train_problems, test_problems, workdir: str) -> dict:
+  """Run config.train.num_iterations iterations (resuming from workdir); returns a summary."""
+  if config.algo not in METHODS:
+    raise ValueError(f"algo must be one of {METHODS}, got {config.algo!r}")
+  ids = tokenization.special_ids(tokenizer)
+  spec = spec_from_config(config, ids)
+  mesh = parallel.make_mesh()
+  prompts = config.train.prompts_per_iteration
+  parallel.check_divisible(prompts, mesh, "train.prompts_per_iteration")
+
+  graphdef, params = nnx.split(model)
+  ref_params = jax.tree.map(jnp.copy, params)  # frozen initial policy (the KL reference)
+  optimizer = learner.make_optimizer(spec.learner)
+  state = learner.init_state(params, optimizer, jax.random.PRNGKey(config.seed))
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep)
+  restored = checkpointer.restore_latest(state)
+  start, data_position = 0, 0
+  if restored is not None:
+    start, state, data_position = restored
+    print(f"resumed from checkpoint {start} (data position {data_position})")
+  log = MetricsLog(workdir, resume_step=start if restored is not None else None)
+
+  reward_fn = lm_expand.countdown_reward_fn(tokenizer, train_problems,
+                                            dense=config.reward.dense)
+  dense_fn = lm_expand.countdown_reward_fn(tokenizer, train_problems, dense=True)
+  iteration = build_iteration(graphdef, optimizer, spec, reward_fn, dense_fn, mesh)
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(state, replicated)
+  ref_params = jax.device_put(ref_params, replicated)
+  eval_config = evaluation.EvalConfig(
+      k=config.eval.k, temperature=config.eval.temperature, top_p=config.eval.top_p,
+      max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+      prompt_width=config.task.prompt_width)
+  eval_problems = test_problems[:config.eval.num_problems]
+
+  def run_eval(step):
+    result = evaluation.evaluate(nnx.merge(graphdef, state.params), tokenizer, eval_problems,
+                                 eval_config, seed=config.seed, prompt=config.task.prompt)
+    log.write(step, {f"eval_{k}": v for k, v in result.items()})
+    plot_eval(log.rows(), f"eval_mean@{config.eval.k}", os.path.join(workdir, "eval.png"))
+    return result
+
+  summary = {"start_step": start}
+  if start == 0 and config.eval.at_start:
+    summary["eval_before"] = run_eval(0)
+  total = config.train.num_iterations
+  started = time.perf_counter()
+  bar = tqdm(range(start, total), initial=start, total=total, desc=config.algo,
+             disable=not config.train.progress)
+  metrics = {}
+  for step in bar:
+    batch_ids = [(data_position + i) % len(train_problems) for i in range(prompts)]
+    tokens, lengths = evaluation.encode_prompts(
+        tokenizer, [train_problems[i] for i in batch_ids], config.task.prompt,
+        config.task.prompt_width)
+    keys = prompt_keys(config.seed, step, batch_ids)
+    state, metrics = iteration(state, ref_params, tokens, lengths,
+                               np.asarray(batch_ids, np.int32), keys)
+    data_position += prompts
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if metrics["skipped"]:
+      print(f"warning: step {step + 1}: non-finite loss or gradient; update skipped")
+    log.write(step + 1, metrics | {"elapsed_s": time.perf_counter() - started})
+    bar.set_postfix(loss=f"{metrics['loss']:.3f}", reward=f"{metrics['reward']:.2f}")
+    done = step + 1 == total
+    if config.eval.every and ((step + 1) % config.eval.every == 0 or done):
+      summary["eval_after"] = run_eval(step + 1)
+    if (step + 1) % config.train.checkpoint_every == 0 or done:
+      checkpointer.save(step + 1, state, data_position)
+  checkpointer.close()
+  summary |= {"end_step": total, "last_metrics": metrics, "compiles": iteration._cache_size(),
+              "params": state.params, "data_position": data_position}
+  return summary

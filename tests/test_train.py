@@ -1,0 +1,163 @@
+"""The training program: compile once, exact resume after kill -9, clear errors, sanity."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import countdown as presets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.model.hidden_size=32", "--config.model.intermediate_size=64",
+        "--config.model.num_hidden_layers=2", "--config.search.num_iterations=2",
+        "--config.search.num_agents=2", "--config.search.max_step_tokens=8",
+        "--config.search.max_path_tokens=72", "--config.rollout.max_completion_tokens=16",
+        "--config.task.train_size=200", "--config.task.test_size=16",
+        "--config.train.prompts_per_iteration=8", "--config.eval.at_start=False",
+        "--config.eval.every=0", "--config.train.progress=False", "--config.learner.learning_rate=1e-3"]
+
+
+def _config(**overrides):
+  config = presets.get_config("smoke")
+  for flag in TINY:
+    key, value = flag[len("--config."):].split("=")
+    section, field = key.split(".")
+    current = config[section][field]
+    config[section][field] = type(current)(value == "True") if isinstance(current, bool) else (
+        type(current)(value))
+  for key, value in overrides.items():
+    section, field = key.split("__")
+    config[section][field] = value
+  return config
+
+
+def _main(workdir, *extra, check=True, **kwargs):
+  cmd = [sys.executable, "-m", "jaxdistill.main", "--config", "configs/countdown.py:smoke",
+         f"--workdir={workdir}", *TINY, *extra]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  if kwargs.get("popen"):
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+  if check:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  return result
+
+
+@pytest.mark.parametrize("algo", ["mcts_distill", "cispo", "best_of_n"])
+def test_five_iterations_compile_once_on_eight_devices(tmp_path, algo):
+  from jaxdistill import main, train
+  from jaxdistill.tasks import countdown
+  overrides = dict(train__num_iterations=5, train__checkpoint_every=5, rollout__group_size=2,
+                   rollout__best_of=2)
+  config = _config(**overrides)
+  config.algo = algo
+  model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
+  train_split, test_split = countdown.make_splits(0, 200, 16)
+  summary = train.train(config, model, tokenizer, train_split, test_split, str(tmp_path))
+  assert summary["compiles"] == 1  # the iteration function was compiled once for 5 calls
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+  for row in rows:
+    assert np.isfinite(row["loss"]) and -1.0 <= row["reward"] <= 1.0
+    assert row["generated_tokens"] > 0 and 0.0 <= row["solved"] <= 1.0
+  assert len(jax.devices()) == 8
+
+
+def _final_params(workdir):
+  from flax import nnx
+
+  from jaxdistill import main
+  from jaxdistill.checkpointing import Checkpointer
+  from jaxdistill.rl import learner
+  config = _config()
+  model, _ = main.load_model_and_tokenizer(config, str(workdir))
+  _, params = nnx.split(model)
+  state = learner.init_state(params, learner.make_optimizer(learner.LearnerConfig()),
+                             jax.random.PRNGKey(0))
+  step, state, position = Checkpointer(os.path.join(workdir, "checkpoints")).restore_latest(state)
+  return step, jax.tree.leaves(state.params), position
+
+
+def test_resume_after_kill_is_exact(tmp_path):
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  common = ["--config.train.num_iterations=6", "--config.train.checkpoint_every=1"]
+  _main(straight, *common)
+  process = _main(resumed, *common, popen=True)
+  deadline = time.time() + 300
+  while not os.path.isdir(resumed / "checkpoints" / "3") and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)  # kill -9 somewhere after checkpoint 3
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  last = max(int(d) for d in os.listdir(resumed / "checkpoints") if d.isdigit())
+  assert last < 6, "the run finished before it was killed; the test proved nothing"
+  out = _main(resumed, *common)
+  assert "resumed from checkpoint" in out.stdout
+  step_a, params_a, position_a = _final_params(straight)
+  step_b, params_b, position_b = _final_params(resumed)
+  assert step_a == step_b == 6 and position_a == position_b == 48
+  for a, b in zip(params_a, params_b):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  rows = lambda d: [json.loads(line) for line in open(d / "metrics.jsonl")]
+  strip = lambda r: {k: v for k, v in r.items() if k != "elapsed_s"}
+  assert [strip(r) for r in rows(straight)] == [strip(r) for r in rows(resumed)]
+
+
+def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path):
+  _main(tmp_path, "--config.train.num_iterations=2", "--config.train.checkpoint_every=1")
+  for root, _, files in os.walk(tmp_path / "checkpoints" / "2"):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  out = _main(tmp_path, "--config.train.num_iterations=3", "--config.train.checkpoint_every=1")
+  assert "unreadable" in out.stdout and "resumed from checkpoint 1" in out.stdout
+  step, params, _ = _final_params(tmp_path)
+  assert step == 3 and all(np.isfinite(np.asarray(p)).all() for p in params)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "configs/countdown.py:qwen2.5-1.5b"], "needs --config.model.path"),
+    (["--config.search.num_agentz=3"], "unknown config field"),
+    (["--config.train.prompts_per_iteration=3"], None),  # fine on one device
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+  if message is None:
+    return _main(tmp_path, *args, "--config.train.num_iterations=1")
+  cmd = [sys.executable, "-m", "jaxdistill.main", f"--workdir={tmp_path}"]
+  if args[0] != "--config":
+    cmd += ["--config", "configs/countdown.py:smoke"]
+  result = subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 2
+  assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unwritable_workdir(tmp_path):
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  locked.chmod(0o500)
+  if os.access(locked, os.W_OK):  # root ignores permissions
+    locked = "/proc/jaxdistill-cannot-write-here"
+  result = _main(locked, check=False)
+  assert result.returncode == 2 and "workdir" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_non_finite_loss_never_reaches_a_checkpoint(tmp_path):
+  from jaxdistill import main, train
+  from jaxdistill.tasks import countdown
+  config = _config(train__num_iterations=2, train__checkpoint_every=1,
+                   learner__learning_rate=float("nan"))
+  model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
+  train_split, test_split = countdown.make_splits(0, 200, 16)
+  summary = train.train(config, model, tokenizer, train_split, test_split, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert all(r["skipped"] == 1 for r in rows)  # a NaN step is logged and skipped
+  step, params, _ = _final_params(tmp_path)
+  assert step == 2 and all(np.isfinite(np.asarray(p)).all() for p in params)
+  del summary
