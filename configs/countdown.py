@@ -31,6 +31,13 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.model.num_key_value_heads = 2
   c.model.rope_theta = 1e6
 
+  c.sft = ml_collections.ConfigDict()  # warm start of the locally built model
+  c.sft.steps = 200  # 0: no warm start (random init); not yet calibrated (issue 6)
+  c.sft.batch_size = 32
+  c.sft.learning_rate = 1e-3
+  c.sft.warmup_steps = 20
+  c.sft.sequence_length = 120  # compact prompt + solution + EOS: at most 113 tokens
+
   c.task = ml_collections.ConfigDict()
   c.task.data_seed = 0
   c.task.train_size = 20_000
@@ -95,6 +102,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.eval.at_start = True
 
   if preset == "smoke":
+    c.sft.steps, c.sft.batch_size = 10, 16
     c.task.train_size, c.task.test_size = 2_000, 64
     c.search.num_agents, c.search.num_iterations = 2, 2
     c.search.max_step_tokens, c.search.max_path_tokens = 16, 96
@@ -103,6 +111,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     c.eval.k, c.eval.num_problems, c.eval.max_new_tokens, c.eval.batch_size = 4, 32, 48, 128
     c.eval.every = 2
   if preset.startswith("qwen"):
+    c.sft.steps = 0  # the instruct model is the base
     c.model.dtype = "bfloat16"
     c.task.prompt, c.task.prompt_width = "chat", 256
     c.search.max_step_tokens, c.search.max_path_tokens = 64, 512

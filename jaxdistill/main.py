@@ -84,6 +84,13 @@ def run_job(config, workdir: str, mode: str) -> dict:
   model, tokenizer = load_model_and_tokenizer(config, workdir)
   train_split, test_split = countdown.make_splits(config.task.data_seed, config.task.train_size,
                                                   config.task.test_size)
+  if config.sft.steps and not config.model.path:
+    from jaxdistill import sft
+    model = sft.warm_start(model, tokenizer, train_split, sft.SFTConfig(
+        steps=config.sft.steps, batch_size=config.sft.batch_size,
+        learning_rate=config.sft.learning_rate, warmup_steps=config.sft.warmup_steps,
+        sequence_length=config.sft.sequence_length, seed=config.seed),
+        os.path.join(workdir, "warm_start"), progress=config.train.progress)
   if mode == "train":
     from jaxdistill import train
     summary = train.train(config, model, tokenizer, train_split, test_split, workdir)

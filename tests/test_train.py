@@ -20,7 +20,8 @@ TINY = ["--config.model.hidden_size=32", "--config.model.intermediate_size=64",
         "--config.search.max_path_tokens=72", "--config.rollout.max_completion_tokens=16",
         "--config.task.train_size=200", "--config.task.test_size=16",
         "--config.train.prompts_per_iteration=8", "--config.eval.at_start=False",
-        "--config.eval.every=0", "--config.train.progress=False", "--config.learner.learning_rate=1e-3"]
+        "--config.eval.every=0", "--config.train.progress=False", "--config.learner.learning_rate=1e-3",
+        "--config.sft.steps=0"]
 
 
 def _config(**overrides):
@@ -124,18 +125,25 @@ def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--config", "configs/countdown.py:qwen2.5-1.5b"], "needs --config.model.path"),
-    (["--config.search.num_agentz=3"], "unknown config field"),
-    (["--config.train.prompts_per_iteration=3"], None),  # fine on one device
+    (["--config.search.num_agentz=3"], "unknown config field num_agentz (did you mean"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
-  if message is None:
-    return _main(tmp_path, *args, "--config.train.num_iterations=1")
   cmd = [sys.executable, "-m", "jaxdistill.main", f"--workdir={tmp_path}"]
   if args[0] != "--config":
     cmd += ["--config", "configs/countdown.py:smoke"]
   result = subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 2
   assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_prompts_that_do_not_split_over_devices_are_refused(tmp_path):
+  from jaxdistill import main, train
+  from jaxdistill.tasks import countdown
+  config = _config(train__prompts_per_iteration=3)
+  model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
+  train_split, test_split = countdown.make_splits(0, 200, 16)
+  with pytest.raises(ValueError, match="prompts_per_iteration=3 does not split over 8 devices"):
+    train.train(config, model, tokenizer, train_split, test_split, str(tmp_path))
 
 
 def test_unwritable_workdir(tmp_path):
@@ -155,9 +163,8 @@ def test_non_finite_loss_never_reaches_a_checkpoint(tmp_path):
                    learner__learning_rate=float("nan"))
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   train_split, test_split = countdown.make_splits(0, 200, 16)
-  summary = train.train(config, model, tokenizer, train_split, test_split, str(tmp_path))
+  train.train(config, model, tokenizer, train_split, test_split, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert all(r["skipped"] == 1 for r in rows)  # a NaN step is logged and skipped
   step, params, _ = _final_params(tmp_path)
   assert step == 2 and all(np.isfinite(np.asarray(p)).all() for p in params)
-  del summary

@@ -1,0 +1,46 @@
+"""Warm start: the loss sees only solution tokens; the result is cached and reused."""
+
+import numpy as np
+import jax.numpy as jnp
+
+from jaxdistill import sft, tokenization
+from jaxdistill.models import Qwen2Config, init_model
+from jaxdistill.tasks import countdown
+
+
+def test_mask_covers_exactly_the_solution_and_eos(tmp_path):
+  tokenizer = tokenization.build_char_tokenizer(str(tmp_path / "tok"))
+  problems = countdown.generate(5, seed=3)
+  tokens, masks = sft.build_examples(tokenizer, problems, 112)
+  eos = tokenization.special_ids(tokenizer).eos_id
+  for row, p in enumerate(problems):
+    targets = tokens[row, 1:][masks[row] > 0]
+    text = tokenization.decode(tokenizer, targets)
+    assert text == countdown.solution_steps(p.numbers, p.target) + tokenization.EOS
+    assert targets[-1] == eos
+    prompt = countdown.compact_prompt(p.numbers, p.target)
+    assert tokenization.decode(tokenizer, tokens[row, :len(tokenizer.encode(
+        prompt, add_special_tokens=False))]) == prompt
+
+
+def test_warm_start_lowers_the_loss_and_is_reused(tmp_path):
+  tokenizer = tokenization.build_char_tokenizer(str(tmp_path / "tok"))
+  config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       tie_word_embeddings=True)
+  problems = countdown.generate(64, seed=4)
+  settings = sft.SFTConfig(steps=30, batch_size=16, learning_rate=3e-3, sequence_length=112)
+  _, first_loss = sft.train_sft(init_model(config), tokenizer, problems,
+                                sft.SFTConfig(steps=1, batch_size=16, sequence_length=112),
+                                progress=False)
+  model = sft.warm_start(init_model(config), tokenizer, problems, settings,
+                         str(tmp_path / "ws"), progress=False)
+  _, trained_loss = sft.train_sft(model, tokenizer, problems,
+                                  sft.SFTConfig(steps=1, batch_size=16, learning_rate=0.0,
+                                                sequence_length=112), progress=False)
+  assert trained_loss < 0.8 * first_loss
+  again = sft.warm_start(init_model(config, seed=9), tokenizer, problems, settings,
+                         str(tmp_path / "ws"), progress=False)
+  tokens = jnp.arange(20, dtype=jnp.int32).reshape(2, 10) % len(tokenizer)
+  np.testing.assert_array_equal(np.asarray(again(tokens).logits),
+                                np.asarray(model(tokens).logits))
