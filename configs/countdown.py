@@ -100,6 +100,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.eval.num_problems = 820
   c.eval.every = 32
   c.eval.at_start = True
+  c.eval.test_time_search = False  # --mode eval: answer by search (budget: the search section)
 
   if preset == "smoke":
     c.sft.steps, c.sft.batch_size = 10, 16

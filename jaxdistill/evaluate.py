@@ -23,6 +23,14 @@ class EvalConfig:
   prompt_width: int = 64
 
 
+def eval_config_from(config) -> EvalConfig:
+  """EvalConfig of an ml_collections run config (its `eval` and `task` sections)."""
+  e = config.eval
+  return EvalConfig(k=e.k, temperature=e.temperature, top_p=e.top_p,
+                    max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                    prompt_width=config.task.prompt_width)
+
+
 def encode_prompts(tokenizer, problems, prompt: str, width: int):
   """Right-padded prompt tokens [N, width] and lengths for problems."""
   if prompt == "chat":
@@ -65,3 +73,41 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, seed: int = 0,
   return {f"mean@{config.k}": float(per_problem.mean()),
           f"pass@{config.k}": float((per_problem > 0).any(-1).mean()),
           "problems": len(problems), "generated_tokens": generated}
+
+
+def evaluate_with_search(model, tokenizer, problems, search, rollout, *, prompt_width: int,
+                         prompt: str = "compact", seed: int = 0, batch_size: int = 8,
+                         dense: bool = True) -> dict:
+  """Test-time search: solved share when each problem's answer is its searched trajectory.
+
+  `search` (rollouts.SearchSettings) sets the budget: iterations x agents simulations per
+  problem; search values use the dense (or sparse) reward, the final grade is sparse.
+  """
+  from flax import nnx
+
+  from jaxdistill.rl import rollouts
+  from jaxdistill.search import lm_expand
+  graphdef, params = nnx.split(model)
+  reward_fn = lm_expand.countdown_reward_fn(tokenizer, problems, dense=dense)
+  run = jax.jit(lambda p, t, l, ids, keys: rollouts.mcts_distill(
+      graphdef, p, t, l, ids, keys, rollout, search, reward_fn)[0])
+  tokens, lengths = encode_prompts(tokenizer, problems, prompt, prompt_width)
+  pad = (-len(problems)) % batch_size
+  ids = np.concatenate([np.arange(len(problems)), np.zeros(pad, int)]).astype(np.int32)
+  tokens, lengths = tokens[ids], lengths[ids]
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(ids)
+  solved, generated = [], 0
+  for start in range(0, len(ids), batch_size):
+    part = slice(start, start + batch_size)
+    traj = jax.device_get(run(params, tokens[part], lengths[part], ids[part], keys[part]))
+    generated += int(traj.generated_tokens)
+    for row in range(batch_size):
+      if start + row >= len(problems):
+        break
+      p = problems[ids[start + row]]
+      completion = traj.tokens[row, traj.prompt_length[row]:traj.length[row]]
+      text = tokenization.decode(tokenizer, completion)
+      solved.append(countdown.reward(text, p.numbers, p.target, dense=False))
+  simulations = search.num_iterations * search.num_agents
+  return {"search_solved": float(np.mean(solved)), "problems": len(problems),
+          "simulations_per_problem": simulations, "generated_tokens": generated}

@@ -101,11 +101,20 @@ def run_job(config, workdir: str, mode: str) -> dict:
     if os.path.exists(os.path.join(workdir, "eval.png")):
       print(f"plot: {os.path.join(workdir, 'eval.png')}")
     return summary
-  eval_config = evaluation.EvalConfig(
-      k=config.eval.k, temperature=config.eval.temperature, top_p=config.eval.top_p,
-      max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-      prompt_width=config.task.prompt_width)
+  eval_config = evaluation.eval_config_from(config)
   model = _restore_params(config, model, workdir)
+  if mode == "eval" and config.eval.test_time_search:
+    from jaxdistill import tokenization
+    from jaxdistill.train import spec_from_config
+    with config.unlocked():
+      config.algo = "mcts_distill"
+    spec = spec_from_config(config, tokenization.special_ids(tokenizer))
+    result = evaluation.evaluate_with_search(
+        model, tokenizer, test_split[:config.eval.num_problems], spec.search, spec.rollout,
+        prompt_width=config.task.prompt_width, prompt=config.task.prompt, seed=config.seed,
+        dense=config.reward.dense)
+    print(result)
+    return result
   if mode == "eval":
     result = evaluation.evaluate(model, tokenizer, test_split[:config.eval.num_problems],
                                  eval_config, seed=config.seed, prompt=config.task.prompt)

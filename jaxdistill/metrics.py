@@ -27,12 +27,11 @@ class MetricsLog:
     elif resume_step is None and os.path.exists(self.path):
       os.remove(self.path)
     self.writer = None
-    try:  # TensorBoard only when installed (extra `tensorboard`)
-      from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except Exception:  # pylint: disable=broad-except
-      SummaryWriter = None
-    if SummaryWriter is not None and os.environ.get("JAXDISTILL_TENSORBOARD"):
+    try:  # TensorBoard only when installed: pip install -e ".[tensorboard]"
+      from tensorboardX import SummaryWriter
       self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:
+      pass
 
   def write(self, step: int, metrics: dict) -> None:
     row = {"step": int(step)} | {k: _clean(v) for k, v in metrics.items()}

@@ -18,6 +18,7 @@ from jaxdistill import evaluate as evaluation
 from jaxdistill import parallel, tokenization
 from jaxdistill.checkpointing import Checkpointer
 from jaxdistill.metrics import MetricsLog, plot_eval
+from jaxdistill.models.qwen2 import forward_flops_per_token
 from jaxdistill.rl import learner, losses, rollouts
 from jaxdistill.search import lm_expand
 
@@ -151,10 +152,7 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(state, replicated)
   ref_params = jax.device_put(ref_params, replicated)
-  eval_config = evaluation.EvalConfig(
-      k=config.eval.k, temperature=config.eval.temperature, top_p=config.eval.top_p,
-      max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-      prompt_width=config.task.prompt_width)
+  eval_config = evaluation.eval_config_from(config)
   eval_problems = test_problems[:config.eval.num_problems]
 
   def run_eval(step):
@@ -164,6 +162,12 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
     plot_eval(log.rows(), f"eval_mean@{config.eval.k}", os.path.join(workdir, "eval.png"))
     return result
 
+  # compute per iteration, for comparisons at equal budget: positions the LM runs on (static
+  # shapes, padding included) times forward FLOPs per position at a mid-length context
+  forward_tokens = rollouts.forward_tokens(spec.method, prompts, config.task.prompt_width,
+                                           spec.rollout, spec.search)
+  context = config.task.prompt_width + spec.rollout.max_completion_tokens // 2
+  flops_per_iteration = forward_tokens * forward_flops_per_token(model.config, context)
   summary = {"start_step": start}
   if start == 0 and config.eval.at_start:
     summary["eval_before"] = run_eval(0)
@@ -184,7 +188,9 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if metrics["skipped"]:
       print(f"warning: step {step + 1}: non-finite loss or gradient; update skipped")
-    log.write(step + 1, metrics | {"elapsed_s": time.perf_counter() - started})
+    log.write(step + 1, metrics | {"elapsed_s": time.perf_counter() - started,
+                                   "forward_tokens": forward_tokens,
+                                   "forward_flops": flops_per_iteration})
     bar.set_postfix(loss=f"{metrics['loss']:.3f}", reward=f"{metrics['reward']:.2f}")
     done = step + 1 == total
     if config.eval.every and ((step + 1) % config.eval.every == 0 or done):

@@ -68,6 +68,8 @@ def test_five_iterations_compile_once_on_eight_devices(tmp_path, algo):
   for row in rows:
     assert np.isfinite(row["loss"]) and -1.0 <= row["reward"] <= 1.0
     assert row["generated_tokens"] > 0 and 0.0 <= row["solved"] <= 1.0
+    # static compute of the iteration; sampled tokens are a part of what the LM ran on
+    assert row["forward_tokens"] >= row["generated_tokens"] and row["forward_flops"] > 0
   assert len(jax.devices()) == 8
 
 
@@ -168,3 +170,20 @@ def test_non_finite_loss_never_reaches_a_checkpoint(tmp_path):
   assert all(r["skipped"] == 1 for r in rows)  # a NaN step is logged and skipped
   step, params, _ = _final_params(tmp_path)
   assert step == 2 and all(np.isfinite(np.asarray(p)).all() for p in params)
+
+
+def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
+  """Same seed, same result; the reported budget is iterations x agents per problem."""
+  from jaxdistill import evaluate, main, tokenization
+  from jaxdistill.tasks import countdown
+  from jaxdistill.train import spec_from_config
+  config = _config()
+  model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
+  spec = spec_from_config(config, tokenization.special_ids(tokenizer))
+  problems = countdown.generate(5, seed=21)
+  run = lambda: evaluate.evaluate_with_search(model, tokenizer, problems, spec.search,
+                                              spec.rollout, prompt_width=48, batch_size=4)
+  first, second = run(), run()
+  assert first == second
+  assert first["problems"] == 5 and 0.0 <= first["search_solved"] <= 1.0
+  assert first["simulations_per_problem"] == 4 and first["generated_tokens"] > 0

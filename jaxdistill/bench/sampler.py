@@ -10,12 +10,15 @@ bandwidth (parameter + KV-cache bytes read per decode step).
 
 from __future__ import annotations
 
+import os
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from flax import nnx
 
 from jaxdistill.bench.common import best_time, print_table, write_json
 from jaxdistill.models import Qwen2Config, from_pretrained, init_model, save_pretrained
@@ -47,7 +50,6 @@ def ragged_prompts(batch: int, vocab: int, seed: int = 0, low: int = 8, high: in
 def time_ours(model, tokens, lengths, new_tokens, repeats):
   run = lambda: jax.block_until_ready(generate(model, tokens, lengths, jax.random.key(0),
                                                max_new_tokens=new_tokens, temperature=1.0))
-  import time
   start = time.perf_counter()
   out = run()
   compile_s = time.perf_counter() - start
@@ -59,7 +61,7 @@ def time_ours(model, tokens, lengths, new_tokens, repeats):
 def time_torch(path, tokens, lengths, new_tokens, repeats):
   import torch
   from transformers import Qwen2ForCausalLM
-  torch.set_num_threads(max(1, __import__("os").cpu_count()))
+  torch.set_num_threads(max(1, os.cpu_count()))
   model = Qwen2ForCausalLM.from_pretrained(path).eval()
   model.generation_config.eos_token_id = None
   width = tokens.shape[1]
@@ -102,8 +104,7 @@ def main(argv):
     big = init_model(QWEN25_1P5B, seed=0, dtype=jnp.bfloat16)
     qt, ql = ragged_prompts(batch, QWEN25_1P5B.vocab_size, low=32, high=64)
     seconds, compile_s = time_ours(big, qt, ql, new, FLAGS.repeats)
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
-        __import__("flax").nnx.state(big)))
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(big)))
     c = QWEN25_1P5B
     kv_bytes_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2
     mean_context = ql.mean() + new / 2
