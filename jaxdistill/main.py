@@ -197,7 +197,8 @@ def run():
     text = str(e.args[0] if e.args else e)
     name = re.search(r"(\w+)", text)
     hint = re.search(r"Did you mean \"(\w+)\"", text)
-    print(f"error: unknown config field {name.group(1) if name else text!r}"
+    field = name.group(1) if name else repr(text)
+    print(f"error: unknown config field {field}"
           + (f" (did you mean {hint.group(1)}?)" if hint else ""), file=sys.stderr)
     sys.exit(2)
 
