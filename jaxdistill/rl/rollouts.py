@@ -14,7 +14,6 @@ import dataclasses
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxdistill import sampling
@@ -44,20 +43,6 @@ class RolloutConfig:
   best_of: int = 64  # best_of_n samples per prompt
   eos_id: int = 1
   pad_id: int = 0
-
-
-def _host_rewards(tokens, prompt_length, length, groups, reward_fn):
-  """Task rewards [M] of completions (tokens between prompt_length and length)."""
-  positions = jnp.arange(tokens.shape[1])[None]
-  generated = (positions >= prompt_length[:, None]) & (positions < length[:, None])
-  marked = jnp.where(generated, tokens, -1)
-
-  def host(marked, groups):
-    return np.asarray([reward_fn(row[row >= 0], int(g)) for row, g in zip(marked, groups)],
-                      np.float32)
-
-  return jax.pure_callback(host, jax.ShapeDtypeStruct(groups.shape, jnp.float32), marked,
-                           groups, vmap_method="sequential")
 
 
 def _concat(prompt_tokens, prompt_lengths, out: sampling.SampleOutput, pad_id: int):
@@ -95,7 +80,7 @@ def _group_samples(model, prompt_tokens, prompt_lengths, problems, keys, config,
   out = sample_completions(model, tokens, lengths, row_keys, config, temperature)
   full, total = _concat(tokens, lengths, out, config.pad_id)
   groups = repeat(problems)
-  reward = _host_rewards(full, lengths, total, groups, reward_fn)
+  reward = lm_expand.task_rewards(full, lengths, total, groups, reward_fn)
   return Trajectories(tokens=full, prompt_length=lengths, length=total, reward=reward,
                       group=groups, generated_tokens=out.lengths.sum())
 
@@ -120,8 +105,8 @@ def best_of_n(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
   pick = lambda x: x[best]
   chosen = jax.tree.map(pick, dict(tokens=all_rows.tokens, prompt_length=all_rows.prompt_length,
                                    length=all_rows.length, group=all_rows.group))
-  reward = _host_rewards(chosen["tokens"], chosen["prompt_length"], chosen["length"],
-                         chosen["group"], reward_fn)
+  reward = lm_expand.task_rewards(chosen["tokens"], chosen["prompt_length"],
+                                  chosen["length"], chosen["group"], reward_fn)
   return Trajectories(reward=reward, generated_tokens=all_rows.generated_tokens, **chosen)
 
 
@@ -166,7 +151,7 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
   completion = completion.replace(lengths=jnp.where(finished, 0, completion.lengths))
   tokens, length = _concat(path, path_length, completion, lm.pad_id)
   prompt_length = prompt_lengths.astype(jnp.int32)
-  reward = _host_rewards(tokens, prompt_length, length, problems, reward_fn)
+  reward = lm_expand.task_rewards(tokens, prompt_length, length, problems, reward_fn)
   # sampled: the K candidates of every evaluated non-terminal node, and the completions
   sampled = (emb.candidate_lengths.sum(-1) * (out.tree.expanded & ~out.tree.terminal)).sum()
   return Trajectories(tokens=tokens, prompt_length=prompt_length, length=length, reward=reward,

@@ -74,27 +74,32 @@ def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, r
   lengths = out.lengths.reshape(rows, k)
   logprobs = out.logprobs.sum(-1).reshape(rows, k)
   prior = logprobs / jnp.maximum(lengths, 1) if config.length_normalized_prior else logprobs
-  task_reward = _task_reward(state, terminal, reward_fn)
+  task_reward = task_rewards(state.path_tokens, state.prompt_length, state.path_length,
+                             state.problem, reward_fn, rows=terminal)
   value = jnp.where(terminal, task_reward, value)
   return value, prior, state.replace(candidate_tokens=out.tokens.reshape(rows, k, steps),
                                      candidate_lengths=lengths, candidate_logprobs=logprobs)
 
 
-def _task_reward(state: NodeState, terminal, reward_fn):
-  """Rewards of terminal rows from Python (others 0), graded on generated tokens only."""
-  positions = jnp.arange(state.path_tokens.shape[1])[None]
-  generated = (positions >= state.prompt_length[:, None]) & (
-      positions < state.path_length[:, None])
-  tokens = jnp.where(generated, state.path_tokens, -1)  # -1: not generated
+def task_rewards(tokens, start, end, problems, reward_fn: RewardFn, rows=None):
+  """Rewards [M] from Python of tokens[start:end] per row (the generated part only).
 
-  def host(tokens, problems, terminal):
-    rewards = np.zeros(tokens.shape[0], np.float32)
-    for row in np.flatnonzero(terminal):
-      rewards[row] = reward_fn(tokens[row][tokens[row] >= 0], int(problems[row]))
+  rows [M] bool, when given, limits grading to those rows (the others get 0).
+  """
+  positions = jnp.arange(tokens.shape[1])[None]
+  generated = (positions >= start[:, None]) & (positions < end[:, None])
+  marked = jnp.where(generated, tokens, -1)  # -1: not generated
+  if rows is None:
+    rows = jnp.ones_like(problems, bool)  # device-varying like problems (shard_map)
+
+  def host(marked, problems, rows):
+    rewards = np.zeros(marked.shape[0], np.float32)
+    for row in np.flatnonzero(rows):
+      rewards[row] = reward_fn(marked[row][marked[row] >= 0], int(problems[row]))
     return rewards
 
-  return jax.pure_callback(host, jax.ShapeDtypeStruct(terminal.shape, jnp.float32), tokens,
-                           state.problem, terminal, vmap_method="sequential")
+  return jax.pure_callback(host, jax.ShapeDtypeStruct(problems.shape, jnp.float32), marked,
+                           problems, rows, vmap_method="sequential")
 
 
 def root_output(model, config: LMSearchConfig, prompt_tokens, prompt_lengths, problems,
