@@ -42,7 +42,43 @@ def encode_prompts(tokenizer, problems, prompt: str, width: int):
 
 def evaluate(model, tokenizer, problems, config: EvalConfig, seed: int = 0,
              prompt: str = "compact", progress=None) -> dict:
-  """mean@k (mean sparse reward over k samples each) and pass@k (any of k correct)."""
+  """mean@k (mean sparse reward over k samples each) and pass@k (any of k correct).
+
+  With several processes (multi-host), each evaluates every process_count-th problem on its
+  own devices and the per-problem rewards are gathered, so hosts split the work.
+  """
+  from flax import nnx
+
+  from jaxdistill import parallel
+  count, index = jax.process_count(), jax.process_index()
+  graphdef, params = nnx.split(model)
+  model = nnx.merge(graphdef, parallel.local_copy(params))
+  mine = list(range(index, len(problems), count))
+  rewards, generated = _problem_rewards(model, tokenizer, problems, mine, config, seed, prompt,
+                                        progress)
+  if count > 1:
+    from jax.experimental import multihost_utils
+    width = -(-len(problems) // count)  # equal shapes on every process for the gather
+    padded = np.full((width, config.k), np.nan, np.float32)
+    padded[:len(mine)] = rewards
+    gathered = multihost_utils.process_allgather(padded)  # [count, width, k]
+    rewards = np.zeros((len(problems), config.k), np.float32)
+    for process in range(count):
+      share = list(range(process, len(problems), count))
+      rewards[share] = gathered[process][:len(share)]
+    generated = int(multihost_utils.process_allgather(np.int64(generated)).sum())
+  return {f"mean@{config.k}": float(rewards.mean()),
+          f"pass@{config.k}": float((rewards > 0).any(-1).mean()),
+          "problems": len(problems), "generated_tokens": generated}
+
+
+def _problem_rewards(model, tokenizer, all_problems, indices, config: EvalConfig, seed: int,
+                     prompt: str, progress=None):
+  """Sparse rewards [len(indices), k] and the number of generated tokens. Sample j of problem
+  i is drawn with key (seed, i, j), whichever process evaluates it."""
+  if not indices:
+    return np.zeros((0, config.k), np.float32), 0
+  problems = [all_problems[i] for i in indices]
   ids = tokenization.special_ids(tokenizer)
   tokens, lengths = encode_prompts(tokenizer, problems, prompt, config.prompt_width)
   rows_tokens = np.repeat(tokens, config.k, axis=0)
@@ -52,7 +88,12 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, seed: int = 0,
   pad = (-total) % config.batch_size
   rows_tokens = np.concatenate([rows_tokens, np.repeat(rows_tokens[:1], pad, 0)])
   rows_lengths = np.concatenate([rows_lengths, np.repeat(rows_lengths[:1], pad, 0)])
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(rows_tokens))
+  base = jax.random.PRNGKey(seed)
+  fold = lambda key, i: jax.random.fold_in(key, i)
+  keys = np.asarray(jax.vmap(lambda i: jax.vmap(lambda j: fold(fold(base, i), j))(
+      np.arange(config.k, dtype=np.uint32)))(np.asarray(indices, np.uint32)))
+  keys = keys.reshape(-1, keys.shape[-1])
+  keys = np.concatenate([keys, np.repeat(keys[:1], pad, 0)])
   rewards = np.zeros(total, np.float32)
   generated = 0
   for start in range(0, total, config.batch_size):
@@ -69,10 +110,7 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, seed: int = 0,
       generated += int(out.lengths[i])
     if progress is not None:
       progress(min(stop, total), total)
-  per_problem = rewards.reshape(len(problems), config.k)
-  return {f"mean@{config.k}": float(per_problem.mean()),
-          f"pass@{config.k}": float((per_problem > 0).any(-1).mean()),
-          "problems": len(problems), "generated_tokens": generated}
+  return rewards.reshape(len(problems), config.k), generated
 
 
 def evaluate_with_search(model, tokenizer, problems, search, rollout, *, prompt_width: int,

@@ -17,8 +17,12 @@ def _clean(value):
 class MetricsLog:
   """Append-only `metrics.jsonl`; on resume, rows past the restored step are dropped."""
 
-  def __init__(self, workdir: str, resume_step: int | None = None):
+  def __init__(self, workdir: str, resume_step: int | None = None, enabled: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = enabled  # False on every process but the primary one (multi-host)
+    self.writer = None
+    if not enabled:
+      return
     if resume_step is not None and os.path.exists(self.path):
       kept = [line for line in open(self.path) if line.strip() and
               json.loads(line).get("step", 0) <= resume_step]
@@ -26,7 +30,6 @@ class MetricsLog:
         f.writelines(kept)
     elif resume_step is None and os.path.exists(self.path):
       os.remove(self.path)
-    self.writer = None
     try:  # TensorBoard only when installed: pip install -e ".[tensorboard]"
       from tensorboardX import SummaryWriter
       self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -34,6 +37,8 @@ class MetricsLog:
       pass
 
   def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
     row = {"step": int(step)} | {k: _clean(v) for k, v in metrics.items()}
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")

@@ -7,7 +7,7 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA = "data"
 _MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_JOB_ID",
@@ -15,11 +15,62 @@ _MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_JOB_I
 
 
 def maybe_initialize_distributed() -> bool:
-  """Call jax.distributed.initialize() when the environment describes several processes."""
+  """Call jax.distributed.initialize() when the environment describes several processes.
+
+  Cluster environments (SLURM, Cloud TPU, ...) are detected by jax itself; elsewhere set
+  JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process.
+  """
   if not any(os.environ.get(name) for name in _MULTIHOST_ENV):
     return False
-  jax.distributed.initialize()
+  if jax.distributed.is_initialized():
+    return True
+  kwargs = {}
+  for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+    if os.environ.get(name):
+      try:
+        kwargs[key] = int(os.environ[name])
+      except ValueError:
+        raise ValueError(f"{name} must be an integer, got {os.environ[name]!r}") from None
+  jax.distributed.initialize(**kwargs)
   return True
+
+
+def is_primary() -> bool:
+  """True on the process that writes logs, plots and prints (process 0)."""
+  return jax.process_index() == 0
+
+
+def global_rows(mesh: Mesh, num_rows: int, rows_fn):
+  """A [num_rows, ...] array split over 'data' whose rows each process builds itself.
+
+  rows_fn(start, stop) returns the numpy rows [start, stop) of the global batch; it is called
+  only for the rows held by this process's devices, so a host never materialises (or
+  tokenises) another host's share. The result is a pytree of global jax.Arrays.
+  """
+  check_divisible(num_rows, mesh, "batch")
+  sharding = NamedSharding(mesh, P(DATA))
+  cache = {}
+
+  def local(index):
+    rows = index[0]
+    start, stop = rows.start or 0, num_rows if rows.stop is None else rows.stop
+    if (start, stop) not in cache:
+      cache[(start, stop)] = rows_fn(start, stop)
+    return cache[(start, stop)]
+
+  per_device = sharding.addressable_devices_indices_map((num_rows,))
+  blocks = {index[0].indices(num_rows)[:2] for index in per_device.values()}
+  example = rows_fn(*min(blocks))  # structure and trailing shapes of the leaves
+  cache[min(blocks)] = example
+  leaves, treedef = jax.tree.flatten(example)
+  arrays = []
+  for i, leaf in enumerate(leaves):
+    shape = (num_rows,) + np.shape(leaf)[1:]
+    arrays.append(jax.make_array_from_callback(
+        shape, sharding,
+        lambda index, i=i: np.asarray(jax.tree.leaves(local(index))[i]),
+        dtype=np.asarray(leaf).dtype))
+  return jax.tree.unflatten(treedef, arrays)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -38,3 +89,30 @@ def check_divisible(count: int, mesh: Mesh, name: str) -> None:
   if count % devices:
     raise ValueError(f"{name}={count} does not split over {devices} devices; use a multiple "
                      f"of {devices}")
+
+
+def replicate(tree, mesh: Mesh):
+  """Put every leaf of tree on all devices of mesh (a global array on every host).
+
+  Each host passes its own copy, which must be identical on all hosts (the initial params
+  and optimizer state are: they come from the same seed or checkpoint).
+  """
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x  # already global
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+  return jax.tree.map(one, tree)
+
+
+def local_copy(tree):
+  """Host-local arrays of a replicated pytree (for host-side work such as evaluation)."""
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x.addressable_data(0)
+    return x
+  return jax.tree.map(one, tree)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import string
 
 STEP_START, STEP_END = "<step>", "</step>"
@@ -55,8 +57,21 @@ def build_char_tokenizer(path: str):
       additional_special_tokens=[STEP_START, STEP_END, ANSWER_START, ANSWER_END, USER,
                                  ASSISTANT],
       chat_template=CHAR_CHAT_TEMPLATE, padding_side="right", clean_up_tokenization_spaces=False)
-  os.makedirs(path, exist_ok=True)
-  tokenizer.save_pretrained(path)
+  # written to a private directory, then renamed into place: several processes (multi-host)
+  # may build the same tokenizer at once, and none may read another's half-written file
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  private = tempfile.mkdtemp(prefix=".tokenizer-", dir=parent)
+  try:
+    tokenizer.save_pretrained(private)
+    try:
+      os.rename(private, path)
+    except OSError:  # another process got there first (or an old copy exists): replace files
+      os.makedirs(path, exist_ok=True)
+      for name in os.listdir(private):
+        os.replace(os.path.join(private, name), os.path.join(path, name))
+  finally:
+    shutil.rmtree(private, ignore_errors=True)
   return load_tokenizer(path)
 
 

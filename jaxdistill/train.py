@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdistill import evaluate as evaluation
@@ -23,6 +23,12 @@ from jaxdistill.rl import learner, losses, rollouts
 from jaxdistill.search import lm_expand
 
 METHODS = ("mcts_distill", "cispo", "best_of_n")
+
+
+def say(text: str) -> None:
+  """Print on the primary process only (one line per event, not one per host)."""
+  if parallel.is_primary():
+    print(text)
 
 
 def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, advantage: str,
@@ -63,6 +69,8 @@ def build_iteration(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_r
   (state, metrics). Prompts, problem ids and keys are split over 'data'."""
 
   def per_device(state, ref_params, prompt_tokens, prompt_lengths, problems, keys):
+    if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+      keys = jax.random.wrap_key_data(keys)  # fed as raw key data (multi-host feeding)
     args = (graphdef, state.params, prompt_tokens, prompt_lengths, problems, keys, spec.rollout)
     if spec.method == "mcts_distill":
       traj, _ = rollouts.mcts_distill(*args, spec.search, reward_fn)
@@ -137,21 +145,21 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
   ref_params = jax.tree.map(jnp.copy, params)  # frozen initial policy (the KL reference)
   optimizer = learner.make_optimizer(spec.learner)
   state = learner.init_state(params, optimizer, jax.random.PRNGKey(config.seed))
+  state = parallel.replicate(state, mesh)  # global arrays: restored ones keep this sharding
+  ref_params = parallel.replicate(ref_params, mesh)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep)
   restored = checkpointer.restore_latest(state)
   start, data_position = 0, 0
   if restored is not None:
     start, state, data_position = restored
-    print(f"resumed from checkpoint {start} (data position {data_position})")
-  log = MetricsLog(workdir, resume_step=start if restored is not None else None)
+    say(f"resumed from checkpoint {start} (data position {data_position})")
+  log = MetricsLog(workdir, resume_step=start if restored is not None else None,
+                   enabled=parallel.is_primary())
 
   reward_fn = lm_expand.countdown_reward_fn(tokenizer, train_problems,
                                             dense=config.reward.dense)
   dense_fn = lm_expand.countdown_reward_fn(tokenizer, train_problems, dense=True)
   iteration = build_iteration(graphdef, optimizer, spec, reward_fn, dense_fn, mesh)
-  replicated = NamedSharding(mesh, P())
-  state = jax.device_put(state, replicated)
-  ref_params = jax.device_put(ref_params, replicated)
   eval_config = evaluation.eval_config_from(config)
   eval_problems = test_problems[:config.eval.num_problems]
 
@@ -159,7 +167,8 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
     result = evaluation.evaluate(nnx.merge(graphdef, state.params), tokenizer, eval_problems,
                                  eval_config, seed=config.seed, prompt=config.task.prompt)
     log.write(step, {f"eval_{k}": v for k, v in result.items()})
-    plot_eval(log.rows(), f"eval_mean@{config.eval.k}", os.path.join(workdir, "eval.png"))
+    if parallel.is_primary():
+      plot_eval(log.rows(), f"eval_mean@{config.eval.k}", os.path.join(workdir, "eval.png"))
     return result
 
   # compute per iteration, for comparisons at equal budget: positions the LM runs on (static
@@ -172,32 +181,46 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
   if start == 0 and config.eval.at_start:
     summary["eval_before"] = run_eval(0)
   total = config.train.num_iterations
+  budget = config.train.token_budget  # 0: no budget, run all iterations
+  generated = sum(r.get("generated_tokens", 0) for r in log.rows() if "loss" in r)
+  if budget and generated >= budget:
+    total = start  # a resumed run that had already spent its budget
   started = time.perf_counter()
   bar = tqdm(range(start, total), initial=start, total=total, desc=config.algo,
-             disable=not config.train.progress)
+             disable=not (config.train.progress and parallel.is_primary()))
   metrics = {}
   for step in bar:
     batch_ids = [(data_position + i) % len(train_problems) for i in range(prompts)]
-    tokens, lengths = evaluation.encode_prompts(
-        tokenizer, [train_problems[i] for i in batch_ids], config.task.prompt,
-        config.task.prompt_width)
-    keys = prompt_keys(config.seed, step, batch_ids)
-    state, metrics = iteration(state, ref_params, tokens, lengths,
-                               np.asarray(batch_ids, np.int32), keys)
+
+    def rows(start, stop, step=step, batch_ids=batch_ids):  # only this host's prompts
+      ids = batch_ids[start:stop]
+      tokens, lengths = evaluation.encode_prompts(
+          tokenizer, [train_problems[i] for i in ids], config.task.prompt,
+          config.task.prompt_width)
+      keys = np.asarray(jax.random.key_data(prompt_keys(config.seed, step, ids)))
+      return tokens, lengths, np.asarray(ids, np.int32), keys
+
+    tokens, lengths, problem_ids, keys = parallel.global_rows(mesh, prompts, rows)
+    state, metrics = iteration(state, ref_params, tokens, lengths, problem_ids, keys)
     data_position += prompts
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if metrics["skipped"]:
-      print(f"warning: step {step + 1}: non-finite loss or gradient; update skipped")
+      say(f"warning: step {step + 1}: non-finite loss or gradient; update skipped")
     log.write(step + 1, metrics | {"elapsed_s": time.perf_counter() - started,
                                    "forward_tokens": forward_tokens,
                                    "forward_flops": flops_per_iteration})
     bar.set_postfix(loss=f"{metrics['loss']:.3f}", reward=f"{metrics['reward']:.2f}")
-    done = step + 1 == total
+    generated += metrics["generated_tokens"]
+    done = step + 1 == total or (budget and generated >= budget)
     if config.eval.every and ((step + 1) % config.eval.every == 0 or done):
       summary["eval_after"] = run_eval(step + 1)
     if (step + 1) % config.train.checkpoint_every == 0 or done:
       checkpointer.save(step + 1, state, data_position)
+    if done:
+      total = step + 1
+      break
   checkpointer.close()
-  summary |= {"end_step": total, "last_metrics": metrics, "compiles": iteration._cache_size(),
+  bar.close()
+  summary |= {"end_step": total, "generated_tokens": generated, "last_metrics": metrics, "compiles": iteration._cache_size(),
               "params": state.params, "data_position": data_position}
   return summary
