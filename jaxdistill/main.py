@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -48,7 +49,7 @@ def load_model_and_tokenizer(config, workdir: str):
                      num_attention_heads=m.num_attention_heads,
                      num_key_value_heads=m.num_key_value_heads, rope_theta=m.rope_theta,
                      tie_word_embeddings=True)
-  return init_model(arch, seed=config.seed, dtype=dtype), tokenizer
+  return init_model(arch, seed=config.sft.seed, dtype=dtype), tokenizer
 
 
 def _prepare_workdir(config) -> str:
@@ -82,18 +83,22 @@ def run_job(config, workdir: str, mode: str) -> dict:
   from jaxdistill.tasks import countdown
   parallel.maybe_initialize_distributed()
   model, tokenizer = load_model_and_tokenizer(config, workdir)
-  train_split, test_split = countdown.make_splits(config.task.data_seed, config.task.train_size,
-                                                  config.task.test_size)
+  train_split, test_split = countdown.cached_splits(
+      os.path.join(workdir, "data"), config.task.data_seed, config.task.train_size,
+      config.task.test_size, config.task.numbers)
   if config.sft.steps and not config.model.path:
     from jaxdistill import sft
     model = sft.warm_start(model, tokenizer, train_split, sft.SFTConfig(
         steps=config.sft.steps, batch_size=config.sft.batch_size,
         learning_rate=config.sft.learning_rate, warmup_steps=config.sft.warmup_steps,
-        sequence_length=config.sft.sequence_length, seed=config.seed),
-        os.path.join(workdir, "warm_start"), progress=config.train.progress)
+        sequence_length=config.sft.sequence_length, seed=config.sft.seed),
+        config.sft.cache_dir or os.path.join(workdir, "warm_start"),
+        progress=config.train.progress)
   if mode == "train":
     from jaxdistill import train
     summary = train.train(config, model, tokenizer, train_split, test_split, workdir)
+    if not parallel.is_primary():
+      return summary  # one process reports
     rows = [(name, summary[key]) for name, key in (("before", "eval_before"),
                                                    ("after", "eval_after")) if key in summary]
     if rows:
@@ -118,7 +123,10 @@ def run_job(config, workdir: str, mode: str) -> dict:
   if mode == "eval":
     result = evaluation.evaluate(model, tokenizer, test_split[:config.eval.num_problems],
                                  eval_config, seed=config.seed, prompt=config.task.prompt)
-    print(result)
+    if parallel.is_primary():
+      print(result)
+      with open(os.path.join(workdir, "eval_result.json"), "w") as f:
+        json.dump(result, f)
     return result
   return _sample(model, tokenizer, test_split[:8], eval_config, config.task.prompt)
 

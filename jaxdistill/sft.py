@@ -9,6 +9,7 @@ reference started from). The result is saved as a Hugging Face directory and reu
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -90,13 +91,21 @@ def warm_start(model, tokenizer, problems, config: SFTConfig, directory: str,
                progress: bool = True):
   """The warm-started model: read from `directory` if cached, else trained and saved there."""
   marker = os.path.join(directory, "sft_done.json")
+  settings = dataclasses.asdict(config) | {"architecture": dataclasses.asdict(model.config)}
+  settings = json.loads(json.dumps(settings, default=str))
   if os.path.exists(marker):
-    print(f"warm start: reusing {directory}")
-    return from_pretrained(directory, dtype=model.dtype)
+    with open(marker) as f:
+      cached = json.load(f)
+    if cached.get("settings") == settings:
+      print(f"warm start: reusing {directory}")
+      return from_pretrained(directory, dtype=model.dtype)
+    print(f"warm start: {directory} was made with other settings; training a new one")
+    os.remove(marker)
   model, loss = train_sft(model, tokenizer, problems, config, progress)
-  save_pretrained(model, directory)
-  tokenizer.save_pretrained(directory)
-  with open(marker, "w") as f:
-    f.write(f'{{"steps": {config.steps}, "final_loss": {loss}}}\n')
-  print(f"warm start: {config.steps} steps, final loss {loss:.3f}, saved to {directory}")
+  if jax.process_index() == 0:  # every process trains the same model; one writes it
+    save_pretrained(model, directory)
+    tokenizer.save_pretrained(directory)
+    with open(marker, "w") as f:  # written last: its presence means the directory is complete
+      json.dump({"settings": settings, "final_loss": loss}, f)
+    print(f"warm start: {config.steps} steps, final loss {loss:.3f}, saved to {directory}")
   return model

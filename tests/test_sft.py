@@ -44,3 +44,20 @@ def test_warm_start_lowers_the_loss_and_is_reused(tmp_path):
   tokens = jnp.arange(20, dtype=jnp.int32).reshape(2, 10) % len(tokenizer)
   np.testing.assert_array_equal(np.asarray(again(tokens).logits),
                                 np.asarray(model(tokens).logits))
+
+
+def test_a_cache_made_with_other_settings_is_not_reused(tmp_path, capsys):
+  tokenizer = tokenization.build_char_tokenizer(str(tmp_path / "tok"))
+  config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                       tie_word_embeddings=True)
+  problems = countdown.generate(16, seed=4)
+  first = sft.SFTConfig(steps=2, batch_size=4, learning_rate=1e-2, sequence_length=112)
+  a = sft.warm_start(init_model(config), tokenizer, problems, first, str(tmp_path / "ws"),
+                     progress=False)
+  b = sft.warm_start(init_model(config), tokenizer, problems,
+                     sft.SFTConfig(steps=3, batch_size=4, learning_rate=1e-2,
+                                   sequence_length=112), str(tmp_path / "ws"), progress=False)
+  assert "other settings" in capsys.readouterr().out
+  tokens = jnp.arange(20, dtype=jnp.int32).reshape(2, 10) % len(tokenizer)
+  assert not np.allclose(np.asarray(a(tokens).logits), np.asarray(b(tokens).logits))

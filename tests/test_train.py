@@ -60,7 +60,7 @@ def test_five_iterations_compile_once_on_eight_devices(tmp_path, algo):
   config = _config(**overrides)
   config.algo = algo
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
-  train_split, test_split = countdown.make_splits(0, 200, 16)
+  train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
   summary = train.train(config, model, tokenizer, train_split, test_split, str(tmp_path))
   assert summary["compiles"] == 1  # the iteration function was compiled once for 5 calls
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -143,7 +143,7 @@ def test_prompts_that_do_not_split_over_devices_are_refused(tmp_path):
   from jaxdistill.tasks import countdown
   config = _config(train__prompts_per_iteration=3)
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
-  train_split, test_split = countdown.make_splits(0, 200, 16)
+  train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
   with pytest.raises(ValueError, match="prompts_per_iteration=3 does not split over 8 devices"):
     train.train(config, model, tokenizer, train_split, test_split, str(tmp_path))
 
@@ -164,7 +164,7 @@ def test_non_finite_loss_never_reaches_a_checkpoint(tmp_path):
   config = _config(train__num_iterations=2, train__checkpoint_every=1,
                    learner__learning_rate=float("nan"))
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
-  train_split, test_split = countdown.make_splits(0, 200, 16)
+  train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
   train.train(config, model, tokenizer, train_split, test_split, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert all(r["skipped"] == 1 for r in rows)  # a NaN step is logged and skipped

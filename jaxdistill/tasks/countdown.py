@@ -89,6 +89,23 @@ def make_splits(seed: int = 0, train_size: int = 20_000, test_size: int = 820, *
   return train, test
 
 
+def cached_splits(directory: str, seed: int = 0, train_size: int = 20_000,
+                  test_size: int = 820, count: int = 4) -> tuple[list[Problem], list[Problem]]:
+  """make_splits, written once as JSONL under directory and read back on later runs."""
+  import os
+  name = f"countdown-{count}numbers-seed{seed}-train{train_size}-test{test_size}"
+  paths = [os.path.join(directory, name, f"{split}.jsonl") for split in ("train", "test")]
+  if all(os.path.exists(path) for path in paths):
+    return read_jsonl(paths[0]), read_jsonl(paths[1])
+  train, test = make_splits(seed, train_size, test_size, count=count)
+  os.makedirs(os.path.dirname(paths[0]), exist_ok=True)
+  for split, path in zip((train, test), paths):
+    partial = f"{path}.{os.getpid()}.partial"  # atomic publish: a killed run leaves no stub
+    write_jsonl(split, partial)
+    os.replace(partial, path)
+  return train, test
+
+
 def read_jsonl(path: str) -> list[Problem]:
   """Read `{"numbers": [...], "target": T}` or `{"nums": [...], "target": T}` lines."""
   problems = []
@@ -290,7 +307,8 @@ def _main(argv):
     for path in FLAGS.inspect:
       print(path, target_statistics(read_jsonl(path)))
     return
-  train, test = make_splits(FLAGS.seed, FLAGS.train_size, FLAGS.test_size)
+  train, test = make_splits(FLAGS.seed, FLAGS.train_size, FLAGS.test_size,
+                            count=FLAGS.numbers)
   os.makedirs(FLAGS.out, exist_ok=True)
   for name, split in (("train", train), ("test", test)):
     path = os.path.join(FLAGS.out, f"{name}.jsonl")
@@ -306,5 +324,6 @@ if __name__ == "__main__":
   flags.DEFINE_integer("seed", 0, "generator seed")
   flags.DEFINE_integer("train_size", 20_000, "train problems")
   flags.DEFINE_integer("test_size", 820, "held-out problems")
+  flags.DEFINE_integer("numbers", 4, "numbers per problem (the tiny preset uses 3)")
   flags.DEFINE_multi_string("inspect", None, "print target statistics of these JSONL files")
   app.run(_main)
