@@ -75,13 +75,34 @@ def build_char_tokenizer(path: str):
   return load_tokenizer(path)
 
 
+def _generic_tokenizer(path: str):
+  """A tokenizer saved as the generic fast tokenizer (the character tokenizer), loaded as
+  exactly that, or None for any other directory.
+
+  AutoTokenizer would pick the model's own tokenizer class from a config.json beside it
+  (Qwen2Tokenizer for a saved tiny model), which rebuilds the pre-tokenizer and silently
+  drops spaces and newlines from the character tokenizer's input.
+  """
+  import json
+
+  from transformers import PreTrainedTokenizerFast
+  config_path = os.path.join(path, "tokenizer_config.json")
+  if not os.path.exists(config_path):
+    return None
+  with open(config_path) as f:
+    tokenizer_class = json.load(f).get("tokenizer_class")
+  if tokenizer_class not in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+    return None
+  return PreTrainedTokenizerFast.from_pretrained(path)
+
+
 def load_tokenizer(path: str):
   """Load an HF tokenizer directory (Qwen's, or one written by build_char_tokenizer)."""
   from transformers import AutoTokenizer
   if not os.path.isdir(path):
     raise TokenizerError(f"tokenizer directory {path!r} does not exist")
   try:
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = _generic_tokenizer(path) or AutoTokenizer.from_pretrained(path)
   except (OSError, ValueError, TypeError) as e:
     raise TokenizerError(f"cannot load a tokenizer from {path!r}: "
                          f"{str(e).splitlines()[0]}") from None

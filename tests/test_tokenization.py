@@ -50,3 +50,21 @@ def test_encode_batch_right_pads(char_dir):
 def test_missing_directory_is_a_clear_error(tmp_path):
   with pytest.raises(tk.TokenizerError, match="does not exist"):
     tk.load_tokenizer(str(tmp_path / "absent"))
+
+
+def test_char_tokenizer_beside_a_saved_model_keeps_spaces_and_newlines(tmp_path):
+  # a warm-start directory holds config.json (model_type qwen2) and the tokenizer files;
+  # transformers' AutoTokenizer would load Qwen2Tokenizer there and drop whitespace
+  from jaxdistill.models import Qwen2Config, init_model, save_pretrained
+  from jaxdistill.tasks import countdown
+  built = tk.build_char_tokenizer(str(tmp_path / "tok"))
+  config = Qwen2Config(vocab_size=len(built), hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                       tie_word_embeddings=True)
+  save_pretrained(init_model(config), str(tmp_path / "model"))
+  built.save_pretrained(str(tmp_path / "model"))
+  loaded = tk.load_tokenizer(str(tmp_path / "model"))
+  text = countdown.compact_prompt((3, 10, 13), 17) + "<step>3 + 10 = 13</step>\n"
+  assert loaded.encode(text, add_special_tokens=False) == built.encode(
+      text, add_special_tokens=False)
+  assert tk.decode(loaded, loaded.encode(text, add_special_tokens=False)) == text
