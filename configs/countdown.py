@@ -49,6 +49,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   # numbers per problem, each in [1, 13]. The reference uses 4; the CPU presets use 3, which
   # a 1M-parameter model learns in minutes (targets: median 21, p90 104, 89% <= 100)
   c.task.numbers = 3
+  c.task.data_dir = ""  # '' -> WORKDIR/data (splits are generated once and cached there)
   c.task.prompt = "compact"  # compact (character tokenizer) | chat (instruct tokenizers)
   c.task.prompt_width = 32  # prompt tokens (static shape): compact prompts of 3 numbers <= 32
 

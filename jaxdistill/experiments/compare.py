@@ -27,6 +27,8 @@ flags.DEFINE_list("methods", ["base", *METHODS], "base and training methods to c
 flags.DEFINE_list("seeds", ["0", "1"], "RL seeds (the base model is the same for all)")
 flags.DEFINE_integer("token_budget", 0, "generated tokens per training run; 0: what the "
                      "preset's mcts_distill run generates (measured by running it first)")
+flags.DEFINE_float("completion_tokens", 0.0, "expected tokens per sampled completion, to "
+                   "size cispo / best_of_n runs; 0: measured on the first mcts_distill run")
 flags.DEFINE_string("workdir", "runs/compare", "where runs go")
 flags.DEFINE_string("out", "results/countdown_tiny.md", "markdown table (JSON and PNG beside)")
 flags.DEFINE_multi_string("set", [], "extra config overrides for every run, e.g. "
@@ -56,6 +58,20 @@ def _done(workdir: str) -> dict | None:
   """The record of a finished run (written last, so its presence means finished)."""
   path = os.path.join(workdir, "compare_run.json")
   return json.load(open(path)) if os.path.exists(path) else None
+
+
+def iteration_overrides(config, method: str, budget: int, completion_tokens: float) -> list:
+  """Iteration cap and learning-rate decay so a method spends `budget` tokens in about the
+  expected number of updates: decay_steps = budget / (expected tokens per iteration), the
+  cap 25% above it (the budget, not the cap, should end the run)."""
+  if method == "mcts_distill" or not budget:
+    expected = config.train.num_iterations
+  else:
+    samples = config.rollout.group_size if method == "cispo" else config.rollout.best_of
+    per_iteration = config.train.prompts_per_iteration * samples * completion_tokens
+    expected = max(1, round(budget / per_iteration))
+  return [f"learner.decay_steps={expected}",
+          f"train.num_iterations={int(np.ceil(1.25 * expected))}"]
 
 
 def run_method(method: str, seed: int, budget: int, common: list[str]) -> dict:
@@ -104,6 +120,7 @@ def summarize(records: list[dict], k: int) -> list[dict]:
                  "pass": float(passes.mean()),
                  "tokens": float(np.mean([r["generated_tokens"] for r in mine])),
                  "iterations": float(np.mean([r["iterations"] for r in mine])),
+                 "train_s": float(np.mean([r.get("train_s", 0.0) for r in mine])),
                  "wall_s": float(np.mean([r["wall_s"] for r in mine]))})
   return rows
 
@@ -111,13 +128,13 @@ def summarize(records: list[dict], k: int) -> list[dict]:
 def markdown(rows: list[dict], k: int, header: str) -> str:
   lines = [header, "",
            f"| method | mean@{k} (mean ± std over seeds) | min-max | pass@{k} | "
-           "generated tokens | iterations | wall time per run |",
-           "|---|---|---|---|---|---|---|"]
+           "generated tokens | iterations | training time | wall time per run |",
+           "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['method']} | {100 * r['mean']:.1f}% ± {100 * r['std']:.1f} "
                  f"(n={r['seeds']}) | {100 * r['min']:.1f}-{100 * r['max']:.1f}% | "
                  f"{100 * r['pass']:.1f}% | {r['tokens']:,.0f} | {r['iterations']:.0f} | "
-                 f"{r['wall_s'] / 60:.1f} min |")
+                 f"{r['train_s'] / 60:.1f} min | {r['wall_s'] / 60:.1f} min |")
   return "\n".join(lines) + "\n"
 
 
@@ -157,7 +174,7 @@ def main(argv):
                          f"{', '.join(METHODS)}")
   os.makedirs(FLAGS.workdir, exist_ok=True)
   common = [f"sft.cache_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'warm_start'))}",
-            f"task.data_seed={config.task.data_seed}"]
+            f"task.data_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'data'))}"]
   seeds = [int(s) for s in FLAGS.seeds]
   budget = FLAGS.token_budget
   records = []
@@ -166,9 +183,19 @@ def main(argv):
     first = run_method("mcts_distill", seeds[0], 0, common)
     budget = first["generated_tokens"]
     print(f"token budget: {budget:,} (the preset's mcts_distill run)")
+  # mean completion length of the starting policy (its first iterations), to size the
+  # iteration count of the sampling methods
+  probe = [r for r in _metrics(os.path.join(FLAGS.workdir, f"mcts_distill-seed{seeds[0]}"))
+           if "completion_tokens" in r][:8]
+  completion = (FLAGS.completion_tokens or
+                (float(np.mean([r["completion_tokens"] for r in probe])) if probe
+                 else config.rollout.max_completion_tokens / 2))
+  print(f"expected completion length: {completion:.1f} tokens")
   for method in (["base"] if "base" in FLAGS.methods else []) + methods:
     for seed in seeds:
-      records.append(run_method(method, seed, budget, common))
+      records.append(run_method(
+          method, seed, budget, common + iteration_overrides(config, method, budget,
+                                                             completion)))
   rows = summarize(records, k)
   header = (f"Countdown ({config.task.numbers} numbers), preset `{FLAGS.preset}`, "
             f"{config.eval.num_problems} held-out problems, mean@{k} at temperature "

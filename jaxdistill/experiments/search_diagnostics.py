@@ -1,0 +1,138 @@
+"""Why does (or doesn't) search distillation help? Measure what the search hands the learner.
+
+    python -m jaxdistill.experiments.search_diagnostics --model runs/compare/warm_start \
+        [--set search.num_iterations=16 ...] [--problems 64]
+
+On train problems, with the preset's search settings (plus overrides), reports:
+- `sample_solved`: share of plain samples (rollout temperature) that solve the problem;
+- `path_solved`: share of most-visited search paths (what mcts_distill distils) that solve it;
+- `tree_solved`: share of problems where some terminal node of the tree solves it (what
+  the search found, whether or not the most-visited path goes there);
+- `distinct_children`: distinct candidate steps per expanded node, out of K;
+- generated tokens per problem for search and for the samples.
+Prints a table and writes JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_string("model", "runs/compare/warm_start", "HF directory of the policy")
+flags.DEFINE_string("preset", "tiny", "config preset for the search settings")
+flags.DEFINE_multi_string("set", [], "config overrides, e.g. --set=search.num_iterations=16")
+flags.DEFINE_integer("problems", 64, "train problems to search")
+flags.DEFINE_integer("samples", 16, "plain samples per problem for sample_solved")
+flags.DEFINE_string("out", "", "JSON output (default: print only)")
+FLAGS = flags.FLAGS
+
+
+def _apply(config, overrides):
+  for item in overrides:
+    key, value = item.split("=", 1)
+    section, field = key.split(".")
+    current = config[section][field]
+    if isinstance(current, bool):
+      config[section][field] = value.lower() in ("1", "true")
+    else:
+      config[section][field] = type(current)(value)
+  return config
+
+
+def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) -> dict:
+  """The numbers of the module docstring for `problems` under `config`."""
+  import jax
+  from flax import nnx
+
+  from jaxdistill import evaluate as evaluation
+  from jaxdistill import tokenization
+  from jaxdistill.rl import rollouts
+  from jaxdistill.search import lm_expand
+  from jaxdistill.tasks import countdown
+  from jaxdistill.train import spec_from_config
+  config.algo = "mcts_distill"
+  ids = tokenization.special_ids(tokenizer)
+  spec = spec_from_config(config, ids)
+  graphdef, params = nnx.split(model)
+  sparse = lm_expand.countdown_reward_fn(tokenizer, problems, dense=False)
+  dense = lm_expand.countdown_reward_fn(tokenizer, problems, dense=config.reward.dense)
+  search = jax.jit(lambda p, t, l, i, k: rollouts.mcts_distill(
+      graphdef, p, t, l, i, k, spec.rollout, spec.search, dense))
+  plain_config = dataclasses.replace(spec.rollout, group_size=samples)
+  sample = jax.jit(lambda p, t, l, i, k: rollouts.cispo(
+      graphdef, p, t, l, i, k, plain_config, sparse))
+  batch = 8
+  tokens, lengths = evaluation.encode_prompts(tokenizer, problems, config.task.prompt,
+                                              config.task.prompt_width)
+  totals = {"path_solved": [], "tree_solved": [], "sample_solved": [], "distinct": [],
+            "search_tokens": 0, "sample_tokens": 0}
+  for start in range(0, len(problems) - batch + 1, batch):
+    part = slice(start, start + batch)
+    problem_ids = np.arange(start, start + batch, dtype=np.int32)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(problem_ids)
+    traj, out = jax.device_get(search(params, tokens[part], lengths[part], problem_ids, keys))
+    tree = out.tree
+    for row in range(batch):
+      p = problems[start + row]
+      completion = traj.tokens[row, traj.prompt_length[row]:traj.length[row]]
+      text = tokenization.decode(tokenizer, completion)
+      totals["path_solved"].append(countdown.reward(text, p.numbers, p.target, dense=False))
+      emb = tree.embeddings
+      found = False
+      for node in np.nonzero(tree.terminal[row] & (tree.parent[row] >= 0))[0]:
+        body = emb.path_tokens[row, node, emb.prompt_length[row, node]:
+                               emb.path_length[row, node]]
+        if countdown.reward(tokenization.decode(tokenizer, body), p.numbers, p.target,
+                            dense=False) == 1.0:
+          found = True
+          break
+      totals["tree_solved"].append(float(found))
+      for node in np.nonzero(tree.expanded[row] & ~tree.terminal[row])[0]:
+        steps = {tuple(emb.candidate_tokens[row, node, k, :emb.candidate_lengths[row, node, k]])
+                 for k in range(emb.candidate_tokens.shape[2])}
+        totals["distinct"].append(len(steps))
+    totals["search_tokens"] += int(traj.generated_tokens)
+    plain = jax.device_get(sample(params, tokens[part], lengths[part], problem_ids, keys))
+    totals["sample_solved"].extend(plain.reward.tolist())
+    totals["sample_tokens"] += int(plain.generated_tokens)
+  n = len(totals["path_solved"])
+  return {"problems": n, "sample_solved": float(np.mean(totals["sample_solved"])),
+          "path_solved": float(np.mean(totals["path_solved"])),
+          "tree_solved": float(np.mean(totals["tree_solved"])),
+          "distinct_children": float(np.mean(totals["distinct"])),
+          "num_children": config.search.num_children,
+          "simulations": config.search.num_iterations * config.search.num_agents,
+          "search_tokens_per_problem": totals["search_tokens"] / n,
+          "sample_tokens_per_problem": totals["sample_tokens"] / n,
+          "search_temperature": config.search.temperature}
+
+
+def main(argv):
+  del argv
+  sys.path.insert(0, os.getcwd())
+  from configs import countdown as presets
+  from jaxdistill.models import from_pretrained
+  from jaxdistill import tokenization
+  from jaxdistill.tasks import countdown
+  config = _apply(presets.get_config(FLAGS.preset), FLAGS.set)
+  model = from_pretrained(FLAGS.model)
+  tokenizer = tokenization.load_tokenizer(FLAGS.model)
+  train, _ = countdown.make_splits(config.task.data_seed, config.task.train_size,
+                                   config.task.test_size, count=config.task.numbers)
+  result = diagnose(config, model, tokenizer, train[:FLAGS.problems], FLAGS.samples)
+  result["overrides"] = FLAGS.set
+  print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in result.items()))
+  if FLAGS.out:
+    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+    with open(FLAGS.out, "w") as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
