@@ -200,7 +200,8 @@ def main(argv):
   header = (f"Countdown ({config.task.numbers} numbers), preset `{FLAGS.preset}`, "
             f"{config.eval.num_problems} held-out problems, mean@{k} at temperature "
             f"{config.eval.temperature}, no search at evaluation; every method starts from the "
-            f"same warm-started base model and samples about {budget:,} tokens in training.")
+            f"same warm-started base model and samples about {budget:,} tokens in training."
+            + (f" Overrides: {', '.join(f'`{o}`' for o in FLAGS.set)}." if FLAGS.set else ""))
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   table = markdown(rows, k, header)
   with open(FLAGS.out, "w") as f:
