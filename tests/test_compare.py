@@ -23,3 +23,9 @@ def test_summary_is_mean_and_sample_std_over_seeds():
   lines = table.splitlines()
   assert lines[0] == "header" and len(lines) == 6
   assert lines[-1].startswith("| cispo | 25.0% ± 7.1 (n=2) | 20.0-30.0% | 50.0% | 1,100 |")
+
+
+def test_importing_the_script_defines_no_flags_that_clash_with_main():
+  import jaxdistill.main  # noqa: F401  (defines --workdir, as compare's CLI does)
+  from absl import flags
+  assert "workdir" in flags.FLAGS and "token_budget" not in flags.FLAGS

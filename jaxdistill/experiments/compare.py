@@ -22,17 +22,22 @@ import numpy as np
 from absl import app, flags
 
 METHODS = ("mcts_distill", "cispo", "best_of_n")
-flags.DEFINE_string("preset", "tiny", "config preset (configs/countdown.py)")
-flags.DEFINE_list("methods", ["base", *METHODS], "base and training methods to compare")
-flags.DEFINE_list("seeds", ["0", "1"], "RL seeds (the base model is the same for all)")
-flags.DEFINE_integer("token_budget", 0, "generated tokens per training run; 0: what the "
-                     "preset's mcts_distill run generates (measured by running it first)")
-flags.DEFINE_float("completion_tokens", 0.0, "expected tokens per sampled completion, to "
-                   "size cispo / best_of_n runs; 0: measured on the first mcts_distill run")
-flags.DEFINE_string("workdir", "runs/compare", "where runs go")
-flags.DEFINE_string("out", "results/countdown_tiny.md", "markdown table (JSON and PNG beside)")
-flags.DEFINE_multi_string("set", [], "extra config overrides for every run, e.g. "
-                          "--set=search.num_agents=8")
+def define_flags():
+  """Command-line flags (defined only when run as a program: importing this module for
+  its functions must not clash with the flags of other absl programs)."""
+  flags.DEFINE_string("preset", "tiny", "config preset (configs/countdown.py)")
+  flags.DEFINE_list("methods", ["base", *METHODS], "base and training methods to compare")
+  flags.DEFINE_list("seeds", ["0", "1"], "RL seeds (the base model is the same for all)")
+  flags.DEFINE_integer("token_budget", 0, "generated tokens per training run; 0: what the "
+                       "preset's mcts_distill run generates (measured by running it first)")
+  flags.DEFINE_float("completion_tokens", 0.0, "expected tokens per sampled completion, to "
+                     "size cispo / best_of_n runs; 0: measured on the first mcts_distill run")
+  flags.DEFINE_string("workdir", "runs/compare", "where runs go")
+  flags.DEFINE_string("out", "results/countdown_tiny.md", "markdown table (JSON and PNG beside)")
+  flags.DEFINE_multi_string("set", [], "extra config overrides for every run, e.g. "
+                            "--set=search.num_agents=8")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -216,4 +221,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

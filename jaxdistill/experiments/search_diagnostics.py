@@ -23,12 +23,17 @@ import sys
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_string("model", "runs/compare/warm_start", "HF directory of the policy")
-flags.DEFINE_string("preset", "tiny", "config preset for the search settings")
-flags.DEFINE_multi_string("set", [], "config overrides, e.g. --set=search.num_iterations=16")
-flags.DEFINE_integer("problems", 64, "train problems to search")
-flags.DEFINE_integer("samples", 16, "plain samples per problem for sample_solved")
-flags.DEFINE_string("out", "", "JSON output (default: print only)")
+def define_flags():
+  """Command-line flags (defined only when run as a program: importing this module for
+  its functions must not clash with the flags of other absl programs)."""
+  flags.DEFINE_string("model", "runs/compare/warm_start", "HF directory of the policy")
+  flags.DEFINE_string("preset", "tiny", "config preset for the search settings")
+  flags.DEFINE_multi_string("set", [], "config overrides, e.g. --set=search.num_iterations=16")
+  flags.DEFINE_integer("problems", 64, "train problems to search")
+  flags.DEFINE_integer("samples", 16, "plain samples per problem for sample_solved")
+  flags.DEFINE_string("out", "", "JSON output (default: print only)")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -135,4 +140,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
