@@ -84,8 +84,8 @@ def run_job(config, workdir: str, mode: str) -> dict:
   parallel.maybe_initialize_distributed()
   model, tokenizer = load_model_and_tokenizer(config, workdir)
   train_split, test_split = countdown.cached_splits(
-      config.task.data_dir or os.path.join(workdir, "data"), config.task.data_seed, config.task.train_size,
-      config.task.test_size, config.task.numbers)
+      config.task.data_dir or os.path.join(workdir, "data"), config.task.data_seed,
+      config.task.train_size, config.task.test_size, config.task.numbers)
   if config.sft.steps and not config.model.path:
     from jaxdistill import sft
     model = sft.warm_start(model, tokenizer, train_split, sft.SFTConfig(

@@ -51,18 +51,14 @@ def global_rows(mesh: Mesh, num_rows: int, rows_fn):
   sharding = NamedSharding(mesh, P(DATA))
   cache = {}
 
-  def local(index):
-    rows = index[0]
-    start, stop = rows.start or 0, num_rows if rows.stop is None else rows.stop
-    if (start, stop) not in cache:
-      cache[(start, stop)] = rows_fn(start, stop)
-    return cache[(start, stop)]
+  def local(index):  # rows of one device's block, built once per block
+    block = index[0].indices(num_rows)[:2]
+    if block not in cache:
+      cache[block] = rows_fn(*block)
+    return cache[block]
 
-  per_device = sharding.addressable_devices_indices_map((num_rows,))
-  blocks = {index[0].indices(num_rows)[:2] for index in per_device.values()}
-  example = rows_fn(*min(blocks))  # structure and trailing shapes of the leaves
-  cache[min(blocks)] = example
-  leaves, treedef = jax.tree.flatten(example)
+  first = next(iter(sharding.addressable_devices_indices_map((num_rows,)).values()))
+  leaves, treedef = jax.tree.flatten(local(first))  # structure and trailing shapes
   arrays = []
   for i, leaf in enumerate(leaves):
     shape = (num_rows,) + np.shape(leaf)[1:]

@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxdistill import tokenization
+from jaxdistill import parallel, tokenization
 from jaxdistill.models import from_pretrained, save_pretrained
 from jaxdistill.tasks import countdown
 
@@ -102,7 +102,7 @@ def warm_start(model, tokenizer, problems, config: SFTConfig, directory: str,
     print(f"warm start: {directory} was made with other settings; training a new one")
     os.remove(marker)
   model, loss = train_sft(model, tokenizer, problems, config, progress)
-  if jax.process_index() == 0:  # every process trains the same model; one writes it
+  if parallel.is_primary():  # every process trains the same model; one writes it
     save_pretrained(model, directory)
     tokenizer.save_pretrained(directory)
     with open(marker, "w") as f:  # written last: its presence means the directory is complete

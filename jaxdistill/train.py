@@ -192,8 +192,8 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
   for step in bar:
     batch_ids = [(data_position + i) % len(train_problems) for i in range(prompts)]
 
-    def rows(start, stop, step=step, batch_ids=batch_ids):  # only this host's prompts
-      ids = batch_ids[start:stop]
+    def rows(lo, hi, step=step, batch_ids=batch_ids):  # only this host's prompts
+      ids = batch_ids[lo:hi]
       tokens, lengths = evaluation.encode_prompts(
           tokenizer, [train_problems[i] for i in ids], config.task.prompt,
           config.task.prompt_width)

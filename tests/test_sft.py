@@ -23,11 +23,17 @@ def test_mask_covers_exactly_the_solution_and_eos(tmp_path):
         prompt, add_special_tokens=False))]) == prompt
 
 
-def test_warm_start_lowers_the_loss_and_is_reused(tmp_path):
+def _tiny(tmp_path, layers: int):
+  """The character tokenizer and a tiny architecture over its vocabulary."""
   tokenizer = tokenization.build_char_tokenizer(str(tmp_path / "tok"))
-  config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       tie_word_embeddings=True)
+  return tokenizer, Qwen2Config(vocab_size=len(tokenizer), hidden_size=32,
+                                intermediate_size=64, num_hidden_layers=layers,
+                                num_attention_heads=4, num_key_value_heads=2,
+                                tie_word_embeddings=True)
+
+
+def test_warm_start_lowers_the_loss_and_is_reused(tmp_path):
+  tokenizer, config = _tiny(tmp_path, layers=2)
   problems = countdown.generate(64, seed=4)
   settings = sft.SFTConfig(steps=30, batch_size=16, learning_rate=3e-3, sequence_length=112)
   _, first_loss = sft.train_sft(init_model(config), tokenizer, problems,
@@ -47,10 +53,7 @@ def test_warm_start_lowers_the_loss_and_is_reused(tmp_path):
 
 
 def test_a_cache_made_with_other_settings_is_not_reused(tmp_path, capsys):
-  tokenizer = tokenization.build_char_tokenizer(str(tmp_path / "tok"))
-  config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                       tie_word_embeddings=True)
+  tokenizer, config = _tiny(tmp_path, layers=1)
   problems = countdown.generate(16, seed=4)
   first = sft.SFTConfig(steps=2, batch_size=4, learning_rate=1e-2, sequence_length=112)
   a = sft.warm_start(init_model(config), tokenizer, problems, first, str(tmp_path / "ws"),

@@ -22,6 +22,8 @@ import numpy as np
 from absl import app, flags
 
 METHODS = ("mcts_distill", "cispo", "best_of_n")
+
+
 def define_flags():
   """Command-line flags (defined only when run as a program: importing this module for
   its functions must not clash with the flags of other absl programs)."""

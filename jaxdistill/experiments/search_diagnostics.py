@@ -23,6 +23,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
+
 def define_flags():
   """Command-line flags (defined only when run as a program: importing this module for
   its functions must not clash with the flags of other absl programs)."""

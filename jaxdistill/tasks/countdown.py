@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import itertools
 import json
+import os
 import random
 from fractions import Fraction
 from typing import Iterable, Sequence
@@ -92,7 +93,6 @@ def make_splits(seed: int = 0, train_size: int = 20_000, test_size: int = 820, *
 def cached_splits(directory: str, seed: int = 0, train_size: int = 20_000,
                   test_size: int = 820, count: int = 4) -> tuple[list[Problem], list[Problem]]:
   """make_splits, written once as JSONL under directory and read back on later runs."""
-  import os
   name = f"countdown-{count}numbers-seed{seed}-train{train_size}-test{test_size}"
   paths = [os.path.join(directory, name, f"{split}.jsonl") for split in ("train", "test")]
   if all(os.path.exists(path) for path in paths):
@@ -298,8 +298,6 @@ def target_statistics(problems: Sequence[Problem]) -> dict:
 
 
 def _main(argv):
-  import os
-
   from absl import flags
   del argv
   FLAGS = flags.FLAGS
