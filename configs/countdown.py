@@ -82,6 +82,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.learner.eps_high = 5.0
   c.learner.ppo_eps = 0.2
   c.learner.value_coef = 1.0
+  c.learner.value_trunk_grad = True  # False: value loss trains the value head only
   c.learner.kl_coef = 0.05
   c.learner.learning_rate = 1e-4
   c.learner.end_learning_rate = 0.0

@@ -195,3 +195,31 @@ def test_eight_devices_give_the_same_gradients():
   many = sharded(state.params, jax.device_put(batch, NamedSharding(mesh, P("data"))))
   for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(many)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-8)
+
+
+def test_value_trunk_grad_false_keeps_value_loss_out_of_the_trunk():
+  """With value_trunk_grad=False the value loss moves the value head only; by default it
+  also reaches the shared trunk. Policy and KL gradients are the same either way."""
+  graphdef, _, state, _ = _setup()
+  batch = _batch(graphdef=graphdef, params=state.params)
+  value_only = lambda detach: learner.LearnerConfig(kl_coef=0.0, value_coef=1.0,
+                                                    value_trunk_grad=not detach)
+  grads = lambda config, b: learner.gradients(state.params, graphdef, b, config)[0]
+  no_policy = batch.replace(advantages=jnp.zeros_like(batch.advantages))
+  is_head = lambda path: "value_head" in jax.tree_util.keystr(path)
+  for detach in (False, True):
+    g = grads(value_only(detach), no_policy)
+    head = [jnp.abs(x).max() for p, x in jax.tree_util.tree_leaves_with_path(g) if is_head(p)]
+    trunk = [jnp.abs(x).max() for p, x in jax.tree_util.tree_leaves_with_path(g)
+             if not is_head(p)]
+    assert float(max(head)) > 1e-4
+    if detach:
+      assert float(max(trunk)) == 0.0
+    else:
+      assert float(max(trunk)) > 1e-6
+  # the policy part of the gradient does not depend on the option
+  policy_only = lambda detach: learner.LearnerConfig(kl_coef=0.05, value_coef=0.0,
+                                                     value_trunk_grad=not detach)
+  for a, b in zip(jax.tree.leaves(grads(policy_only(False), batch)),
+                  jax.tree.leaves(grads(policy_only(True), batch))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)

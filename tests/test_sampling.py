@@ -112,3 +112,33 @@ def test_top_p_samples_only_from_the_nucleus(model):
     assert int(out.tokens[row, 0]) in nucleus
     nucleus_sizes.append(len(nucleus))
   assert max(nucleus_sizes) > 1  # the test exercised real sampling, not only argmax
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 1.0), (1.0, 0.7)])
+def test_sampled_frequencies_match_the_tempered_nucleus_distribution(temperature, top_p):
+  """20,000 draws from fixed logits: every token's frequency is within 5 binomial standard
+  deviations of softmax(logits / T) renormalised over the top-p nucleus, and tokens outside
+  the nucleus never appear."""
+  from jaxdistill.sampling import sample_tokens
+  logits = jnp.array([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, -jnp.inf, 1.5])
+  draws = 20_000
+  keys = jax.random.split(jax.random.key(3), draws)
+  tokens, logp, sample_logp = jax.jit(sample_tokens)(
+      keys, jnp.broadcast_to(logits, (draws, logits.size)), jnp.float32(temperature),
+      jnp.float32(top_p))
+  probs = np.asarray(jax.nn.softmax(logits / temperature))
+  order = np.argsort(-probs)
+  before = np.cumsum(probs[order]) - probs[order]
+  expected = np.zeros_like(probs)
+  nucleus = order[before < top_p]
+  expected[nucleus] = probs[nucleus] / probs[nucleus].sum()
+  counts = np.bincount(np.asarray(tokens), minlength=logits.size) / draws
+  sigma = np.sqrt(expected * (1 - expected) / draws)
+  assert np.all(np.abs(counts - expected) <= 5 * sigma + 1e-12), (counts, expected)
+  assert (counts[expected == 0] == 0).all() and counts[6] == 0  # -inf logit never drawn
+  # returned log-probs: temperature 1 and the sampling distribution, at the drawn token
+  np.testing.assert_allclose(np.asarray(logp),
+                             np.asarray(jax.nn.log_softmax(logits))[np.asarray(tokens)],
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(sample_logp),
+                             np.log(expected[np.asarray(tokens)]), rtol=1e-4, atol=1e-5)

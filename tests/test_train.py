@@ -25,13 +25,8 @@ TINY = ["--config.model.hidden_size=32", "--config.model.intermediate_size=64",
 
 
 def _config(**overrides):
-  config = presets.get_config("smoke")
-  for flag in TINY:
-    key, value = flag[len("--config."):].split("=")
-    section, field = key.split(".")
-    current = config[section][field]
-    config[section][field] = type(current)(value == "True") if isinstance(current, bool) else (
-        type(current)(value))
+  from jaxdistill.experiments.search_diagnostics import apply_overrides
+  config = apply_overrides(presets.get_config("smoke"), [f[len("--config."):] for f in TINY])
   for key, value in overrides.items():
     section, field = key.split("__")
     config[section][field] = value
@@ -187,3 +182,25 @@ def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
   assert first == second
   assert first["problems"] == 5 and 0.0 <= first["search_solved"] <= 1.0
   assert first["simulations_per_problem"] == 4 and first["generated_tokens"] > 0
+
+
+def test_search_diagnostics_report_consistent_shares_and_budgets(tmp_path):
+  from jaxdistill import main
+  from jaxdistill.experiments import search_diagnostics
+  from jaxdistill.tasks import countdown
+  config = _config()
+  model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
+  problems = countdown.generate(8, seed=3, count=config.task.numbers)
+  result = search_diagnostics.diagnose(config, model, tokenizer, problems, samples=3)
+  assert result["problems"] == 8 and result["samples"] == 3
+  for key in ("sample_solved", "sample_pass", "path_solved", "tree_solved"):
+    assert 0.0 <= result[key] <= 1.0
+  assert result["sample_pass"] >= result["sample_solved"]  # any of 3 >= their mean
+  assert 1.0 <= result["distinct_children"] <= config.search.num_children
+  s = config.search
+  assert result["simulations"] == s.num_iterations * s.num_agents
+  # every expansion samples K steps of <= L tokens; completions add <= the rollout cap
+  search_cap = ((1 + s.num_iterations * s.num_agents) * s.num_children * s.max_step_tokens
+                + config.rollout.max_completion_tokens)
+  assert 0 < result["search_tokens_per_problem"] <= search_cap
+  assert 0 < result["sample_tokens_per_problem"] <= 3 * config.rollout.max_completion_tokens

@@ -5,6 +5,8 @@
 
 On train problems, with the preset's search settings (plus overrides), reports:
 - `sample_solved`: share of plain samples (rollout temperature) that solve the problem;
+- `sample_pass`: share of problems where at least one of the `--samples` plain samples
+  solves it (what independent sampling finds: compare with `tree_solved` per token);
 - `path_solved`: share of most-visited search paths (what mcts_distill distils) that solve it;
 - `tree_solved`: share of problems where some terminal node of the tree solves it (what
   the search found, whether or not the most-visited path goes there);
@@ -38,7 +40,9 @@ def define_flags():
 FLAGS = flags.FLAGS
 
 
-def _apply(config, overrides):
+def apply_overrides(config, overrides):
+  """`section.field=value` strings applied to an ml_collections config (value cast to the
+  field's type; booleans from true/false/1/0)."""
   for item in overrides:
     key, value = item.split("=", 1)
     section, field = key.split(".")
@@ -75,8 +79,8 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
   batch = 8
   tokens, lengths = evaluation.encode_prompts(tokenizer, problems, config.task.prompt,
                                               config.task.prompt_width)
-  totals = {"path_solved": [], "tree_solved": [], "sample_solved": [], "distinct": [],
-            "search_tokens": 0, "sample_tokens": 0}
+  totals = {"path_solved": [], "tree_solved": [], "sample_solved": [], "sample_pass": [],
+            "distinct": [], "search_tokens": 0, "sample_tokens": 0}
   for start in range(0, len(problems) - batch + 1, batch):
     part = slice(start, start + batch)
     problem_ids = np.arange(start, start + batch, dtype=np.int32)
@@ -105,9 +109,11 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
     totals["search_tokens"] += int(traj.generated_tokens)
     plain = jax.device_get(sample(params, tokens[part], lengths[part], problem_ids, keys))
     totals["sample_solved"].extend(plain.reward.tolist())
+    totals["sample_pass"].extend((plain.reward.reshape(batch, samples) >= 1.0).any(-1).tolist())
     totals["sample_tokens"] += int(plain.generated_tokens)
   n = len(totals["path_solved"])
   return {"problems": n, "sample_solved": float(np.mean(totals["sample_solved"])),
+          "sample_pass": float(np.mean(totals["sample_pass"])), "samples": samples,
           "path_solved": float(np.mean(totals["path_solved"])),
           "tree_solved": float(np.mean(totals["tree_solved"])),
           "distinct_children": float(np.mean(totals["distinct"])),
@@ -125,7 +131,7 @@ def main(argv):
   from jaxdistill.models import from_pretrained
   from jaxdistill import tokenization
   from jaxdistill.tasks import countdown
-  config = _apply(presets.get_config(FLAGS.preset), FLAGS.set)
+  config = apply_overrides(presets.get_config(FLAGS.preset), FLAGS.set)
   model = from_pretrained(FLAGS.model)
   tokenizer = tokenization.load_tokenizer(FLAGS.model)
   train, _ = countdown.make_splits(config.task.data_seed, config.task.train_size,

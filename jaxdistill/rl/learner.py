@@ -29,6 +29,9 @@ class LearnerConfig:
   eps_high: float = 5.0  # CISPO weight cap
   ppo_eps: float = 0.2
   value_coef: float = 1.0
+  # False: the value loss trains the value head only (stop-gradient on the trunk's hidden
+  # state), so value regression cannot move the policy's features
+  value_trunk_grad: bool = True
   kl_coef: float = 0.05
   learning_rate: float = 5e-6
   end_learning_rate: float = 0.0
@@ -80,18 +83,22 @@ def init_state(params, optimizer: optax.GradientTransformation, rng) -> TrainSta
                     step=jnp.zeros((), jnp.int32), rng=rng)
 
 
-def sequence_logprobs(graphdef, params, tokens):
-  """(log pi of each next token [B, T], values [B, T]) for tokens [B, T + 1]."""
+def sequence_logprobs(graphdef, params, tokens, value_trunk_grad: bool = True):
+  """(log pi of each next token [B, T], values [B, T]) for tokens [B, T + 1].
+
+  value_trunk_grad=False: the values' gradient stops at the final hidden state."""
   model = nnx.merge(graphdef, params)
   out = model(tokens[:, :-1])
   logp = jax.nn.log_softmax(out.logits, axis=-1)
   taken = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-  return taken, out.values
+  if value_trunk_grad:
+    return taken, out.values
+  return taken, model.value_head(jax.lax.stop_gradient(out.hidden))
 
 
 def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerConfig):
   """Total loss and its parts."""
-  logprobs, values = sequence_logprobs(graphdef, params, batch.tokens)
+  logprobs, values = sequence_logprobs(graphdef, params, batch.tokens, config.value_trunk_grad)
   if config.policy_loss == "cispo":
     policy = losses.cispo_loss(logprobs, batch.old_logprobs, batch.advantages, batch.mask,
                                config.eps_high)
