@@ -63,7 +63,6 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
   from jaxdistill import tokenization
   from jaxdistill.rl import rollouts
   from jaxdistill.search import lm_expand
-  from jaxdistill.tasks import countdown
   from jaxdistill.train import spec_from_config
   config.algo = "mcts_distill"
   ids = tokenization.special_ids(tokenizer)
@@ -86,22 +85,13 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
     problem_ids = np.arange(start, start + batch, dtype=np.int32)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(problem_ids)
     traj, out = jax.device_get(search(params, tokens[part], lengths[part], problem_ids, keys))
-    tree = out.tree
+    tree, emb = out.tree, out.tree.embeddings
+    # task rewards were graded during the search (a terminal node's raw value is its
+    # reward); dense or sparse, a reward of 1 means solved
+    totals["path_solved"].extend((traj.reward >= 1.0).tolist())
+    solved_nodes = tree.terminal & (tree.parent >= 0) & (tree.raw_value >= 1.0)
+    totals["tree_solved"].extend(solved_nodes.any(-1).tolist())
     for row in range(batch):
-      p = problems[start + row]
-      completion = traj.tokens[row, traj.prompt_length[row]:traj.length[row]]
-      text = tokenization.decode(tokenizer, completion)
-      totals["path_solved"].append(countdown.reward(text, p.numbers, p.target, dense=False))
-      emb = tree.embeddings
-      found = False
-      for node in np.nonzero(tree.terminal[row] & (tree.parent[row] >= 0))[0]:
-        body = emb.path_tokens[row, node, emb.prompt_length[row, node]:
-                               emb.path_length[row, node]]
-        if countdown.reward(tokenization.decode(tokenizer, body), p.numbers, p.target,
-                            dense=False) == 1.0:
-          found = True
-          break
-      totals["tree_solved"].append(float(found))
       for node in np.nonzero(tree.expanded[row] & ~tree.terminal[row])[0]:
         steps = {tuple(emb.candidate_tokens[row, node, k, :emb.candidate_lengths[row, node, k]])
                  for k in range(emb.candidate_tokens.shape[2])}
