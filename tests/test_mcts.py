@@ -158,6 +158,17 @@ def test_invariants_on_random_trees(agents, virtual_loss):
     assert (out.collisions == 0).all()
 
 
+@pytest.mark.parametrize("agents,virtual_loss", [(1, "visit"), (4, "value")])
+def test_loop_unroll_changes_nothing(agents, virtual_loss):
+  """Walking several tree levels per loop iteration (fewer GPU round trips) gives the same
+  trees as walking one: unrolled steps past the end of a walk are masked."""
+  env = HashEnv(2, discount=0.95, reward_scale=0.1, terminal_prob=0.25)
+  outs = [jax.device_get(_search(env, 5, 12, agents, virtual_loss=virtual_loss,
+                                 loop_unroll=unroll)) for unroll in (1, 3, 4)]
+  for out in outs[1:]:
+    jax.tree.map(np.testing.assert_array_equal, out, outs[0])
+
+
 def test_collisions_are_counted_and_share_one_expansion():
   """Very peaked priors and a tiny c_puct send agents down the same edge."""
   env = HashEnv(3)
@@ -195,6 +206,9 @@ def test_agents_cut_sequential_expansion_calls():
 
 def test_bad_arguments():
   env = HashEnv(0)
+  with pytest.raises(ValueError, match="loop_unroll"):
+    mcts.search(env.root(1), env.expand_fn, jax.random.split(jax.random.key(0), 1),
+                num_iterations=2, loop_unroll=0)
   with pytest.raises(ValueError, match="virtual_loss"):
     mcts.search(env.root(1), env.expand_fn, jax.random.split(jax.random.key(0), 1),
                 num_iterations=2, virtual_loss="none")

@@ -44,38 +44,64 @@ def edge_scores(tree: Tree, node, *, c_puct: float, first_play_value: float,
   return q + c_puct * prior * jnp.sqrt(parent_visits) / (1.0 + visits + pending)
 
 
-def select(tree: Tree, root_scores=None, **score_kwargs):
+def unrolled_while(cond, body, state, unroll: int):
+  """lax.while_loop that advances `unroll` steps per iteration (each guarded by cond).
+
+  On GPUs every while-loop iteration ends with a device-to-host copy of its predicate; tree
+  walks take one iteration per level, so walking `unroll` levels per iteration cuts those
+  round trips `unroll`-fold for a few masked steps at the end."""
+
+  def step(state):
+    state = body(state)  # cond held on entry
+    for _ in range(unroll - 1):
+      go = cond(state)
+      state = jax.tree.map(lambda new, old: jnp.where(go, new, old), body(state), state)
+    return state
+
+  return jax.lax.while_loop(cond, step, state)
+
+
+def select(tree: Tree, root_scores=None, *, track_pending: bool = False, unroll: int = 1,
+           **score_kwargs):
   """Walk from the root by argmax score to the first edge that leads to no expanded node.
 
   `root_scores` [K], when given, replaces pUCT at the root (Gumbel selection). Returns
-  (node, action, child): `child` is NO_NODE for an untaken edge, a node not yet expanded
-  (claimed by an earlier agent this iteration), or a terminal node.
+  (tree, node, action, child): `child` is NO_NODE for an untaken edge, a node not yet
+  expanded (claimed by an earlier agent this iteration), or a terminal node. With
+  `track_pending` every node the walk leaves (root to `node`) gets one virtual visit, added
+  after its own scores were read, so later agents see this one in flight.
   """
 
-  def descend(node, scores=None):
-    scores = edge_scores(tree, node, **score_kwargs) if scores is None else scores
+  def descend(pending, node, scores=None):
+    if scores is None:
+      scores = edge_scores(tree.replace(pending=pending), node, **score_kwargs)
     action = jnp.argmax(scores).astype(jnp.int32)
-    return action, tree.children[node, action]
+    if track_pending:
+      pending = pending.at[node].add(1)
+    return pending, action, tree.children[node, action]
 
   def cond(state):
-    _, _, child = state
-    return (child >= 0) & tree.expanded[jnp.maximum(child, 0)] & ~tree.terminal[
-        jnp.maximum(child, 0)]
+    _, _, _, child = state
+    safe = jnp.maximum(child, 0)
+    return (child >= 0) & tree.expanded[safe] & ~tree.terminal[safe]
 
   def body(state):
-    _, _, child = state
-    action, grandchild = descend(child)
-    return child, action, grandchild
+    pending, _, _, child = state
+    pending, action, grandchild = descend(pending, child)
+    return pending, child, action, grandchild
 
   # the root id comes from tree data, not a constant, so that under shard_map the loop
   # carry is device-varying like everything else in it
   root = jnp.full_like(tree.num_nodes, ROOT)
-  action, child = descend(root, root_scores)
-  return jax.lax.while_loop(cond, body, (root, action, child))
+  pending, action, child = descend(tree.pending, root, root_scores)
+  pending, node, action, child = unrolled_while(cond, body, (pending, root, action, child),
+                                                unroll)
+  return tree.replace(pending=pending), node, action, child
 
 
-def claim(tree: Tree, node, action, child):
-  """Make the selected edge this agent's leaf and add a virtual visit along its path.
+def claim(tree: Tree, node, action, child, track_pending: bool = False):
+  """Make the selected edge this agent's leaf (after `select`, which gave the path above it
+  its virtual visits when tracking pending ones).
 
   An untaken edge gets the next node id (to be expanded); an edge another agent claimed
   this iteration is a collision and shares that agent's node. Returns
@@ -95,32 +121,23 @@ def claim(tree: Tree, node, action, child):
       action_from_parent=set_if_new(tree.action_from_parent, new_id, action),
       depth=set_if_new(tree.depth, new_id, tree.depth[node] + 1),
       num_nodes=tree.num_nodes + is_new.astype(jnp.int32))
-  tree = tree.replace(pending=_add_along_path(tree.pending, tree.parent, leaf, 1))
+  if track_pending:  # the leaf's own virtual visit (`node` already has one from select)
+    tree = tree.replace(pending=tree.pending.at[leaf].add((leaf != node).astype(jnp.int32)))
   return tree, leaf, is_new, collided
 
 
-def _add_along_path(array, parent, leaf, amount):
-  """array[n] += amount for every node n from leaf up to the root."""
-
-  def body(state):
-    array, node = state
-    return array.at[node].add(amount), parent[node]
-
-  array, _ = jax.lax.while_loop(lambda s: s[1] != NO_NODE, body, (array, leaf))
-  return array
-
-
-def backup(tree: Tree, leaf):
+def backup(tree: Tree, leaf, track_pending: bool = False, unroll: int = 1):
   """Back the leaf's value up to the root; removes this agent's virtual visit."""
 
   def body(state):
     visits, sums, pending, node, ret = state
     visits = visits.at[node].add(1)
     sums = sums.at[node].add(ret)
-    pending = pending.at[node].add(-1)
+    if track_pending:
+      pending = pending.at[node].add(-1)
     ret = tree.reward[node] + tree.discount[node] * ret
     return visits, sums, pending, tree.parent[node], ret
 
   state = (tree.visit_count, tree.value_sum, tree.pending, leaf, tree.raw_value[leaf])
-  visits, sums, pending, _, _ = jax.lax.while_loop(lambda s: s[3] != NO_NODE, body, state)
+  visits, sums, pending, _, _ = unrolled_while(lambda s: s[3] != NO_NODE, body, state, unroll)
   return tree.replace(visit_count=visits, value_sum=sums, pending=pending)
