@@ -19,7 +19,7 @@ class EvalConfig:
   temperature: float = 0.2
   top_p: float = 1.0
   max_new_tokens: int = 512
-  batch_size: int = 256  # rows (problem x sample) per generate call
+  batch_size: int = 256  # rows (problem x sample) per generate call: batch_size // k problems
   prompt_width: int = 64
 
 
@@ -81,36 +81,36 @@ def _problem_rewards(model, tokenizer, all_problems, indices, config: EvalConfig
   problems = [all_problems[i] for i in indices]
   ids = tokenization.special_ids(tokenizer)
   tokens, lengths = encode_prompts(tokenizer, problems, prompt, config.prompt_width)
-  rows_tokens = np.repeat(tokens, config.k, axis=0)
-  rows_lengths = np.repeat(lengths, config.k, axis=0)
-  total = len(rows_tokens)
-  # pad the last chunk to a full batch so every call has the same shapes (one compile)
-  pad = (-total) % config.batch_size
-  rows_tokens = np.concatenate([rows_tokens, np.repeat(rows_tokens[:1], pad, 0)])
-  rows_lengths = np.concatenate([rows_lengths, np.repeat(rows_lengths[:1], pad, 0)])
+  # the k samples of a problem share its prefill; a call takes batch_size // k problems,
+  # the last call padded to a full batch so that every call has the same shapes
+  per_call = max(1, config.batch_size // config.k)
+  pad = (-len(problems)) % per_call
+  tokens = np.concatenate([tokens, np.repeat(tokens[:1], pad, 0)])
+  lengths = np.concatenate([lengths, np.repeat(lengths[:1], pad, 0)])
   base = jax.random.PRNGKey(seed)
   fold = lambda key, i: jax.random.fold_in(key, i)
   keys = np.asarray(jax.vmap(lambda i: jax.vmap(lambda j: fold(fold(base, i), j))(
       np.arange(config.k, dtype=np.uint32)))(np.asarray(indices, np.uint32)))
-  keys = keys.reshape(-1, keys.shape[-1])
-  keys = np.concatenate([keys, np.repeat(keys[:1], pad, 0)])
-  rewards = np.zeros(total, np.float32)
+  keys = np.concatenate([keys, np.repeat(keys[:1], pad, 0)])  # [problems, k, 2]
+  rewards = np.zeros((len(problems), config.k), np.float32)
   generated = 0
-  for start in range(0, total, config.batch_size):
-    stop = start + config.batch_size
+  for start in range(0, len(problems), per_call):
+    stop = start + per_call
     out = jax.device_get(sampling.generate(
-        model, rows_tokens[start:stop], rows_lengths[start:stop], None,
+        model, tokens[start:stop], lengths[start:stop], None, samples=config.k,
         max_new_tokens=config.max_new_tokens, temperature=config.temperature,
         top_p=config.top_p, stop_ids=(ids.eos_id,), pad_id=ids.pad_id,
-        row_keys=keys[start:stop]))
-    for i in range(min(stop, total) - start):
-      p = problems[(start + i) // config.k]
-      text = tokenization.decode(tokenizer, out.tokens[i], int(out.lengths[i]))
-      rewards[start + i] = countdown.reward(text, p.numbers, p.target, dense=False)
-      generated += int(out.lengths[i])
+        row_keys=keys[start:stop].reshape(-1, keys.shape[-1])))
+    for i in range(start, min(stop, len(problems))):
+      p = problems[i]
+      for j in range(config.k):
+        row = (i - start) * config.k + j
+        text = tokenization.decode(tokenizer, out.tokens[row], int(out.lengths[row]))
+        rewards[i, j] = countdown.reward(text, p.numbers, p.target, dense=False)
+        generated += int(out.lengths[row])
     if progress is not None:
-      progress(min(stop, total), total)
-  return rewards.reshape(len(problems), config.k), generated
+      progress(min(stop, len(problems)) * config.k, len(problems) * config.k)
+  return rewards, generated
 
 
 def evaluate_with_search(model, tokenizer, problems, search, rollout, *, prompt_width: int,

@@ -26,8 +26,10 @@ class SampleOutput:
   lengths: jax.Array  # [B] int32: generated tokens, the stop token included
   logprobs: jax.Array  # [B, N] float32 log pi(token) at temperature 1 (0 on padding)
   sample_logprobs: jax.Array  # [B, N] float32 under the sampling distribution (0 if greedy)
-  values: jax.Array  # [B, N] float32 value head at the state before each token
+  values: jax.Array | None  # [B, N] float32 value head at the state before each token
+  #                           (None unless decoded with_values=True)
   finished: jax.Array  # [B] bool: stopped on a stop token (not cut at max_new_tokens)
+  prompt_value: jax.Array  # [B] float32 value head at the last prompt token
 
 
 def left_align(tokens, lengths, pad_id: int = 0):
@@ -53,22 +55,31 @@ def prefill(model: Qwen2Model, tokens, lengths, num_slots: int, pad_id: int = 0)
 
 def _top_p_filter(logits, temperature, top_p):
   """Mask logits [B, V] outside the smallest set whose probability reaches top_p."""
-
-  def filter_(logits):
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(ordered / temperature, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs
-    kept = jnp.where(before < top_p, ordered, jnp.inf)
-    threshold = jnp.min(kept, axis=-1, keepdims=True)
-    return jnp.where(logits >= threshold, logits, -jnp.inf)
-
-  return jax.lax.cond(top_p < 1.0, filter_, lambda x: x, logits)
+  ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+  probs = jax.nn.softmax(ordered / temperature, axis=-1)
+  before = jnp.cumsum(probs, axis=-1) - probs
+  kept = jnp.where(before < top_p, ordered, jnp.inf)
+  threshold = jnp.min(kept, axis=-1, keepdims=True)
+  return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
-def sample_tokens(row_keys, logits, temperature, top_p):
-  """One token per row from logits [B, V]: (tokens, logp at T=1, logp under sampling)."""
+def uses_top_p(top_p) -> bool:
+  """Whether the nucleus filter must be compiled in: a Python top_p >= 1 leaves it out (a
+  traced top_p keeps it). Static on purpose: a `lax.cond` inside the decode loop costs a
+  host round trip per token on GPU and splits the loop body's command buffer."""
+  return not (isinstance(top_p, (int, float)) and top_p >= 1.0)
+
+
+def sample_tokens(row_keys, logits, temperature, top_p, filter_top_p: bool = True):
+  """One token per row from logits [B, V]: (tokens, logp at T=1, logp under sampling).
+
+  filter_top_p=False skips the nucleus filter (for top_p >= 1; see `uses_top_p`)."""
   safe_temperature = jnp.where(temperature > 0, temperature, 1.0)
-  filtered = _top_p_filter(logits, safe_temperature, top_p) / safe_temperature
+  if filter_top_p:
+    logits_kept = _top_p_filter(logits, safe_temperature, top_p)
+  else:
+    logits_kept = logits
+  filtered = logits_kept / safe_temperature
   gumbel = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[-1:], logits.dtype))(row_keys)
   greedy = temperature <= 0
   tokens = jnp.where(greedy, jnp.argmax(logits, -1), jnp.argmax(filtered + gumbel, -1))
@@ -79,9 +90,17 @@ def sample_tokens(row_keys, logits, temperature, top_p):
 
 
 def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_new_tokens: int,
-           temperature, top_p, stop_ids: tuple[int, ...], pad_id: int) -> SampleOutput:
-  """Continue every row from (cache, next-token logits [B, V], value [B])."""
+           temperature, top_p, stop_ids: tuple[int, ...], pad_id: int,
+           filter_top_p: bool | None = None, with_values: bool = False,
+           prefix: KVCache | None = None) -> SampleOutput:
+  """Continue every row from (cache, next-token logits [B, V], value [B]).
+
+  filter_top_p defaults to `uses_top_p(top_p)`; with_values also records the value head
+  before each token (the decode then runs the value head at every step). prefix: a cache
+  of M rows that groups of B / M consecutive rows continue (see `Qwen2Model.__call__`)."""
   batch = logits.shape[0]
+  if filter_top_p is None:
+    filter_top_p = uses_top_p(top_p)
   stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
   temperature = jnp.asarray(temperature, jnp.float32)
   top_p = jnp.asarray(top_p, jnp.float32)
@@ -92,8 +111,9 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
       tokens=jnp.full_like(grid, pad_id),
       logprobs=jnp.zeros_like(grid, jnp.float32),
       sample_logprobs=jnp.zeros_like(grid, jnp.float32),
-      values=jnp.zeros_like(grid, jnp.float32),
       lengths=jnp.zeros_like(grid[:, 0]))
+  if with_values:
+    buffers["values"] = jnp.zeros_like(grid, jnp.float32)
   done = jnp.zeros_like(grid[:, 0], bool)
 
   def cond(carry):
@@ -103,22 +123,53 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
   def body(carry):
     step, cache, logits, value, done, buffers = carry
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
-    token, logp, sample_logp = sample_tokens(step_keys, logits, temperature, top_p)
+    token, logp, sample_logp = sample_tokens(step_keys, logits, temperature, top_p,
+                                             filter_top_p)
     active = ~done
     token = jnp.where(active, token, pad_id)
     put = lambda buf, x: buf.at[:, step].set(jnp.where(active, x, buf[:, step]))
-    buffers = dict(tokens=put(buffers["tokens"], token),
-                   logprobs=put(buffers["logprobs"], logp),
-                   sample_logprobs=put(buffers["sample_logprobs"], sample_logp),
-                   values=put(buffers["values"], value),
-                   lengths=buffers["lengths"] + active.astype(jnp.int32))
+    new = dict(tokens=token, logprobs=logp, sample_logprobs=sample_logp, values=value)
+    buffers = {name: buf + active.astype(jnp.int32) if name == "lengths" else
+               put(buf, new[name]) for name, buf in buffers.items()}
     done = done | (active & jnp.isin(token, stop))
-    out = model(token[:, None], attention_mask=active[:, None], cache=cache)
-    return step + 1, out.cache, out.logits[:, 0], out.values[:, 0], done, buffers
+    out = model(token[:, None], attention_mask=active[:, None], cache=cache,
+                compute_values=with_values, prefix=prefix)
+    value = out.values[:, 0] if with_values else value
+    return step + 1, out.cache, out.logits[:, 0], value, done, buffers
 
+  prompt_value = value
+  if not with_values:
+    value = jnp.zeros_like(logits[:, 0])  # carried but never written
   carry = (jnp.zeros((), jnp.int32), cache, logits, value, done, buffers)
   _, _, _, _, done, buffers = jax.lax.while_loop(cond, body, carry)
-  return SampleOutput(finished=done, **buffers)
+  return SampleOutput(finished=done, values=buffers.pop("values", None),
+                      prompt_value=prompt_value, **buffers)
+
+
+def sample_continuations(model: Qwen2Model, prompt_tokens, prompt_lengths, row_keys, *,
+                         samples: int = 1, max_new_tokens: int, temperature, top_p,
+                         stop_ids: tuple[int, ...], pad_id: int,
+                         with_values: bool = False) -> SampleOutput:
+  """`samples` continuations of each right-padded prompt [M, T]: rows [M * samples], row r
+  continuing prompt r // samples with key row_keys[r].
+
+  With samples > 1 each prompt is prefilled once and its rows attend to that one KV cache,
+  keeping only their own new tokens: no repeated prefill, no copies of the prompt's cache,
+  and samples-fold less prompt KV read per decoded token.
+  """
+  if samples == 1:
+    num_slots = prompt_tokens.shape[1] + max_new_tokens
+    cache, logits, value = prefill(model, prompt_tokens, prompt_lengths, num_slots, pad_id)
+    prefix = None
+  else:
+    prefix, logits, value = prefill(model, prompt_tokens, prompt_lengths,
+                                    prompt_tokens.shape[1], pad_id)
+    logits, value = jnp.repeat(logits, samples, 0), jnp.repeat(value, samples, 0)
+    cache = KVCache.empty(model.config, logits.shape[0], max_new_tokens, model.dtype,
+                          like=value)
+  return decode(model, cache, logits, value, row_keys, max_new_tokens=max_new_tokens,
+                temperature=temperature, top_p=top_p, stop_ids=stop_ids, pad_id=pad_id,
+                with_values=with_values, prefix=prefix)
 
 
 def row_keys_from(rng, batch: int):
@@ -127,32 +178,41 @@ def row_keys_from(rng, batch: int):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "stop_ids",
-                                             "pad_id"))
+                                             "pad_id", "filter_top_p", "with_values",
+                                             "samples"))
 def _generate_jit(graphdef, state, prompt_tokens, prompt_lengths, row_keys, temperature,
-                  top_p, *, max_new_tokens, stop_ids, pad_id):
+                  top_p, *, max_new_tokens, stop_ids, pad_id, filter_top_p, with_values,
+                  samples):
   model = nnx.merge(graphdef, state)
-  num_slots = prompt_tokens.shape[1] + max_new_tokens
-  cache, logits, value = prefill(model, prompt_tokens, prompt_lengths, num_slots, pad_id)
-  return decode(model, cache, logits, value, row_keys, max_new_tokens=max_new_tokens,
-                temperature=temperature, top_p=top_p, stop_ids=stop_ids, pad_id=pad_id)
+  if not filter_top_p:
+    top_p = 1.0  # a Python value: `decode` leaves the nucleus filter out
+  return sample_continuations(model, prompt_tokens, prompt_lengths, row_keys, samples=samples,
+                              max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, stop_ids=stop_ids, pad_id=pad_id,
+                              with_values=with_values)
 
 
 def generate(model: Qwen2Model, prompt_tokens, prompt_lengths, rng, *, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0, stop_ids=(), pad_id: int = 0,
-             row_keys=None) -> SampleOutput:
+             row_keys=None, with_values: bool = False, samples: int = 1) -> SampleOutput:
   """Sample continuations of right-padded prompts [B, T] with lengths [B] (jitted).
 
-  temperature 0 is greedy. Compiles once per (shapes, max_new_tokens, stop_ids, pad_id);
-  temperature and top_p are traced, so changing them does not recompile.
+  temperature 0 is greedy. Compiles once per (shapes, max_new_tokens, stop_ids, pad_id,
+  whether top_p < 1, with_values, samples); temperature and top_p values are traced, so
+  changing them does not recompile. with_values also returns the value head before each
+  token. samples > 1: that many continuations of each prompt (rows [B * samples], one key
+  per row), sharing the prompt's prefill (see `sample_continuations`).
   """
   prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
   prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
   chex.assert_rank(prompt_tokens, 2)
   chex.assert_shape(prompt_lengths, prompt_tokens.shape[:1])
   if row_keys is None:
-    row_keys = row_keys_from(rng, prompt_tokens.shape[0])
+    row_keys = row_keys_from(rng, prompt_tokens.shape[0] * samples)
   graphdef, state = nnx.split(model)
   return _generate_jit(graphdef, state, prompt_tokens, prompt_lengths, row_keys,
                        jnp.float32(temperature), jnp.float32(top_p),
                        max_new_tokens=int(max_new_tokens),
-                       stop_ids=tuple(int(i) for i in stop_ids), pad_id=int(pad_id))
+                       stop_ids=tuple(int(i) for i in stop_ids), pad_id=int(pad_id),
+                       filter_top_p=uses_top_p(float(top_p)), with_values=bool(with_values),
+                       samples=int(samples))

@@ -98,7 +98,7 @@ def warm_start(model, tokenizer, problems, config: SFTConfig, directory: str,
       cached = json.load(f)
     if cached.get("settings") == settings:
       print(f"warm start: reusing {directory}")
-      return from_pretrained(directory, dtype=model.dtype)
+      return from_pretrained(directory, dtype=model.dtype, precision=model.precision_name)
     print(f"warm start: {directory} was made with other settings; training a new one")
     os.remove(marker)
   model, loss = train_sft(model, tokenizer, problems, config, progress)

@@ -122,3 +122,56 @@ def test_bf16_params_stay_close(gqa_checkpoint):
   expected = _torch_logits(reference, tokens)
   # bf16 weights: a few percent of the logit scale, not exactness
   assert np.abs(logits - expected).max() < 0.05 * np.abs(expected).max() + 0.05
+
+
+def _dots(fn, *args):
+  """(operand types, precision) of every dot_general in fn's lowered StableHLO."""
+  import re
+  text = jax.jit(fn).lower(*args).as_text()
+  dots = [line for line in text.splitlines() if "stablehlo.dot_general" in line]
+  assert dots
+  found = []
+  for line in dots:
+    precision = re.search(r"precision = \[(\w+), (\w+)\]", line)
+    operands = re.search(r": \(tensor<[^>]*x(\w+)>, tensor<[^>]*x(\w+)>\)", line)
+    found.append((operands.groups() if operands else None,
+                  precision.groups() if precision else ("DEFAULT", "DEFAULT")))
+  return found
+
+
+def test_fp32_matmuls_run_at_highest_precision_and_bf16_stays_native():
+  """fp32 means fp32 on every backend: each dot of the fp32 forward, cached decode step and
+  gradient asks for HIGHEST precision (GPUs would run DEFAULT as TF32). A bf16 body keeps
+  DEFAULT (native bf16) dots; only the fp32 value head runs at HIGHEST."""
+  from flax import nnx
+
+  from jaxdistill.models import Qwen2Config, init_model
+  config = Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2)
+  tokens = jnp.zeros((2, 5), jnp.int32)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    graphdef, state = nnx.split(init_model(config, dtype=dtype))
+
+    def forward(state, tokens):
+      out = nnx.merge(graphdef, state)(tokens)
+      return out.logits.sum() + out.values.sum()
+
+    def decode_step(state, tokens):
+      model = nnx.merge(graphdef, state)
+      cache = KVCache.empty(config, 2, 8, dtype)
+      return model(tokens[:, :1], cache=model(tokens, cache=cache).cache).logits
+
+    forward_dots = _dots(forward, state, tokens) + _dots(decode_step, state, tokens)
+    if dtype == jnp.float32:
+      for _, precision in forward_dots + _dots(jax.grad(forward), state, tokens):
+        assert precision == ("HIGHEST", "HIGHEST")
+    else:  # bf16 body dots stay native; the fp32 value head is fp32 (its f32 x f32 dots)
+      for operands, precision in forward_dots:
+        expected = "HIGHEST" if operands == ("f32", "f32") else "DEFAULT"
+        assert precision == (expected, expected), (operands, precision)
+      assert sum(operands == ("bf16", "bf16") for operands, _ in forward_dots) >= 8
+      assert sum(operands == ("f32", "f32") for operands, _ in forward_dots) >= 3
+  fast = nnx.split(init_model(config, precision="tensorfloat32"))
+  graphdef = fast[0]
+  assert {p for _, p in _dots(lambda s, t: nnx.merge(graphdef, s)(t).logits, fast[1], tokens)
+          } >= {("HIGH", "HIGH")}

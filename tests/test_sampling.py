@@ -34,7 +34,8 @@ def _forward(model, tokens):
 
 def test_logprobs_and_values_match_a_full_forward(model):
   tokens, lengths = _prompts()
-  out = generate(model, tokens, lengths, jax.random.key(1), max_new_tokens=9, temperature=1.0)
+  out = generate(model, tokens, lengths, jax.random.key(1), max_new_tokens=9, temperature=1.0,
+                 with_values=True)
   width = tokens.shape[1] + 9
   sequences = np.zeros((tokens.shape[0], width), np.int32)
   for row in range(tokens.shape[0]):
@@ -72,10 +73,14 @@ def test_stop_tokens_end_rows_and_pad_after(model):
 
 
 def test_compiles_once_for_same_shapes(model):
+  """Temperature and top-p values are traced; only switching the nucleus filter on (top_p
+  < 1) compiles a second program, and values are left out unless asked for."""
   tokens, lengths = _prompts(seed=2)
-  generate(model, tokens, lengths, jax.random.key(0), max_new_tokens=6, temperature=0.7)
+  out = generate(model, tokens, lengths, jax.random.key(0), max_new_tokens=6, temperature=0.7)
+  assert out.values is None
+  generate(model, tokens, lengths, jax.random.key(0), max_new_tokens=6, top_p=0.8)
   size = _generate_jit._cache_size()
-  for seed, temperature, top_p in [(1, 0.3, 0.9), (2, 1.0, 1.0), (3, 0.0, 0.5)]:
+  for seed, temperature, top_p in [(1, 0.3, 0.9), (2, 1.0, 1.0), (3, 0.0, 0.5), (4, 0.5, 1.0)]:
     generate(model, *_prompts(seed=seed), jax.random.key(seed), max_new_tokens=6,
              temperature=temperature, top_p=top_p)
   assert _generate_jit._cache_size() == size
@@ -142,3 +147,22 @@ def test_sampled_frequencies_match_the_tempered_nucleus_distribution(temperature
                              rtol=1e-5)
   np.testing.assert_allclose(np.asarray(sample_logp),
                              np.log(expected[np.asarray(tokens)]), rtol=1e-4, atol=1e-5)
+
+
+def test_shared_prompt_samples_equal_samples_of_repeated_prompts(model):
+  """samples=k prefills each prompt once and its k rows share that KV cache: the same
+  tokens and log-probs as k copies of the prompt with the same row keys."""
+  tokens, lengths = _prompts(batch=4, seed=6)
+  k = 3
+  keys = jax.random.split(jax.random.key(11), 4 * k)
+  shared = generate(model, tokens, lengths, None, max_new_tokens=8, row_keys=keys, samples=k,
+                    temperature=1.0, stop_ids=(5,), pad_id=0)
+  copies = generate(model, np.repeat(tokens, k, 0), np.repeat(lengths, k, 0), None,
+                    max_new_tokens=8, row_keys=keys, temperature=1.0, stop_ids=(5,), pad_id=0)
+  np.testing.assert_array_equal(np.asarray(shared.tokens), np.asarray(copies.tokens))
+  np.testing.assert_array_equal(np.asarray(shared.lengths), np.asarray(copies.lengths))
+  np.testing.assert_allclose(np.asarray(shared.logprobs), np.asarray(copies.logprobs),
+                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(shared.prompt_value), np.asarray(copies.prompt_value),
+                             atol=1e-6)
+  assert len(set(map(tuple, np.asarray(shared.tokens)[:k]))) > 1  # the k samples differ

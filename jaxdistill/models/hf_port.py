@@ -185,8 +185,10 @@ def _set(tree: dict, path: tuple, value):
   tree[path[-1]] = value
 
 
-def from_pretrained(path: str, dtype=jnp.float32, seed: int = 0) -> Qwen2Model:
-  """Load a local Hugging Face Qwen2/Qwen2.5 directory into a Qwen2Model of `dtype`."""
+def from_pretrained(path: str, dtype=jnp.float32, seed: int = 0,
+                    precision: str = "auto") -> Qwen2Model:
+  """Load a local Hugging Face Qwen2/Qwen2.5 directory into a Qwen2Model of `dtype`
+  (matmul precision: see `qwen2.matmul_precision`)."""
   config = config_from_hf(_read_config(path))
   files = _safetensors_files(path)
   mapping = _tensor_map(config)
@@ -196,7 +198,8 @@ def from_pretrained(path: str, dtype=jnp.float32, seed: int = 0) -> Qwen2Model:
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
     raise CheckpointError(f"checkpoint {path!r} lacks tensor(s) {missing[:3]}{more}")
 
-  abstract = nnx.eval_shape(lambda: Qwen2Model(config, dtype=dtype, rngs=nnx.Rngs(seed)))
+  abstract = nnx.eval_shape(lambda: Qwen2Model(config, dtype=dtype, rngs=nnx.Rngs(seed),
+                                               precision=precision))
   graphdef, abstract_state = nnx.split(abstract)
   pure = nnx.to_pure_dict(abstract_state)
   for name, (target, shape, transpose) in mapping.items():

@@ -18,6 +18,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+PRECISIONS = ("auto", "highest", "tensorfloat32", "default")
+
+
+def matmul_precision(dtype, precision: str = "auto") -> jax.lax.Precision:
+  """The precision of the model's matmuls. 'auto': HIGHEST for float32 parameters (fp32
+  means fp32 on every backend: GPUs would otherwise run fp32 dots as TF32), DEFAULT for
+  bf16/fp16, which the matrix units run natively. 'tensorfloat32' trades fp32 accuracy for
+  speed on GPUs."""
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+  if precision == "auto":
+    precision = "highest" if jnp.dtype(dtype) == jnp.float32 else "default"
+  return {"highest": jax.lax.Precision.HIGHEST, "tensorfloat32": jax.lax.Precision.HIGH,
+          "default": jax.lax.Precision.DEFAULT}[precision]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +72,27 @@ class KVCache:
   end: jax.Array  # [] int32: next slot to write
 
   @classmethod
-  def empty(cls, config: Qwen2Config, batch_size: int, num_slots: int, dtype=jnp.float32):
-    """An all-empty cache for `batch_size` rows of `num_slots` slots."""
+  def empty(cls, config: Qwen2Config, batch_size: int, num_slots: int, dtype=jnp.float32,
+            like=None):
+    """An all-empty cache for `batch_size` rows of `num_slots` slots.
+
+    like [batch_size]: derive the arrays from it, so that under shard_map the cache is
+    device-varying like the rows it serves (a loop that carries it then type-checks)."""
     heads, dim = config.num_key_value_heads, config.head_dim
+
+    def zeros(shape, dtype):
+      array = jnp.zeros(shape, dtype)
+      if like is None:
+        return array
+      anchor = jnp.zeros_like(like, dtype).reshape((batch_size,) + (1,) * (len(shape) - 1))
+      return (array | anchor) if array.dtype == bool else array + anchor
+
     layers = range(config.num_hidden_layers)
-    return cls(key_states=tuple(jnp.zeros((batch_size, heads, dim, num_slots), dtype)
+    return cls(key_states=tuple(zeros((batch_size, heads, dim, num_slots), dtype)
                                 for _ in layers),
-               value_states=tuple(jnp.zeros((batch_size, heads, num_slots, dim), dtype)
+               value_states=tuple(zeros((batch_size, heads, num_slots, dim), dtype)
                                   for _ in layers),
-               valid=jnp.zeros((batch_size, num_slots), bool), end=jnp.zeros((), jnp.int32))
+               valid=zeros((batch_size, num_slots), bool), end=jnp.zeros((), jnp.int32))
 
   def repeat_rows(self, times: int) -> "KVCache":
     """Each row `times` times in a row (to sample several continuations of one prefix)."""
@@ -81,7 +107,8 @@ class ModelOutput:
   """What one forward pass returns."""
 
   logits: jax.Array  # [B, T, V] float32 ([B, 1, V] with last_only=True)
-  values: jax.Array  # [B, T] float32 in [-1, 1]
+  values: jax.Array | None  # [B, T] float32 in [-1, 1] ([B, 1] with last_only=True);
+  #                           None with compute_values=False
   hidden: jax.Array  # [B, T, H] final (normed) hidden state
   cache: KVCache | None
 
@@ -127,10 +154,11 @@ def apply_rope(x, cos, sin):
 class Attention(nnx.Module):
   """Grouped-query self-attention with q/k/v biases."""
 
-  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs):
+  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs, precision=None):
     c = config
     dense = lambda i, o, bias: nnx.Linear(i, o, use_bias=bias, dtype=dtype, param_dtype=dtype,
-                                          kernel_init=_normal(0.02), rngs=rngs)
+                                          kernel_init=_normal(0.02), precision=precision,
+                                          rngs=rngs)
     self.q_proj = dense(c.hidden_size, c.num_attention_heads * c.head_dim, True)
     self.k_proj = dense(c.hidden_size, c.num_key_value_heads * c.head_dim, True)
     self.v_proj = dense(c.hidden_size, c.num_key_value_heads * c.head_dim, True)
@@ -138,9 +166,13 @@ class Attention(nnx.Module):
     self.num_heads = c.num_attention_heads
     self.num_kv_heads = c.num_key_value_heads
     self.head_dim = c.head_dim
+    self.precision = precision
 
-  def __call__(self, x, cos, sin, mask, past):
-    """x [B, T, H]; mask [B, T, S] bool; past: (keys, values, start) in cache layout, or None."""
+  def __call__(self, x, cos, sin, mask, past, prefix=None):
+    """x [B, T, H]; mask [B, T, S] bool; past: (keys, values, start) in cache layout, or None.
+
+    prefix: (keys [M, kv, D, P], values [M, kv, P, D], valid [M, P]) shared by groups of
+    B / M consecutive rows, attended to before the rows' own slots (one joint softmax)."""
     batch, length, _ = x.shape
     q = self.q_proj(x).reshape(batch, length, self.num_heads, self.head_dim)
     k = self.k_proj(x).reshape(batch, length, self.num_kv_heads, self.head_dim)
@@ -153,21 +185,48 @@ class Attention(nnx.Module):
       v = jax.lax.dynamic_update_slice(past_v, v.astype(past_v.dtype), (0, 0, start, 0))
     group = self.num_heads // self.num_kv_heads
     q = q.reshape(batch, length, self.num_kv_heads, group, self.head_dim).transpose(0, 2, 3, 1, 4)
+    scale = self.head_dim ** -0.5
     scores = jnp.einsum("bkgtd,bkds->bkgts", q, k.astype(q.dtype),
-                        preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None, :, :], scores * (self.head_dim ** -0.5), _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(x.dtype))
+                        preferred_element_type=jnp.float32, precision=self.precision)
+    scores = jnp.where(mask[:, None, None, :, :], scores * scale, _MASK_VALUE)
+    if prefix is None:
+      probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+      out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(x.dtype), precision=self.precision)
+    else:
+      out = self._with_prefix(q, scores, v, prefix, x.dtype)
     out = out.transpose(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim)
     return self.o_proj(out), (k, v)
+
+
+  def _with_prefix(self, q, scores, v, prefix, dtype):
+    """Attention output [B, kv, g, T, D] over a shared prefix and the rows' own slots."""
+    prefix_k, prefix_v, prefix_valid = prefix
+    rows, kv, group, length, dim = q.shape
+    shared = prefix_k.shape[0]
+    per = rows // shared  # rows continuing each prefix
+    slots = prefix_k.shape[-1]
+    grouped = q.reshape((shared, per) + q.shape[1:])
+    prefix_scores = jnp.einsum("mrkgtd,mkdp->mrkgtp", grouped, prefix_k.astype(q.dtype),
+                               preferred_element_type=jnp.float32, precision=self.precision)
+    prefix_scores = jnp.where(prefix_valid[:, None, None, None, None, :],
+                              prefix_scores * (self.head_dim ** -0.5), _MASK_VALUE)
+    joint = jnp.concatenate([prefix_scores.reshape(rows, kv, group, length, slots), scores], -1)
+    probs = jax.nn.softmax(joint, axis=-1).astype(dtype)
+    from_prefix = jnp.einsum("mrkgtp,mkpd->mrkgtd",
+                             probs[..., :slots].reshape((shared, per) + probs.shape[1:4] +
+                                                        (slots,)),
+                             prefix_v.astype(dtype), precision=self.precision)
+    own = jnp.einsum("bkgts,bksd->bkgtd", probs[..., slots:], v.astype(dtype),
+                     precision=self.precision)
+    return from_prefix.reshape(own.shape) + own
 
 
 class MLP(nnx.Module):
   """SwiGLU feed-forward block."""
 
-  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs):
+  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs, precision=None):
     dense = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=dtype, param_dtype=dtype,
-                                    kernel_init=_normal(0.02), rngs=rngs)
+                                    kernel_init=_normal(0.02), precision=precision, rngs=rngs)
     self.gate_proj = dense(config.hidden_size, config.intermediate_size)
     self.up_proj = dense(config.hidden_size, config.intermediate_size)
     self.down_proj = dense(config.intermediate_size, config.hidden_size)
@@ -179,27 +238,30 @@ class MLP(nnx.Module):
 class DecoderLayer(nnx.Module):
   """Pre-norm attention + MLP block."""
 
-  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs):
+  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs, precision=None):
     self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-    self.self_attn = Attention(config, dtype, rngs)
+    self.self_attn = Attention(config, dtype, rngs, precision)
     self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-    self.mlp = MLP(config, dtype, rngs)
+    self.mlp = MLP(config, dtype, rngs, precision)
 
-  def __call__(self, x, cos, sin, mask, past):
-    attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
+  def __call__(self, x, cos, sin, mask, past, prefix=None):
+    attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, past, prefix)
     x = x + attn
     x = x + self.mlp(self.post_attention_layernorm(x))
     return x, kv
 
 
 class ValueHead(nnx.Module):
-  """MLP on the final hidden state: H -> m*H -> H -> 1, ReLU, tanh output; fp32 params."""
+  """MLP on the final hidden state: H -> m*H -> H -> 1, ReLU, tanh output; fp32 params and
+  fp32 (HIGHEST) matmuls whatever the body's dtype: it is small next to the body."""
 
   def __init__(self, hidden_size: int, multiplier: int, rngs: nnx.Rngs):
     wide = hidden_size * multiplier
-    self.fc1 = nnx.Linear(hidden_size, wide, rngs=rngs)
-    self.fc2 = nnx.Linear(wide, hidden_size, rngs=rngs)
-    self.out = nnx.Linear(hidden_size, 1, kernel_init=_normal(0.01), rngs=rngs)
+    highest = jax.lax.Precision.HIGHEST
+    self.fc1 = nnx.Linear(hidden_size, wide, precision=highest, rngs=rngs)
+    self.fc2 = nnx.Linear(wide, hidden_size, precision=highest, rngs=rngs)
+    self.out = nnx.Linear(hidden_size, 1, kernel_init=_normal(0.01), precision=highest,
+                          rngs=rngs)
 
   def __call__(self, hidden):
     h = jax.nn.relu(self.fc1(hidden.astype(jnp.float32)))
@@ -208,20 +270,25 @@ class ValueHead(nnx.Module):
 
 
 class Qwen2Model(nnx.Module):
-  """Qwen2 causal LM plus value head. `model(tokens)` -> ModelOutput(logits, values, ...)."""
+  """Qwen2 causal LM plus value head. `model(tokens)` -> ModelOutput(logits, values, ...).
 
-  def __init__(self, config: Qwen2Config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+  precision: see `matmul_precision` ('auto': HIGHEST for float32, DEFAULT for bf16)."""
+
+  def __init__(self, config: Qwen2Config, *, dtype=jnp.float32, rngs: nnx.Rngs,
+               precision: str = "auto"):
     self.config = config
     self.dtype = dtype
+    self.precision_name = precision  # as given, to rebuild the same model (from_pretrained)
+    self.precision = matmul_precision(dtype, precision)
     self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype,
                                   param_dtype=dtype, embedding_init=_normal(0.02), rngs=rngs)
-    self.layers = nnx.List([DecoderLayer(config, dtype, rngs)
+    self.layers = nnx.List([DecoderLayer(config, dtype, rngs, self.precision)
                             for _ in range(config.num_hidden_layers)])
     self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
     if not config.tie_word_embeddings:
       self.lm_head = nnx.Linear(config.hidden_size, config.vocab_size, use_bias=False,
                                 dtype=dtype, param_dtype=dtype, kernel_init=_normal(0.02),
-                                rngs=rngs)
+                                precision=self.precision, rngs=rngs)
     self.value_head = ValueHead(config.hidden_size, config.value_hidden_multiplier, rngs)
 
   def output_embedding(self):
@@ -231,11 +298,16 @@ class Qwen2Model(nnx.Module):
     return self.lm_head.kernel[...]
 
   def __call__(self, tokens, *, positions=None, attention_mask=None,
-               cache: KVCache | None = None, last_only: bool = False) -> ModelOutput:
+               cache: KVCache | None = None, last_only: bool = False,
+               compute_values: bool = True, prefix: KVCache | None = None) -> ModelOutput:
     """Forward tokens [B, T] int32; with a cache they are written at slots end..end+T-1.
 
     attention_mask [B, T] (1 = real token) marks padding among these tokens; positions
-    [B, T] default to the count of real tokens before each one (cache included).
+    [B, T] default to the count of real tokens before each one (caches included).
+    compute_values=False skips the value head (decoding that never reads it).
+    prefix: a cache of M rows (M divides B) that rows g*B/M .. (g+1)*B/M - 1 continue: they
+    attend to prefix row g before their own cache, which then holds only what follows it
+    (K sampled continuations of one path share its KV instead of K copies of it).
     """
     chex.assert_rank(tokens, 2)
     batch, length = tokens.shape
@@ -250,6 +322,14 @@ class Qwen2Model(nnx.Module):
       previous = cache.valid.sum(-1).astype(jnp.int32)
       start = cache.end
       key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, start))
+    prefix_of = None
+    if prefix is not None:
+      shared = prefix.valid.shape[0]
+      if cache is None or batch % shared:
+        raise ValueError(f"a prefix of {shared} rows needs a cache and a batch that is a "
+                         f"multiple of it, got batch {batch}")
+      previous = previous + jnp.repeat(prefix.valid.sum(-1).astype(jnp.int32), batch // shared)
+      prefix_of = lambda i: (prefix.key_states[i], prefix.value_states[i], prefix.valid)
     if positions is None:
       positions = previous[:, None] + jnp.cumsum(attention_mask, axis=-1) - 1
       positions = jnp.maximum(positions, 0)
@@ -263,7 +343,7 @@ class Qwen2Model(nnx.Module):
     new_keys, new_values = [], []
     for i, layer in enumerate(self.layers):
       past = None if cache is None else (cache.key_states[i], cache.value_states[i], start)
-      x, (k, v) = layer(x, cos, sin, mask, past)
+      x, (k, v) = layer(x, cos, sin, mask, past, None if prefix_of is None else prefix_of(i))
       new_keys.append(k)
       new_values.append(v)
     hidden = self.norm(x)
@@ -273,14 +353,15 @@ class Qwen2Model(nnx.Module):
                           valid=key_valid, end=(start + length).astype(jnp.int32))
     head_input = hidden[:, -1:] if last_only else hidden
     logits = jnp.einsum("bth,hv->btv", head_input, self.output_embedding().astype(hidden.dtype),
-                        preferred_element_type=jnp.float32)
-    values = self.value_head(hidden)
+                        preferred_element_type=jnp.float32, precision=self.precision)
+    values = self.value_head(head_input) if compute_values else None
     return ModelOutput(logits=logits, values=values, hidden=hidden, cache=new_cache)
 
 
-def init_model(config: Qwen2Config, seed: int = 0, dtype=jnp.float32) -> Qwen2Model:
+def init_model(config: Qwen2Config, seed: int = 0, dtype=jnp.float32,
+               precision: str = "auto") -> Qwen2Model:
   """A randomly initialised model (normal(0.02) weights, as transformers does)."""
-  return Qwen2Model(config, dtype=dtype, rngs=nnx.Rngs(seed))
+  return Qwen2Model(config, dtype=dtype, rngs=nnx.Rngs(seed), precision=precision)
 
 
 def num_params(model: nnx.Module) -> int:

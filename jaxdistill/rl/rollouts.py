@@ -62,22 +62,24 @@ def _concat(prompt_tokens, prompt_lengths, out: sampling.SampleOutput, pad_id: i
 def sample_completions(model, prompt_tokens, prompt_lengths, row_keys, config: RolloutConfig,
                        temperature):
   """One completion per row (until EOS or max_completion_tokens)."""
-  num_slots = prompt_tokens.shape[1] + config.max_completion_tokens
-  cache, logits, value = sampling.prefill(model, prompt_tokens, prompt_lengths, num_slots,
-                                          config.pad_id)
-  return sampling.decode(model, cache, logits, value, row_keys,
-                         max_new_tokens=config.max_completion_tokens, temperature=temperature,
-                         top_p=config.top_p, stop_ids=(config.eos_id,), pad_id=config.pad_id)
+  return sampling.sample_continuations(
+      model, prompt_tokens, prompt_lengths, row_keys, max_new_tokens=config.max_completion_tokens,
+      temperature=temperature, top_p=config.top_p, stop_ids=(config.eos_id,),
+      pad_id=config.pad_id)
 
 
 def _group_samples(model, prompt_tokens, prompt_lengths, problems, keys, config, samples,
                    temperature, reward_fn):
-  """`samples` completions of every prompt, with rewards: rows [B * samples]."""
+  """`samples` completions of every prompt, with rewards: rows [B * samples]. Each prompt is
+  prefilled once; its samples share that KV cache."""
   repeat = lambda x: jnp.repeat(x, samples, axis=0)
   row_keys = jax.vmap(lambda k: jax.random.split(k, samples))(keys)
   row_keys = row_keys.reshape((-1,) + row_keys.shape[2:])  # typed or raw keys
+  out = sampling.sample_continuations(
+      model, prompt_tokens, prompt_lengths, row_keys, samples=samples,
+      max_new_tokens=config.max_completion_tokens, temperature=temperature, top_p=config.top_p,
+      stop_ids=(config.eos_id,), pad_id=config.pad_id)
   tokens, lengths = repeat(prompt_tokens), repeat(prompt_lengths)
-  out = sample_completions(model, tokens, lengths, row_keys, config, temperature)
   full, total = _concat(tokens, lengths, out, config.pad_id)
   groups = repeat(problems)
   reward = lm_expand.task_rewards(full, lengths, total, groups, reward_fn)
@@ -161,14 +163,23 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
 
 def forward_tokens(method: str, prompts: int, prompt_width: int, config: RolloutConfig,
                    search: SearchSettings | None = None) -> int:
-  """Positions the LM processes for one batch of prompts (static shapes, padding included)."""
-  completion = prompt_width + config.max_completion_tokens
+  """Positions the LM processes for one batch of prompts (static shapes, padding included;
+  a prompt shared by several samples is prefilled once)."""
   if method == "cispo":
-    return prompts * config.group_size * completion
+    return prompts * (prompt_width + config.group_size * config.max_completion_tokens)
   if method == "best_of_n":
-    return prompts * config.best_of * completion
+    return prompts * (prompt_width + config.best_of * config.max_completion_tokens)
   lm = search.lm
   per_expansion = lm.max_path_tokens + lm.num_children * lm.max_step_tokens
   expansions = prompts * (1 + search.num_iterations * search.num_agents)
   return expansions * per_expansion + prompts * (lm.max_path_tokens +
                                                  config.max_completion_tokens)
+
+
+def learner_shape(method: str, prompts: int, prompt_width: int, config: RolloutConfig,
+                  search: SearchSettings | None = None) -> tuple[int, int]:
+  """(trajectories, tokens per trajectory) that one batch of prompts gives the learner."""
+  if method == "mcts_distill":
+    return prompts, search.lm.max_path_tokens + config.max_completion_tokens
+  rows = prompts * (config.group_size if method == "cispo" else 1)
+  return rows, prompt_width + config.max_completion_tokens

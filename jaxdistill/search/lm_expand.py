@@ -60,17 +60,16 @@ RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, reward_fn):
   """Value, prior logits and K candidates of each row's path (terminal rows: the reward)."""
-  rows, width = state.path_tokens.shape
+  rows = state.path_tokens.shape[0]
   k, steps = config.num_children, config.max_step_tokens
-  cache, logits, value = sampling.prefill(model, state.path_tokens, state.path_length,
-                                          num_slots=width + steps, pad_id=config.pad_id)
-  repeat = lambda x: jnp.repeat(x, k, axis=0)
   row_keys = jax.vmap(lambda key: jax.random.split(key, k))(keys)
   row_keys = row_keys.reshape((rows * k,) + row_keys.shape[2:])  # typed or raw keys
-  out = sampling.decode(model, cache.repeat_rows(k), repeat(logits), repeat(value),
-                        row_keys, max_new_tokens=steps, temperature=config.temperature,
-                        top_p=1.0, stop_ids=(config.step_end_id, config.eos_id),
-                        pad_id=config.pad_id)
+  # the K children share the path's prefill (one KV cache, no K copies)
+  out = sampling.sample_continuations(
+      model, state.path_tokens, state.path_length, row_keys, samples=k, max_new_tokens=steps,
+      temperature=config.temperature, top_p=1.0, stop_ids=(config.step_end_id, config.eos_id),
+      pad_id=config.pad_id)
+  value = out.prompt_value[::k]
   lengths = out.lengths.reshape(rows, k)
   logprobs = out.logprobs.sum(-1).reshape(rows, k)
   prior = logprobs / jnp.maximum(lengths, 1) if config.length_normalized_prior else logprobs
