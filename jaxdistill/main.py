@@ -1,4 +1,7 @@
-"""Entry point: `python -m jaxdistill.main --config configs/countdown.py[:preset] --workdir DIR`.
+"""Entry point: `python -m jaxdistill.main --config countdown.py[:preset] --workdir DIR`.
+
+--config takes a config file path or the name of a config the package ships
+(`countdown.py`), from any working directory.
 
 --mode train (default): evaluate, train with config.algo, evaluate, print base vs trained;
 --mode eval: mean@k of the latest checkpoint (or the initial model);
@@ -15,8 +18,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/countdown.py[:preset]",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "countdown.py[:preset], or a path to "
+                                          "a config file", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (default runs/<preset>-<algo>)")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "what to run")
 flags.mark_flags_as_required(["config"])
@@ -39,7 +42,7 @@ def load_model_and_tokenizer(config, workdir: str):
                      "Face directory of the model (e.g. from `huggingface-cli download "
                      "Qwen/Qwen2.5-1.5B-Instruct --local-dir DIR`)")
   if config.model.path:
-    return (from_pretrained(config.model.path, dtype=dtype),
+    return (from_pretrained(config.model.path, dtype=dtype, precision=config.model.precision),
             tokenization.load_tokenizer(config.model.path))
   tokenizer = tokenization.build_char_tokenizer(os.path.join(workdir, "tokenizer"))
   m = config.model
@@ -49,7 +52,8 @@ def load_model_and_tokenizer(config, workdir: str):
                      num_attention_heads=m.num_attention_heads,
                      num_key_value_heads=m.num_key_value_heads, rope_theta=m.rope_theta,
                      tie_word_embeddings=True)
-  return init_model(arch, seed=config.sft.seed, dtype=dtype), tokenizer
+  return (init_model(arch, seed=config.sft.seed, dtype=dtype, precision=config.model.precision),
+          tokenizer)
 
 
 def _prepare_workdir(config) -> str:
@@ -76,11 +80,38 @@ def _print_table(rows):
         f"{v:.3f}" if isinstance(v, float) else str(v) for v in values.values()) + " |")
 
 
+def compilation_cache_dir(setting: str) -> str | None:
+  """The persistent compilation cache directory of a `compile_cache_dir` setting: '' is the
+  user cache ($XDG_CACHE_HOME or ~/.cache, then jaxdistill/xla), 'none' turns it off."""
+  if setting == "none":
+    return None
+  if setting:
+    return os.path.abspath(os.path.expanduser(setting))
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "jaxdistill", "xla")
+
+
+def enable_compilation_cache(directory: str | None) -> None:
+  """Keep compiled programs, and XLA's GPU autotuning and kernel caches, in `directory`.
+
+  jax does not persist executables that contain host callbacks (the training iteration's
+  Countdown rewards are one), so those are recompiled on every start; on GPUs the autotune
+  and kernel caches still skip most of that work. Evaluation and warm-start programs are
+  cached whole."""
+  if directory is None:
+    return
+  import jax
+  os.makedirs(directory, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_enable_xla_caches", "all")
+
+
 def run_job(config, workdir: str, mode: str) -> dict:
   """Run one mode; returns what it measured."""
   from jaxdistill import evaluate as evaluation
   from jaxdistill import parallel
   from jaxdistill.tasks import countdown
+  enable_compilation_cache(compilation_cache_dir(config.compile_cache_dir))
   parallel.maybe_initialize_distributed()
   model, tokenizer = load_model_and_tokenizer(config, workdir)
   train_split, test_split = countdown.cached_splits(
@@ -197,8 +228,45 @@ def main(argv):
     sys.exit(2)
 
 
+def packaged_configs() -> list[str]:
+  """Names of the config files the package ships (jaxdistill/configs/*.py)."""
+  from importlib import resources
+  return sorted(entry.name for entry in resources.files("jaxdistill.configs").iterdir()
+                if entry.name.endswith(".py") and not entry.name.startswith("_"))
+
+
+def resolve_config_argument(value: str) -> str:
+  """`--config` value with a shipped config's bare name (`countdown.py[:preset]`) replaced by
+  its installed path; an existing path is kept. Raises UsageError for neither."""
+  from importlib import resources
+  path, colon, preset = value.partition(":")
+  if os.path.exists(path):
+    return value
+  if os.path.dirname(path) in ("", "configs") and os.path.basename(path) in packaged_configs():
+    shipped = resources.files("jaxdistill.configs") / os.path.basename(path)
+    return str(shipped) + colon + preset
+  raise UsageError(f"no config file {path!r}: give a path, or one of the configs jaxdistill "
+                   f"ships: {', '.join(packaged_configs())}")
+
+
+def _resolve_config_flag(argv: list[str]) -> list[str]:
+  """argv with its --config value resolved (see resolve_config_argument)."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      argv[i] = "--config=" + resolve_config_argument(arg[len("--config="):])
+    elif arg == "--config" and i + 1 < len(argv):
+      argv[i + 1] = resolve_config_argument(argv[i + 1])
+  return argv
+
+
 def run():
   """Console-script entry point; unknown config fields are reported in one line."""
+  try:
+    sys.argv = _resolve_config_flag(sys.argv)
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   try:
     app.run(main)
   except (KeyError, AttributeError) as e:  # ml_collections: an override of a missing field

@@ -4,10 +4,19 @@ import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# CPU by default; a user who picks an accelerator for the suite (JAX_PLATFORMS=cuda or tpu)
+# keeps the CPU platform beside it, which host callbacks (the Countdown rewards) need
+_platforms = os.environ.get("JAX_PLATFORMS") or "cpu"
+if "cpu" not in _platforms.split(","):
+  _platforms += ",cpu"
+os.environ["JAX_PLATFORMS"] = _platforms
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# runs started by tests keep their compilation cache in the repository's .jax_cache (shared
+# by the test processes), not in the user's home
+os.environ["XDG_CACHE_HOME"] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                            ".jax_cache", "xdg")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

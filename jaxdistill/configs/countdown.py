@@ -1,4 +1,4 @@
-"""Countdown presets: `--config configs/countdown.py[:preset]`.
+"""Countdown presets: `--config countdown.py[:preset]` (or configs/countdown.py in a checkout).
 
 tiny (default, CPU) and smoke use a small Qwen2-architecture model with the character
 tokenizer; qwen2.5-0.5b / qwen2.5-1.5b need --config.model.path to a local HF directory and
@@ -20,10 +20,16 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.preset = preset
   c.seed = 0
   c.algo = "mcts_distill"  # mcts_distill | cispo | best_of_n
+  # persistent compilation cache: '' -> $XDG_CACHE_HOME (or ~/.cache)/jaxdistill/xla,
+  # 'none' -> off, else a directory (e.g. inside the workdir)
+  c.compile_cache_dir = ""
 
   c.model = ml_collections.ConfigDict()
   c.model.path = ""  # local Hugging Face directory (qwen presets); '' -> built locally
   c.model.dtype = "float32"
+  # matmul precision: auto (HIGHEST for float32, so fp32 is fp32 on GPUs too; native for
+  # bfloat16) | highest | tensorfloat32 (faster fp32 on GPUs) | default
+  c.model.precision = "auto"
   c.model.hidden_size = 128  # architecture of the locally built model (tiny / smoke)
   c.model.intermediate_size = 384
   c.model.num_hidden_layers = 4
@@ -100,6 +106,9 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.train.keep = 3
   c.train.progress = True
   c.train.token_budget = 0  # >0: stop once this many tokens were sampled (equal-compute runs)
+  # True: run rollout, batch assembly and update as three programs and log each one's
+  # seconds and FLOP/s (phase_s/*, phase_flop_per_s/*); False: one fused program (faster)
+  c.train.phase_timing = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.k = 16

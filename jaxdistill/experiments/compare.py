@@ -51,7 +51,7 @@ def _metrics(workdir: str) -> list[dict]:
 def _run(workdir: str, overrides: list[str], mode: str = "train") -> float:
   """One jaxdistill.main job; returns its wall time in seconds."""
   cmd = [sys.executable, "-m", "jaxdistill.main", "--config",
-         f"configs/countdown.py:{FLAGS.preset}", f"--workdir={workdir}", f"--mode={mode}",
+         f"countdown.py:{FLAGS.preset}", f"--workdir={workdir}", f"--mode={mode}",
          *[f"--config.{o}" for o in overrides + FLAGS.set]]
   print("$", " ".join(cmd), flush=True)
   started = time.perf_counter()
@@ -172,7 +172,7 @@ def plot(records: list[dict], k: int, path: str) -> None:
 def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
-  from configs import countdown as presets
+  from jaxdistill.configs import countdown as presets
   config = presets.get_config(FLAGS.preset)
   k = config.eval.k
   unknown = set(FLAGS.methods) - {"base", *METHODS}

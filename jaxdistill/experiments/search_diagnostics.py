@@ -117,7 +117,7 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
 def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
-  from configs import countdown as presets
+  from jaxdistill.configs import countdown as presets
   from jaxdistill.models import from_pretrained
   from jaxdistill import tokenization
   from jaxdistill.tasks import countdown
