@@ -64,35 +64,102 @@ class IterationSpec:
   advantage: str
 
 
-def build_iteration(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn, mesh):
-  """jit(shard_map(iteration)): (state, ref_params, prompts, lengths, problems, keys) ->
-  (state, metrics). Prompts, problem ids and keys are split over 'data'."""
+def _stages(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn):
+  """The iteration's three phases, per device: rollout, learner-batch assembly, update."""
 
-  def per_device(state, ref_params, prompt_tokens, prompt_lengths, problems, keys):
+  def rollout(params, prompt_tokens, prompt_lengths, problems, keys):
     if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
       keys = jax.random.wrap_key_data(keys)  # fed as raw key data (multi-host feeding)
-    args = (graphdef, state.params, prompt_tokens, prompt_lengths, problems, keys, spec.rollout)
+    args = (graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec.rollout)
     if spec.method == "mcts_distill":
       traj, _ = rollouts.mcts_distill(*args, spec.search, reward_fn)
     elif spec.method == "cispo":
       traj = rollouts.cispo(*args, reward_fn)
     else:
       traj = rollouts.best_of_n(*args, reward_fn, dense_reward_fn)
-    batch = assemble_batch(graphdef, state.params, ref_params, traj, spec.advantage,
-                           spec.rollout.group_size)
+    return traj
+
+  def assemble(params, ref_params, traj):
+    return assemble_batch(graphdef, params, ref_params, traj, spec.advantage,
+                          spec.rollout.group_size)
+
+  def learn(state, batch, traj):
     state, metrics = learner.update(state, batch, graphdef=graphdef, optimizer=optimizer,
                                     config=spec.learner, axis_name=parallel.DATA)
     completion = (traj.length - traj.prompt_length).astype(jnp.float32)
     stats = {"reward": jax.lax.pmean(traj.reward.mean(), parallel.DATA),
              "solved": jax.lax.pmean((traj.reward >= 1.0).mean(), parallel.DATA),
              "completion_tokens": jax.lax.pmean(completion.mean(), parallel.DATA),
-             "generated_tokens": jax.lax.psum(traj.generated_tokens, parallel.DATA)}
+             "generated_tokens": jax.lax.psum(traj.generated_tokens.sum(), parallel.DATA)}
     return state, metrics | stats
+
+  return rollout, assemble, learn
+
+
+def build_iteration(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn, mesh):
+  """jit(shard_map(iteration)): (state, ref_params, prompts, lengths, problems, keys) ->
+  (state, metrics). Prompts, problem ids and keys are split over 'data'."""
+  rollout, assemble, learn = _stages(graphdef, optimizer, spec, reward_fn, dense_reward_fn)
+
+  def per_device(state, ref_params, prompt_tokens, prompt_lengths, problems, keys):
+    traj = rollout(state.params, prompt_tokens, prompt_lengths, problems, keys)
+    return learn(state, assemble(state.params, ref_params, traj), traj)
 
   data = P(parallel.DATA)
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), data, data, data, data),
                           out_specs=(P(), P()))
   return jax.jit(sharded, donate_argnums=(0,))
+
+
+def build_phases(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn, mesh):
+  """The same iteration as three jitted programs (rollout, assemble, learn), so that each
+  phase can be timed on its own (`train.phase_timing`); same signature and results as
+  `build_iteration` up to the fusion of the three."""
+  rollout, assemble, learn = _stages(graphdef, optimizer, spec, reward_fn, dense_reward_fn)
+  data = P(parallel.DATA)
+
+  def rollout_rows(params, *rows):  # the per-device token count as a [1] row, to shard
+    traj = rollout(params, *rows)
+    return traj.replace(generated_tokens=traj.generated_tokens[None])
+
+  rollout_jit = jax.jit(jax.shard_map(rollout_rows, mesh=mesh,
+                                      in_specs=(P(), data, data, data, data), out_specs=data))
+  assemble_jit = jax.jit(jax.shard_map(assemble, mesh=mesh, in_specs=(P(), P(), data),
+                                       out_specs=data))
+  learn_jit = jax.jit(jax.shard_map(learn, mesh=mesh, in_specs=(P(), data, data),
+                                    out_specs=(P(), P())), donate_argnums=(0,))
+
+  def iteration(state, ref_params, prompt_tokens, prompt_lengths, problems, keys):
+    """(state, metrics) with `phase_s/<phase>`: each phase's seconds, device work included."""
+    seconds = {}
+    started = time.perf_counter()
+    traj = jax.block_until_ready(rollout_jit(state.params, prompt_tokens, prompt_lengths,
+                                             problems, keys))
+    seconds["rollout"] = time.perf_counter() - started
+    started = time.perf_counter()
+    batch = jax.block_until_ready(assemble_jit(state.params, ref_params, traj))
+    seconds["assemble"] = time.perf_counter() - started
+    started = time.perf_counter()
+    state, metrics = jax.block_until_ready(learn_jit(state, batch, traj))
+    seconds["update"] = time.perf_counter() - started
+    return state, metrics | {f"phase_s/{name}": s for name, s in seconds.items()}
+
+  iteration._cache_size = lambda: max(f._cache_size() for f in (rollout_jit, assemble_jit,
+                                                                 learn_jit))
+  return iteration
+
+
+def phase_flops(method: str, prompts: int, prompt_width: int, rollout: rollouts.RolloutConfig,
+                search, learner_config: learner.LearnerConfig, flops_per_token: float) -> dict:
+  """Forward-equivalent FLOPs of each phase for one iteration (static shapes, padding
+  included): rollout = the positions the LM runs on; assemble = two forwards (policy and
+  reference) of the learner batch; update = forward + backward (3 forwards) per epoch."""
+  rows, width = rollouts.learner_shape(method, prompts, prompt_width, rollout, search)
+  positions = rows * (width - 1)
+  return {"rollout": rollouts.forward_tokens(method, prompts, prompt_width, rollout, search)
+                     * flops_per_token,
+          "assemble": 2 * positions * flops_per_token,
+          "update": 3 * learner_config.epochs * positions * flops_per_token}
 
 
 def prompt_keys(seed: int, step: int, problem_ids):
@@ -159,7 +226,8 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
   reward_fn = lm_expand.countdown_reward_fn(tokenizer, train_problems,
                                             dense=config.reward.dense)
   dense_fn = lm_expand.countdown_reward_fn(tokenizer, train_problems, dense=True)
-  iteration = build_iteration(graphdef, optimizer, spec, reward_fn, dense_fn, mesh)
+  build = build_phases if config.train.phase_timing else build_iteration
+  iteration = build(graphdef, optimizer, spec, reward_fn, dense_fn, mesh)
   eval_config = evaluation.eval_config_from(config)
   eval_problems = test_problems[:config.eval.num_problems]
 
@@ -176,7 +244,12 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
   forward_tokens = rollouts.forward_tokens(spec.method, prompts, config.task.prompt_width,
                                            spec.rollout, spec.search)
   context = config.task.prompt_width + spec.rollout.max_completion_tokens // 2
-  flops_per_iteration = forward_tokens * forward_flops_per_token(model.config, context)
+  flops_per_token = forward_flops_per_token(model.config, context)
+  flops_per_iteration = forward_tokens * flops_per_token
+  flops = {}
+  if config.train.phase_timing:
+    flops = phase_flops(spec.method, prompts, config.task.prompt_width, spec.rollout,
+                        spec.search, spec.learner, flops_per_token)
   summary = {"start_step": start}
   if start == 0 and config.eval.at_start:
     summary["eval_before"] = run_eval(0)
@@ -204,6 +277,10 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
     state, metrics = iteration(state, ref_params, tokens, lengths, problem_ids, keys)
     data_position += prompts
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    for phase, phase_flop in flops.items():  # achieved rates of each timed phase
+      metrics[f"phase_flop_per_s/{phase}"] = phase_flop / metrics[f"phase_s/{phase}"]
+    if flops:
+      metrics["rollout_tokens_per_s"] = metrics["generated_tokens"] / metrics["phase_s/rollout"]
     if metrics["skipped"]:
       say(f"warning: step {step + 1}: non-finite loss or gradient; update skipped")
     log.write(step + 1, metrics | {"elapsed_s": time.perf_counter() - started,

@@ -68,6 +68,36 @@ def test_five_iterations_compile_once_on_eight_devices(tmp_path, algo):
   assert len(jax.devices()) == 8
 
 
+@pytest.mark.parametrize("algo", ["mcts_distill", "cispo"])
+def test_phase_timing_runs_the_same_iteration_as_three_programs(tmp_path, algo):
+  """train.phase_timing splits the iteration into rollout, assembly and update programs:
+  the same metrics and parameters as the fused program, plus each phase's seconds and
+  FLOP/s, on 8 devices."""
+  from jaxdistill import main, train
+  from jaxdistill.tasks import countdown
+  train_split, test_split = countdown.make_splits(0, 200, 16, count=3)
+  results = {}
+  for timed in (False, True):
+    config = _config(train__num_iterations=2, train__checkpoint_every=2, rollout__group_size=2,
+                     train__phase_timing=timed)
+    config.algo = algo
+    workdir = tmp_path / str(timed)
+    model, tokenizer = main.load_model_and_tokenizer(config, str(workdir))
+    summary = train.train(config, model, tokenizer, train_split, test_split, str(workdir))
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    results[timed] = (summary["params"], rows)
+  for fused, timed in zip(results[False][1], results[True][1]):
+    for key in ("reward", "solved", "generated_tokens", "completion_tokens"):
+      assert fused[key] == timed[key], key
+    np.testing.assert_allclose(timed["loss"], fused["loss"], rtol=1e-5)
+    for phase in ("rollout", "assemble", "update"):
+      assert timed[f"phase_s/{phase}"] > 0 and timed[f"phase_flop_per_s/{phase}"] > 0
+    assert timed["rollout_tokens_per_s"] > 0 and "phase_s/rollout" not in fused
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                                                       atol=1e-6),
+               results[False][0], results[True][0])
+
+
 def _final_params(workdir):
   from flax import nnx
 
