@@ -30,6 +30,12 @@ from jaxdistill.search.tree import ExpandOutput, RootOutput
 
 flags.DEFINE_bool("quick", False, "a small grid (a first check)")
 flags.DEFINE_string("out", "bench_results/search.json", "JSON output")
+flags.DEFINE_string("trace", "", "directory: profile ours and mctx.search (B=8, K=4, W=1, "
+                    "256 simulations) and print where device time goes")
+flags.DEFINE_list("agents", ["1", "4", "16"], "agents per tree (W) in the grid")
+flags.DEFINE_integer("loop_unroll", 0, "tree levels per loop iteration (0: the default)")
+flags.DEFINE_bool("tree_ops_only", False, "only the tree-operations grid (skip the LM share "
+                  "and the collectives check)")
 FLAGS = flags.FLAGS
 
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
@@ -76,14 +82,44 @@ def _timed(fn, *args):
   return compile_s, best_time(lambda: jax.block_until_ready(compiled(*args))), peak
 
 
+def mctx_puct(recurrent_fn, sims):
+  """mctx.search with the same pUCT selection as ours (raw Q, c_puct 0.5, no log term)."""
+  selection = functools.partial(mctx.muzero_action_selection, pb_c_init=0.5, pb_c_base=1e30,
+                                qtransform=lambda t, n: t.qvalues(n))
+  return lambda r, k: mctx.search((), k, root=r, recurrent_fn=recurrent_fn,
+                                  root_action_selection_fn=lambda kk, t, n: selection(
+                                      kk, t, n, 0),
+                                  interior_action_selection_fn=selection,
+                                  num_simulations=sims)
+
+
+def trace_tree_ops(log_dir, batch=8, num_actions=4, sims=256):
+  """Device-time summaries of ours and mctx.search on one W=1 shape."""
+  from jaxdistill.bench import trace
+  root, expand_fn, recurrent_fn = synthetic(batch, num_actions)
+  keys = jax.random.split(jax.random.key(0), batch)
+  ours = jax.jit(lambda r, k: mcts.search(r, expand_fn, k, num_iterations=sims, num_agents=1))
+  mroot = mctx.RootFnOutput(prior_logits=root.prior_logits, value=root.value,
+                            embedding=root.embedding)
+  theirs = jax.jit(mctx_puct(recurrent_fn, sims))
+  for name, fn, args in (("ours", ours, (root, keys)),
+                         ("mctx.search", theirs, (mroot, jax.random.key(0)))):
+    jax.block_until_ready(fn(*args))
+    rows, totals = trace.profile(lambda: jax.block_until_ready(fn(*args)),
+                                 f"{log_dir}/{name}")
+    trace.print_summary(rows[:12], totals, title=f"{name}: B={batch} K={num_actions} W=1 "
+                        f"{sims} simulations")
+
+
 def tree_ops_grid(grid):
   rows = []
   for batch, num_actions, agents, iterations in grid:
     root, expand_fn, recurrent_fn = synthetic(batch, num_actions)
     keys = jax.random.split(jax.random.key(0), batch)
     sims = iterations * agents
+    unroll = dict(loop_unroll=FLAGS.loop_unroll) if FLAGS.loop_unroll else {}
     ours = lambda r, k: mcts.search(r, expand_fn, k, num_iterations=iterations,
-                                    num_agents=agents)
+                                    num_agents=agents, **unroll)
     compile_s, seconds, peak = _timed(ours, root, keys)
     row = {"B": batch, "K": num_actions, "W": agents, "I": iterations, "sims": sims,
            "ours_sims_per_s": batch * sims / seconds, "ours_compile_s": compile_s,
@@ -94,15 +130,7 @@ def tree_ops_grid(grid):
       muzero = lambda r, k: mctx.muzero_policy((), k, r, recurrent_fn, num_simulations=sims)
       compile_s, seconds, _ = _timed(muzero, mroot, jax.random.key(0))
       row |= {"mctx_muzero_sims_per_s": batch * sims / seconds, "mctx_compile_s": compile_s}
-      selection = functools.partial(mctx.muzero_action_selection, pb_c_init=0.5,
-                                    pb_c_base=1e30,
-                                    qtransform=lambda t, n: t.qvalues(n))
-      plain = lambda r, k: mctx.search((), k, root=r, recurrent_fn=recurrent_fn,
-                                       root_action_selection_fn=lambda kk, t, n: selection(
-                                           kk, t, n, 0),
-                                       interior_action_selection_fn=selection,
-                                       num_simulations=sims)
-      _, seconds, _ = _timed(plain, mroot, jax.random.key(0))
+      _, seconds, _ = _timed(mctx_puct(recurrent_fn, sims), mroot, jax.random.key(0))
       row["mctx_search_puct_sims_per_s"] = batch * sims / seconds
       row["ours_vs_muzero"] = row["ours_sims_per_s"] / row["mctx_muzero_sims_per_s"]
     rows.append(row)
@@ -160,14 +188,22 @@ def main(argv):
     grid = [(8, 4, 1, 64), (8, 4, 4, 16)]
     lm = [(8, 4, 4)]
   else:
-    grid = [(b, k, w, sims // w) for b in (8, 64) for k in (4, 16) for w, sims in
-            ((1, 256), (4, 256), (16, 256))]
+    grid = [(b, k, int(w), 256 // int(w)) for b in (8, 64) for k in (4, 16)
+            for w in FLAGS.agents]
     lm = [(16, 1, 16), (16, 4, 4), (16, 16, 2)]
   rows = tree_ops_grid(grid)
+  for row in rows:
+    if "mctx_search_puct_sims_per_s" in row:
+      row["ours_vs_mctx_search"] = row["ours_sims_per_s"] / row["mctx_search_puct_sims_per_s"]
   print("(i) tree operations only (synthetic expand); sims/s counts all B trees")
   print_table(rows, ["B", "K", "W", "I", "ours_sims_per_s", "mctx_muzero_sims_per_s",
-                     "mctx_search_puct_sims_per_s", "ours_vs_muzero", "ours_compile_s",
-                     "mctx_compile_s", "ours_peak_mb"])
+                     "mctx_search_puct_sims_per_s", "ours_vs_mctx_search", "ours_vs_muzero",
+                     "ours_compile_s", "mctx_compile_s", "ours_peak_mb"])
+  if FLAGS.trace:
+    trace_tree_ops(FLAGS.trace)
+  if FLAGS.tree_ops_only:
+    write_json(FLAGS.out, {"tree_ops": rows})
+    return
   lm_rows = [lm_share(*args) for args in lm]
   print("(ii) tiny LM (4 layers, hidden 128, K=4, L=16): share of tree operations")
   print_table(lm_rows, ["B", "W", "I", "search_s", "tree_ops_s", "tree_ops_share", "peak_mb"])
