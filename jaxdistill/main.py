@@ -117,6 +117,13 @@ def run_job(config, workdir: str, mode: str) -> dict:
   train_split, test_split = countdown.cached_splits(
       config.task.data_dir or os.path.join(workdir, "data"), config.task.data_seed,
       config.task.train_size, config.task.test_size, config.task.numbers)
+  # validation: the last problems of the train split, which neither the warm start nor RL
+  # trains on (learning rates and learning curves are read off it, never off the test split)
+  validation = config.task.validation_size
+  if validation:
+    train_split, validation_split = train_split[:-validation], train_split[-validation:]
+  else:
+    validation_split = []
   if config.sft.steps and not config.model.path:
     from jaxdistill import sft
     model = sft.warm_start(model, tokenizer, train_split, sft.SFTConfig(
@@ -127,7 +134,8 @@ def run_job(config, workdir: str, mode: str) -> dict:
         progress=config.train.progress)
   if mode == "train":
     from jaxdistill import train
-    summary = train.train(config, model, tokenizer, train_split, test_split, workdir)
+    summary = train.train(config, model, tokenizer, train_split, test_split, workdir,
+                          validation_problems=validation_split)
     if not parallel.is_primary():
       return summary  # one process reports
     rows = [(name, summary[key]) for name, key in (("before", "eval_before"),
@@ -144,7 +152,7 @@ def run_job(config, workdir: str, mode: str) -> dict:
     from jaxdistill.train import spec_from_config
     with config.unlocked():
       config.algo = "mcts_distill"
-    spec = spec_from_config(config, tokenization.special_ids(tokenizer))
+    spec = spec_from_config(config, tokenizer, model.config.vocab_size)
     result = evaluation.evaluate_with_search(
         model, tokenizer, test_split[:config.eval.num_problems], spec.search, spec.rollout,
         prompt_width=config.task.prompt_width, prompt=config.task.prompt, seed=config.seed,
@@ -152,12 +160,14 @@ def run_job(config, workdir: str, mode: str) -> dict:
     print(result)
     return result
   if mode == "eval":
-    result = evaluation.evaluate(model, tokenizer, test_split[:config.eval.num_problems],
+    problems = validation_split if config.eval.split == "validation" else test_split
+    result = evaluation.evaluate(model, tokenizer, problems[:config.eval.num_problems],
                                  eval_config, seed=config.seed, prompt=config.task.prompt)
     if parallel.is_primary():
       print(result)
       with open(os.path.join(workdir, "eval_result.json"), "w") as f:
-        json.dump(result, f)
+        json.dump(result | {"split": config.eval.split, "temperature": config.eval.temperature},
+                  f)
     return result
   return _sample(model, tokenizer, test_split[:8], eval_config, config.task.prompt)
 

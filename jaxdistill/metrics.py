@@ -53,19 +53,40 @@ class MetricsLog:
     return [json.loads(line) for line in open(self.path) if line.strip()]
 
 
-def plot_eval(rows: list[dict], key: str, path: str) -> str | None:
-  """PNG of `key` against update step for rows that have it; returns the path."""
-  points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-  if not points:
+def plot_run(rows: list[dict], k: int, path: str) -> str | None:
+  """PNG of a run: training reward per update (and its moving average) on the left;
+  mean@k on the test problems (eval_) and on the validation problems (curve_, val_) against
+  updates on the right. Returns the path, or None before there is anything to plot."""
+  series = lambda key: [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+  reward = series("reward")
+  scores = {"test": series(f"eval_mean@{k}"),
+            "validation": sorted(series(f"curve_mean@{k}") + series(f"val_mean@{k}"))}
+  if not reward and not any(scores.values()):
     return None
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  ax.plot(*zip(*points), marker="o")
-  ax.set_xlabel("update")
-  ax.set_ylabel(key)
-  ax.grid(alpha=0.3)
+  import numpy as np
+  fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+  if reward:
+    steps, values = map(np.asarray, zip(*reward))
+    left.plot(steps, values, color="C0", alpha=0.35, label="per update")
+    width = max(1, len(values) // 8)
+    if width > 1:
+      smooth = np.convolve(values, np.ones(width) / width, mode="valid")
+      left.plot(steps[width - 1:], smooth, color="C0", label=f"mean of {width}")
+    left.legend()
+  left.set_xlabel("update")
+  left.set_ylabel("training reward")
+  left.grid(alpha=0.3)
+  for i, (name, points) in enumerate(scores.items()):
+    if points:
+      right.plot(*zip(*points), marker="o", color=f"C{i + 1}", label=name,
+                 linestyle="-" if len(points) > 1 else "none")
+  right.set_xlabel("update")
+  right.set_ylabel(f"mean@{k}")
+  right.grid(alpha=0.3)
+  right.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

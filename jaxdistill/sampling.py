@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdistill.models.qwen2 import KVCache, Qwen2Model
+from jaxdistill.stopping import StopString
 
 
 @chex.dataclass(frozen=True)
@@ -30,6 +31,8 @@ class SampleOutput:
   #                           (None unless decoded with_values=True)
   finished: jax.Array  # [B] bool: stopped on a stop token (not cut at max_new_tokens)
   prompt_value: jax.Array  # [B] float32 value head at the last prompt token
+  # tokens up to and including the one that first completed the stop string (0: never)
+  string_end: jax.Array
 
 
 def left_align(tokens, lengths, pad_id: int = 0):
@@ -92,12 +95,15 @@ def sample_tokens(row_keys, logits, temperature, top_p, filter_top_p: bool = Tru
 def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_new_tokens: int,
            temperature, top_p, stop_ids: tuple[int, ...], pad_id: int,
            filter_top_p: bool | None = None, with_values: bool = False,
-           prefix: KVCache | None = None) -> SampleOutput:
+           prefix: KVCache | None = None, stop_string: StopString | None = None,
+           stop_on_string: bool = True) -> SampleOutput:
   """Continue every row from (cache, next-token logits [B, V], value [B]).
 
   filter_top_p defaults to `uses_top_p(top_p)`; with_values also records the value head
   before each token (the decode then runs the value head at every step). prefix: a cache
-  of M rows that groups of B / M consecutive rows continue (see `Qwen2Model.__call__`)."""
+  of M rows that groups of B / M consecutive rows continue (see `Qwen2Model.__call__`).
+  stop_string: a row also stops after the token that completes it (any tokenization); with
+  stop_on_string=False it is only tracked (`string_end`), the row goes on."""
   batch = logits.shape[0]
   if filter_top_p is None:
     filter_top_p = uses_top_p(top_p)
@@ -114,6 +120,11 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
       lengths=jnp.zeros_like(grid[:, 0]))
   if with_values:
     buffers["values"] = jnp.zeros_like(grid, jnp.float32)
+  # automaton state of the stop string per row, and where it first completed
+  buffers["string_state"] = jnp.zeros_like(grid[:, 0])
+  buffers["string_end"] = jnp.zeros_like(grid[:, 0])
+  if stop_string is not None:
+    next_state, fires = jnp.asarray(stop_string.next_state), jnp.asarray(stop_string.fires)
   done = jnp.zeros_like(grid[:, 0], bool)
 
   def cond(carry):
@@ -129,9 +140,17 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
     token = jnp.where(active, token, pad_id)
     put = lambda buf, x: buf.at[:, step].set(jnp.where(active, x, buf[:, step]))
     new = dict(tokens=token, logprobs=logp, sample_logprobs=sample_logp, values=value)
+    string_state, string_end = buffers.pop("string_state"), buffers.pop("string_end")
     buffers = {name: buf + active.astype(jnp.int32) if name == "lengths" else
                put(buf, new[name]) for name, buf in buffers.items()}
     done = done | (active & jnp.isin(token, stop))
+    if stop_string is not None:
+      fired = active & fires[token, string_state] & (string_end == 0)
+      string_end = jnp.where(fired, step + 1, string_end)
+      string_state = jnp.where(active, next_state[token, string_state], string_state)
+      if stop_on_string:
+        done = done | fired
+    buffers |= dict(string_state=string_state, string_end=string_end)
     out = model(token[:, None], attention_mask=active[:, None], cache=cache,
                 compute_values=with_values, prefix=prefix)
     value = out.values[:, 0] if with_values else value
@@ -142,6 +161,7 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
     value = jnp.zeros_like(logits[:, 0])  # carried but never written
   carry = (jnp.zeros((), jnp.int32), cache, logits, value, done, buffers)
   _, _, _, _, done, buffers = jax.lax.while_loop(cond, body, carry)
+  buffers.pop("string_state")
   return SampleOutput(finished=done, values=buffers.pop("values", None),
                       prompt_value=prompt_value, **buffers)
 
@@ -149,7 +169,8 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
 def sample_continuations(model: Qwen2Model, prompt_tokens, prompt_lengths, row_keys, *,
                          samples: int = 1, max_new_tokens: int, temperature, top_p,
                          stop_ids: tuple[int, ...], pad_id: int,
-                         with_values: bool = False) -> SampleOutput:
+                         with_values: bool = False, stop_string: StopString | None = None,
+                         stop_on_string: bool = True) -> SampleOutput:
   """`samples` continuations of each right-padded prompt [M, T]: rows [M * samples], row r
   continuing prompt r // samples with key row_keys[r].
 
@@ -169,7 +190,22 @@ def sample_continuations(model: Qwen2Model, prompt_tokens, prompt_lengths, row_k
                           like=value)
   return decode(model, cache, logits, value, row_keys, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_p=top_p, stop_ids=stop_ids, pad_id=pad_id,
-                with_values=with_values, prefix=prefix)
+                with_values=with_values, prefix=prefix, stop_string=stop_string,
+                stop_on_string=stop_on_string)
+
+
+def concat_completion(prompt_tokens, prompt_lengths, completion, completion_lengths,
+                      pad_id: int):
+  """Right-padded prompt + completion rows [M, T + N] and their lengths."""
+  width = prompt_tokens.shape[1] + completion.shape[1]
+  positions = jnp.arange(width)[None]
+  offset = positions - prompt_lengths[:, None]
+  gathered = jnp.take_along_axis(completion, jnp.clip(offset, 0, completion.shape[1] - 1),
+                                 axis=1)
+  prompt = jnp.pad(prompt_tokens, ((0, 0), (0, completion.shape[1])), constant_values=pad_id)
+  tokens = jnp.where(offset < 0, prompt,
+                     jnp.where(offset < completion_lengths[:, None], gathered, pad_id))
+  return tokens, prompt_lengths + completion_lengths
 
 
 def row_keys_from(rng, batch: int):
@@ -179,29 +215,31 @@ def row_keys_from(rng, batch: int):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "stop_ids",
                                              "pad_id", "filter_top_p", "with_values",
-                                             "samples"))
+                                             "samples", "stop_string"))
 def _generate_jit(graphdef, state, prompt_tokens, prompt_lengths, row_keys, temperature,
                   top_p, *, max_new_tokens, stop_ids, pad_id, filter_top_p, with_values,
-                  samples):
+                  samples, stop_string):
   model = nnx.merge(graphdef, state)
   if not filter_top_p:
     top_p = 1.0  # a Python value: `decode` leaves the nucleus filter out
   return sample_continuations(model, prompt_tokens, prompt_lengths, row_keys, samples=samples,
                               max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, stop_ids=stop_ids, pad_id=pad_id,
-                              with_values=with_values)
+                              with_values=with_values, stop_string=stop_string)
 
 
 def generate(model: Qwen2Model, prompt_tokens, prompt_lengths, rng, *, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0, stop_ids=(), pad_id: int = 0,
-             row_keys=None, with_values: bool = False, samples: int = 1) -> SampleOutput:
+             row_keys=None, with_values: bool = False, samples: int = 1,
+             stop_string: StopString | None = None) -> SampleOutput:
   """Sample continuations of right-padded prompts [B, T] with lengths [B] (jitted).
 
   temperature 0 is greedy. Compiles once per (shapes, max_new_tokens, stop_ids, pad_id,
   whether top_p < 1, with_values, samples); temperature and top_p values are traced, so
   changing them does not recompile. with_values also returns the value head before each
   token. samples > 1: that many continuations of each prompt (rows [B * samples], one key
-  per row), sharing the prompt's prefill (see `sample_continuations`).
+  per row), sharing the prompt's prefill (see `sample_continuations`). stop_string: rows
+  also stop after the token that completes it (`stopping.stop_for`).
   """
   prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
   prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
@@ -215,4 +253,4 @@ def generate(model: Qwen2Model, prompt_tokens, prompt_lengths, rng, *, max_new_t
                        max_new_tokens=int(max_new_tokens),
                        stop_ids=tuple(int(i) for i in stop_ids), pad_id=int(pad_id),
                        filter_top_p=uses_top_p(float(top_p)), with_values=bool(with_values),
-                       samples=int(samples))
+                       samples=int(samples), stop_string=stop_string)

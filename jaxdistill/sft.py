@@ -9,6 +9,7 @@ reference started from). The result is saved as a Hugging Face directory and reu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -91,7 +92,10 @@ def warm_start(model, tokenizer, problems, config: SFTConfig, directory: str,
                progress: bool = True):
   """The warm-started model: read from `directory` if cached, else trained and saved there."""
   marker = os.path.join(directory, "sft_done.json")
-  settings = dataclasses.asdict(config) | {"architecture": dataclasses.asdict(model.config)}
+  digest = hashlib.sha256(json.dumps([(list(p.numbers), p.target) for p in problems])
+                          .encode()).hexdigest()[:16]
+  settings = dataclasses.asdict(config) | {"architecture": dataclasses.asdict(model.config),
+                                           "problems": digest}
   settings = json.loads(json.dumps(settings, default=str))
   if os.path.exists(marker):
     with open(marker) as f:

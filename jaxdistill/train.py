@@ -15,9 +15,9 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdistill import evaluate as evaluation
-from jaxdistill import parallel, tokenization
+from jaxdistill import parallel, stopping, tokenization
 from jaxdistill.checkpointing import Checkpointer
-from jaxdistill.metrics import MetricsLog, plot_eval
+from jaxdistill.metrics import MetricsLog, plot_run
 from jaxdistill.models.qwen2 import forward_flops_per_token
 from jaxdistill.rl import learner, losses, rollouts
 from jaxdistill.search import lm_expand
@@ -42,7 +42,9 @@ def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, ad
   old_logprobs, old_values = jax.lax.stop_gradient(
       learner.sequence_logprobs(graphdef, params, tokens))
   ref_logprobs, _ = jax.lax.stop_gradient(learner.sequence_logprobs(graphdef, ref_params, tokens))
-  if advantage == "group":
+  if traj.advantages is not None:  # given by the producer (tree targets)
+    advantages = traj.advantages * mask
+  elif advantage == "group":
     advantages = losses.group_normalized(traj.reward, group_size)[:, None] * mask
   elif advantage == "gae":
     advantages, _ = losses.gae(traj.reward, old_values, mask)
@@ -87,9 +89,13 @@ def _stages(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn
     state, metrics = learner.update(state, batch, graphdef=graphdef, optimizer=optimizer,
                                     config=spec.learner, axis_name=parallel.DATA)
     completion = (traj.length - traj.prompt_length).astype(jnp.float32)
-    stats = {"reward": jax.lax.pmean(traj.reward.mean(), parallel.DATA),
-             "solved": jax.lax.pmean((traj.reward >= 1.0).mean(), parallel.DATA),
-             "completion_tokens": jax.lax.pmean(completion.mean(), parallel.DATA),
+    valid = (jnp.ones_like(traj.reward) if traj.valid is None
+             else traj.valid.astype(jnp.float32))
+    mean = lambda x: jax.lax.psum((x * valid).sum(), parallel.DATA) / jnp.maximum(
+        jax.lax.psum(valid.sum(), parallel.DATA), 1.0)  # over the rows holding trajectories
+    stats = {"reward": mean(traj.reward), "solved": mean((traj.reward >= 1.0)),
+             "completion_tokens": mean(completion),
+             "trajectories": jax.lax.psum(valid.sum(), parallel.DATA),
              "generated_tokens": jax.lax.psum(traj.generated_tokens.sum(), parallel.DATA)}
     return state, metrics | stats
 
@@ -168,25 +174,31 @@ def prompt_keys(seed: int, step: int, problem_ids):
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(problem_ids, jnp.uint32))
 
 
-def spec_from_config(config, ids: tokenization.SpecialIds) -> IterationSpec:
-  """IterationSpec of an ml_collections config."""
+def spec_from_config(config, tokenizer, vocab_size: int | None = None) -> IterationSpec:
+  """IterationSpec of an ml_collections config for a tokenizer (whose model has vocab_size
+  logits, which may exceed the tokenizer's ids)."""
+  ids = tokenization.special_ids(tokenizer)
   r, s, l = config.rollout, config.search, config.learner
   rollout = rollouts.RolloutConfig(
       max_completion_tokens=r.max_completion_tokens, temperature=r.temperature, top_p=r.top_p,
       group_size=r.group_size, best_of=r.best_of, eos_id=ids.eos_id, pad_id=ids.pad_id)
   search = None
   if config.algo == "mcts_distill":
-    if ids.step_end_id is None:
-      raise ValueError("mcts_distill needs a tokenizer with a single '</step>' token")
+    # a step ends after the token that completes '</step>', however it is tokenized
+    step_end = stopping.stop_for(tokenizer, tokenization.STEP_END, vocab_size)
     search = rollouts.SearchSettings(
         lm=lm_expand.LMSearchConfig(
             num_children=s.num_children, max_step_tokens=s.max_step_tokens,
             max_path_tokens=s.max_path_tokens, temperature=s.temperature,
-            length_normalized_prior=s.length_normalized_prior, step_end_id=ids.step_end_id,
+            length_normalized_prior=s.length_normalized_prior, dedup_children=s.dedup_children,
+            rollout_to_end=s.rollout_to_end,
+            max_rollout_tokens=s.max_rollout_tokens or r.max_completion_tokens,
+            step_end=step_end,
             eos_id=ids.eos_id, pad_id=ids.pad_id),
         num_iterations=s.num_iterations, num_agents=s.num_agents, c_puct=s.c_puct,
         first_play_value=s.first_play_value, virtual_loss=s.virtual_loss,
-        root_selection=s.root_selection)
+        root_selection=s.root_selection, targets=s.targets, tree_rows=s.tree_rows,
+        step_advantage=s.step_advantage)
   learner_config = learner.LearnerConfig(
       policy_loss=l.policy_loss, eps_high=l.eps_high, ppo_eps=l.ppo_eps,
       value_coef=l.value_coef, value_trunk_grad=l.value_trunk_grad, kl_coef=l.kl_coef,
@@ -198,12 +210,16 @@ def spec_from_config(config, ids: tokenization.SpecialIds) -> IterationSpec:
                        learner=learner_config, advantage=advantage)
 
 
-def train(config, model, tokenizer, train_problems, test_problems, workdir: str) -> dict:
-  """Run config.train.num_iterations iterations (resuming from workdir); returns a summary."""
+def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
+          validation_problems=()) -> dict:
+  """Run config.train.num_iterations iterations (resuming from workdir); returns a summary.
+
+  Evaluations: at the start and the end on the test problems (eval_*), and at the end on
+  the validation problems too (val_*); in between (every eval.every iterations) on the first
+  eval.curve_problems validation problems (curve_*), the learning curve."""
   if config.algo not in METHODS:
     raise ValueError(f"algo must be one of {METHODS}, got {config.algo!r}")
-  ids = tokenization.special_ids(tokenizer)
-  spec = spec_from_config(config, ids)
+  spec = spec_from_config(config, tokenizer, model.config.vocab_size)
   mesh = parallel.make_mesh()
   prompts = config.train.prompts_per_iteration
   parallel.check_divisible(prompts, mesh, "train.prompts_per_iteration")
@@ -231,12 +247,12 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
   eval_config = evaluation.eval_config_from(config)
   eval_problems = test_problems[:config.eval.num_problems]
 
-  def run_eval(step):
-    result = evaluation.evaluate(nnx.merge(graphdef, state.params), tokenizer, eval_problems,
+  def run_eval(step, problems=eval_problems, prefix="eval"):
+    result = evaluation.evaluate(nnx.merge(graphdef, state.params), tokenizer, problems,
                                  eval_config, seed=config.seed, prompt=config.task.prompt)
-    log.write(step, {f"eval_{k}": v for k, v in result.items()})
+    log.write(step, {f"{prefix}_{k}": v for k, v in result.items()})
     if parallel.is_primary():
-      plot_eval(log.rows(), f"eval_mean@{config.eval.k}", os.path.join(workdir, "eval.png"))
+      plot_run(log.rows(), config.eval.k, os.path.join(workdir, "eval.png"))
     return result
 
   # compute per iteration, for comparisons at equal budget: positions the LM runs on (static
@@ -289,8 +305,18 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
     bar.set_postfix(loss=f"{metrics['loss']:.3f}", reward=f"{metrics['reward']:.2f}")
     generated += metrics["generated_tokens"]
     done = step + 1 == total or (budget and generated >= budget)
-    if config.eval.every and ((step + 1) % config.eval.every == 0 or done):
+    if not config.eval.every:
+      pass  # no evaluation
+    elif done:
       summary["eval_after"] = run_eval(step + 1)
+      if validation_problems:
+        summary["val_after"] = run_eval(step + 1, validation_problems, "val")
+    elif (step + 1) % config.eval.every == 0:
+      curve = list(validation_problems)[:config.eval.curve_problems]
+      if curve:
+        run_eval(step + 1, curve, "curve")
+      else:
+        summary["eval_after"] = run_eval(step + 1)
     if (step + 1) % config.train.checkpoint_every == 0 or done:
       checkpointer.save(step + 1, state, data_position)
     if done:
@@ -298,6 +324,8 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str)
       break
   checkpointer.close()
   bar.close()
+  if parallel.is_primary():  # the training curve up to the last update
+    plot_run(log.rows(), config.eval.k, os.path.join(workdir, "eval.png"))
   summary |= {"end_step": total, "generated_tokens": generated, "last_metrics": metrics, "compiles": iteration._cache_size(),
               "params": state.params, "data_position": data_position}
   return summary

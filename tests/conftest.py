@@ -67,3 +67,25 @@ def gqa_checkpoint(tmp_path_factory):
   path = tmp_path_factory.mktemp("gqa")
   model = make_hf_checkpoint(str(path), **CHECKPOINT_KINDS["untied-theta1e6-gqa"])
   return str(path), model
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(tmp_path_factory):
+  """The real Qwen2.5 tokenizer, built offline once per session (tests/qwen25_tokenizer.py)."""
+  import qwen25_tokenizer
+  return qwen25_tokenizer.build(str(tmp_path_factory.mktemp("qwen25-tokenizer")))
+
+
+@pytest.fixture(scope="session")
+def qwen_checkpoint(qwen_tokenizer_dir, tmp_path_factory):
+  """A tiny random Qwen2 checkpoint with Qwen2.5's vocabulary size (151,936), saved with
+  transformers, and the real Qwen2.5 tokenizer beside it (a local 'download')."""
+  import shutil
+
+  import qwen25_tokenizer
+  path = str(tmp_path_factory.mktemp("qwen25-tiny"))
+  make_hf_checkpoint(path, tied=True, theta=1e6, num_kv_heads=2,
+                     vocab_size=qwen25_tokenizer.VOCAB_SIZE, hidden=32, layers=2, heads=4)
+  for name in os.listdir(qwen_tokenizer_dir):
+    shutil.copy(os.path.join(qwen_tokenizer_dir, name), path)
+  return path

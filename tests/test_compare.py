@@ -1,28 +1,34 @@
-"""The comparison table: spread over seeds, tokens and times per method."""
+"""The comparison table: per-seed scores, spread, paired differences with standard errors."""
 
 import numpy as np
 
 from jaxdistill.experiments import compare
 
 
-def _record(method, seed, score, tokens, wall):
-  return {"method": method, "seed": seed, "generated_tokens": tokens, "iterations": 4,
-          "train_s": wall / 2, "wall_s": wall, "score": {"mean@16": score, "pass@16": 2 * score}}
+def _record(method, seed, low, high=None, lr=None):
+  score = lambda s: {"mean@16": s, "pass@16": min(1.0, 2 * s)}
+  return {"method": method, "seed": seed, "lr": lr, "generated_tokens": 0 if lr is None else 1000,
+          "iterations": 4, "train_s": 120.0,
+          "test": {"0.2": score(low), "0.8": score(high if high is not None else low / 2)}}
 
 
-def test_summary_is_mean_and_sample_std_over_seeds():
-  records = [_record("base", 0, 0.10, 0, 60), _record("base", 1, 0.14, 0, 60),
-             _record("cispo", 0, 0.20, 1000, 300), _record("cispo", 1, 0.30, 1200, 360)]
-  rows = {r["method"]: r for r in compare.summarize(records, 16)}
-  assert list(rows) == ["base", "cispo"]
-  assert np.isclose(rows["cispo"]["mean"], 0.25) and rows["cispo"]["seeds"] == 2
-  assert np.isclose(rows["cispo"]["std"], np.std([0.2, 0.3], ddof=1))
-  assert rows["cispo"]["tokens"] == 1100 and rows["cispo"]["wall_s"] == 330
-  assert (rows["base"]["min"], rows["base"]["max"]) == (0.10, 0.14)
-  table = compare.markdown(compare.summarize(records, 16), 16, "header")
-  lines = table.splitlines()
-  assert lines[0] == "header" and len(lines) == 6
-  assert lines[-1].startswith("| cispo | 25.0% ± 7.1 (n=2) | 20.0-30.0% | 50.0% | 1,100 |")
+def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
+  records = [_record("base", s, x) for s, x in enumerate([0.10, 0.12, 0.14])]
+  records += [_record("cispo", s, x, lr=3e-5) for s, x in enumerate([0.20, 0.21, 0.25])]
+  records += [_record("mcts_tree", s, x, lr=1e-5) for s, x in enumerate([0.24, 0.26, 0.30])]
+  rows = {r["method"]: r for r in compare.summarize(records, 16, ["0.2", "0.8"])}
+  assert rows["cispo"]["mean@16/T0.2"] == [0.20, 0.21, 0.25]
+  # mcts_tree - cispo by seed: 0.04, 0.05, 0.05
+  diff, se, n = rows["mcts_tree"]["minus_cispo"]
+  assert n == 3 and np.isclose(diff, np.mean([0.04, 0.05, 0.05]))
+  assert np.isclose(se, np.std([0.04, 0.05, 0.05], ddof=1) / np.sqrt(3))
+  assert "minus_cispo" not in rows["cispo"]
+  assert np.isclose(rows["cispo"]["minus_base"][0], np.mean([0.10, 0.09, 0.11]))
+  table = compare.markdown(list(rows.values()), 16, "header", ["0.2", "0.8"]).splitlines()
+  assert table[0] == "header" and len(table) == 7  # header, blank, 2 table lines, 3 rows
+  tree = next(line for line in table if line.startswith("| mcts_tree |"))
+  # a lead of 4.7 points with an SE of 0.3 is flagged as beyond two standard errors
+  assert "| 26.7% ± 3.1 | 24.0, 26.0, 30.0 | +4.7 ± 0.3 **(> 2 SE)** |" in tree
 
 
 def test_importing_the_script_defines_no_flags_that_clash_with_main():

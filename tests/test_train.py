@@ -46,12 +46,17 @@ def _main(workdir, *extra, check=True, **kwargs):
   return result
 
 
-@pytest.mark.parametrize("algo", ["mcts_distill", "cispo", "best_of_n"])
-def test_five_iterations_compile_once_on_eight_devices(tmp_path, algo):
+@pytest.mark.parametrize("algo,search", [
+    ("mcts_distill", {}), ("cispo", {}), ("best_of_n", {}),
+    ("mcts_distill", dict(search__targets="tree", search__rollout_to_end=True,
+                          search__dedup_children=True, search__tree_rows=6))])
+def test_five_iterations_compile_once_on_eight_devices(tmp_path, algo, search):
+  """Each method (and tree targets with rollouts: a static number of rows per tree) runs 5
+  iterations on 8 devices with one compiled program."""
   from jaxdistill import main, train
   from jaxdistill.tasks import countdown
   overrides = dict(train__num_iterations=5, train__checkpoint_every=5, rollout__group_size=2,
-                   rollout__best_of=2)
+                   rollout__best_of=2, **search)
   config = _config(**overrides)
   config.algo = algo
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
@@ -204,7 +209,7 @@ def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
   from jaxdistill.train import spec_from_config
   config = _config()
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
-  spec = spec_from_config(config, tokenization.special_ids(tokenizer))
+  spec = spec_from_config(config, tokenizer, model.config.vocab_size)
   problems = countdown.generate(5, seed=21)
   run = lambda: evaluate.evaluate_with_search(model, tokenizer, problems, spec.search,
                                               spec.rollout, prompt_width=48, batch_size=4)

@@ -82,7 +82,7 @@ def time_phases(shapes: str, algo: str, peak: float):
   with tempfile.TemporaryDirectory() as workdir:
     model, tokenizer = entry.load_model_and_tokenizer(config, workdir)
   problems, _ = countdown.make_splits(0, 512, 16, count=config.task.numbers)
-  spec = train.spec_from_config(config, tokenization.special_ids(tokenizer))
+  spec = train.spec_from_config(config, tokenizer, model.config.vocab_size)
   graphdef, params = nnx.split(model)
   optimizer = learner.make_optimizer(spec.learner)
   state = learner.init_state(params, optimizer, jax.random.PRNGKey(0))

@@ -55,6 +55,9 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   # numbers per problem, each in [1, 13]. The reference uses 4; the CPU presets use 3, which
   # a 1M-parameter model learns in minutes (targets: median 21, p90 104, 89% <= 100)
   c.task.numbers = 3
+  # validation: the last problems of the train split, kept out of warm start and RL training
+  # (learning rates and learning curves are read off it)
+  c.task.validation_size = 256
   c.task.data_dir = ""  # '' -> WORKDIR/data (splits are generated once and cached there)
   c.task.prompt = "compact"  # compact (character tokenizer) | chat (instruct tokenizers)
   c.task.prompt_width = 32  # prompt tokens (static shape): compact prompts of 3 numbers <= 32
@@ -74,6 +77,13 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.search.virtual_loss = "visit"  # visit | value
   c.search.root_selection = "puct"  # puct | gumbel
   c.search.length_normalized_prior = False
+  c.search.dedup_children = False  # identical candidate steps become one child
+  # each candidate continued to EOS in the same decode; node value = mean rollout reward
+  c.search.rollout_to_end = False
+  c.search.max_rollout_tokens = 0  # 0: rollout.max_completion_tokens
+  c.search.targets = "path"  # path (the most-visited path) | tree (the tree's trajectories)
+  c.search.tree_rows = 16  # tree targets: trajectories per prompt
+  c.search.step_advantage = True  # tree targets: step-level advantages besides global ones
 
   c.rollout = ml_collections.ConfigDict()
   c.rollout.max_completion_tokens = 64  # solutions of 3 numbers: at most 50 tokens
@@ -117,7 +127,9 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.eval.max_new_tokens = 64
   c.eval.batch_size = 512
   c.eval.num_problems = 820
-  c.eval.every = 32
+  c.eval.every = 32  # iterations between learning-curve evaluations (0: no evaluation at all)
+  c.eval.curve_problems = 256  # learning curve: that many validation problems (0: test set)
+  c.eval.split = "test"  # --mode eval: test | validation
   c.eval.at_start = True
   c.eval.test_time_search = False  # --mode eval: answer by search (budget: the search section)
 

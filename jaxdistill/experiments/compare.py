@@ -1,19 +1,27 @@
-"""Compare base, mcts_distill, cispo and best_of_n at an equal budget of generated tokens.
+"""Compare training methods at an equal budget of generated tokens, from one base model.
 
-    python -m jaxdistill.experiments.compare            # tiny preset, seeds 0 and 1
+    python -m jaxdistill.experiments.compare      # tiny preset: LR sweep, then 3 seeds each
 
-Every method starts from the same base model (one warm start, shared), trains with the same
-learner until it has sampled `--token_budget` tokens (or its iteration cap), and is scored by
-mean@k on the held-out split without search. Each run is a normal `jaxdistill.main` job in
-`WORKDIR/<method>-seed<s>` (resumable: finished runs are not repeated). Writes the table to
-`--out` (markdown), the raw numbers next to it (JSON) and a plot of mean@k against generated
-tokens (PNG).
+1. The base model (one shared warm start) is scored per seed.
+2. Each method's generated tokens per iteration are measured by a 2-iteration probe, so
+   that its learning rate decays to zero exactly as it reaches `--token_budget`.
+3. Learning rate: seed 0 at each of `--learning_rates`; the best final mean@k on the
+   validation split (the last problems of the train split, which no run trains on; never
+   the test split) is kept for the other seeds.
+4. Every run: `--curve_points` evaluations on the validation split during training (the
+   learning curve against generated tokens), then mean@k and pass@k on the held-out test
+   split at the reference temperature (0.2) and at 0.8, no search.
+Writes a markdown table with per-seed numbers and the paired difference of each method to
+cispo and to the base model (mean and standard error over seeds), the raw numbers (JSON)
+and a plot of the learning curves (PNG). Every run is a `jaxdistill.main` job in
+`WORKDIR/<name>`, resumable: finished runs are read back, not repeated.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,19 +29,30 @@ import time
 import numpy as np
 from absl import app, flags
 
-METHODS = ("mcts_distill", "cispo", "best_of_n")
+# method name -> config overrides (the comparison's variants of the three algorithms)
+METHODS = {
+    "mcts_distill": ["algo=mcts_distill"],
+    "mcts_tree": ["algo=mcts_distill", "search.targets=tree", "search.rollout_to_end=True",
+                  "search.dedup_children=True", "search.num_agents=2",
+                  "search.num_iterations=2"],
+    "cispo": ["algo=cispo"],
+    "best_of_n": ["algo=best_of_n"],
+}
 
 
 def define_flags():
   """Command-line flags (defined only when run as a program: importing this module for
   its functions must not clash with the flags of other absl programs)."""
-  flags.DEFINE_string("preset", "tiny", "config preset (configs/countdown.py)")
-  flags.DEFINE_list("methods", ["base", *METHODS], "base and training methods to compare")
-  flags.DEFINE_list("seeds", ["0", "1"], "RL seeds (the base model is the same for all)")
-  flags.DEFINE_integer("token_budget", 0, "generated tokens per training run; 0: what the "
-                       "preset's mcts_distill run generates (measured by running it first)")
-  flags.DEFINE_float("completion_tokens", 0.0, "expected tokens per sampled completion, to "
-                     "size cispo / best_of_n runs; 0: measured on the first mcts_distill run")
+  flags.DEFINE_string("preset", "tiny", "config preset (countdown.py)")
+  flags.DEFINE_list("methods", ["base", "mcts_distill", "mcts_tree", "cispo", "best_of_n"],
+                    f"base and training methods ({', '.join(METHODS)})")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "RL seeds (the base model is the same for all)")
+  flags.DEFINE_list("learning_rates", ["1e-5", "3e-5", "1e-4"], "learning rates tried on the "
+                    "first seed (one value: no sweep)")
+  flags.DEFINE_integer("token_budget", 474_186, "generated tokens per training run")
+  flags.DEFINE_integer("curve_points", 5, "validation evaluations during each run")
+  flags.DEFINE_list("temperatures", ["0.2", "0.8"], "evaluation temperatures (first: the "
+                    "one learning rates are picked at)")
   flags.DEFINE_string("workdir", "runs/compare", "where runs go")
   flags.DEFINE_string("out", "results/countdown_tiny.md", "markdown table (JSON and PNG beside)")
   flags.DEFINE_multi_string("set", [], "extra config overrides for every run, e.g. "
@@ -50,8 +69,8 @@ def _metrics(workdir: str) -> list[dict]:
 
 def _run(workdir: str, overrides: list[str], mode: str = "train") -> float:
   """One jaxdistill.main job; returns its wall time in seconds."""
-  cmd = [sys.executable, "-m", "jaxdistill.main", "--config",
-         f"countdown.py:{FLAGS.preset}", f"--workdir={workdir}", f"--mode={mode}",
+  cmd = [sys.executable, "-m", "jaxdistill.main", "--config", f"countdown.py:{FLAGS.preset}",
+         f"--workdir={workdir}", f"--mode={mode}",
          *[f"--config.{o}" for o in overrides + FLAGS.set]]
   print("$", " ".join(cmd), flush=True)
   started = time.perf_counter()
@@ -61,109 +80,169 @@ def _run(workdir: str, overrides: list[str], mode: str = "train") -> float:
   return time.perf_counter() - started
 
 
-def _done(workdir: str) -> dict | None:
-  """The record of a finished run (written last, so its presence means finished)."""
-  path = os.path.join(workdir, "compare_run.json")
-  return json.load(open(path)) if os.path.exists(path) else None
+def _cached(path: str, make):
+  """JSON at path, or make() written there (last, so its presence means complete)."""
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  value = make()
+  partial = path + ".partial"
+  with open(partial, "w") as f:
+    json.dump(value, f)
+  os.replace(partial, path)
+  return value
 
 
-def iteration_overrides(config, method: str, budget: int, completion_tokens: float) -> list:
-  """Iteration cap and learning-rate decay so a method spends `budget` tokens in about the
-  expected number of updates: decay_steps = budget / (expected tokens per iteration), the
-  cap 25% above it (the budget, not the cap, should end the run)."""
-  if method == "mcts_distill" or not budget:
-    expected = config.train.num_iterations
-  else:
-    samples = config.rollout.group_size if method == "cispo" else config.rollout.best_of
-    per_iteration = config.train.prompts_per_iteration * samples * completion_tokens
-    expected = max(1, round(budget / per_iteration))
-  return [f"learner.decay_steps={expected}",
-          f"train.num_iterations={int(np.ceil(1.25 * expected))}"]
+def evaluate(workdir: str, common: list[str], temperature: str, split: str = "test") -> dict:
+  """mean@k / pass@k of the run's latest checkpoint (or the base model) on a split."""
+  def make():
+    _run(workdir, common + [f"eval.temperature={temperature}", f"eval.split={split}",
+                            f"eval.num_problems={100_000}"], mode="eval")
+    with open(os.path.join(workdir, "eval_result.json")) as f:
+      return json.load(f)
+  return _cached(os.path.join(workdir, f"eval_{split}_t{temperature}.json"), make)
 
 
-def run_method(method: str, seed: int, budget: int, common: list[str]) -> dict:
-  workdir = os.path.join(FLAGS.workdir, f"{method}-seed{seed}")
-  record = _done(workdir)
-  if record is not None:
-    return record
-  overrides = common + [f"seed={seed}"]
-  if method == "base":  # the shared warm start, scored with this seed's samples
-    wall = _run(workdir, overrides, mode="eval")
-    rows = _metrics(workdir)
-    result = json.load(open(os.path.join(workdir, "eval_result.json")))
-    record = {"method": method, "seed": seed, "generated_tokens": 0, "iterations": 0,
-              "wall_s": wall, "score": result}
-  else:
-    overrides += [f"algo={method}", f"train.token_budget={budget}", "eval.at_start=False",
-                  "eval.every=1000000"]
+def tokens_per_iteration(method: str, common: list[str]) -> float:
+  """Generated tokens per iteration of a method, from a 2-iteration probe of the base model."""
+  probe = os.path.join(FLAGS.workdir, f"probe-{method}")
+
+  def make():
+    _run(probe, common + METHODS[method] + ["train.num_iterations=2", "eval.every=0",
+                                            "eval.at_start=False"])
+    rows = [r for r in _metrics(probe) if "generated_tokens" in r]
+    shutil.rmtree(os.path.join(probe, "checkpoints"), ignore_errors=True)
+    return float(np.mean([r["generated_tokens"] for r in rows]))
+  return _cached(os.path.join(FLAGS.workdir, f"probe-{method}.json"), make)
+
+
+def train_run(method: str, seed: int, lr: str, common: list[str]) -> dict:
+  """One training run at the token budget, evaluated on validation and test."""
+  name = f"{method}-lr{lr}-seed{seed}"
+  workdir = os.path.join(FLAGS.workdir, name)
+  per_iteration = tokens_per_iteration(method, common)
+  expected = max(1, round(FLAGS.token_budget / per_iteration))
+  every = max(1, expected // FLAGS.curve_points)
+  overrides = common + METHODS[method] + [
+      f"seed={seed}", f"learner.learning_rate={lr}", f"learner.decay_steps={expected}",
+      f"train.num_iterations={3 * expected}", f"train.token_budget={FLAGS.token_budget}",
+      "eval.at_start=False", f"eval.every={every}", "train.checkpoint_every=1000000"]
+
+  def make():
     wall = _run(workdir, overrides)
     rows = _metrics(workdir)
     train_rows = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if any(k.startswith("eval_mean@") for k in r)]
-    if not evals:
-      raise SystemExit(f"{workdir}: no evaluation row in metrics.jsonl")
-    score = {k[len("eval_"):]: v for k, v in evals[-1].items() if k.startswith("eval_")}
-    record = {"method": method, "seed": seed, "iterations": len(train_rows),
-              "generated_tokens": int(sum(r["generated_tokens"] for r in train_rows)),
-              "train_s": float(train_rows[-1]["elapsed_s"]) if train_rows else 0.0,
-              "wall_s": wall, "score": score,
-              "curve": [(int(sum(r["generated_tokens"] for r in train_rows[:i + 1])),
-                         r.get("solved", 0.0)) for i, r in enumerate(train_rows)]}
-  with open(os.path.join(workdir, "compare_run.json"), "w") as f:
-    json.dump(record, f)
+    tokens = np.cumsum([r["generated_tokens"] for r in train_rows])
+    at_step = {r["step"]: int(t) for r, t in zip(train_rows, tokens)}
+    k = next(key for key in rows[-1] if key.startswith("val_mean@"))[len("val_mean@"):]
+    curve = [(at_step.get(r["step"], 0), r[key]) for r in rows
+             for key in (f"curve_mean@{k}", f"val_mean@{k}") if key in r]
+    return {"method": method, "seed": seed, "lr": float(lr), "wall_s": wall,
+            "iterations": len(train_rows), "generated_tokens": int(tokens[-1]),
+            "train_s": float(train_rows[-1]["elapsed_s"]),
+            "reward": [r["reward"] for r in train_rows],
+            "validation": next(r[f"val_mean@{k}"] for r in rows if f"val_mean@{k}" in r),
+            "curve": curve}
+  record = _cached(os.path.join(workdir, "compare_run.json"), make)
+  record["test"] = {t: evaluate(workdir, overrides, t) for t in FLAGS.temperatures}
   return record
 
 
-def summarize(records: list[dict], k: int) -> list[dict]:
-  """One row per method: mean and spread of mean@k over seeds, tokens and time."""
+def base_run(seed: int, common: list[str]) -> dict:
+  """The shared base model, scored with this seed's evaluation samples."""
+  workdir = os.path.join(FLAGS.workdir, f"base-seed{seed}")
+  overrides = common + [f"seed={seed}"]
+  return {"method": "base", "seed": seed, "generated_tokens": 0, "iterations": 0,
+          "validation": evaluate(workdir, overrides, FLAGS.temperatures[0], "validation")[
+              "mean@" + str(_k())],
+          "test": {t: evaluate(workdir, overrides, t) for t in FLAGS.temperatures}}
+
+
+def _k() -> int:
+  from jaxdistill.configs import countdown as presets
+  return presets.get_config(FLAGS.preset).eval.k
+
+
+def paired(records: list[dict], method: str, other: str, k: int, temperature: str):
+  """(mean, standard error, n) over seeds of method's mean@k minus other's, seed by seed."""
+  score = lambda r: r["test"][temperature][f"mean@{k}"]
+  mine = {r["seed"]: score(r) for r in records if r["method"] == method}
+  theirs = {r["seed"]: score(r) for r in records if r["method"] == other}
+  diffs = np.array([mine[s] - theirs[s] for s in sorted(mine) if s in theirs])
+  if len(diffs) == 0:
+    return None
+  se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+  return float(diffs.mean()), float(se), len(diffs)
+
+
+def summarize(records: list[dict], k: int, temperatures: list[str]) -> list[dict]:
+  """One row per method: per-seed scores, mean and std, paired differences (at the first
+  temperature)."""
   rows = []
+  t0 = temperatures[0]
   for method in dict.fromkeys(r["method"] for r in records):
-    mine = [r for r in records if r["method"] == method]
-    scores = np.array([r["score"][f"mean@{k}"] for r in mine])
-    passes = np.array([r["score"][f"pass@{k}"] for r in mine])
-    rows.append({"method": method, "seeds": len(mine), "mean": float(scores.mean()),
-                 "std": float(scores.std(ddof=1)) if len(mine) > 1 else 0.0,
-                 "min": float(scores.min()), "max": float(scores.max()),
-                 "pass": float(passes.mean()),
-                 "tokens": float(np.mean([r["generated_tokens"] for r in mine])),
-                 "iterations": float(np.mean([r["iterations"] for r in mine])),
-                 "train_s": float(np.mean([r.get("train_s", 0.0) for r in mine])),
-                 "wall_s": float(np.mean([r["wall_s"] for r in mine]))})
+    mine = sorted((r for r in records if r["method"] == method), key=lambda r: r["seed"])
+    row = {"method": method, "seeds": [r["seed"] for r in mine],
+           "lr": mine[0].get("lr"), "tokens": float(np.mean([r["generated_tokens"] for r in mine])),
+           "iterations": float(np.mean([r["iterations"] for r in mine])),
+           "train_s": float(np.mean([r.get("train_s", 0.0) for r in mine]))}
+    for t in temperatures:
+      scores = np.array([r["test"][t][f"mean@{k}"] for r in mine])
+      row[f"mean@{k}/T{t}"] = scores.tolist()
+      row[f"pass@{k}/T{t}"] = float(np.mean([r["test"][t][f"pass@{k}"] for r in mine]))
+    for other in ("cispo", "base"):
+      if other != method:
+        row[f"minus_{other}"] = paired(records, method, other, k, t0)
+    rows.append(row)
   return rows
 
 
-def markdown(rows: list[dict], k: int, header: str) -> str:
+def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> str:
+  """The table: a row per method, seeds listed, paired differences with standard errors."""
+  t0, t1 = temperatures[0], temperatures[-1]
+  pct = lambda xs: ", ".join(f"{100 * x:.1f}" for x in xs)
+  stat = lambda xs: (f"{100 * np.mean(xs):.1f}% ± {100 * np.std(xs, ddof=1):.1f}"
+                     if len(xs) > 1 else f"{100 * np.mean(xs):.1f}%")
+  diff = lambda d: "-" if d is None else (f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f}"
+                                          + (" **(> 2 SE)**" if d[1] > 0 and d[0] > 2 * d[1]
+                                             else ""))
   lines = [header, "",
-           f"| method | mean@{k} (mean ± std over seeds) | min-max | pass@{k} | "
-           "generated tokens | iterations | training time | wall time per run |",
-           "|---|---|---|---|---|---|---|---|"]
+           f"| method | lr | mean@{k} T={t0} (mean ± std) | per seed | minus cispo (± SE) | "
+           f"minus base (± SE) | pass@{k} T={t0} | mean@{k} T={t1} | pass@{k} T={t1} | "
+           "tokens | iterations | training time |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['method']} | {100 * r['mean']:.1f}% ± {100 * r['std']:.1f} "
-                 f"(n={r['seeds']}) | {100 * r['min']:.1f}-{100 * r['max']:.1f}% | "
-                 f"{100 * r['pass']:.1f}% | {r['tokens']:,.0f} | {r['iterations']:.0f} | "
-                 f"{r['train_s'] / 60:.1f} min | {r['wall_s'] / 60:.1f} min |")
+    lines.append(
+        f"| {r['method']} | {r['lr'] if r['lr'] else '-'} | {stat(r[f'mean@{k}/T{t0}'])} | "
+        f"{pct(r[f'mean@{k}/T{t0}'])} | {diff(r.get('minus_cispo'))} | "
+        f"{diff(r.get('minus_base'))} | {100 * r[f'pass@{k}/T{t0}']:.1f}% | "
+        f"{stat(r[f'mean@{k}/T{t1}'])} | {100 * r[f'pass@{k}/T{t1}']:.1f}% | "
+        f"{r['tokens']:,.0f} | {r['iterations']:.0f} | {r['train_s'] / 60:.1f} min |")
   return "\n".join(lines) + "\n"
 
 
-def plot(records: list[dict], k: int, path: str) -> None:
+def plot(records: list[dict], sweep: dict, k: int, path: str) -> None:
+  """Validation mean@k against generated tokens: each method's runs (thin) and their mean."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  for i, method in enumerate(dict.fromkeys(r["method"] for r in records)):
-    mine = [r for r in records if r["method"] == method]
-    xs = [r["generated_tokens"] for r in mine]
-    ys = [100 * r["score"][f"mean@{k}"] for r in mine]
-    ax.scatter(xs, ys, label=method, color=f"C{i}")
-    ax.errorbar([np.mean(xs)], [np.mean(ys)], yerr=[np.std(ys)], color=f"C{i}", capsize=4)
-    if method != "base":  # straight line from the base model to the trained one
-      base = [100 * r["score"][f"mean@{k}"] for r in records if r["method"] == "base"]
-      if base:
-        ax.plot([0, np.mean(xs)], [np.mean(base), np.mean(ys)], color=f"C{i}", alpha=0.4)
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  base = [r["validation"] for r in records if r["method"] == "base"]
+  if base:
+    ax.axhline(100 * np.mean(base), color="k", linestyle="--", label="base")
+  for i, method in enumerate(m for m in dict.fromkeys(r["method"] for r in records)
+                             if m != "base"):
+    curves = [np.asarray(r["curve"]) for r in records if r["method"] == method and r["curve"]]
+    for c in curves:
+      ax.plot(c[:, 0], 100 * c[:, 1], color=f"C{i}", alpha=0.25)
+    length = min(len(c) for c in curves)
+    mean = np.mean([c[:length] for c in curves], axis=0)
+    ax.plot(mean[:, 0], 100 * mean[:, 1], color=f"C{i}", marker="o",
+            label=f"{method} (lr {sweep.get(method, '?')})")
   ax.set_xlabel("generated tokens in training")
-  ax.set_ylabel(f"held-out mean@{k} (%)")
+  ax.set_ylabel(f"validation mean@{k} (%), T={FLAGS.temperatures[0]}")
   ax.grid(alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -171,53 +250,55 @@ def plot(records: list[dict], k: int, path: str) -> None:
 
 def main(argv):
   del argv
-  sys.path.insert(0, os.getcwd())
-  from jaxdistill.configs import countdown as presets
-  config = presets.get_config(FLAGS.preset)
-  k = config.eval.k
+  k = _k()
   unknown = set(FLAGS.methods) - {"base", *METHODS}
   if unknown:
     raise app.UsageError(f"unknown methods {sorted(unknown)}; choose from base, "
                          f"{', '.join(METHODS)}")
   os.makedirs(FLAGS.workdir, exist_ok=True)
   common = [f"sft.cache_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'warm_start'))}",
-            f"task.data_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'data'))}"]
+            f"task.data_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'data'))}",
+            "train.progress=False"]
   seeds = [int(s) for s in FLAGS.seeds]
-  budget = FLAGS.token_budget
-  records = []
-  methods = [m for m in FLAGS.methods if m != "base"]
-  if not budget:  # the preset's own mcts_distill run sets the budget for everyone
-    first = run_method("mcts_distill", seeds[0], 0, common)
-    budget = first["generated_tokens"]
-    print(f"token budget: {budget:,} (the preset's mcts_distill run)")
-  # mean completion length of the starting policy (its first iterations), to size the
-  # iteration count of the sampling methods
-  probe = [r for r in _metrics(os.path.join(FLAGS.workdir, f"mcts_distill-seed{seeds[0]}"))
-           if "completion_tokens" in r][:8]
-  completion = (FLAGS.completion_tokens or
-                (float(np.mean([r["completion_tokens"] for r in probe])) if probe
-                 else config.rollout.max_completion_tokens / 2))
-  print(f"expected completion length: {completion:.1f} tokens")
-  for method in (["base"] if "base" in FLAGS.methods else []) + methods:
-    for seed in seeds:
-      records.append(run_method(
-          method, seed, budget, common + iteration_overrides(config, method, budget,
-                                                             completion)))
-  rows = summarize(records, k)
-  header = (f"Countdown ({config.task.numbers} numbers), preset `{FLAGS.preset}`, "
-            f"{config.eval.num_problems} held-out problems, mean@{k} at temperature "
-            f"{config.eval.temperature}, no search at evaluation; every method starts from the "
-            f"same warm-started base model and samples about {budget:,} tokens in training."
+  records, sweep, sweep_runs = [], {}, []
+  if "base" in FLAGS.methods:
+    records += [base_run(seed, common) for seed in seeds]
+  for method in (m for m in FLAGS.methods if m != "base"):
+    tried = [train_run(method, seeds[0], lr, common) for lr in FLAGS.learning_rates]
+    best = max(tried, key=lambda r: r["validation"])
+    sweep[method] = f"{best['lr']:g}"
+    sweep_runs += [{"method": r["method"], "lr": r["lr"], "validation": r["validation"]}
+                   for r in tried]
+    print(f"{method}: validation mean@{k} by learning rate "
+          + ", ".join(f"{r['lr']:g}: {100 * r['validation']:.1f}%" for r in tried)
+          + f" -> {sweep[method]}", flush=True)
+    records.append(best)
+    records += [train_run(method, seed, FLAGS.learning_rates[tried.index(best)], common)
+                for seed in seeds[1:]]
+  rows = summarize(records, k, FLAGS.temperatures)
+  header = (f"Countdown, preset `{FLAGS.preset}`, every training run samples "
+            f"{FLAGS.token_budget:,} tokens from the same warm-started base model; test "
+            f"mean@{k} on the held-out problems, no search at evaluation; learning rate per "
+            f"method picked on seed {seeds[0]} from {', '.join(FLAGS.learning_rates)} by "
+            f"validation mean@{k}; differences are paired by seed (mean ± standard error)."
             + (f" Overrides: {', '.join(f'`{o}`' for o in FLAGS.set)}." if FLAGS.set else ""))
+  table = markdown(rows, k, header, FLAGS.temperatures)
+  sweep_table = ["", f"Learning-rate sweep (seed {seeds[0]}, validation mean@{k}):", "",
+                 "| method | " + " | ".join(FLAGS.learning_rates) + " |",
+                 "|---|" + "---|" * len(FLAGS.learning_rates)]
+  for method in sweep:
+    scores = [r["validation"] for r in sweep_runs if r["method"] == method]
+    sweep_table.append(f"| {method} | " + " | ".join(f"{100 * s:.1f}%" for s in scores) + " |")
+  table += "\n".join(sweep_table) + "\n"
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  table = markdown(rows, k, header)
   with open(FLAGS.out, "w") as f:
     f.write(table)
   stem = os.path.splitext(FLAGS.out)[0]
   with open(stem + ".json", "w") as f:
-    json.dump({"budget": budget, "rows": rows, "runs": records,
+    json.dump({"budget": FLAGS.token_budget, "rows": rows, "runs": records, "sweep": sweep,
+               "sweep_runs": sweep_runs, "methods": {m: METHODS[m] for m in sweep},
                "overrides": FLAGS.set}, f, indent=1)
-  plot(records, k, stem + ".png")
+  plot(records, sweep, k, stem + ".png")
   print(table)
   print(f"wrote {FLAGS.out}, {stem}.json, {stem}.png")
 

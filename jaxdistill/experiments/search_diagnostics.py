@@ -8,8 +8,10 @@ On train problems, with the preset's search settings (plus overrides), reports:
 - `sample_pass`: share of problems where at least one of the `--samples` plain samples
   solves it (what independent sampling finds: compare with `tree_solved` per token);
 - `path_solved`: share of most-visited search paths (what mcts_distill distils) that solve it;
-- `tree_solved`: share of problems where some terminal node of the tree solves it (what
-  the search found, whether or not the most-visited path goes there);
+- `tree_solved`: share of problems where some terminal node (or, with rollout_to_end, some
+  rollout) of the tree solves it (what the search found, whether or not the most-visited
+  path goes there);
+- `*_per_1k_tokens`: those shares per 1,000 tokens generated for each problem;
 - `distinct_children`: distinct candidate steps per expanded node, out of K;
 - generated tokens per problem for search and for the samples.
 Prints a table and writes JSON (`--out`).
@@ -65,8 +67,7 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
   from jaxdistill.search import lm_expand
   from jaxdistill.train import spec_from_config
   config.algo = "mcts_distill"
-  ids = tokenization.special_ids(tokenizer)
-  spec = spec_from_config(config, ids)
+  spec = spec_from_config(config, tokenizer, model.config.vocab_size)
   graphdef, params = nnx.split(model)
   sparse = lm_expand.countdown_reward_fn(tokenizer, problems, dense=False)
   dense = lm_expand.countdown_reward_fn(tokenizer, problems, dense=config.reward.dense)
@@ -90,7 +91,8 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
     # reward); dense or sparse, a reward of 1 means solved
     totals["path_solved"].extend((traj.reward >= 1.0).tolist())
     solved_nodes = tree.terminal & (tree.parent >= 0) & (tree.raw_value >= 1.0)
-    totals["tree_solved"].extend(solved_nodes.any(-1).tolist())
+    solved_rollouts = ((emb.rollout_rewards >= 1.0).any(-1) & tree.expanded & ~tree.terminal)
+    totals["tree_solved"].extend((solved_nodes | solved_rollouts).any(-1).tolist())
     for row in range(batch):
       for node in np.nonzero(tree.expanded[row] & ~tree.terminal[row])[0]:
         steps = {tuple(emb.candidate_tokens[row, node, k, :emb.candidate_lengths[row, node, k]])
@@ -111,6 +113,11 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
           "simulations": config.search.num_iterations * config.search.num_agents,
           "search_tokens_per_problem": totals["search_tokens"] / n,
           "sample_tokens_per_problem": totals["sample_tokens"] / n,
+          # problems with a solution found, per 1,000 generated tokens spent on each problem
+          "tree_solved_per_1k_tokens": 1000 * float(np.mean(totals["tree_solved"]))
+                                       / max(totals["search_tokens"] / n, 1),
+          "sample_pass_per_1k_tokens": 1000 * float(np.mean(totals["sample_pass"]))
+                                       / max(totals["sample_tokens"] / n, 1),
           "search_temperature": config.search.temperature}
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdistill import sampling
-from jaxdistill.search import lm_expand, mcts
+from jaxdistill.search import lm_expand, mcts, targets
 
 
 @chex.dataclass(frozen=True)
@@ -30,6 +30,10 @@ class Trajectories:
   reward: jax.Array  # [M] float32 task reward (sparse or dense, per config)
   group: jax.Array  # [M] int32 index of the prompt the row answers
   generated_tokens: jax.Array  # [] int32 tokens sampled to produce these rows
+  # given per-token advantages [M, S - 1] (target-aligned; tree targets), else computed by
+  # the iteration from the reward
+  advantages: jax.Array | None = None
+  valid: jax.Array | None = None  # [M] bool: rows that hold a trajectory (None: all)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,16 +51,8 @@ class RolloutConfig:
 
 def _concat(prompt_tokens, prompt_lengths, out: sampling.SampleOutput, pad_id: int):
   """Right-padded prompt + completion rows [M, T + N]."""
-  width = prompt_tokens.shape[1] + out.tokens.shape[1]
-  positions = jnp.arange(width)[None]
-  offset = positions - prompt_lengths[:, None]
-  completion = jnp.take_along_axis(
-      out.tokens, jnp.clip(offset, 0, out.tokens.shape[1] - 1), axis=1)
-  prompt = jnp.pad(prompt_tokens, ((0, 0), (0, out.tokens.shape[1])),
-                   constant_values=pad_id)
-  tokens = jnp.where(offset < 0, prompt, jnp.where(offset < out.lengths[:, None], completion,
-                                                    pad_id))
-  return tokens, prompt_lengths + out.lengths
+  return sampling.concat_completion(prompt_tokens, prompt_lengths, out.tokens, out.lengths,
+                                    pad_id)
 
 
 def sample_completions(model, prompt_tokens, prompt_lengths, row_keys, config: RolloutConfig,
@@ -123,11 +119,15 @@ class SearchSettings:
   first_play_value: float = 0.0
   virtual_loss: str = "visit"
   root_selection: str = "puct"
+  targets: str = "path"  # path: the most-visited path | tree: the tree's trajectories
+  tree_rows: int = 16  # tree targets: trajectories per prompt (static; unused rows masked)
+  step_advantage: bool = True  # tree targets: add step-level advantages to the global ones
 
 
 def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
                  config: RolloutConfig, search: SearchSettings, reward_fn):
-  """Search per prompt; the most-visited path, completed by sampling if it stopped short."""
+  """Search per prompt; the most-visited path, completed by sampling if it stopped short
+  (targets 'path'), or the tree's trajectories with tree advantages (targets 'tree')."""
   model = nnx.merge(graphdef, params)
   lm = search.lm
   batch = prompt_tokens.shape[0]
@@ -141,10 +141,20 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
                     num_agents=search.num_agents, c_puct=search.c_puct,
                     first_play_value=search.first_play_value,
                     virtual_loss=search.virtual_loss, root_selection=search.root_selection)
+  emb = out.tree.embeddings
+  per_node = emb.rollout_lengths if lm.rollout_to_end else emb.candidate_lengths
+  searched = (per_node.sum(-1) * (out.tree.expanded & ~out.tree.terminal)).sum()
+  if search.targets == "tree":
+    rows = targets.tree_rows(out.tree, search.tree_rows, lm.rollout_to_end, lm.pad_id)
+    advantages = targets.token_advantages(out.tree, rows, search.tree_rows,
+                                          search.step_advantage)
+    return Trajectories(tokens=rows.tokens, prompt_length=rows.prompt_length,
+                        length=rows.length, reward=rows.reward,
+                        group=problems.astype(jnp.int32)[rows.tree], generated_tokens=searched,
+                        advantages=advantages, valid=rows.valid), out
   rows = jnp.arange(batch)
   last = jnp.where(out.path_length > 0,
                    out.path_nodes[rows, jnp.maximum(out.path_length - 1, 0)], 0)
-  emb = out.tree.embeddings
   path, path_length = emb.path_tokens[rows, last], emb.path_length[rows, last]
   finished = out.tree.terminal[rows, last]
   # complete paths that stopped before EOS with ordinary sampling from their end
@@ -154,11 +164,11 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
   tokens, length = _concat(path, path_length, completion, lm.pad_id)
   prompt_length = prompt_lengths.astype(jnp.int32)
   reward = lm_expand.task_rewards(tokens, prompt_length, length, problems, reward_fn)
-  # sampled: the K candidates of every evaluated non-terminal node, and the completions
-  sampled = (emb.candidate_lengths.sum(-1) * (out.tree.expanded & ~out.tree.terminal)).sum()
+  # sampled: the K candidates (or rollouts) of every evaluated non-terminal node, and the
+  # completions
   return Trajectories(tokens=tokens, prompt_length=prompt_length, length=length, reward=reward,
                       group=problems.astype(jnp.int32),
-                      generated_tokens=sampled + completion.lengths.sum()), out
+                      generated_tokens=searched + completion.lengths.sum()), out
 
 
 def forward_tokens(method: str, prompts: int, prompt_width: int, config: RolloutConfig,
@@ -170,15 +180,20 @@ def forward_tokens(method: str, prompts: int, prompt_width: int, config: Rollout
   if method == "best_of_n":
     return prompts * (prompt_width + config.best_of * config.max_completion_tokens)
   lm = search.lm
-  per_expansion = lm.max_path_tokens + lm.num_children * lm.max_step_tokens
+  decoded = lm.max_rollout_tokens if lm.rollout_to_end else lm.max_step_tokens
+  per_expansion = lm.max_path_tokens + lm.num_children * decoded
   expansions = prompts * (1 + search.num_iterations * search.num_agents)
-  return expansions * per_expansion + prompts * (lm.max_path_tokens +
-                                                 config.max_completion_tokens)
+  completions = 0 if search.targets == "tree" else prompts * (lm.max_path_tokens +
+                                                              config.max_completion_tokens)
+  return expansions * per_expansion + completions
 
 
 def learner_shape(method: str, prompts: int, prompt_width: int, config: RolloutConfig,
                   search: SearchSettings | None = None) -> tuple[int, int]:
   """(trajectories, tokens per trajectory) that one batch of prompts gives the learner."""
+  if method == "mcts_distill" and search.targets == "tree":
+    return prompts * search.tree_rows, search.lm.max_path_tokens + lm_expand.rollout_width(
+        search.lm)
   if method == "mcts_distill":
     return prompts, search.lm.max_path_tokens + config.max_completion_tokens
   rows = prompts * (config.group_size if method == "cispo" else 1)

@@ -10,11 +10,17 @@ node's k-th candidate to its path, then evaluates the new path:
     value, and K step continuations are sampled from the prefilled cache (temperature, stop
     at step-end or EOS or L tokens); prior logits = their summed log-probs at temperature 1
     (optionally divided by their length).
+Options: `dedup_children` merges identical candidate steps into one child (prior mass
+summed; the freed slots get a -inf prior and are never selected); `rollout_to_end` decodes
+each of the K continuations on to EOS in the same batched decode: the candidate step is its
+text up to the first step end, the node's value is the mean task reward of its K rollouts
+(not the value head), and the rollouts are kept as complete trajectories (tree targets).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import chex
@@ -23,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdistill import sampling
+from jaxdistill import sampling, stopping
 from jaxdistill.search.tree import ExpandOutput, RootOutput
 
 
@@ -38,6 +44,10 @@ class NodeState:
   candidate_tokens: jax.Array  # [M, K, L] int32 the K sampled next steps
   candidate_lengths: jax.Array  # [M, K] int32
   candidate_logprobs: jax.Array  # [M, K] float32 summed log-probs at temperature 1
+  # rollout_to_end (R = max_rollout_tokens, 0 without it): each candidate continued to EOS
+  rollout_tokens: jax.Array  # [M, K, R] int32 the whole continuation (candidate included)
+  rollout_lengths: jax.Array  # [M, K] int32
+  rollout_rewards: jax.Array  # [M, K] float32 task reward of path + rollout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +59,26 @@ class LMSearchConfig:
   max_path_tokens: int = 512  # P: prompt + steps
   temperature: float = 0.8
   length_normalized_prior: bool = False
-  step_end_id: int = 0
+  dedup_children: bool = False
+  rollout_to_end: bool = False
+  max_rollout_tokens: int = 0  # R: rollout length cap (rollout_to_end)
+  step_end_id: int = 0  # a step-end token id, used when no step_end string is given
   eos_id: int = 1
   pad_id: int = 0
+  # the step-end string (`stopping.stop_for(tokenizer, '</step>')`): a step ends after the
+  # token that completes it, whatever the tokenization
+  step_end: stopping.StopString | None = None
+
+  def step_end_stop(self, vocab_size: int) -> stopping.StopString:
+    """The step end as a stop string (a one-token string for a bare step_end_id)."""
+    if self.step_end is not None:
+      return self.step_end
+    return _single_token_stop(self.step_end_id, vocab_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _single_token_stop(token_id: int, vocab_size: int) -> stopping.StopString:
+  return stopping.single_token(token_id, vocab_size)
 
 
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -64,20 +91,69 @@ def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, r
   k, steps = config.num_children, config.max_step_tokens
   row_keys = jax.vmap(lambda key: jax.random.split(key, k))(keys)
   row_keys = row_keys.reshape((rows * k,) + row_keys.shape[2:])  # typed or raw keys
-  # the K children share the path's prefill (one KV cache, no K copies)
+  rollout = config.rollout_to_end
+  # the K children share the path's prefill (one KV cache, no K copies); a rollout stops
+  # at EOS only (the step end is tracked), a plain step also at the step end
   out = sampling.sample_continuations(
-      model, state.path_tokens, state.path_length, row_keys, samples=k, max_new_tokens=steps,
-      temperature=config.temperature, top_p=1.0, stop_ids=(config.step_end_id, config.eos_id),
-      pad_id=config.pad_id)
-  value = out.prompt_value[::k]
-  lengths = out.lengths.reshape(rows, k)
-  logprobs = out.logprobs.sum(-1).reshape(rows, k)
+      model, state.path_tokens, state.path_length, row_keys, samples=k,
+      max_new_tokens=config.max_rollout_tokens if rollout else steps,
+      temperature=config.temperature, top_p=1.0, stop_ids=(config.eos_id,),
+      pad_id=config.pad_id, stop_string=config.step_end_stop(model.config.vocab_size),
+      stop_on_string=not rollout)
+  tokens, logprobs = out.tokens, out.logprobs
+  if rollout:  # the candidate step: the rollout up to its first step end (at most L tokens)
+    first = jnp.where(out.string_end > 0, out.string_end, out.lengths)
+    lengths = jnp.minimum(first, steps)
+    in_step = jnp.arange(tokens.shape[1])[None] < lengths[:, None]
+    logprobs = jnp.where(in_step, logprobs, 0.0)[:, :steps]
+    tokens = jnp.where(in_step, tokens, config.pad_id)[:, :steps]
+  else:
+    lengths = out.lengths
+  lengths = lengths.reshape(rows, k)
+  logprobs = logprobs.sum(-1).reshape(rows, k)
+  candidates = tokens.reshape(rows, k, steps)
   prior = logprobs / jnp.maximum(lengths, 1) if config.length_normalized_prior else logprobs
+  if config.dedup_children:
+    prior = merge_duplicate_children(candidates, lengths, prior)
   task_reward = task_rewards(state.path_tokens, state.prompt_length, state.path_length,
                              state.problem, reward_fn, rows=terminal)
+  value = out.prompt_value[::k]
+  if rollout:
+    rollout_rewards = _rollout_rewards(state, out, k, reward_fn,
+                                       config.pad_id).reshape(rows, k)
+    value = rollout_rewards.mean(-1)
+    extra = dict(rollout_tokens=out.tokens.reshape(rows, k, -1),
+                 rollout_lengths=out.lengths.reshape(rows, k), rollout_rewards=rollout_rewards)
+  else:
+    extra = {}
   value = jnp.where(terminal, task_reward, value)
-  return value, prior, state.replace(candidate_tokens=out.tokens.reshape(rows, k, steps),
-                                     candidate_lengths=lengths, candidate_logprobs=logprobs)
+  return value, prior, state.replace(candidate_tokens=candidates, candidate_lengths=lengths,
+                                     candidate_logprobs=logprobs, **extra)
+
+
+def _rollout_rewards(state: NodeState, out, k: int, reward_fn, pad_id: int):
+  """Task reward [M * K] of each row's path followed by each of its K rollouts."""
+  repeat = lambda x: jnp.repeat(x, k, axis=0)
+  full, total = sampling.concat_completion(repeat(state.path_tokens), repeat(state.path_length),
+                                  out.tokens, out.lengths, pad_id)
+  return task_rewards(full, repeat(state.prompt_length), total, repeat(state.problem),
+                      reward_fn)
+
+
+def merge_duplicate_children(candidates, lengths, prior):
+  """Prior logits [M, K] with identical candidate steps merged into their first occurrence:
+  it gets the summed prior mass (log-sum-exp), later copies -inf (never selected).
+
+  candidates [M, K, L] and lengths [M, K]: a step is its first `length` tokens."""
+  k, steps = candidates.shape[1:]
+  valid = jnp.arange(steps)[None, None] < lengths[..., None]
+  masked = jnp.where(valid, candidates, -1)
+  same = ((masked[:, :, None] == masked[:, None, :]).all(-1)
+          & (lengths[:, :, None] == lengths[:, None, :]))  # [M, K, K]
+  earlier = jnp.tril(jnp.ones((k, k), bool), -1)  # [i, j]: j < i
+  duplicate = (same & earlier[None]).any(-1)  # an earlier copy exists
+  merged = jax.nn.logsumexp(jnp.where(same, prior[:, None, :], -jnp.inf), axis=-1)
+  return jnp.where(duplicate, -jnp.inf, merged)
 
 
 def task_rewards(tokens, start, end, problems, reward_fn: RewardFn, rows=None):
@@ -97,8 +173,11 @@ def task_rewards(tokens, start, end, problems, reward_fn: RewardFn, rows=None):
       rewards[row] = reward_fn(marked[row][marked[row] >= 0], int(problems[row]))
     return rewards
 
-  return jax.pure_callback(host, jax.ShapeDtypeStruct(problems.shape, jnp.float32), marked,
-                           problems, rows, vmap_method="sequential")
+  rewards = jax.pure_callback(host, jax.ShapeDtypeStruct(problems.shape, jnp.float32), marked,
+                              problems, rows, vmap_method="sequential")
+  # a callback's result is not device-varying under shard_map; the rows it grades are, and
+  # loops that carry values derived from rewards (search trees) need them to be
+  return rewards + jnp.zeros_like(problems, jnp.float32)
 
 
 def root_output(model, config: LMSearchConfig, prompt_tokens, prompt_lengths, problems,
@@ -116,10 +195,18 @@ def root_output(model, config: LMSearchConfig, prompt_tokens, prompt_lengths, pr
                     problem=problems.astype(jnp.int32),
                     candidate_tokens=jnp.zeros((rows, k, steps), jnp.int32),
                     candidate_lengths=jnp.zeros((rows, k), jnp.int32),
-                    candidate_logprobs=jnp.zeros((rows, k), jnp.float32))
+                    candidate_logprobs=jnp.zeros((rows, k), jnp.float32),
+                    rollout_tokens=jnp.zeros((rows, k, rollout_width(config)), jnp.int32),
+                    rollout_lengths=jnp.zeros((rows, k), jnp.int32),
+                    rollout_rewards=jnp.zeros((rows, k), jnp.float32))
   value, prior, state = _evaluate(model, config, state, keys, jnp.zeros((rows,), bool),
                                   reward_fn)
   return RootOutput(prior_logits=prior, value=value, embedding=state)
+
+
+def rollout_width(config: LMSearchConfig) -> int:
+  """R: tokens kept per rollout (0 without rollout_to_end, so nodes carry no buffer)."""
+  return config.max_rollout_tokens if config.rollout_to_end else 0
 
 
 def append_step(config: LMSearchConfig, parent: NodeState, action):

@@ -5,7 +5,8 @@ Here a `Tree` has no batch axis: node arrays are [N], edge arrays [N, K], num_no
 Score of edge a at node s:
     Q(s, a) + c_puct * P(s, a) * sqrt(N(s)) / (1 + N(s, a))
 with Q = reward + discount * mean value of the child, `first_play_value` for a child with no
-completed visit, P = softmax(prior logits). Virtual loss of agents in flight:
+completed visit, P = softmax(prior logits). An edge whose prior logit is -inf is invalid
+(e.g. a duplicate candidate) and never selected. Virtual loss of agents in flight:
   'visit' (the reference system): pending visits count in N(s) and N(s, a), Q unchanged;
   'value' (classic): as 'visit', and each pending visit also adds a return of
           -virtual_loss_value to the child's mean.
@@ -40,8 +41,10 @@ def edge_scores(tree: Tree, node, *, c_puct: float, first_play_value: float,
   q = tree.reward[child] + tree.discount[child] * mean
   q = jnp.where(seen, q, first_play_value)
   parent_visits = (tree.visit_count[node] + tree.pending[node]).astype(jnp.float32)
-  prior = jax.nn.softmax(tree.prior_logits[node])
-  return q + c_puct * prior * jnp.sqrt(parent_visits) / (1.0 + visits + pending)
+  logits = tree.prior_logits[node]
+  prior = jax.nn.softmax(logits)
+  score = q + c_puct * prior * jnp.sqrt(parent_visits) / (1.0 + visits + pending)
+  return jnp.where(jnp.isneginf(logits), -jnp.inf, score)  # -inf prior: an invalid edge
 
 
 def unrolled_while(cond, body, state, unroll: int):

@@ -1,0 +1,141 @@
+"""Learner trajectories from a whole search tree (`search.targets='tree'`), not one path.
+
+Rows of one tree: with `rollout_to_end`, every rollout of every evaluated node (path +
+rollout: a complete answer); otherwise every terminal node's path. At most `max_rows` per
+tree (the first in node order), the rest masked, so the learner batch has static shapes.
+
+Advantage of each generated token of a row (target-aligned, as the learner wants it):
+  global: the row's reward standardised over the valid rows of its tree (TreeRL's global
+          advantage; a prefix shared by many rows is pushed by the sum of theirs);
+  step (optional): the tokens of the step into node c get V(c) - V(parent c), V the node's
+          mean backed-up value; a rollout's own tokens after its node n get R - V(n).
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from jaxdistill import sampling
+from jaxdistill.search.tree import NO_NODE, Tree
+
+
+@chex.dataclass(frozen=True)
+class TreeRows:
+  """Trajectories taken from B trees, `max_rows` per tree (rows [B * max_rows])."""
+
+  tokens: jax.Array  # [M, S] int32 prompt + generated, pad after length
+  prompt_length: jax.Array  # [M] int32
+  length: jax.Array  # [M] int32 (= prompt_length on an unused row: no generated token)
+  reward: jax.Array  # [M] float32
+  valid: jax.Array  # [M] bool
+  node: jax.Array  # [M] int32 the row's node (its rollout's node, or the terminal node)
+  tree: jax.Array  # [M] int32 index of the row's tree
+
+
+def mean_values(tree: Tree):
+  """V(n) = value_sum / visits [B, N] (the node's own value before any visit)."""
+  return jnp.where(tree.visit_count > 0, tree.value_sum / jnp.maximum(tree.visit_count, 1),
+                   tree.raw_value)
+
+
+def tree_rows(tree: Tree, max_rows: int, rollout_to_end: bool, pad_id: int) -> TreeRows:
+  """The trajectories of each tree (see the module docstring)."""
+  emb = tree.embeddings
+  batch, capacity = tree.parent.shape
+  if rollout_to_end:
+    k = emb.rollout_lengths.shape[-1]
+    evaluated = tree.expanded & ~tree.terminal  # [B, N]
+    candidates = jnp.repeat(evaluated, k, axis=1)  # [B, N * K] in (node, k) order
+  else:
+    k = 1
+    candidates = tree.terminal & tree.expanded & (tree.parent >= 0)
+  short = max_rows - candidates.shape[1]
+  if short > 0:  # fewer candidates than rows: pad with never-valid ones
+    candidates = jnp.pad(candidates, ((0, 0), (0, short)))
+  order = jnp.argsort(~candidates, axis=1, stable=True)[:, :max_rows]  # valid ones first
+  order = jnp.minimum(order, capacity * k - 1)  # padding columns point at a real slot
+  valid = jnp.take_along_axis(candidates, order, axis=1)
+  node, choice = order // k, order % k
+  rows = jnp.arange(batch)[:, None]
+  path = emb.path_tokens[rows, node]  # [B, T, P]
+  path_length = emb.path_length[rows, node]
+  prompt_length = emb.prompt_length[rows, node]
+  if rollout_to_end:
+    completion = emb.rollout_tokens[rows, node, choice]  # [B, T, R]
+    completion_length = jnp.where(valid, emb.rollout_lengths[rows, node, choice], 0)
+    reward = emb.rollout_rewards[rows, node, choice]
+    flat = lambda x: x.reshape((batch * max_rows,) + x.shape[2:])
+    tokens, length = sampling.concat_completion(flat(path), flat(path_length),
+                                                 flat(completion), flat(completion_length),
+                                                 pad_id)
+  else:
+    reward = tree.raw_value[rows, node]  # a terminal node's value is its task reward
+    flat = lambda x: x.reshape((batch * max_rows,) + x.shape[2:])
+    tokens, length = flat(path), flat(jnp.where(valid, path_length, prompt_length))
+  return TreeRows(tokens=tokens, prompt_length=flat(prompt_length), length=length,
+                  reward=flat(jnp.where(valid, reward, 0.0)), valid=flat(valid),
+                  node=flat(node), tree=flat(jnp.broadcast_to(rows, node.shape)))
+
+
+def global_advantages(rows: TreeRows, max_rows: int, eps: float = 1e-6):
+  """Row rewards standardised over the valid rows of their tree [M] (0 on invalid rows)."""
+  reward = rows.reward.reshape(-1, max_rows)
+  valid = rows.valid.reshape(-1, max_rows).astype(jnp.float32)
+  count = jnp.maximum(valid.sum(-1, keepdims=True), 1.0)
+  mean = (reward * valid).sum(-1, keepdims=True) / count
+  std = jnp.sqrt((jnp.square(reward - mean) * valid).sum(-1, keepdims=True) / count)
+  return ((reward - mean) / (std + eps) * valid).reshape(-1)
+
+
+def step_advantages(tree: Tree, rows: TreeRows):
+  """Per-token step-level advantages [M, S] (token positions, not target-aligned).
+
+  Token t of a row lies on the step into some ancestor c of the row's node (the step's
+  span is [path_length(parent c), path_length(c))) and gets V(c) - V(parent c); tokens
+  after the node's own path (its rollout) get R - V(node); the prompt gets 0."""
+  values = mean_values(tree)  # [B, N]
+  emb = tree.embeddings
+  capacity = tree.parent.shape[1]
+  tree_index = rows.tree
+  node_depth = tree.depth[tree_index, rows.node]  # [M]
+
+  def ancestors(tree_id, node, depth):  # [N] node ids by depth (root first), NO_NODE after
+    def body(i, state):
+      chain, current = state
+      chain = chain.at[depth - i].set(jnp.where(i <= depth, current, chain[depth - i]))
+      return chain, jnp.where(i < depth, tree.parent[tree_id, current], current)
+    # anchored on tree data (depth): under shard_map the loop carry must be device-varying
+    # like the parents it reads (argsort's indices, hence `node`, are not)
+    anchor = jnp.zeros_like(depth)
+    chain = jnp.full((capacity,), NO_NODE, jnp.int32) + anchor
+    chain, _ = jax.lax.fori_loop(0, capacity, body, (chain, node + anchor))
+    return jnp.where(jnp.arange(capacity) <= depth, chain, NO_NODE)
+
+  chain = jax.vmap(ancestors)(tree_index, rows.node, node_depth)  # [M, N]
+  safe = jnp.maximum(chain, 0)
+  gather = lambda x: x[tree_index[:, None], safe]
+  ends = jnp.where(chain >= 0, gather(emb.path_length), jnp.iinfo(jnp.int32).max)  # [M, N]
+  chain_values = gather(values)  # [M, N] V along the chain, root first
+  # edge j (the step into chain[j]): V(chain[j]) - V(chain[j - 1]); none into the root
+  edge = chain_values - jnp.concatenate([chain_values[:, :1], chain_values[:, :-1]], axis=1)
+  positions = jnp.arange(rows.tokens.shape[1])
+  # step index of each token: how many ancestors' paths end at or before it
+  step = jax.vmap(lambda e: jnp.searchsorted(e, positions, side="right"))(ends)  # [M, S]
+  on_path = step <= node_depth[:, None]
+  from_edge = jnp.take_along_axis(edge, jnp.minimum(step, capacity - 1), axis=1)
+  tail = rows.reward - values[tree_index, rows.node]  # the rollout after the node
+  advantage = jnp.where(on_path, from_edge, tail[:, None])
+  generated = (positions[None] >= rows.prompt_length[:, None]) & (
+      positions[None] < rows.length[:, None])
+  return jnp.where(generated & rows.valid[:, None], advantage, 0.0)
+
+
+def token_advantages(tree: Tree, rows: TreeRows, max_rows: int, step: bool):
+  """Target-aligned advantages [M, S - 1]: entry t is about token t + 1."""
+  per_token = jnp.broadcast_to(global_advantages(rows, max_rows)[:, None],
+                               rows.tokens.shape)
+  if step:
+    per_token = per_token + step_advantages(tree, rows)
+  return per_token[:, 1:]

@@ -1,0 +1,85 @@
+"""The reference presets with a real Qwen2.5 vocabulary: a tiny random Qwen2 checkpoint of
+151,936 embedding rows and the real Qwen2.5 tokenizer (built offline), as a user's local
+download would be. Every algorithm runs end to end; search steps end at '</step>', which
+that tokenizer splits into several tokens."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--config.task.prompt_width=160", "--config.search.num_agents=2",
+         "--config.search.num_iterations=2", "--config.search.max_step_tokens=16",
+         "--config.search.max_path_tokens=208", "--config.rollout.max_completion_tokens=32",
+         "--config.rollout.group_size=2", "--config.rollout.best_of=2",
+         "--config.train.prompts_per_iteration=2", "--config.train.num_iterations=2",
+         "--config.eval.k=2", "--config.eval.num_problems=4", "--config.eval.max_new_tokens=32",
+         "--config.eval.batch_size=8", "--config.eval.every=2", "--config.task.train_size=300",
+         "--config.task.test_size=8", "--config.train.progress=False"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["mcts_distill", "cispo", "best_of_n"])
+def test_qwen_preset_runs_every_algorithm(qwen_checkpoint, tmp_path, algo):
+  cmd = [sys.executable, "-m", "jaxdistill.main", "--config", "countdown.py:qwen2.5-0.5b",
+         f"--config.model.path={qwen_checkpoint}", f"--workdir={tmp_path}",
+         f"--config.algo={algo}", *SMALL]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  train = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in train] == [1, 2]
+  for row in train:
+    assert np.isfinite(row["loss"]) and row["generated_tokens"] > 0
+  assert any("eval_mean@2" in r for r in rows) and "| after |" in result.stdout
+
+
+def test_qwen_search_steps_end_at_the_step_string(qwen_checkpoint):
+  """Each candidate step of the search holds '</step>' once, at its very end (completed by
+  its last token, which may carry a newline), or it ended at EOS or at the step cap; the
+  prompts are Qwen's ChatML chat prompts."""
+  from flax import nnx
+
+  from jaxdistill import evaluate, tokenization
+  from jaxdistill.configs import countdown as presets
+  from jaxdistill.models import from_pretrained
+  from jaxdistill.rl import rollouts
+  from jaxdistill.search import lm_expand
+  from jaxdistill.tasks import countdown
+  from jaxdistill.train import spec_from_config
+  config = presets.get_config("qwen2.5-0.5b")
+  config.search.num_agents, config.search.num_iterations = 2, 2
+  config.search.max_step_tokens, config.search.max_path_tokens = 16, 208
+  config.search.temperature = 1.5  # a random model: wander, so that some steps do end
+  model = from_pretrained(qwen_checkpoint)
+  tokenizer = tokenization.load_tokenizer(qwen_checkpoint)
+  spec = spec_from_config(config, tokenizer, model.config.vocab_size)
+  problems = countdown.generate(4, seed=5, count=4)
+  tokens, lengths = evaluate.encode_prompts(tokenizer, problems, "chat", 160)
+  assert tokenization.decode(tokenizer, tokens[0][:3]).startswith("<|im_start|>system")
+  graphdef, params = nnx.split(model)
+  reward = lm_expand.countdown_reward_fn(tokenizer, problems)
+  keys = jax.random.split(jax.random.key(0), 4)
+  _, out = jax.jit(lambda p, t, l, i, k: rollouts.mcts_distill(
+      graphdef, p, t, l, i, k, spec.rollout, spec.search, reward))(
+          params, tokens, lengths, np.arange(4, dtype=np.int32), keys)
+  tree, emb = jax.device_get(out.tree), jax.device_get(out.tree.embeddings)
+  step_end = tokenization.STEP_END
+  checked = 0
+  for b, node in zip(*np.nonzero(tree.expanded & ~tree.terminal)):
+    for k in range(config.search.num_children):
+      step = emb.candidate_tokens[b, node, k, :emb.candidate_lengths[b, node, k]].tolist()
+      text = tokenization.decode(tokenizer, step)
+      if step_end in text:
+        assert text.count(step_end) == 1
+        assert step_end not in tokenization.decode(tokenizer, step[:-1])  # the last one ends it
+      else:
+        assert step[-1] == tokenizer.eos_token_id or len(step) == 16
+      checked += 1
+  assert checked >= 8
