@@ -113,20 +113,21 @@ def _problem_rewards(model, tokenizer, all_problems, indices, config: EvalConfig
   return rewards, generated
 
 
-def evaluate_with_search(model, tokenizer, problems, search, rollout, *, prompt_width: int,
-                         prompt: str = "compact", seed: int = 0, batch_size: int = 8,
-                         dense: bool = True) -> dict:
-  """Test-time search: solved share when each problem's answer is its searched trajectory.
+def searched_answers(model, tokenizer, problems, search, rollout, *, prompt_width: int,
+                     prompt: str = "compact", seed: int = 0, batch_size: int = 8,
+                     dense: bool = True) -> tuple[list[str], int]:
+  """Each problem's answer by test-time search (its most-visited path, completed by
+  sampling), and the tokens generated. `search` (rollouts.SearchSettings) sets the budget;
+  search values use the dense (or sparse) reward."""
+  import dataclasses
 
-  `search` (rollouts.SearchSettings) sets the budget: iterations x agents simulations per
-  problem; search values use the dense (or sparse) reward, the final grade is sparse.
-  """
   from flax import nnx
 
+  from jaxdistill import rewards
   from jaxdistill.rl import rollouts
-  from jaxdistill.search import lm_expand
+  search = dataclasses.replace(search, targets="path")  # one answer per problem
   graphdef, params = nnx.split(model)
-  reward_fn = lm_expand.countdown_reward_fn(tokenizer, problems, dense=dense)
+  reward_fn = rewards.countdown_reward_fn(tokenizer, problems, dense=dense)
   run = jax.jit(lambda p, t, l, ids, keys: rollouts.mcts_distill(
       graphdef, p, t, l, ids, keys, rollout, search, reward_fn)[0])
   tokens, lengths = encode_prompts(tokenizer, problems, prompt, prompt_width)
@@ -134,18 +135,49 @@ def evaluate_with_search(model, tokenizer, problems, search, rollout, *, prompt_
   ids = np.concatenate([np.arange(len(problems)), np.zeros(pad, int)]).astype(np.int32)
   tokens, lengths = tokens[ids], lengths[ids]
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(ids)
-  solved, generated = [], 0
+  texts, generated = [], 0
   for start in range(0, len(ids), batch_size):
     part = slice(start, start + batch_size)
     traj = jax.device_get(run(params, tokens[part], lengths[part], ids[part], keys[part]))
     generated += int(traj.generated_tokens)
-    for row in range(batch_size):
-      if start + row >= len(problems):
-        break
-      p = problems[ids[start + row]]
+    for row in range(min(batch_size, len(problems) - start)):
       completion = traj.tokens[row, traj.prompt_length[row]:traj.length[row]]
-      text = tokenization.decode(tokenizer, completion)
-      solved.append(countdown.reward(text, p.numbers, p.target, dense=False))
+      texts.append(tokenization.decode(tokenizer, completion))
+  return texts, generated
+
+
+def evaluate_with_search(model, tokenizer, problems, search, rollout, *, prompt_width: int,
+                         prompt: str = "compact", seed: int = 0, batch_size: int = 8,
+                         dense: bool = True) -> dict:
+  """Test-time search: solved share when each problem's answer is its searched trajectory
+  (graded with the sparse reward); the budget is iterations x agents simulations each."""
+  texts, generated = searched_answers(model, tokenizer, problems, search, rollout,
+                                      prompt_width=prompt_width, prompt=prompt, seed=seed,
+                                      batch_size=batch_size, dense=dense)
+  solved = [countdown.reward(text, p.numbers, p.target, dense=False)
+            for text, p in zip(texts, problems)]
   simulations = search.num_iterations * search.num_agents
   return {"search_solved": float(np.mean(solved)), "problems": len(problems),
           "simulations_per_problem": simulations, "generated_tokens": generated}
+
+
+def answers(model, tokenizer, problems, config: EvalConfig, *, prompt: str = "compact",
+            seed: int = 0, search=None, rollout=None) -> list[dict]:
+  """One answer per problem, graded: sampled at the evaluation temperature, or, given
+  `search` and `rollout` settings, found by test-time search. Rows: numbers, target,
+  answer text, solved."""
+  if search is not None:
+    texts, _ = searched_answers(model, tokenizer, problems, search, rollout,
+                                prompt_width=config.prompt_width, prompt=prompt, seed=seed)
+  else:
+    ids = tokenization.special_ids(tokenizer)
+    tokens, lengths = encode_prompts(tokenizer, problems, prompt, config.prompt_width)
+    out = jax.device_get(sampling.generate(
+        model, tokens, lengths, jax.random.key(seed), max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature, top_p=config.top_p, stop_ids=(ids.eos_id,),
+        pad_id=ids.pad_id))
+    texts = [tokenization.decode(tokenizer, out.tokens[i], int(out.lengths[i]))
+             for i in range(len(problems))]
+  return [{"numbers": list(p.numbers), "target": p.target, "answer": text,
+           "solved": countdown.reward(text, p.numbers, p.target, dense=False) == 1.0}
+          for p, text in zip(problems, texts)]

@@ -113,6 +113,11 @@ def run_job(config, workdir: str, mode: str) -> dict:
   from jaxdistill.tasks import countdown
   enable_compilation_cache(compilation_cache_dir(config.compile_cache_dir))
   parallel.maybe_initialize_distributed()
+  import jax
+  from jaxdistill import validation
+  found = validation.device_problems(config, jax.device_count())
+  if found:
+    raise UsageError("; ".join(found))
   model, tokenizer = load_model_and_tokenizer(config, workdir)
   train_split, test_split = countdown.cached_splits(
       config.task.data_dir or os.path.join(workdir, "data"), config.task.data_seed,
@@ -136,6 +141,12 @@ def run_job(config, workdir: str, mode: str) -> dict:
     from jaxdistill import train
     summary = train.train(config, model, tokenizer, train_split, test_split, workdir,
                           validation_problems=validation_split)
+    stopped = summary.get("stopped")
+    if stopped:
+      if parallel.is_primary():
+        print(f"stopped by {stopped['signal']} after step {stopped['step']}; the checkpoint "
+              f"is in {os.path.join(workdir, 'checkpoints')}: run the same command to resume")
+      sys.exit(stopped["exit_code"])
     if not parallel.is_primary():
       return summary  # one process reports
     rows = [(name, summary[key]) for name, key in (("before", "eval_before"),
@@ -225,8 +236,14 @@ def main(argv):
   config = _CONFIG.value
   if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
+  from jaxdistill import validation
   from jaxdistill.models import CheckpointError
   from jaxdistill.tokenization import TokenizerError
+  found = validation.problems(config)  # the whole config, before any work
+  if found:
+    for line in found:
+      print(f"error: {line}", file=sys.stderr)
+    sys.exit(2)
   try:
     workdir = _prepare_workdir(config)
     run_job(config, workdir, FLAGS.mode)
@@ -236,6 +253,9 @@ def main(argv):
   except ValueError as e:  # bad settings found while building the run
     print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
     sys.exit(2)
+  except KeyboardInterrupt:  # outside the training loop (warm start, evaluation), or twice
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def packaged_configs() -> list[str]:
@@ -254,6 +274,11 @@ def resolve_config_argument(value: str) -> str:
     return value
   if os.path.dirname(path) in ("", "configs") and os.path.basename(path) in packaged_configs():
     shipped = resources.files("jaxdistill.configs") / os.path.basename(path)
+    if os.path.basename(path) == "countdown.py" and preset:
+      from jaxdistill.configs.countdown import PRESETS
+      if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r} of countdown.py; choose one of "
+                         f"{', '.join(PRESETS)}")
     return str(shipped) + colon + preset
   raise UsageError(f"no config file {path!r}: give a path, or one of the configs jaxdistill "
                    f"ships: {', '.join(packaged_configs())}")
@@ -270,6 +295,18 @@ def _resolve_config_flag(argv: list[str]) -> list[str]:
   return argv
 
 
+def _parse_flags(argv):
+  """absl's flag parsing with a flag error (a bad value, a config file that fails to load)
+  reported in one line and exit status 2, not a FATAL block."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    if isinstance(e.__context__, (KeyError, AttributeError)):
+      raise e.__context__ from None  # an unknown field: run() names it
+    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run():
   """Console-script entry point; unknown config fields are reported in one line."""
   try:
@@ -278,7 +315,7 @@ def run():
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   try:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
   except (KeyError, AttributeError) as e:  # ml_collections: an override of a missing field
     text = str(e.args[0] if e.args else e)
     name = re.search(r"(\w+)", text)

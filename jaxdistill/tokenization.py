@@ -13,10 +13,10 @@ import shutil
 import tempfile
 import string
 
-STEP_START, STEP_END = "<step>", "</step>"
-ANSWER_START, ANSWER_END = "<answer>", "</answer>"
+from jaxdistill.tasks.format import (ANSWER_END, ANSWER_START, ASSISTANT, STEP_END,  # noqa
+                                     STEP_START, USER)
+
 EOS, PAD = "<|endoftext|>", "<|pad|>"
-USER, ASSISTANT = "<|user|>", "<|assistant|>"
 SPECIAL_TOKENS = (PAD, EOS, STEP_START, STEP_END, ANSWER_START, ANSWER_END, USER, ASSISTANT)
 CHARACTERS = (string.digits + "+-*/()=" + " \n" + string.ascii_lowercase + "NTU:,.?")
 

@@ -15,8 +15,9 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdistill import evaluate as evaluation
-from jaxdistill import parallel, stopping, tokenization
+from jaxdistill import parallel, rewards, stopping, tokenization
 from jaxdistill.checkpointing import Checkpointer
+from jaxdistill.interrupts import GracefulStop
 from jaxdistill.metrics import MetricsLog, plot_run
 from jaxdistill.models.qwen2 import forward_flops_per_token
 from jaxdistill.rl import learner, losses, rollouts
@@ -239,9 +240,9 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
   log = MetricsLog(workdir, resume_step=start if restored is not None else None,
                    enabled=parallel.is_primary())
 
-  reward_fn = lm_expand.countdown_reward_fn(tokenizer, train_problems,
+  reward_fn = rewards.countdown_reward_fn(tokenizer, train_problems,
                                             dense=config.reward.dense)
-  dense_fn = lm_expand.countdown_reward_fn(tokenizer, train_problems, dense=True)
+  dense_fn = rewards.countdown_reward_fn(tokenizer, train_problems, dense=True)
   build = build_phases if config.train.phase_timing else build_iteration
   iteration = build(graphdef, optimizer, spec, reward_fn, dense_fn, mesh)
   eval_config = evaluation.eval_config_from(config)
@@ -278,50 +279,59 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
   bar = tqdm(range(start, total), initial=start, total=total, desc=config.algo,
              disable=not (config.train.progress and parallel.is_primary()))
   metrics = {}
-  for step in bar:
-    batch_ids = [(data_position + i) % len(train_problems) for i in range(prompts)]
+  with GracefulStop(announce=say) as stop:  # SIGTERM / Ctrl-C end the loop cleanly
+    for step in bar:
+      batch_ids = [(data_position + i) % len(train_problems) for i in range(prompts)]
 
-    def rows(lo, hi, step=step, batch_ids=batch_ids):  # only this host's prompts
-      ids = batch_ids[lo:hi]
-      tokens, lengths = evaluation.encode_prompts(
-          tokenizer, [train_problems[i] for i in ids], config.task.prompt,
-          config.task.prompt_width)
-      keys = np.asarray(jax.random.key_data(prompt_keys(config.seed, step, ids)))
-      return tokens, lengths, np.asarray(ids, np.int32), keys
+      def rows(lo, hi, step=step, batch_ids=batch_ids):  # only this host's prompts
+        ids = batch_ids[lo:hi]
+        tokens, lengths = evaluation.encode_prompts(
+            tokenizer, [train_problems[i] for i in ids], config.task.prompt,
+            config.task.prompt_width)
+        keys = np.asarray(jax.random.key_data(prompt_keys(config.seed, step, ids)))
+        return tokens, lengths, np.asarray(ids, np.int32), keys
 
-    tokens, lengths, problem_ids, keys = parallel.global_rows(mesh, prompts, rows)
-    state, metrics = iteration(state, ref_params, tokens, lengths, problem_ids, keys)
-    data_position += prompts
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    for phase, phase_flop in flops.items():  # achieved rates of each timed phase
-      metrics[f"phase_flop_per_s/{phase}"] = phase_flop / metrics[f"phase_s/{phase}"]
-    if flops:
-      metrics["rollout_tokens_per_s"] = metrics["generated_tokens"] / metrics["phase_s/rollout"]
-    if metrics["skipped"]:
-      say(f"warning: step {step + 1}: non-finite loss or gradient; update skipped")
-    log.write(step + 1, metrics | {"elapsed_s": time.perf_counter() - started,
-                                   "forward_tokens": forward_tokens,
-                                   "forward_flops": flops_per_iteration})
-    bar.set_postfix(loss=f"{metrics['loss']:.3f}", reward=f"{metrics['reward']:.2f}")
-    generated += metrics["generated_tokens"]
-    done = step + 1 == total or (budget and generated >= budget)
-    if not config.eval.every:
-      pass  # no evaluation
-    elif done:
-      summary["eval_after"] = run_eval(step + 1)
-      if validation_problems:
-        summary["val_after"] = run_eval(step + 1, validation_problems, "val")
-    elif (step + 1) % config.eval.every == 0:
-      curve = list(validation_problems)[:config.eval.curve_problems]
-      if curve:
-        run_eval(step + 1, curve, "curve")
-      else:
+      tokens, lengths, problem_ids, keys = parallel.global_rows(mesh, prompts, rows)
+      state, metrics = iteration(state, ref_params, tokens, lengths, problem_ids, keys)
+      data_position += prompts
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      for phase, phase_flop in flops.items():  # achieved rates of each timed phase
+        metrics[f"phase_flop_per_s/{phase}"] = phase_flop / metrics[f"phase_s/{phase}"]
+      if flops:
+        metrics["rollout_tokens_per_s"] = metrics["generated_tokens"] / metrics["phase_s/rollout"]
+      if metrics["skipped"]:
+        say(f"warning: step {step + 1}: non-finite loss or gradient; update skipped")
+      log.write(step + 1, metrics | {"elapsed_s": time.perf_counter() - started,
+                                     "forward_tokens": forward_tokens,
+                                     "forward_flops": flops_per_iteration})
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}", reward=f"{metrics['reward']:.2f}")
+      generated += metrics["generated_tokens"]
+      done = step + 1 == total or (budget and generated >= budget)
+      if not config.eval.every:
+        pass  # no evaluation
+      elif done:
         summary["eval_after"] = run_eval(step + 1)
-    if (step + 1) % config.train.checkpoint_every == 0 or done:
-      checkpointer.save(step + 1, state, data_position)
-    if done:
-      total = step + 1
-      break
+        if validation_problems:
+          summary["val_after"] = run_eval(step + 1, validation_problems, "val")
+      elif (step + 1) % config.eval.every == 0:
+        curve = list(validation_problems)[:config.eval.curve_problems]
+        if curve:
+          run_eval(step + 1, curve, "curve")
+        else:
+          summary["eval_after"] = run_eval(step + 1)
+      saved = (step + 1) % config.train.checkpoint_every == 0 or done
+      if saved:
+        checkpointer.save(step + 1, state, data_position)
+      if done:
+        total = step + 1
+        break
+      if stop.agreed():  # SIGTERM / Ctrl-C: keep this iteration, resume from it later
+        if not saved:
+          checkpointer.save(step + 1, state, data_position)
+        summary["stopped"] = {"signal": stop.name, "step": step + 1,
+                              "exit_code": stop.exit_code}
+        total = step + 1
+        break
   checkpointer.close()
   bar.close()
   if parallel.is_primary():  # the training curve up to the last update

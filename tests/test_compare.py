@@ -35,3 +35,34 @@ def test_importing_the_script_defines_no_flags_that_clash_with_main():
   import jaxdistill.main  # noqa: F401  (defines --workdir, as compare's CLI does)
   from absl import flags
   assert "workdir" in flags.FLAGS and "token_budget" not in flags.FLAGS
+
+
+def test_stopping_the_comparison_lets_the_job_checkpoint_and_exits(tmp_path):
+  """SIGTERM to the comparison reaches its running job, which finishes its work (here: writes
+  a file) instead of being killed; the comparison then exits 0 without going on."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  job = tmp_path / "job.py"
+  job.write_text(
+      "import signal, sys, time\n"
+      "stop = []\n"
+      "signal.signal(signal.SIGTERM, lambda *a: stop.append(1))\n"
+      f"open({str(tmp_path / 'started')!r}, 'w').close()\n"
+      "while not stop: time.sleep(0.01)\n"
+      "time.sleep(0.5)  # the rest of the iteration, then the checkpoint\n"
+      f"open({str(tmp_path / 'checkpoint')!r}, 'w').close()\n")
+  parent = subprocess.Popen([sys.executable, "-c", (
+      "import sys; from jaxdistill.experiments import compare\n"
+      f"compare.run_command([sys.executable, {str(job)!r}])\n"
+      f"open({str(tmp_path / 'went_on')!r}, 'w').close()\n")], stdout=subprocess.PIPE,
+      text=True)
+  deadline = time.time() + 60
+  while not (tmp_path / "started").exists() and time.time() < deadline:
+    time.sleep(0.01)
+  parent.send_signal(signal.SIGTERM)
+  output = parent.communicate(timeout=60)[0]
+  assert parent.returncode == 0 and "run the same command to resume" in output
+  assert (tmp_path / "checkpoint").exists()  # the job was waited for, not killed
+  assert not (tmp_path / "went_on").exists()  # a stopped job is not taken for a finished one

@@ -3,11 +3,14 @@ same training job as one process with 8 devices, each host feeding only its own 
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 
 from test_train import ROOT, TINY, _final_params
 
@@ -18,54 +21,101 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _command(workdir):
+def _command(workdir, iterations=4):
   return [sys.executable, "-m", "jaxdistill.main", "--config", "configs/countdown.py:smoke",
-          f"--workdir={workdir}", *TINY, "--config.train.num_iterations=2",
-          "--config.train.checkpoint_every=1", "--config.eval.every=2",
+          f"--workdir={workdir}", *TINY, f"--config.train.num_iterations={iterations}",
+          "--config.train.checkpoint_every=100", f"--config.eval.every={iterations}",
           "--config.eval.num_problems=6", "--config.eval.k=2"]
 
 
-def test_two_processes_equal_one_process_with_as_many_devices(tmp_path):
-  single, multi = tmp_path / "single", tmp_path / "multi"
+def _env():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(name, None)
-  result = subprocess.run(_command(single), cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  return env
 
+
+def _two_processes(workdir):
+  """Start the job as 2 processes of 4 CPU devices each (gloo collectives)."""
   port = _free_port()
   processes = []
   for process_id in range(2):
-    env_i = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                 JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                 JAX_PROCESS_ID=str(process_id))
-    processes.append(subprocess.Popen(_command(multi), cwd=ROOT, env=env_i,
+    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(process_id))
+    processes.append(subprocess.Popen(_command(workdir), cwd=ROOT, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
-  outputs = [p.communicate(timeout=600)[0] for p in processes]
-  for p, out in zip(processes, outputs):
-    assert p.returncode == 0, out[-3000:]
-  # one process prints and logs; the other stays quiet
-  assert "| after |" in outputs[0] and "| after |" not in outputs[1]
+  return processes
 
-  rows = lambda d: [json.loads(line) for line in open(d / "metrics.jsonl")]
-  a, b = rows(single), rows(multi)
-  assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 2]
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+  """The same job as one process with 8 devices: the reference."""
+  workdir = tmp_path_factory.mktemp("single")
+  result = subprocess.run(_command(workdir), cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def _rows(workdir):
+  return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+
+
+def _assert_same_run(a_dir, b_dir):
+  """Metrics rows and final parameters of two runs agree (exact where no float reduction
+  over devices is involved)."""
+  a, b = _rows(a_dir), _rows(b_dir)
+  # four updates, then the final test evaluation and the final validation evaluation
+  assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 4, 4]
   for ra, rb in zip(a, b):
     assert set(ra) == set(rb)
     for key in ra:
       if key == "elapsed_s":
         continue
       # the same sampled trajectories: rewards, token counts and scores are exact
-      if key in ("reward", "solved", "generated_tokens", "completion_tokens", "skipped") or (
-          key.startswith("eval_")):
+      if key in ("reward", "solved", "generated_tokens", "completion_tokens", "skipped",
+                 "trajectories") or key.startswith(("eval_", "val_")):
         assert ra[key] == rb[key], key
       else:  # reductions over 8 devices in another order: float rounding only
         np.testing.assert_allclose(rb[key], ra[key], rtol=1e-5, atol=1e-7, err_msg=key)
-  step_a, params_a, position_a = _final_params(single)
-  step_b, params_b, position_b = _final_params(multi)
-  assert step_a == step_b == 2 and position_a == position_b == 16
+  step_a, params_a, position_a = _final_params(a_dir)
+  step_b, params_b, position_b = _final_params(b_dir)
+  assert step_a == step_b == 4 and position_a == position_b == 32
   for x, y in zip(params_a, params_b):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_equal_one_process_with_as_many_devices(single, tmp_path):
+  processes = _two_processes(tmp_path)
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  for p, out in zip(processes, outputs):
+    assert p.returncode == 0, out[-3000:]
+  # one process prints and logs; the other stays quiet
+  assert "| after |" in outputs[0] and "| after |" not in outputs[1]
+  _assert_same_run(single, tmp_path)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resume_matches(single,
+                                                                              tmp_path):
+  """Only process 1 is preempted (SIGTERM): both processes stop after the same iteration,
+  write one checkpoint together and exit 0; the resumed job matches the reference."""
+  processes = _two_processes(tmp_path)
+  metrics = tmp_path / "metrics.jsonl"  # written by process 0
+  deadline = time.time() + 300
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+    time.sleep(0.05)
+  processes[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  for p, out in zip(processes, outputs):
+    assert p.returncode == 0, out[-3000:]
+  stopped = [line for line in outputs[0].splitlines() if line.startswith("stopped by SIGTERM")]
+  assert stopped, "the run finished before the signal took effect; the test proved nothing"
+  step = int(stopped[0].split("after step ")[1].split(";")[0])
+  assert 1 <= step < 4 and os.listdir(tmp_path / "checkpoints") == [str(step)]
+  for p, out in zip(_two_processes(tmp_path), range(2)):
+    output = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, output[-3000:]
+  _assert_same_run(single, tmp_path)

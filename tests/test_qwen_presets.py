@@ -20,7 +20,8 @@ SMALL = ["--config.task.prompt_width=160", "--config.search.num_agents=2",
          "--config.train.prompts_per_iteration=2", "--config.train.num_iterations=2",
          "--config.eval.k=2", "--config.eval.num_problems=4", "--config.eval.max_new_tokens=32",
          "--config.eval.batch_size=8", "--config.eval.every=2", "--config.task.train_size=300",
-         "--config.task.test_size=8", "--config.train.progress=False"]
+         "--config.task.test_size=8", "--config.task.validation_size=16",
+         "--config.eval.at_start=False", "--config.train.progress=False"]
 
 
 @pytest.mark.slow
@@ -38,6 +39,7 @@ def test_qwen_preset_runs_every_algorithm(qwen_checkpoint, tmp_path, algo):
   for row in train:
     assert np.isfinite(row["loss"]) and row["generated_tokens"] > 0
   assert any("eval_mean@2" in r for r in rows) and "| after |" in result.stdout
+  assert any("val_mean@2" in r for r in rows)
 
 
 def test_qwen_search_steps_end_at_the_step_string(qwen_checkpoint):
@@ -50,7 +52,7 @@ def test_qwen_search_steps_end_at_the_step_string(qwen_checkpoint):
   from jaxdistill.configs import countdown as presets
   from jaxdistill.models import from_pretrained
   from jaxdistill.rl import rollouts
-  from jaxdistill.search import lm_expand
+  from jaxdistill import rewards
   from jaxdistill.tasks import countdown
   from jaxdistill.train import spec_from_config
   config = presets.get_config("qwen2.5-0.5b")
@@ -64,7 +66,7 @@ def test_qwen_search_steps_end_at_the_step_string(qwen_checkpoint):
   tokens, lengths = evaluate.encode_prompts(tokenizer, problems, "chat", 160)
   assert tokenization.decode(tokenizer, tokens[0][:3]).startswith("<|im_start|>system")
   graphdef, params = nnx.split(model)
-  reward = lm_expand.countdown_reward_fn(tokenizer, problems)
+  reward = rewards.countdown_reward_fn(tokenizer, problems)
   keys = jax.random.split(jax.random.key(0), 4)
   _, out = jax.jit(lambda p, t, l, i, k: rollouts.mcts_distill(
       graphdef, p, t, l, i, k, spec.rollout, spec.search, reward))(

@@ -19,6 +19,7 @@ TINY = ["--config.model.hidden_size=32", "--config.model.intermediate_size=64",
         "--config.search.num_agents=2", "--config.search.max_step_tokens=8",
         "--config.search.max_path_tokens=72", "--config.rollout.max_completion_tokens=16",
         "--config.task.train_size=200", "--config.task.test_size=16",
+        "--config.task.validation_size=16",
         "--config.train.prompts_per_iteration=8", "--config.eval.at_start=False",
         "--config.eval.every=0", "--config.train.progress=False", "--config.learner.learning_rate=1e-3",
         "--config.sft.steps=0"]
@@ -118,10 +119,23 @@ def _final_params(workdir):
   return step, jax.tree.leaves(state.params), position
 
 
-def test_resume_after_kill_is_exact(tmp_path):
-  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  common = ["--config.train.num_iterations=6", "--config.train.checkpoint_every=1"]
-  _main(straight, *common)
+SIGNAL_RUN = ["--config.train.num_iterations=6", "--config.train.checkpoint_every=100"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The run that the interrupted ones must reproduce (no checkpoint before the end)."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  _main(workdir, *SIGNAL_RUN)
+  return workdir
+
+
+def test_resume_after_kill_is_exact(uninterrupted, tmp_path):
+  """kill -9 after a checkpoint, then the same command: the parameters and metrics rows of a
+  run that was never interrupted (checkpoints are written more often here; that changes
+  nothing)."""
+  resumed = tmp_path / "resumed"
+  common = SIGNAL_RUN + ["--config.train.checkpoint_every=1"]
   process = _main(resumed, *common, popen=True)
   deadline = time.time() + 300
   while not os.path.isdir(resumed / "checkpoints" / "3") and time.time() < deadline:
@@ -133,14 +147,46 @@ def test_resume_after_kill_is_exact(tmp_path):
   assert last < 6, "the run finished before it was killed; the test proved nothing"
   out = _main(resumed, *common)
   assert "resumed from checkpoint" in out.stdout
-  step_a, params_a, position_a = _final_params(straight)
+  step_a, params_a, position_a = _final_params(uninterrupted)
   step_b, params_b, position_b = _final_params(resumed)
   assert step_a == step_b == 6 and position_a == position_b == 48
   for a, b in zip(params_a, params_b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   rows = lambda d: [json.loads(line) for line in open(d / "metrics.jsonl")]
   strip = lambda r: {k: v for k, v in r.items() if k != "elapsed_s"}
-  assert [strip(r) for r in rows(straight)] == [strip(r) for r in rows(resumed)]
+  assert [strip(r) for r in rows(uninterrupted)] == [strip(r) for r in rows(resumed)]
+
+
+@pytest.mark.parametrize("signum,exit_code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_signal_stops_with_a_checkpoint_and_the_resume_is_exact(uninterrupted, tmp_path,
+                                                                    signum, exit_code):
+  """SIGTERM (preemption) or Ctrl-C between checkpoints: the run finishes its iteration,
+  saves it, says where it stopped, exits 0 / 130; the same command then resumes and ends
+  with the parameters and metrics rows of a run that was never interrupted."""
+  run = tmp_path / "run"
+  process = _main(run, *SIGNAL_RUN, popen=True)
+  deadline = time.time() + 300
+  metrics = run / "metrics.jsonl"
+  while time.time() < deadline and not (
+      metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+    time.sleep(0.05)
+  process.send_signal(signum)
+  output = process.communicate(timeout=300)[0]
+  assert process.returncode == exit_code, output[-2000:]
+  stopped = [line for line in output.splitlines() if line.startswith("stopped by")]
+  assert len(stopped) == 1 and signal.Signals(signum).name in stopped[0], output[-2000:]
+  step = int(stopped[0].split("after step ")[1].split(";")[0])
+  assert 2 <= step < 6, "the run must stop between checkpoints, before its end"
+  assert sorted(os.listdir(run / "checkpoints")) == [str(step)]
+  out = _main(run, *SIGNAL_RUN)
+  assert f"resumed from checkpoint {step}" in out.stdout
+  final = [_final_params(d) for d in (uninterrupted, run)]
+  assert final[0][0] == final[1][0] == 6 and final[0][2] == final[1][2]
+  for a, b in zip(final[0][1], final[1][1]):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  rows = lambda d: [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+                    for line in open(d / "metrics.jsonl")]
+  assert rows(uninterrupted) == rows(run)
 
 
 def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path):

@@ -75,7 +75,7 @@ def time_phases(shapes: str, algo: str, peak: float):
   from jaxdistill.evaluate import encode_prompts
   from jaxdistill.models.qwen2 import forward_flops_per_token
   from jaxdistill.rl import learner, rollouts
-  from jaxdistill.search import lm_expand
+  from jaxdistill import rewards
   from jaxdistill.tasks import countdown
   import tempfile
   config = _config(shapes, algo)
@@ -87,7 +87,7 @@ def time_phases(shapes: str, algo: str, peak: float):
   optimizer = learner.make_optimizer(spec.learner)
   state = learner.init_state(params, optimizer, jax.random.PRNGKey(0))
   ref_params = jax.tree.map(jnp.copy, params)
-  reward_fn = lm_expand.countdown_reward_fn(tokenizer, problems, dense=True)
+  reward_fn = rewards.countdown_reward_fn(tokenizer, problems, dense=True)
   args = lambda p, t, l, ids, keys: (graphdef, p, t, l, ids, keys, spec.rollout)
   if algo == "mcts_distill":
     produce = lambda *a: rollouts.mcts_distill(*args(*a), spec.search, reward_fn)[0]

@@ -111,13 +111,15 @@ def trace_tree_ops(log_dir, batch=8, num_actions=4, sims=256):
                         f"{sims} simulations")
 
 
-def tree_ops_grid(grid):
+def tree_ops_grid(grid, loop_unroll: int = 0):
+  """Rows of simulations/s (and mctx's at W = 1) for (B, K, W, I) shapes; loop_unroll 0: the
+  search's default."""
   rows = []
   for batch, num_actions, agents, iterations in grid:
     root, expand_fn, recurrent_fn = synthetic(batch, num_actions)
     keys = jax.random.split(jax.random.key(0), batch)
     sims = iterations * agents
-    unroll = dict(loop_unroll=FLAGS.loop_unroll) if FLAGS.loop_unroll else {}
+    unroll = dict(loop_unroll=loop_unroll) if loop_unroll else {}
     ours = lambda r, k: mcts.search(r, expand_fn, k, num_iterations=iterations,
                                     num_agents=agents, **unroll)
     compile_s, seconds, peak = _timed(ours, root, keys)
@@ -191,7 +193,7 @@ def main(argv):
     grid = [(b, k, int(w), 256 // int(w)) for b in (8, 64) for k in (4, 16)
             for w in FLAGS.agents]
     lm = [(16, 1, 16), (16, 4, 4), (16, 16, 2)]
-  rows = tree_ops_grid(grid)
+  rows = tree_ops_grid(grid, FLAGS.loop_unroll)
   for row in rows:
     if "mctx_search_puct_sims_per_s" in row:
       row["ours_vs_mctx_search"] = row["ours_sims_per_s"] / row["mctx_search_puct_sims_per_s"]

@@ -11,7 +11,8 @@
 4. Every run: `--curve_points` evaluations on the validation split during training (the
    learning curve against generated tokens), then mean@k and pass@k on the held-out test
    split at the reference temperature (0.2) and at 0.8, no search.
-Writes a markdown table with per-seed numbers and the paired difference of each method to
+Stopping it (SIGTERM or Ctrl-C) lets the running job write a checkpoint; the same command
+then resumes the comparison where it stopped. Writes a markdown table with per-seed numbers and the paired difference of each method to
 cispo and to the base model (mean and standard error over seeds), the raw numbers (JSON)
 and a plot of the learning curves (PNG). Every run is a `jaxdistill.main` job in
 `WORKDIR/<name>`, resumable: finished runs are read back, not repeated.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -34,7 +36,7 @@ METHODS = {
     "mcts_distill": ["algo=mcts_distill"],
     "mcts_tree": ["algo=mcts_distill", "search.targets=tree", "search.rollout_to_end=True",
                   "search.dedup_children=True", "search.num_agents=2",
-                  "search.num_iterations=2"],
+                  "search.num_iterations=2", "search.tree_rows=20"],  # 5 expansions x 4
     "cispo": ["algo=cispo"],
     "best_of_n": ["algo=best_of_n"],
 }
@@ -67,6 +69,42 @@ def _metrics(workdir: str) -> list[dict]:
   return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
 
 
+def run_command(cmd: list[str]) -> int:
+  """Run one job and wait for it; stopping the comparison stops the job cleanly.
+
+  SIGTERM is passed on to the job and Ctrl-C reaches it anyway (same process group): the job
+  finishes its iteration and writes a checkpoint (see jaxdistill.interrupts), and this
+  process waits for that, then exits (0 after SIGTERM, 130 after Ctrl-C) instead of taking
+  the stopped job for a finished one. Running the same comparison again resumes it."""
+  process = subprocess.Popen(cmd)
+  received = []
+
+  def forward(signum, frame):
+    del frame
+    received.append(signum)
+    process.send_signal(signum)
+
+  previous = signal.signal(signal.SIGTERM, forward)
+  try:
+    try:
+      code = process.wait()
+    except KeyboardInterrupt:
+      received.append(signal.SIGINT)
+      print("interrupted: waiting for the job to write its checkpoint (Ctrl-C again to abort)",
+            flush=True)
+      try:
+        code = process.wait()
+      except KeyboardInterrupt:
+        process.kill()
+        raise
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  if received:
+    print("comparison stopped; run the same command to resume it", flush=True)
+    sys.exit(0 if received[0] == signal.SIGTERM else 130)
+  return code
+
+
 def _run(workdir: str, overrides: list[str], mode: str = "train") -> float:
   """One jaxdistill.main job; returns its wall time in seconds."""
   cmd = [sys.executable, "-m", "jaxdistill.main", "--config", f"countdown.py:{FLAGS.preset}",
@@ -74,9 +112,9 @@ def _run(workdir: str, overrides: list[str], mode: str = "train") -> float:
          *[f"--config.{o}" for o in overrides + FLAGS.set]]
   print("$", " ".join(cmd), flush=True)
   started = time.perf_counter()
-  result = subprocess.run(cmd)
-  if result.returncode:
-    raise SystemExit(f"run failed (exit {result.returncode}): {' '.join(cmd)}")
+  code = run_command(cmd)
+  if code:
+    raise SystemExit(f"run failed (exit {code}): {' '.join(cmd)}")
   return time.perf_counter() - started
 
 
@@ -137,14 +175,21 @@ def train_run(method: str, seed: int, lr: str, common: list[str]) -> dict:
     k = next(key for key in rows[-1] if key.startswith("val_mean@"))[len("val_mean@"):]
     curve = [(at_step.get(r["step"], 0), r[key]) for r in rows
              for key in (f"curve_mean@{k}", f"val_mean@{k}") if key in r]
+    final = next(r for r in reversed(rows) if f"eval_mean@{k}" in r)  # at eval.temperature
     return {"method": method, "seed": seed, "lr": float(lr), "wall_s": wall,
             "iterations": len(train_rows), "generated_tokens": int(tokens[-1]),
             "train_s": float(train_rows[-1]["elapsed_s"]),
             "reward": [r["reward"] for r in train_rows],
             "validation": next(r[f"val_mean@{k}"] for r in rows if f"val_mean@{k}" in r),
-            "curve": curve}
+            "curve": curve,
+            "final_test": {key[len("eval_"):]: value for key, value in final.items()
+                           if key.startswith("eval_")}}
   record = _cached(os.path.join(workdir, "compare_run.json"), make)
-  record["test"] = {t: evaluate(workdir, overrides, t) for t in FLAGS.temperatures}
+  # the run's own final evaluation is the test score at the preset's evaluation temperature
+  # (same problems and sample keys as --mode eval); other temperatures are evaluated here
+  reference = str(_eval_temperature())
+  record["test"] = {t: record["final_test"] if float(t) == float(reference)
+                    else evaluate(workdir, overrides, t) for t in FLAGS.temperatures}
   return record
 
 
@@ -161,6 +206,11 @@ def base_run(seed: int, common: list[str]) -> dict:
 def _k() -> int:
   from jaxdistill.configs import countdown as presets
   return presets.get_config(FLAGS.preset).eval.k
+
+
+def _eval_temperature() -> float:
+  from jaxdistill.configs import countdown as presets
+  return presets.get_config(FLAGS.preset).eval.temperature
 
 
 def paired(records: list[dict], method: str, other: str, k: int, temperature: str):

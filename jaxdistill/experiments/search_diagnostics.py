@@ -64,13 +64,13 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
   from jaxdistill import evaluate as evaluation
   from jaxdistill import tokenization
   from jaxdistill.rl import rollouts
-  from jaxdistill.search import lm_expand
+  from jaxdistill import rewards
   from jaxdistill.train import spec_from_config
   config.algo = "mcts_distill"
   spec = spec_from_config(config, tokenizer, model.config.vocab_size)
   graphdef, params = nnx.split(model)
-  sparse = lm_expand.countdown_reward_fn(tokenizer, problems, dense=False)
-  dense = lm_expand.countdown_reward_fn(tokenizer, problems, dense=config.reward.dense)
+  sparse = rewards.countdown_reward_fn(tokenizer, problems, dense=False)
+  dense = rewards.countdown_reward_fn(tokenizer, problems, dense=config.reward.dense)
   search = jax.jit(lambda p, t, l, i, k: rollouts.mcts_distill(
       graphdef, p, t, l, i, k, spec.rollout, spec.search, dense))
   plain_config = dataclasses.replace(spec.rollout, group_size=samples)

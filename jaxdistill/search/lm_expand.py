@@ -239,15 +239,3 @@ def make_expand_fn(graphdef, params, config: LMSearchConfig, reward_fn: RewardFn
                         discount=zeros + 1.0), child
 
   return expand_fn
-
-
-def countdown_reward_fn(tokenizer, problems, dense: bool = False) -> RewardFn:
-  """Reward of generated tokens for Countdown problem `problems[i]`."""
-  from jaxdistill.tasks import countdown
-  from jaxdistill.tokenization import decode
-
-  def reward_fn(tokens: np.ndarray, problem: int) -> float:
-    p = problems[problem]
-    return countdown.reward(decode(tokenizer, tokens), p.numbers, p.target, dense=dense)
-
-  return reward_fn

@@ -18,6 +18,7 @@ from fractions import Fraction
 from typing import Iterable, Sequence
 
 from jaxdistill.tasks.expression import ExpressionError, evaluate_postfix, to_postfix, tokenize
+from jaxdistill.tasks.format import ASSISTANT, USER
 
 ANSWER_START, ANSWER_END = "<answer>", "</answer>"
 SYSTEM_PROMPT = (
@@ -146,7 +147,6 @@ def chat_prompt(tokenizer, numbers: Sequence[int], target: int) -> str:
 
 def compact_prompt(numbers: Sequence[int], target: int) -> str:
   """Short prompt for the character tokenizer (its chat template wraps the user turn)."""
-  from jaxdistill.tokenization import ASSISTANT, USER
   return f"{USER}Numbers: {' '.join(map(str, numbers))}\nTarget: {target}\n{ASSISTANT}"
 
 

@@ -1,0 +1,189 @@
+"""One pass over the whole run config before anything is built, generated or compiled.
+
+Every field has a rule (type, range or choices); cross-field rules check that the settings
+can work together. `problems(config)` returns one line per problem, each naming the field,
+its value and what is allowed; `main` prints them and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Int:
+  """An integer >= low (and <= high)."""
+  low: int
+  high: int | None = None
+
+  def check(self, value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+      return "must be an integer"
+    if value < self.low or (self.high is not None and value > self.high):
+      return f"must be an integer in [{self.low}, {self.high}]" if self.high is not None else (
+          f"must be an integer >= {self.low}")
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Float:
+  """A finite number >= low (> low when open), and <= high."""
+  low: float
+  high: float | None = None
+  open_low: bool = False
+
+  def check(self, value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+      return "must be a finite number"
+    too_low = value <= self.low if self.open_low else value < self.low
+    if too_low or (self.high is not None and value > self.high):
+      low = f"({self.low}" if self.open_low else f"[{self.low}"
+      return (f"must be in {low}, {self.high}]" if self.high is not None else
+              f"must be {'>' if self.open_low else '>='} {self.low}")
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  options: tuple
+
+  def check(self, value) -> str | None:
+    return None if value in self.options else f"must be one of {', '.join(self.options)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bool:
+  def check(self, value) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+  def check(self, value) -> str | None:
+    return None if isinstance(value, str) else "must be a string"
+
+
+POSITIVE, COUNT = Int(1), Int(0)
+PROBABILITY = Float(0.0, 1.0, open_low=True)  # top-p: (0, 1]
+TEMPERATURE = Float(0.0)  # 0 is greedy
+RATE = Float(0.0, open_low=True)
+
+
+def _schema() -> dict[str, Any]:
+  from jaxdistill.configs.countdown import PRESETS
+  from jaxdistill.models.qwen2 import PRECISIONS
+  return {
+      "preset": Choice(PRESETS), "seed": COUNT,
+      "algo": Choice(("mcts_distill", "cispo", "best_of_n")), "compile_cache_dir": Text(),
+      "model.path": Text(), "model.dtype": Choice(("float32", "bfloat16", "float16")),
+      "model.precision": Choice(PRECISIONS), "model.hidden_size": POSITIVE,
+      "model.intermediate_size": POSITIVE, "model.num_hidden_layers": POSITIVE,
+      "model.num_attention_heads": POSITIVE, "model.num_key_value_heads": POSITIVE,
+      "model.rope_theta": RATE,
+      "sft.steps": COUNT, "sft.batch_size": POSITIVE, "sft.learning_rate": RATE,
+      "sft.warmup_steps": COUNT, "sft.sequence_length": Int(2), "sft.seed": COUNT,
+      "sft.cache_dir": Text(),
+      "task.data_seed": COUNT, "task.train_size": POSITIVE, "task.test_size": POSITIVE,
+      "task.validation_size": COUNT, "task.numbers": Int(2, 6), "task.data_dir": Text(),
+      "task.prompt": Choice(("compact", "chat")), "task.prompt_width": POSITIVE,
+      "reward.dense": Bool(),
+      "search.num_children": POSITIVE, "search.max_step_tokens": POSITIVE,
+      "search.max_path_tokens": POSITIVE, "search.temperature": TEMPERATURE,
+      "search.c_puct": Float(0.0), "search.first_play_value": Float(-1.0, 1.0),
+      "search.num_agents": POSITIVE, "search.num_iterations": POSITIVE,
+      "search.virtual_loss": Choice(("visit", "value")),
+      "search.root_selection": Choice(("puct", "gumbel")),
+      "search.length_normalized_prior": Bool(), "search.dedup_children": Bool(),
+      "search.rollout_to_end": Bool(), "search.max_rollout_tokens": COUNT,
+      "search.targets": Choice(("path", "tree")), "search.tree_rows": POSITIVE,
+      "search.step_advantage": Bool(),
+      "rollout.max_completion_tokens": POSITIVE, "rollout.temperature": TEMPERATURE,
+      "rollout.top_p": PROBABILITY, "rollout.group_size": POSITIVE, "rollout.best_of": POSITIVE,
+      "learner.policy_loss": Choice(("cispo", "ppo")),
+      "learner.advantage": Choice(("reward_minus_value", "gae")),
+      "learner.eps_high": RATE, "learner.ppo_eps": Float(0.0, 1.0, open_low=True),
+      "learner.value_coef": Float(0.0), "learner.value_trunk_grad": Bool(),
+      "learner.kl_coef": Float(0.0), "learner.learning_rate": RATE,
+      "learner.end_learning_rate": Float(0.0), "learner.warmup_steps": COUNT,
+      "learner.decay_steps": COUNT, "learner.weight_decay": Float(0.0),
+      "learner.clip_norm": RATE, "learner.epochs": POSITIVE, "learner.minibatches": POSITIVE,
+      "train.num_iterations": POSITIVE, "train.prompts_per_iteration": POSITIVE,
+      "train.checkpoint_every": POSITIVE, "train.keep": POSITIVE, "train.progress": Bool(),
+      "train.token_budget": COUNT, "train.phase_timing": Bool(),
+      "eval.k": POSITIVE, "eval.temperature": TEMPERATURE, "eval.top_p": PROBABILITY,
+      "eval.max_new_tokens": POSITIVE, "eval.batch_size": POSITIVE,
+      "eval.num_problems": POSITIVE, "eval.every": COUNT, "eval.curve_problems": COUNT,
+      "eval.split": Choice(("test", "validation")), "eval.at_start": Bool(),
+      "eval.test_time_search": Bool(),
+  }
+
+
+def fields(config, prefix: str = "") -> dict[str, Any]:
+  """{'section.field': value} of every leaf of a config."""
+  out = {}
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      out |= fields(value, f"{prefix}{key}.")
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def problems(config) -> list[str]:
+  """One line per problem with the config (empty: the config is usable)."""
+  schema = _schema()
+  values = fields(config)
+  found = []
+  for name, value in values.items():
+    rule = schema.get(name)
+    if rule is None:
+      found.append(f"config field {name} is not known to the validator")
+      continue
+    message = rule.check(value)
+    if message:
+      found.append(f"config field {name}={value!r}: {message}")
+  if found:  # cross-field rules assume each field is valid on its own
+    return found
+  return _cross_field(config)
+
+
+def _cross_field(c) -> list[str]:
+  found = []
+  say = lambda text: found.append(text)
+  searches = c.algo == "mcts_distill" or c.eval.test_time_search
+  if searches and c.search.max_path_tokens < c.task.prompt_width + c.search.max_step_tokens:
+    say(f"config field search.max_path_tokens={c.search.max_path_tokens}: must leave room for "
+        f"a prompt and one step, >= task.prompt_width + search.max_step_tokens = "
+        f"{c.task.prompt_width + c.search.max_step_tokens}")
+  if c.algo == "cispo" and c.rollout.group_size < 2:
+    say(f"config field rollout.group_size={c.rollout.group_size}: cispo's group-relative "
+        "advantages need at least 2 samples per prompt")
+  if c.task.validation_size >= c.task.train_size:
+    say(f"config field task.validation_size={c.task.validation_size}: must be smaller than "
+        f"task.train_size={c.task.train_size} (it is taken from the train split)")
+  if c.eval.split == "validation" and not c.task.validation_size:
+    say("config field eval.split='validation': needs task.validation_size >= 1")
+  if not c.model.path:  # the locally built model
+    heads, kv = c.model.num_attention_heads, c.model.num_key_value_heads
+    if heads % kv:
+      say(f"config field model.num_key_value_heads={kv}: must divide "
+          f"model.num_attention_heads={heads}")
+    if c.model.hidden_size % heads:
+      say(f"config field model.num_attention_heads={heads}: must divide "
+          f"model.hidden_size={c.model.hidden_size}")
+  if c.learner.warmup_steps and c.learner.decay_steps and (
+      c.learner.warmup_steps >= c.learner.decay_steps):
+    say(f"config field learner.warmup_steps={c.learner.warmup_steps}: must be smaller than "
+        f"learner.decay_steps={c.learner.decay_steps}")
+  return found
+
+
+def device_problems(config, num_devices: int) -> list[str]:
+  """Rules that need the device count (after multi-host start-up, before any work)."""
+  prompts = config.train.prompts_per_iteration
+  if prompts % num_devices:
+    return [f"config field train.prompts_per_iteration={prompts}: must be a multiple of the "
+            f"{num_devices} devices it is split over"]
+  return []

@@ -1,0 +1,89 @@
+"""The whole config is checked before any work: every field out of range (or an unknown
+choice) gives one line naming it, at once."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxdistill import validation
+from jaxdistill.configs import countdown as presets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _outside(rule):
+  """A value just outside what the rule allows (None: the rule has no such value)."""
+  if isinstance(rule, validation.Int):
+    return rule.low - 1
+  if isinstance(rule, validation.Float):
+    return rule.low if rule.open_low else rule.low - 1.0
+  if isinstance(rule, validation.Choice):
+    return "no-such-option"
+  return None
+
+
+@pytest.mark.parametrize("preset", presets.PRESETS)
+def test_every_field_has_a_rule_and_the_presets_pass(preset):
+  config = presets.get_config(preset)
+  assert validation.problems(config) == []
+  assert set(validation.fields(config)) == set(validation._schema())
+
+
+def test_each_field_out_of_range_is_one_line_naming_it():
+  rules = validation._schema()
+  checked = 0
+  for name, rule in rules.items():
+    for bad in (_outside(rule), rule.high + 1 if getattr(rule, "high", None) is not None
+                else None):
+      if bad is None:
+        continue
+      config = presets.get_config("smoke")
+      section, _, field = name.rpartition(".")
+      target = config[section] if section else config
+      with target.ignore_type():
+        target[field] = bad
+      found = validation.problems(config)
+      assert len(found) == 1 and found[0].startswith(f"config field {name}="), (name, found)
+      assert "\n" not in found[0]
+      checked += 1
+  assert checked >= 70  # every numeric and choice field, some at both ends
+
+
+def test_cross_field_rules():
+  config = presets.get_config("smoke")
+  config.search.max_path_tokens = config.task.prompt_width + config.search.max_step_tokens - 1
+  assert "search.max_path_tokens" in validation.problems(config)[0]
+  config = presets.get_config("smoke")
+  config.algo, config.rollout.group_size = "cispo", 1
+  assert "rollout.group_size" in validation.problems(config)[0]
+  assert "train.prompts_per_iteration=6: must be a multiple of the 4 devices" in (
+      validation.device_problems(_with(prompts=6), 4)[0])
+  assert validation.device_problems(_with(prompts=8), 4) == []
+
+
+def _with(prompts):
+  config = presets.get_config("smoke")
+  config.train.prompts_per_iteration = prompts
+  return config
+
+
+@pytest.mark.parametrize("override,field", [
+    ("train.num_iterations=-1", "train.num_iterations"),
+    ("learner.learning_rate=-1", "learner.learning_rate"),
+    ("eval.k=0", "eval.k"), ("search.num_children=0", "search.num_children"),
+    ("algo=foo", "algo"), ("search.num_agents=0", "search.num_agents"),
+])
+def test_the_cli_refuses_at_once_before_any_work(tmp_path, override, field):
+  """With no cached warm start, a typo is reported in seconds, not after minutes of work."""
+  start = time.perf_counter()
+  result = subprocess.run([sys.executable, "-m", "jaxdistill.main", "--config",
+                           "countdown.py:tiny", f"--workdir={tmp_path / 'w'}",
+                           f"--config.{override}"], cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: config field {field}="), lines
+  assert not (tmp_path / "w").exists()  # no workdir, warm start, data or compile
+  assert time.perf_counter() - start < 30
