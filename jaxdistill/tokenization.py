@@ -34,12 +34,10 @@ class TokenizerError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SpecialIds:
-  """Token ids the search and the sampler need."""
+  """Token ids the sampler needs (a step's end is a stop string: `jaxdistill.stopping`)."""
 
   pad_id: int
   eos_id: int
-  step_end_id: int | None  # None when the tokenizer has no single step-end token
-  stop_ids: tuple[int, ...]  # a step ends at one of these
 
 
 def build_char_tokenizer(path: str):
@@ -112,16 +110,11 @@ def load_tokenizer(path: str):
 
 
 def special_ids(tokenizer) -> SpecialIds:
-  """Pad / EOS / step-end ids; the step-end token must be a single token to stop on."""
+  """Pad and EOS ids of a tokenizer."""
   eos = tokenizer.eos_token_id
   if eos is None:
     raise TokenizerError("the tokenizer has no EOS token")
-  step_end = tokenizer.convert_tokens_to_ids(STEP_END)
-  if step_end is None or step_end == tokenizer.unk_token_id:
-    step_end = None
-  stops = tuple(sorted({eos} | ({step_end} if step_end is not None else set())))
-  return SpecialIds(pad_id=int(tokenizer.pad_token_id), eos_id=int(eos), step_end_id=step_end,
-                    stop_ids=stops)
+  return SpecialIds(pad_id=int(tokenizer.pad_token_id), eos_id=int(eos))
 
 
 def encode_batch(tokenizer, texts: list[str], max_length: int | None = None):

@@ -102,14 +102,8 @@ def time_phases(shapes: str, algo: str, peak: float):
                                                config=spec.learner))
   prompts = config.train.prompts_per_iteration
   context = config.task.prompt_width + spec.rollout.max_completion_tokens // 2
-  per_token = forward_flops_per_token(model.config, context)
-  rows, width = (prompts * (spec.rollout.group_size if algo == "cispo" else 1),
-                 (spec.search.lm.max_path_tokens if algo == "mcts_distill"
-                  else config.task.prompt_width) + spec.rollout.max_completion_tokens)
-  flops = {"rollout": rollouts.forward_tokens(algo, prompts, config.task.prompt_width,
-                                              spec.rollout, spec.search) * per_token,
-           "assemble": 2 * rows * (width - 1) * per_token,
-           "update": 3 * rows * (width - 1) * per_token}
+  flops = train.phase_flops(algo, prompts, config.task.prompt_width, spec.rollout, spec.search,
+                            spec.learner, forward_flops_per_token(model.config, context))
   seconds = {phase: [] for phase in flops}
   generated, first = [], {}
   for step in range(FLAGS.iterations + 1):
