@@ -2,6 +2,7 @@
 that carries the package and its configs, and `--config countdown.py:smoke` finds them."""
 
 import os
+import site
 import subprocess
 import sys
 
@@ -10,30 +11,45 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _fresh_venv(path) -> str:
+  """A new virtual environment whose own site-packages is empty; the dependencies (jax,
+  flax, ...) are this environment's, reached through a .pth path entry (not a site
+  directory, so this environment's editable jaxdistill is not visible there)."""
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+  python = str(path / "bin" / "python")
+  purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()"
+                            "['purelib'])"], capture_output=True, text=True, check=True)
+  ours = [p for p in site.getsitepackages() if os.path.isdir(p)]
+  with open(os.path.join(purelib.stdout.strip(), "_dependencies.pth"), "w") as f:
+    f.write("\n".join(ours) + "\n")
+  return python
+
+
 @pytest.mark.slow
 def test_wheel_install_runs_the_cli_from_an_unrelated_directory(tmp_path):
-  site = tmp_path / "site"
-  # the project's own wheel (no dependencies: they are this environment's), not editable
-  build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                          "--no-build-isolation", "--target", str(site), ROOT],
-                         capture_output=True, text=True)
+  python = _fresh_venv(tmp_path / "venv")
+  # `pip install .`: a wheel of the project, not editable (the dependencies are already there)
+  build = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps",
+                          "--no-build-isolation", ROOT], capture_output=True, text=True)
   assert build.returncode == 0, build.stderr[-2000:]
-  assert (site / "jaxdistill" / "configs" / "countdown.py").exists()
-  assert not (site / "configs").exists()  # no top-level package named 'configs'
+  installed = subprocess.run([python, "-c", "import jaxdistill, os; print(os.path.dirname("
+                              "jaxdistill.__file__))"], cwd=tmp_path, capture_output=True,
+                             text=True)
+  package = installed.stdout.strip()
+  assert package.startswith(str(tmp_path / "venv")), installed  # the wheel, not the checkout
+  assert os.path.exists(os.path.join(package, "configs", "countdown.py"))
+  assert not os.path.exists(os.path.join(os.path.dirname(package), "configs"))  # no top-level
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
-  env = dict(os.environ, PYTHONPATH=str(site),
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  where = subprocess.run([sys.executable, "-c", "import jaxdistill; print(jaxdistill.__file__)"],
-                         cwd=elsewhere, env=env, capture_output=True, text=True)
-  assert where.stdout.startswith(str(site)), where.stdout  # the installed copy, not the checkout
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env.pop("PYTHONPATH", None)
   run = subprocess.run(
-      [sys.executable, "-m", "jaxdistill.main", "--config", "countdown.py:smoke",
+      [python, "-m", "jaxdistill.main", "--config", "countdown.py:smoke",
        "--workdir", "W", "--config.sft.steps=0", "--config.train.num_iterations=1",
        "--config.eval.every=0", "--config.eval.at_start=False", "--config.train.progress=False"],
       cwd=elsewhere, env=env, capture_output=True, text=True)
   assert run.returncode == 0, run.stderr[-2000:]
   assert (elsewhere / "W" / "metrics.jsonl").exists()
-  missing = subprocess.run([sys.executable, "-m", "jaxdistill.main", "--config", "nope.py"],
+  missing = subprocess.run([python, "-m", "jaxdistill.main", "--config", "nope.py"],
                            cwd=elsewhere, env=env, capture_output=True, text=True)
   assert missing.returncode == 2 and "countdown.py" in missing.stderr  # names what ships
