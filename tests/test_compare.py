@@ -15,6 +15,8 @@ def _record(method, seed, low, high=None, lr=None):
 def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
   records = [_record("base", s, x) for s, x in enumerate([0.10, 0.12, 0.14])]
   records += [_record("cispo", s, x, lr=3e-5) for s, x in enumerate([0.20, 0.21, 0.25])]
+  for seed, record in enumerate(records[-3:]):  # 8 updates: quarters of 2
+    record["reward"] = [seed + i for i in range(8)]
   records += [_record("mcts_tree", s, x, lr=1e-5) for s, x in enumerate([0.24, 0.26, 0.30])]
   rows = {r["method"]: r for r in compare.summarize(records, 16, ["0.2", "0.8"])}
   assert rows["cispo"]["mean@16/T0.2"] == [0.20, 0.21, 0.25]
@@ -29,6 +31,11 @@ def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
   tree = next(line for line in table if line.startswith("| mcts_tree |"))
   # a lead of 4.7 points with an SE of 0.3 is flagged as beyond two standard errors
   assert "| 26.7% ± 3.1 | 24.0, 26.0, 30.0 | +4.7 ± 0.3 **(> 2 SE)** |" in tree
+  # the training reward's curve: quarter means over the run, averaged over seeds
+  assert rows["cispo"]["reward_quarters"] == [1.5, 3.5, 5.5, 7.5]
+  assert "reward_quarters" not in rows["mcts_tree"] and tree.endswith("| - |")
+  assert next(line for line in table if line.startswith("| cispo |")).endswith(
+      "| +1.50 → +3.50 → +5.50 → +7.50 |")
 
 
 def test_importing_the_script_defines_no_flags_that_clash_with_main():

@@ -225,6 +225,12 @@ def paired(records: list[dict], method: str, other: str, k: int, temperature: st
   return float(diffs.mean()), float(se), len(diffs)
 
 
+def quarters(values) -> list[float]:
+  """Means of the four consecutive quarters of a run's per-update values (its curve)."""
+  return [float(np.mean(part)) for part in np.array_split(np.asarray(values, float), 4)
+          if len(part)]
+
+
 def summarize(records: list[dict], k: int, temperatures: list[str]) -> list[dict]:
   """One row per method: per-seed scores, mean and std, paired differences (at the first
   temperature)."""
@@ -240,6 +246,8 @@ def summarize(records: list[dict], k: int, temperatures: list[str]) -> list[dict
       scores = np.array([r["test"][t][f"mean@{k}"] for r in mine])
       row[f"mean@{k}/T{t}"] = scores.tolist()
       row[f"pass@{k}/T{t}"] = float(np.mean([r["test"][t][f"pass@{k}"] for r in mine]))
+    if all(r.get("reward") for r in mine):  # training reward over the run, mean over seeds
+      row["reward_quarters"] = np.mean([quarters(r["reward"]) for r in mine], axis=0).tolist()
     for other in ("cispo", "base"):
       if other != method:
         row[f"minus_{other}"] = paired(records, method, other, k, t0)
@@ -259,15 +267,18 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
   lines = [header, "",
            f"| method | lr | mean@{k} T={t0} (mean ± std) | per seed | minus cispo (± SE) | "
            f"minus base (± SE) | pass@{k} T={t0} | mean@{k} T={t1} | pass@{k} T={t1} | "
-           "tokens | iterations | training time |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "tokens | iterations | training time | training reward by quarter of the run |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  curve = lambda r: (" → ".join(f"{x:+.2f}" for x in r["reward_quarters"])
+                     if "reward_quarters" in r else "-")
   for r in rows:
     lines.append(
         f"| {r['method']} | {r['lr'] if r['lr'] else '-'} | {stat(r[f'mean@{k}/T{t0}'])} | "
         f"{pct(r[f'mean@{k}/T{t0}'])} | {diff(r.get('minus_cispo'))} | "
         f"{diff(r.get('minus_base'))} | {100 * r[f'pass@{k}/T{t0}']:.1f}% | "
         f"{stat(r[f'mean@{k}/T{t1}'])} | {100 * r[f'pass@{k}/T{t1}']:.1f}% | "
-        f"{r['tokens']:,.0f} | {r['iterations']:.0f} | {r['train_s'] / 60:.1f} min |")
+        f"{r['tokens']:,.0f} | {r['iterations']:.0f} | {r['train_s'] / 60:.1f} min | "
+        f"{curve(r)} |")
   return "\n".join(lines) + "\n"
 
 
