@@ -45,10 +45,6 @@ class StopString:
   next_state: np.ndarray  # [V, S] int32, S = len(text) states (0 .. len - 1)
   fires: np.ndarray  # [V, S] bool: reading the token from that state completes the string
 
-  @property
-  def num_states(self) -> int:
-    return len(self.text)
-
 
 def build_stop_string(text: str, token_texts: list[str]) -> StopString:
   """Tables for `text` over a vocabulary whose token v decodes to token_texts[v]."""

@@ -94,13 +94,6 @@ class KVCache:
                                   for _ in layers),
                valid=zeros((batch_size, num_slots), bool), end=jnp.zeros((), jnp.int32))
 
-  def repeat_rows(self, times: int) -> "KVCache":
-    """Each row `times` times in a row (to sample several continuations of one prefix)."""
-    repeat = lambda x: jnp.repeat(x, times, axis=0)
-    return self.replace(key_states=tuple(map(repeat, self.key_states)),
-                        value_states=tuple(map(repeat, self.value_states)),
-                        valid=repeat(self.valid))
-
 
 @chex.dataclass(frozen=True)
 class ModelOutput:
