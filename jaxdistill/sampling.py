@@ -33,6 +33,9 @@ class SampleOutput:
   prompt_value: jax.Array  # [B] float32 value head at the last prompt token
   # tokens up to and including the one that first completed the stop string (0: never)
   string_end: jax.Array
+  # [B, N] float32 entropy of the temperature-1 distribution each token was drawn from
+  # (None unless decoded with_entropy=True)
+  entropies: jax.Array | None = None
 
 
 def left_align(tokens, lengths, pad_id: int = 0):
@@ -96,14 +99,16 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
            temperature, top_p, stop_ids: tuple[int, ...], pad_id: int,
            filter_top_p: bool | None = None, with_values: bool = False,
            prefix: KVCache | None = None, stop_string: StopString | None = None,
-           stop_on_string: bool = True) -> SampleOutput:
+           stop_on_string: bool = True, with_entropy: bool = False) -> SampleOutput:
   """Continue every row from (cache, next-token logits [B, V], value [B]).
 
   filter_top_p defaults to `uses_top_p(top_p)`; with_values also records the value head
   before each token (the decode then runs the value head at every step). prefix: a cache
   of M rows that groups of B / M consecutive rows continue (see `Qwen2Model.__call__`).
   stop_string: a row also stops after the token that completes it (any tokenization); with
-  stop_on_string=False it is only tracked (`string_end`), the row goes on."""
+  stop_on_string=False it is only tracked (`string_end`), the row goes on. with_entropy
+  also records the entropy of each token's temperature-1 distribution (where the policy
+  was uncertain: entropy-guided branching)."""
   batch = logits.shape[0]
   if filter_top_p is None:
     filter_top_p = uses_top_p(top_p)
@@ -120,6 +125,8 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
       lengths=jnp.zeros_like(grid[:, 0]))
   if with_values:
     buffers["values"] = jnp.zeros_like(grid, jnp.float32)
+  if with_entropy:
+    buffers["entropies"] = jnp.zeros_like(grid, jnp.float32)
   # automaton state of the stop string per row, and where it first completed
   buffers["string_state"] = jnp.zeros_like(grid[:, 0])
   buffers["string_end"] = jnp.zeros_like(grid[:, 0])
@@ -140,6 +147,9 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
     token = jnp.where(active, token, pad_id)
     put = lambda buf, x: buf.at[:, step].set(jnp.where(active, x, buf[:, step]))
     new = dict(tokens=token, logprobs=logp, sample_logprobs=sample_logp, values=value)
+    if with_entropy:
+      log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+      new["entropies"] = -(jnp.exp(log_p) * log_p).sum(-1)
     string_state, string_end = buffers.pop("string_state"), buffers.pop("string_end")
     buffers = {name: buf + active.astype(jnp.int32) if name == "lengths" else
                put(buf, new[name]) for name, buf in buffers.items()}
@@ -163,14 +173,16 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
   _, _, _, _, done, buffers = jax.lax.while_loop(cond, body, carry)
   buffers.pop("string_state")
   return SampleOutput(finished=done, values=buffers.pop("values", None),
-                      prompt_value=prompt_value, **buffers)
+                      entropies=buffers.pop("entropies", None), prompt_value=prompt_value,
+                      **buffers)
 
 
 def sample_continuations(model: Qwen2Model, prompt_tokens, prompt_lengths, row_keys, *,
                          samples: int = 1, max_new_tokens: int, temperature, top_p,
                          stop_ids: tuple[int, ...], pad_id: int,
                          with_values: bool = False, stop_string: StopString | None = None,
-                         stop_on_string: bool = True) -> SampleOutput:
+                         stop_on_string: bool = True,
+                         with_entropy: bool = False) -> SampleOutput:
   """`samples` continuations of each right-padded prompt [M, T]: rows [M * samples], row r
   continuing prompt r // samples with key row_keys[r].
 
@@ -191,7 +203,7 @@ def sample_continuations(model: Qwen2Model, prompt_tokens, prompt_lengths, row_k
   return decode(model, cache, logits, value, row_keys, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_p=top_p, stop_ids=stop_ids, pad_id=pad_id,
                 with_values=with_values, prefix=prefix, stop_string=stop_string,
-                stop_on_string=stop_on_string)
+                stop_on_string=stop_on_string, with_entropy=with_entropy)
 
 
 def concat_completion(prompt_tokens, prompt_lengths, completion, completion_lengths,

@@ -192,7 +192,7 @@ def spec_from_config(config, tokenizer, vocab_size: int | None = None) -> Iterat
             num_children=s.num_children, max_step_tokens=s.max_step_tokens,
             max_path_tokens=s.max_path_tokens, temperature=s.temperature,
             length_normalized_prior=s.length_normalized_prior, dedup_children=s.dedup_children,
-            rollout_to_end=s.rollout_to_end,
+            rollout_to_end=s.rollout_to_end, branch_at=s.branch_at,
             max_rollout_tokens=s.max_rollout_tokens or r.max_completion_tokens,
             step_end=step_end,
             eos_id=ids.eos_id, pad_id=ids.pad_id),

@@ -97,7 +97,8 @@ def _schema() -> dict[str, Any]:
       "search.root_selection": Choice(("puct", "gumbel")),
       "search.length_normalized_prior": Bool(), "search.dedup_children": Bool(),
       "search.rollout_to_end": Bool(), "search.max_rollout_tokens": COUNT,
-      "search.targets": Choice(("path", "tree")), "search.tree_rows": POSITIVE,
+      "search.branch_at": Choice(("step", "entropy")),
+      "search.targets": Choice(("path", "tree", "visits")), "search.tree_rows": POSITIVE,
       "search.step_advantage": Bool(),
       "rollout.max_completion_tokens": POSITIVE, "rollout.temperature": TEMPERATURE,
       "rollout.top_p": PROBABILITY, "rollout.group_size": POSITIVE, "rollout.best_of": POSITIVE,
@@ -157,6 +158,14 @@ def _cross_field(c) -> list[str]:
     say(f"config field search.max_path_tokens={c.search.max_path_tokens}: must leave room for "
         f"a prompt and one step, >= task.prompt_width + search.max_step_tokens = "
         f"{c.task.prompt_width + c.search.max_step_tokens}")
+  if searches and c.search.branch_at == "entropy" and not c.search.rollout_to_end:
+    say("config field search.branch_at='entropy': needs search.rollout_to_end=True (the "
+        "branch point is read off each candidate's rollout)")
+  if (c.algo == "mcts_distill" and c.search.targets == "visits"
+      and c.search.tree_rows % c.search.num_children):
+    say(f"config field search.tree_rows={c.search.tree_rows}: visits targets take "
+        f"search.num_children={c.search.num_children} rows per node, so it must be a "
+        "multiple of it")
   if c.algo == "cispo" and c.rollout.group_size < 2:
     say(f"config field rollout.group_size={c.rollout.group_size}: cispo's group-relative "
         "advantages need at least 2 samples per prompt")

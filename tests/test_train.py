@@ -50,10 +50,12 @@ def _main(workdir, *extra, check=True, **kwargs):
 @pytest.mark.parametrize("algo,search", [
     ("mcts_distill", {}), ("cispo", {}), ("best_of_n", {}),
     ("mcts_distill", dict(search__targets="tree", search__rollout_to_end=True,
-                          search__dedup_children=True, search__tree_rows=6))])
+                          search__dedup_children=True, search__tree_rows=6)),
+    ("mcts_distill", dict(search__targets="visits", search__rollout_to_end=True,
+                          search__branch_at="entropy", search__tree_rows=8))])
 def test_five_iterations_compile_once_on_eight_devices(tmp_path, algo, search):
-  """Each method (and tree targets with rollouts: a static number of rows per tree) runs 5
-  iterations on 8 devices with one compiled program."""
+  """Each method (and tree / visits targets, with rollouts and entropy branching: a static
+  number of rows per tree) runs 5 iterations on 8 devices with one compiled program."""
   from jaxdistill import main, train
   from jaxdistill.tasks import countdown
   overrides = dict(train__num_iterations=5, train__checkpoint_every=5, rollout__group_size=2,

@@ -1,5 +1,6 @@
 """Trees worth their tokens and training on them: duplicate children merged, rollouts to the
-end, and learner trajectories with advantages taken from the whole tree."""
+end, entropy-guided branching, learner trajectories with advantages taken from the whole
+tree, and AlphaZero visit targets."""
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ from flax import nnx
 from hypothesis import given, settings, strategies as st
 
 from jaxdistill.models import init_model
+from jaxdistill.rl import learner, losses
 from jaxdistill.search import lm_expand, mcts, targets
 from jaxdistill.search.tree import NO_NODE, Tree
 
@@ -42,9 +44,11 @@ def test_dedup_never_merges_different_steps_and_conserves_prior_mass(data):
                              atol=1e-5)
 
 
-def _rollout_search(iterations, agents, rollout=True, dedup=True):
+def _rollout_search(iterations, agents, rollout=True, dedup=True, branch_at="step",
+                    with_model=False):
   config = CONFIG.__class__(**{**CONFIG.__dict__, "rollout_to_end": rollout,
-                               "dedup_children": dedup, "max_rollout_tokens": 10})
+                               "dedup_children": dedup, "max_rollout_tokens": 10,
+                               "branch_at": branch_at})
   model = init_model(MODEL, seed=3)
   graphdef, params = nnx.split(model)
   tokens, lengths = _prompts(4)
@@ -57,13 +61,22 @@ def _rollout_search(iterations, agents, rollout=True, dedup=True):
     return mcts.search(root, expand, keys, num_iterations=iterations, num_agents=agents,
                        c_puct=2.0)
 
-  return config, jax.device_get(jax.jit(run)(params, tokens, lengths, keys))
+  out = jax.device_get(jax.jit(run)(params, tokens, lengths, keys))
+  return (config, out, graphdef, params) if with_model else (config, out)
 
 
-@pytest.mark.parametrize("agents", [1, 3])
-def test_rollout_to_end_keeps_the_kernel_invariants(agents):
+def _entropies(graphdef, params, tokens):
+  """Entropy [S - 1] of the temperature-1 next-token distribution after each prefix."""
+  logits = nnx.merge(graphdef, params)(jnp.asarray(tokens)[None]).logits[0, :-1]
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return np.asarray(-(jnp.exp(logp) * logp).sum(-1))
+
+
+@pytest.mark.parametrize("agents,branch_at", [(1, "step"), (3, "step"), (3, "entropy")])
+def test_rollout_to_end_keeps_the_kernel_invariants(agents, branch_at):
   iterations = 4
-  config, out = _rollout_search(iterations, agents)
+  config, out, graphdef, params = _rollout_search(iterations, agents, branch_at=branch_at,
+                                                  with_model=True)
   _check_invariants(out, iterations, agents)
   tree, emb = out.tree, out.tree.embeddings
   evaluated = tree.expanded & ~tree.terminal
@@ -74,15 +87,25 @@ def test_rollout_to_end_keeps_the_kernel_invariants(agents):
       n = emb.rollout_lengths[b, node, k]
       rollout = emb.rollout_tokens[b, node, k, :n]
       step = emb.candidate_tokens[b, node, k, :emb.candidate_lengths[b, node, k]]
-      # the candidate step is the rollout up to its first step end (or EOS, or L tokens)
       np.testing.assert_array_equal(rollout[:len(step)], step)
-      assert (len(step) == config.max_step_tokens or step[-1] in (EOS, STEP_END)
-              or len(step) == n)
-      assert not np.isin(step[:-1], (EOS, STEP_END)).any()
+      path = emb.path_tokens[b, node, :emb.path_length[b, node]]
+      if branch_at == "step":
+        # the candidate step is the rollout up to its first step end (or EOS, or L tokens)
+        assert (len(step) == config.max_step_tokens or step[-1] in (EOS, STEP_END)
+                or len(step) == n)
+        assert not np.isin(step[:-1], (EOS, STEP_END)).any()
+      elif n >= 2:
+        # cut before the rollout's most uncertain token j, 1 <= j <= L (j < n: never EOS)
+        assert 1 <= len(step) <= min(n - 1, config.max_step_tokens)
+        entropy = _entropies(graphdef, params, np.concatenate([path, rollout]))[len(path) - 1:]
+        eligible = entropy[1:min(n - 1, config.max_step_tokens) + 1]
+        assert entropy[len(step)] >= eligible.max() - 1e-4
+      else:
+        assert len(step) == 1
       # a rollout stops at EOS only (or at its cap)
       assert rollout[-1] == EOS or n == config.max_rollout_tokens
       assert not (rollout[:-1] == EOS).any()
-      path = emb.path_tokens[b, node, emb.prompt_length[b, node]:emb.path_length[b, node]]
+      path = path[emb.prompt_length[b, node]:]
       reward = fake_reward(np.concatenate([path, rollout]), b)
       assert emb.rollout_rewards[b, node, k] == pytest.approx(reward)
       rollouts.append(reward)
@@ -158,3 +181,61 @@ def test_rollout_rows_take_every_rollout_with_its_reward():
   # rows of a tree come from its evaluated nodes in order, K rollouts each, up to the cap
   evaluated = (tree.expanded & ~tree.terminal).sum(-1)
   np.testing.assert_array_equal(rows.valid.reshape(4, 8).sum(-1), np.minimum(evaluated * k, 8))
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_visit_targets_have_the_cross_entropy_gradient(dedup):
+  """The visit rows' surrogate loss (CISPO at the behaviour policy) has the gradient of the
+  cross-entropy between the visit distribution and the renormalised candidate log-probs."""
+  config, out, graphdef, params = _rollout_search(6, 3, rollout=False, dedup=dedup,
+                                                  with_model=True)
+  depths, k = 3, config.num_children
+  rows, advantages = jax.device_get(targets.visit_rows(out, config, depths))
+  m, width = rows.tokens.shape
+  assert (m, advantages.shape) == (4 * depths * k, (m, width - 1))  # static: [B * D * K]
+  tree, emb = out.tree, out.tree.embeddings
+  nodes = []  # (tree, node, rows of its candidates, visit distribution)
+  for i in range(0, m, k):
+    if not rows.valid[i:i + k].any():
+      continue
+    b, node = rows.tree[i], rows.node[i]
+    assert node == 0 or out.path_nodes[b, i // k % depths - 1] == node  # the path's nodes
+    children = tree.children[b, node]
+    visits = np.where(children >= 0, tree.visit_count[b, np.maximum(children, 0)], 0)
+    assert visits.sum() >= 2
+    for j in range(k):  # row = node's path + candidate j; only the candidate is trained
+      r = i + j
+      if not rows.valid[r]:
+        assert dedup and visits[j] == 0  # a merged duplicate
+        continue
+      start, n = emb.path_length[b, node], emb.candidate_lengths[b, node, j]
+      assert rows.prompt_length[r] == start and rows.length[r] == start + n
+      np.testing.assert_array_equal(rows.tokens[r, :start], emb.path_tokens[b, node, :start])
+      np.testing.assert_array_equal(rows.tokens[r, start:start + n],
+                                    emb.candidate_tokens[b, node, j, :n])
+    nodes.append((i, visits / visits.sum()))
+  assert len(nodes) >= 4
+  traj_mask = ((np.arange(width - 1)[None] + 1 >= rows.prompt_length[:, None]) &
+               (np.arange(width - 1)[None] + 1 < rows.length[:, None])).astype(np.float32)
+  tokens = jnp.asarray(rows.tokens)
+  old, _ = learner.sequence_logprobs(graphdef, params, tokens)
+
+  def surrogate(params):  # what the learner minimises (per-row mean, then mean over rows)
+    logp, _ = learner.sequence_logprobs(graphdef, params, tokens)
+    return losses.cispo_loss(logp, old, advantages * traj_mask, traj_mask)
+
+  def cross_entropy(params):  # summed over the nodes, divided like the surrogate
+    logp, _ = learner.sequence_logprobs(graphdef, params, tokens)
+    summed = (logp * traj_mask).sum(-1)
+    total = 0.0
+    for i, target in nodes:
+      valid = rows.valid[i:i + k]
+      s = jnp.where(valid, summed[i:i + k], -jnp.inf)
+      total -= (target[valid] * jax.nn.log_softmax(s)[valid]).sum()
+    return total / rows.valid.sum()
+
+  got, want = jax.grad(surrogate)(params), jax.grad(cross_entropy)(params)
+  norm = lambda t: float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(t))))
+  assert norm(want) > 1e-4
+  diff = jax.tree.map(lambda a, b: a - b, got, want)
+  assert norm(diff) <= 1e-4 * norm(want)

@@ -59,6 +59,15 @@ def test_cross_field_rules():
   config = presets.get_config("smoke")
   config.algo, config.rollout.group_size = "cispo", 1
   assert "rollout.group_size" in validation.problems(config)[0]
+  config = presets.get_config("smoke")
+  config.search.branch_at = "entropy"  # needs rollouts to cut
+  assert "search.branch_at='entropy': needs search.rollout_to_end" in (
+      validation.problems(config)[0])
+  config.search.rollout_to_end = True
+  assert validation.problems(config) == []
+  config.search.targets, config.search.tree_rows = "visits", 10  # K = 4 rows per node
+  assert "search.tree_rows=10: visits targets take search.num_children=4" in (
+      validation.problems(config)[0])
   assert "train.prompts_per_iteration=6: must be a multiple of the 4 devices" in (
       validation.device_problems(_with(prompts=6), 4)[0])
   assert validation.device_problems(_with(prompts=8), 4) == []

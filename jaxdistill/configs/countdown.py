@@ -81,8 +81,13 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   # each candidate continued to EOS in the same decode; node value = mean rollout reward
   c.search.rollout_to_end = False
   c.search.max_rollout_tokens = 0  # 0: rollout.max_completion_tokens
-  c.search.targets = "path"  # path (the most-visited path) | tree (the tree's trajectories)
-  c.search.tree_rows = 16  # tree targets: trajectories per prompt
+  # step: a child ends at a step end | entropy (rollout_to_end): a child is its rollout cut
+  # before the rollout's most uncertain token among the first max_step_tokens (EPTree)
+  c.search.branch_at = "step"
+  # path: the most-visited path | tree: the tree's trajectories with tree advantages |
+  # visits: cross-entropy of the path nodes' candidate steps against their visit counts
+  c.search.targets = "path"
+  c.search.tree_rows = 16  # tree/visits targets: learner rows per prompt (visits: K per node)
   c.search.step_advantage = True  # tree targets: step-level advantages besides global ones
 
   c.rollout = ml_collections.ConfigDict()

@@ -119,15 +119,20 @@ class SearchSettings:
   first_play_value: float = 0.0
   virtual_loss: str = "visit"
   root_selection: str = "puct"
-  targets: str = "path"  # path: the most-visited path | tree: the tree's trajectories
-  tree_rows: int = 16  # tree targets: trajectories per prompt (static; unused rows masked)
+  # path: the most-visited path | tree: the tree's trajectories | visits: AlphaZero's visit
+  # distributions over the candidate steps of the path's nodes
+  targets: str = "path"
+  # tree / visits targets: learner rows per prompt (static; unused rows masked); visits:
+  # tree_rows // K nodes of the path, K candidate rows each
+  tree_rows: int = 16
   step_advantage: bool = True  # tree targets: add step-level advantages to the global ones
 
 
 def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
                  config: RolloutConfig, search: SearchSettings, reward_fn):
   """Search per prompt; the most-visited path, completed by sampling if it stopped short
-  (targets 'path'), or the tree's trajectories with tree advantages (targets 'tree')."""
+  (targets 'path'), the tree's trajectories with tree advantages (targets 'tree'), or the
+  candidate steps of the path's nodes with their visit-distribution targets ('visits')."""
   model = nnx.merge(graphdef, params)
   lm = search.lm
   batch = prompt_tokens.shape[0]
@@ -144,10 +149,13 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
   emb = out.tree.embeddings
   per_node = emb.rollout_lengths if lm.rollout_to_end else emb.candidate_lengths
   searched = (per_node.sum(-1) * (out.tree.expanded & ~out.tree.terminal)).sum()
-  if search.targets == "tree":
-    rows = targets.tree_rows(out.tree, search.tree_rows, lm.rollout_to_end, lm.pad_id)
-    advantages = targets.token_advantages(out.tree, rows, search.tree_rows,
-                                          search.step_advantage)
+  if search.targets in ("tree", "visits"):
+    if search.targets == "tree":
+      rows = targets.tree_rows(out.tree, search.tree_rows, lm.rollout_to_end, lm.pad_id)
+      advantages = targets.token_advantages(out.tree, rows, search.tree_rows,
+                                            search.step_advantage)
+    else:
+      rows, advantages = targets.visit_rows(out, lm, search.tree_rows // lm.num_children)
     return Trajectories(tokens=rows.tokens, prompt_length=rows.prompt_length,
                         length=rows.length, reward=rows.reward,
                         group=problems.astype(jnp.int32)[rows.tree], generated_tokens=searched,
@@ -183,7 +191,7 @@ def forward_tokens(method: str, prompts: int, prompt_width: int, config: Rollout
   decoded = lm.max_rollout_tokens if lm.rollout_to_end else lm.max_step_tokens
   per_expansion = lm.max_path_tokens + lm.num_children * decoded
   expansions = prompts * (1 + search.num_iterations * search.num_agents)
-  completions = 0 if search.targets == "tree" else prompts * (lm.max_path_tokens +
+  completions = 0 if search.targets in ("tree", "visits") else prompts * (lm.max_path_tokens +
                                                               config.max_completion_tokens)
   return expansions * per_expansion + completions
 
@@ -191,6 +199,9 @@ def forward_tokens(method: str, prompts: int, prompt_width: int, config: Rollout
 def learner_shape(method: str, prompts: int, prompt_width: int, config: RolloutConfig,
                   search: SearchSettings | None = None) -> tuple[int, int]:
   """(trajectories, tokens per trajectory) that one batch of prompts gives the learner."""
+  if method == "mcts_distill" and search.targets == "visits":
+    return prompts * (search.tree_rows // search.lm.num_children) * search.lm.num_children, (
+        search.lm.max_path_tokens)
   if method == "mcts_distill" and search.targets == "tree":
     return prompts * search.tree_rows, search.lm.max_path_tokens + lm_expand.rollout_width(
         search.lm)

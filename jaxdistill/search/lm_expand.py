@@ -15,6 +15,10 @@ summed; the freed slots get a -inf prior and are never selected); `rollout_to_en
 each of the K continuations on to EOS in the same batched decode: the candidate step is its
 text up to the first step end, the node's value is the mean task reward of its K rollouts
 (not the value head), and the rollouts are kept as complete trajectories (tree targets).
+`branch_at='entropy'` (with rollout_to_end) cuts each candidate where its rollout was most
+uncertain instead of at its first step end: the candidate is the rollout's text before its
+highest-entropy token among the first L (EPTree-style branching), so the child's own K
+rollouts re-decide exactly that token.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class LMSearchConfig:
   dedup_children: bool = False
   rollout_to_end: bool = False
   max_rollout_tokens: int = 0  # R: rollout length cap (rollout_to_end)
+  branch_at: str = "step"  # step: candidates end at a step end | entropy (rollout_to_end)
   step_end_id: int = 0  # a step-end token id, used when no step_end string is given
   eos_id: int = 1
   pad_id: int = 0
@@ -92,6 +97,11 @@ def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, r
   row_keys = jax.vmap(lambda key: jax.random.split(key, k))(keys)
   row_keys = row_keys.reshape((rows * k,) + row_keys.shape[2:])  # typed or raw keys
   rollout = config.rollout_to_end
+  if config.branch_at not in ("step", "entropy"):
+    raise ValueError(f"branch_at must be 'step' or 'entropy', got {config.branch_at!r}")
+  by_entropy = config.branch_at == "entropy"
+  if by_entropy and not rollout:
+    raise ValueError("branch_at='entropy' needs rollout_to_end=True (it cuts rollouts)")
   # the K children share the path's prefill (one KV cache, no K copies); a rollout stops
   # at EOS only (the step end is tracked), a plain step also at the step end
   out = sampling.sample_continuations(
@@ -99,11 +109,18 @@ def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, r
       max_new_tokens=config.max_rollout_tokens if rollout else steps,
       temperature=config.temperature, top_p=1.0, stop_ids=(config.eos_id,),
       pad_id=config.pad_id, stop_string=config.step_end_stop(model.config.vocab_size),
-      stop_on_string=not rollout)
+      stop_on_string=not rollout, with_entropy=by_entropy)
   tokens, logprobs = out.tokens, out.logprobs
-  if rollout:  # the candidate step: the rollout up to its first step end (at most L tokens)
+  if by_entropy:  # the candidate: the rollout before its most uncertain token j (1 <= j <= L)
+    position = jnp.arange(tokens.shape[1])[None]
+    eligible = (position >= 1) & (position < out.lengths[:, None]) & (position <= steps)
+    branch = jnp.argmax(jnp.where(eligible, out.entropies, -jnp.inf), axis=-1)
+    lengths = jnp.where(eligible.any(-1), branch,
+                        jnp.minimum(out.lengths, steps)).astype(jnp.int32)
+  elif rollout:  # the candidate step: the rollout up to its first step end (at most L tokens)
     first = jnp.where(out.string_end > 0, out.string_end, out.lengths)
     lengths = jnp.minimum(first, steps)
+  if rollout:
     in_step = jnp.arange(tokens.shape[1])[None] < lengths[:, None]
     logprobs = jnp.where(in_step, logprobs, 0.0)[:, :steps]
     tokens = jnp.where(in_step, tokens, config.pad_id)[:, :steps]

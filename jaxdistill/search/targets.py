@@ -1,4 +1,4 @@
-"""Learner trajectories from a whole search tree (`search.targets='tree'`), not one path.
+"""Learner trajectories from a whole search tree (`search.targets='tree'` or 'visits').
 
 Rows of one tree: with `rollout_to_end`, every rollout of every evaluated node (path +
 rollout: a complete answer); otherwise every terminal node's path. At most `max_rows` per
@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill import sampling
-from jaxdistill.search.tree import NO_NODE, Tree
+from jaxdistill.search import lm_expand
+from jaxdistill.search.tree import NO_NODE, ROOT, Tree
 
 
 @chex.dataclass(frozen=True)
@@ -139,3 +140,63 @@ def token_advantages(tree: Tree, rows: TreeRows, max_rows: int, step: bool):
   if step:
     per_token = per_token + step_advantages(tree, rows)
   return per_token[:, 1:]
+
+
+def visit_rows(out, config: lm_expand.LMSearchConfig, depths: int):
+  """AlphaZero targets: (TreeRows [B * depths * K], target-aligned advantages [M, P - 1]).
+
+  For each of the first `depths` nodes where the most-visited path chose an action (the
+  root, then the path's nodes) and each of its K candidate steps: a row holding the node's
+  path + that candidate, of which only the candidate's tokens are trained. The loss wanted
+  is the cross-entropy between the visit distribution v over the node's children and the
+  policy's distribution over its K candidates, p = softmax(summed log-probs at temperature
+  1; duplicates merged as `dedup_children` merges them). Its gradient with respect to a
+  candidate's summed log-prob s_k is p_k - v_k, so the learner's policy-gradient surrogate
+  -A * log pi with A = (v_k - p_k) * (candidate tokens) on every token of candidate k (the
+  learner averages over a row's tokens) has exactly the cross-entropy's gradient at the
+  behaviour policy, whatever the loss (CISPO or PPO: their ratio is 1 there). Nodes whose
+  children were visited fewer than twice carry a one-hot choice, not a distribution: not
+  used. Row rewards (the value head's targets) are the children's backed-up values (the
+  node's own value for a child never visited); a duplicate candidate's row is not used.
+  """
+  tree, emb = out.tree, out.tree.embeddings
+  batch, capacity, k = tree.children.shape
+  available = out.path_child_visits.shape[1]
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, max(depths - available, 0))) + ((0, 0),) *
+                          (x.ndim - 2))[:, :depths]
+  child_visits = pad(out.path_child_visits).astype(jnp.float32)  # [B, D, K]
+  nodes = jnp.concatenate([jnp.full_like(out.path_nodes[:, :1], ROOT),
+                           jnp.maximum(out.path_nodes, 0)], axis=1)
+  nodes = pad(nodes[:, :available])  # [B, D] the node where depth d's action was chosen
+  total = child_visits.sum(-1)
+  used = (jnp.arange(depths)[None] < out.path_length[:, None]) & (total >= 2)  # [B, D]
+  target = child_visits / jnp.maximum(total, 1.0)[..., None]
+  rows = jnp.arange(batch)[:, None]
+  logprobs = emb.candidate_logprobs[rows, nodes]  # [B, D, K]
+  if config.dedup_children:
+    logprobs = lm_expand.merge_duplicate_children(
+        emb.candidate_tokens[rows, nodes].reshape(batch * depths, k, -1),
+        emb.candidate_lengths[rows, nodes].reshape(batch * depths, k),
+        logprobs.reshape(batch * depths, k)).reshape(batch, depths, k)
+  policy = jax.nn.softmax(logprobs, axis=-1)
+  valid = used[..., None] & jnp.isfinite(logprobs)  # [B, D, K]
+  values = mean_values(tree)
+  children = tree.children[rows, nodes]  # [B, D, K]
+  visited = children >= 0
+  child_value = values[rows[..., None], jnp.maximum(children, 0)]
+  reward = jnp.where(visited, child_value, values[rows, nodes][..., None])
+  flat = lambda x: x.reshape((batch * depths * k,) + x.shape[3:])
+  node_rows = jax.tree.map(lambda x: flat(jnp.repeat(x[rows, nodes][:, :, None], k, axis=2)),
+                           emb)
+  actions = flat(jnp.broadcast_to(jnp.arange(k), (batch, depths, k)))
+  child, _ = lm_expand.append_step(config, node_rows, actions)
+  valid = flat(valid)
+  length = jnp.where(valid, child.path_length, node_rows.path_length)
+  steps = (length - node_rows.path_length).astype(jnp.float32)
+  advantage = jnp.where(valid, flat(target - policy) * steps, 0.0)
+  out_rows = TreeRows(tokens=child.path_tokens, prompt_length=node_rows.path_length,
+                      length=length, reward=jnp.where(valid, flat(reward), 0.0), valid=valid,
+                      node=flat(jnp.broadcast_to(nodes[..., None], (batch, depths, k))),
+                      tree=flat(jnp.broadcast_to(rows[..., None], (batch, depths, k))))
+  per_token = jnp.broadcast_to(advantage[:, None], child.path_tokens.shape)
+  return out_rows, per_token[:, 1:]
