@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -56,19 +57,28 @@ def load_model_and_tokenizer(config, workdir: str):
           tokenizer)
 
 
+def check_writable(workdir: str) -> None:
+  """UsageError unless a file can be written in workdir. The probe file's name is unique:
+  every process of a multi-host job probes the same (shared) workdir at once, and a shared
+  name let one process delete another's probe (seen in CI as 'not writable: No such file')."""
+  try:
+    handle, probe = tempfile.mkstemp(prefix=".write_test-", dir=workdir)
+    try:
+      os.write(handle, b"ok")
+    finally:
+      os.close(handle)
+      os.remove(probe)
+  except OSError as e:
+    raise UsageError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+
+
 def _prepare_workdir(config) -> str:
   workdir = FLAGS.workdir or os.path.join("runs", f"{config.preset}-{config.algo}")
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise UsageError(f"cannot create workdir {workdir!r}: {e.strerror}") from None
-  probe = os.path.join(workdir, ".write_test")
-  try:
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise UsageError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+  check_writable(workdir)
   return workdir
 
 

@@ -96,3 +96,21 @@ def test_the_cli_refuses_at_once_before_any_work(tmp_path, override, field):
   assert len(lines) == 1 and lines[0].startswith(f"error: config field {field}="), lines
   assert not (tmp_path / "w").exists()  # no workdir, warm start, data or compile
   assert time.perf_counter() - start < 30
+
+
+def test_processes_probing_one_workdir_at_once_do_not_collide(tmp_path, monkeypatch):
+  """Every host of a multi-host job checks at once that the shared workdir is writable:
+  another process's probe, written and removed while ours exists, must not break ours."""
+  from jaxdistill import main
+  real_remove = os.remove
+  others = []
+
+  def remove(path):
+    if not others:  # the other host probes (and cleans up) between our write and our remove
+      others.append(path)
+      main.check_writable(str(tmp_path))
+    real_remove(path)
+
+  monkeypatch.setattr(os, "remove", remove)
+  main.check_writable(str(tmp_path))
+  assert len(others) == 1 and os.listdir(tmp_path) == []
