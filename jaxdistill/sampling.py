@@ -148,8 +148,9 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
     put = lambda buf, x: buf.at[:, step].set(jnp.where(active, x, buf[:, step]))
     new = dict(tokens=token, logprobs=logp, sample_logprobs=sample_logp, values=value)
     if with_entropy:
-      log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-      new["entropies"] = -(jnp.exp(log_p) * log_p).sum(-1)
+      # the same log-softmax as sample_tokens' (XLA computes it once for both)
+      log_p = jax.nn.log_softmax(logits, axis=-1)
+      new["entropies"] = -(jnp.exp(log_p) * log_p).sum(-1).astype(jnp.float32)
     string_state, string_end = buffers.pop("string_state"), buffers.pop("string_end")
     buffers = {name: buf + active.astype(jnp.int32) if name == "lengths" else
                put(buf, new[name]) for name, buf in buffers.items()}

@@ -39,13 +39,11 @@ METHODS = {
                   "search.num_iterations=2", "search.tree_rows=20"],  # 5 expansions x 4
     # AlphaZero targets: the path's first 4 nodes x K candidates against their visit counts
     "mcts_visits": ["algo=mcts_distill", "search.targets=visits", "search.tree_rows=16"],
-    # mcts_tree, its children cut at the rollouts' most uncertain tokens (EPTree)
-    "mcts_entropy": ["algo=mcts_distill", "search.targets=tree", "search.rollout_to_end=True",
-                     "search.branch_at=entropy", "search.dedup_children=True",
-                     "search.num_agents=2", "search.num_iterations=2", "search.tree_rows=20"],
     "cispo": ["algo=cispo"],
     "best_of_n": ["algo=best_of_n"],
 }
+# mcts_tree, its children cut at the rollouts' most uncertain tokens (EPTree)
+METHODS["mcts_entropy"] = METHODS["mcts_tree"] + ["search.branch_at=entropy"]
 
 
 def define_flags():
