@@ -226,19 +226,26 @@ def rollout_width(config: LMSearchConfig) -> int:
   return config.max_rollout_tokens if config.rollout_to_end else 0
 
 
-def append_step(config: LMSearchConfig, parent: NodeState, action):
-  """Child states: the parent's path + its candidate `action` (no candidates yet)."""
-  rows = action.shape[0]
-  step = parent.candidate_tokens[jnp.arange(rows), action]  # [M, L]
-  step_length = parent.candidate_lengths[jnp.arange(rows), action]  # [M]
+def extend_path(config: LMSearchConfig, path_tokens, path_length, step, step_length):
+  """(path + step tokens [M, P], new length [M], step ends with EOS [M]) for step [M, L]."""
+  rows = step.shape[0]
   positions = jnp.arange(config.max_path_tokens)[None]
-  offset = positions - parent.path_length[:, None]
+  offset = positions - path_length[:, None]
   in_step = (offset >= 0) & (offset < step_length[:, None])
   gathered = jnp.take_along_axis(step, jnp.clip(offset, 0, config.max_step_tokens - 1), axis=1)
-  path = jnp.where(in_step, gathered, parent.path_tokens)
-  length = jnp.minimum(parent.path_length + step_length, config.max_path_tokens)
+  path = jnp.where(in_step, gathered, path_tokens)
+  length = jnp.minimum(path_length + step_length, config.max_path_tokens)
   last = step[jnp.arange(rows), jnp.maximum(step_length - 1, 0)]
   ended = (step_length > 0) & (last == config.eos_id)
+  return path, length, ended
+
+
+def append_step(config: LMSearchConfig, parent: NodeState, action):
+  """Child states: the parent's path + its candidate `action` (no candidates yet)."""
+  rows = jnp.arange(action.shape[0])
+  path, length, ended = extend_path(config, parent.path_tokens, parent.path_length,
+                                    parent.candidate_tokens[rows, action],
+                                    parent.candidate_lengths[rows, action])
   return parent.replace(path_tokens=path, path_length=length), ended
 
 

@@ -186,17 +186,18 @@ def visit_rows(out, config: lm_expand.LMSearchConfig, depths: int):
   child_value = values[rows[..., None], jnp.maximum(children, 0)]
   reward = jnp.where(visited, child_value, values[rows, nodes][..., None])
   flat = lambda x: x.reshape((batch * depths * k,) + x.shape[3:])
-  node_rows = jax.tree.map(lambda x: flat(jnp.repeat(x[rows, nodes][:, :, None], k, axis=2)),
-                           emb)
-  actions = flat(jnp.broadcast_to(jnp.arange(k), (batch, depths, k)))
-  child, _ = lm_expand.append_step(config, node_rows, actions)
+  per_child = lambda x: flat(jnp.repeat(x[rows, nodes][:, :, None], k, axis=2))
+  node_length = per_child(emb.path_length)
+  tokens, child_length, _ = lm_expand.extend_path(
+      config, per_child(emb.path_tokens), node_length,
+      flat(emb.candidate_tokens[rows, nodes]), flat(emb.candidate_lengths[rows, nodes]))
   valid = flat(valid)
-  length = jnp.where(valid, child.path_length, node_rows.path_length)
-  steps = (length - node_rows.path_length).astype(jnp.float32)
+  length = jnp.where(valid, child_length, node_length)
+  steps = (length - node_length).astype(jnp.float32)
   advantage = jnp.where(valid, flat(target - policy) * steps, 0.0)
-  out_rows = TreeRows(tokens=child.path_tokens, prompt_length=node_rows.path_length,
+  out_rows = TreeRows(tokens=tokens, prompt_length=node_length,
                       length=length, reward=jnp.where(valid, flat(reward), 0.0), valid=valid,
                       node=flat(jnp.broadcast_to(nodes[..., None], (batch, depths, k))),
                       tree=flat(jnp.broadcast_to(rows[..., None], (batch, depths, k))))
-  per_token = jnp.broadcast_to(advantage[:, None], child.path_tokens.shape)
+  per_token = jnp.broadcast_to(advantage[:, None], tokens.shape)
   return out_rows, per_token[:, 1:]
