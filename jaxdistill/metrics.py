@@ -86,7 +86,8 @@ def plot_run(rows: list[dict], k: int, path: str) -> str | None:
   right.set_xlabel("update")
   right.set_ylabel(f"mean@{k}")
   right.grid(alpha=0.3)
-  right.legend()
+  if any(scores.values()):
+    right.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
