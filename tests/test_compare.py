@@ -73,3 +73,28 @@ def test_stopping_the_comparison_lets_the_job_checkpoint_and_exits(tmp_path):
   assert parent.returncode == 0 and "run the same command to resume" in output
   assert (tmp_path / "checkpoint").exists()  # the job was waited for, not killed
   assert not (tmp_path / "went_on").exists()  # a stopped job is not taken for a finished one
+
+
+def test_evaluation_key_sets_move_only_the_seed_and_pool_to_mean_at_k_times_sets():
+  overrides = ["sft.cache_dir=/w", "seed=2", "learner.learning_rate=1e-5"]
+  assert compare.with_key_set(overrides, 1) == ["sft.cache_dir=/w", "seed=1002",
+                                                "learner.learning_rate=1e-5"]
+  assert compare.with_key_set(overrides, 2)[1] == "seed=2002"
+  assert overrides[1] == "seed=2"  # the run's own overrides are left alone
+  with np.testing.assert_raises(ValueError):
+    compare.with_key_set(["sft.cache_dir=/w"], 1)
+  sets = [{"mean@16": 0.10, "pass@16": 0.30, "problems": 820},
+          {"mean@16": 0.14, "pass@16": 0.34, "problems": 820},
+          {"mean@16": 0.15, "pass@16": 0.29, "problems": 820}]
+  pooled = compare.pool_key_sets(sets, 16)
+  # each set is the mean of 820 x 16 rewards: their mean is the mean of all 820 x 48
+  assert np.isclose(pooled["mean@16"], 0.13) and np.isclose(pooled["pass@16"], 0.31)
+  assert pooled["key_sets"] == [0.10, 0.14, 0.15]
+  # pooled scores go through the table like single ones
+  records = [{"method": m, "seed": s, "lr": None, "generated_tokens": 0, "iterations": 0,
+              "test": {"0.2": compare.pool_key_sets(sets[s:s + 2], 16) if m == "base"
+                       else {"mean@16": 0.2, "pass@16": 0.4}, "0.8": sets[s]}}
+             for m in ("base", "cispo") for s in range(2)]
+  rows = {r["method"]: r for r in compare.summarize(records, 16, ["0.2", "0.8"])}
+  assert np.allclose(rows["base"]["mean@16/T0.2"], [0.12, 0.145])
+  assert np.isclose(rows["cispo"]["minus_base"][0], 0.2 - np.mean([0.12, 0.145]))

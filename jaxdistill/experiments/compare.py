@@ -59,6 +59,9 @@ def define_flags():
   flags.DEFINE_integer("curve_points", 5, "validation evaluations during each run")
   flags.DEFINE_list("temperatures", ["0.2", "0.8"], "evaluation temperatures (first: the "
                     "one learning rates are picked at)")
+  flags.DEFINE_integer("eval_key_sets", 1, "independent sets of k samples per test problem at "
+                       "the first temperature (mean@k pooled over them: mean@(k * sets)); more "
+                       "sets shrink the evaluation noise in the paired differences")
   flags.DEFINE_string("workdir", "runs/compare", "where runs go")
   flags.DEFINE_string("out", "results/countdown_tiny.md", "markdown table (JSON and PNG beside)")
   flags.DEFINE_multi_string("set", [], "extra config overrides for every run, e.g. "
@@ -135,14 +138,52 @@ def _cached(path: str, make):
   return value
 
 
-def evaluate(workdir: str, common: list[str], temperature: str, split: str = "test") -> dict:
-  """mean@k / pass@k of the run's latest checkpoint (or the base model) on a split."""
+def evaluate(workdir: str, common: list[str], temperature: str, split: str = "test",
+             key_set: int = 0) -> dict:
+  """mean@k / pass@k of the run's latest checkpoint (or the base model) on a split; key_set
+  r > 0 draws the samples with seed + KEY_SET_STRIDE * r (an independent set of k per problem)."""
+  if key_set:
+    common = with_key_set(common, key_set)
+
   def make():
     _run(workdir, common + [f"eval.temperature={temperature}", f"eval.split={split}",
                             f"eval.num_problems={100_000}"], mode="eval")
     with open(os.path.join(workdir, "eval_result.json")) as f:
       return json.load(f)
-  return _cached(os.path.join(workdir, f"eval_{split}_t{temperature}.json"), make)
+  suffix = f"_keys{key_set}" if key_set else ""
+  return _cached(os.path.join(workdir, f"eval_{split}_t{temperature}{suffix}.json"), make)
+
+
+KEY_SET_STRIDE = 1000  # evaluation seeds of key set r: seed + 1000 r (runs use seeds < 1000)
+
+
+def with_key_set(overrides: list[str], key_set: int) -> list[str]:
+  """The overrides with their `seed=` moved to key set key_set (the evaluation's sample keys
+  derive from the seed alone; the checkpoint evaluated is the workdir's)."""
+  seeds = [o for o in overrides if o.startswith("seed=")]
+  if len(seeds) != 1:
+    raise ValueError(f"expected one seed= override, got {seeds}")
+  seed = int(seeds[0][len("seed="):])
+  return [f"seed={seed + KEY_SET_STRIDE * key_set}" if o.startswith("seed=") else o
+          for o in overrides]
+
+
+def pool_key_sets(results: list[dict], k: int) -> dict:
+  """One score from evaluations of the same problems with independent sample keys: mean@k
+  and pass@k averaged (mean@k pooled over the sets is mean@(k * sets)); per set kept."""
+  pooled = {f"mean@{k}": float(np.mean([r[f"mean@{k}"] for r in results])),
+            f"pass@{k}": float(np.mean([r[f"pass@{k}"] for r in results]))}
+  return pooled | {"key_sets": [r[f"mean@{k}"] for r in results]}
+
+
+def scored(first: dict, workdir: str, overrides: list[str]) -> dict:
+  """The test score at the first temperature, pooled over --eval_key_sets sets of keys (first:
+  the set drawn with the run's own seed)."""
+  if FLAGS.eval_key_sets <= 1:
+    return first
+  extra = [evaluate(workdir, overrides, FLAGS.temperatures[0], key_set=r)
+           for r in range(1, FLAGS.eval_key_sets)]
+  return pool_key_sets([first] + extra, _k())
 
 
 def tokens_per_iteration(method: str, common: list[str]) -> float:
@@ -194,6 +235,8 @@ def train_run(method: str, seed: int, lr: str, common: list[str]) -> dict:
   reference = str(_eval_temperature())
   record["test"] = {t: record["final_test"] if float(t) == float(reference)
                     else evaluate(workdir, overrides, t) for t in FLAGS.temperatures}
+  t0 = FLAGS.temperatures[0]
+  record["test"][t0] = scored(record["test"][t0], workdir, overrides)
   return record
 
 
@@ -201,10 +244,12 @@ def base_run(seed: int, common: list[str]) -> dict:
   """The shared base model, scored with this seed's evaluation samples."""
   workdir = os.path.join(FLAGS.workdir, f"base-seed{seed}")
   overrides = common + [f"seed={seed}"]
+  test = {t: evaluate(workdir, overrides, t) for t in FLAGS.temperatures}
+  t0 = FLAGS.temperatures[0]
+  test[t0] = scored(test[t0], workdir, overrides)
   return {"method": "base", "seed": seed, "generated_tokens": 0, "iterations": 0,
-          "validation": evaluate(workdir, overrides, FLAGS.temperatures[0], "validation")[
-              "mean@" + str(_k())],
-          "test": {t: evaluate(workdir, overrides, t) for t in FLAGS.temperatures}}
+          "validation": evaluate(workdir, overrides, t0, "validation")["mean@" + str(_k())],
+          "test": test}
 
 
 def _k() -> int:
@@ -320,6 +365,12 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown methods {sorted(unknown)}; choose from base, "
                          f"{', '.join(METHODS)}")
+  if FLAGS.eval_key_sets < 1:
+    raise app.UsageError(f"--eval_key_sets must be at least 1, got {FLAGS.eval_key_sets}")
+  if FLAGS.eval_key_sets > 1 and (any(o.startswith("seed=") for o in FLAGS.set)
+                                  or any(int(s) >= KEY_SET_STRIDE for s in FLAGS.seeds)):
+    raise app.UsageError(f"--eval_key_sets draws evaluation seeds seed + {KEY_SET_STRIDE} r: "
+                         f"give seeds below {KEY_SET_STRIDE} with --seeds, not --set=seed=")
   os.makedirs(FLAGS.workdir, exist_ok=True)
   common = [f"sft.cache_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'warm_start'))}",
             f"task.data_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'data'))}",
@@ -346,6 +397,10 @@ def main(argv):
             f"mean@{k} on the held-out problems, no search at evaluation; learning rate per "
             f"method picked on seed {seeds[0]} from {', '.join(FLAGS.learning_rates)} by "
             f"validation mean@{k}; differences are paired by seed (mean ± standard error)."
+            + (f" At T={FLAGS.temperatures[0]} each run is scored on {FLAGS.eval_key_sets} "
+               f"independent sets of {k} samples per problem: mean@{k} and pass@{k} are "
+               f"averaged over the sets (mean@{k * FLAGS.eval_key_sets})."
+               if FLAGS.eval_key_sets > 1 else "")
             + (f" Overrides: {', '.join(f'`{o}`' for o in FLAGS.set)}." if FLAGS.set else ""))
   table = markdown(rows, k, header, FLAGS.temperatures)
   sweep_table = ["", f"Learning-rate sweep (seed {seeds[0]}, validation mean@{k}):", "",
