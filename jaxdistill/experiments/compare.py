@@ -34,6 +34,8 @@ from absl import app, flags
 # method name -> config overrides (the comparison's variants of the three algorithms)
 METHODS = {
     "mcts_distill": ["algo=mcts_distill"],
+    # identical candidate steps merged: cheaper trees, so more updates for the same tokens
+    "mcts_dedup": ["algo=mcts_distill", "search.dedup_children=True"],
     "mcts_tree": ["algo=mcts_distill", "search.targets=tree", "search.rollout_to_end=True",
                   "search.dedup_children=True", "search.num_agents=2",
                   "search.num_iterations=2", "search.tree_rows=20"],  # 5 expansions x 4
