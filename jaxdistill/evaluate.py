@@ -41,8 +41,10 @@ def encode_prompts(tokenizer, problems, prompt: str, width: int):
 
 
 def evaluate(model, tokenizer, problems, config: EvalConfig, seed: int = 0,
-             prompt: str = "compact", progress=None) -> dict:
-  """mean@k (mean sparse reward over k samples each) and pass@k (any of k correct).
+             prompt: str = "compact", progress=None, per_problem: bool = False) -> dict:
+  """mean@k (mean sparse reward over k samples each) and pass@k (any of k correct); with
+  per_problem, also each problem's mean reward over its k samples ("per_problem", in order),
+  from which a comparison can tell problem-sampling noise from seed noise.
 
   With several processes (multi-host), each evaluates every process_count-th problem on its
   own devices and the per-problem rewards are gathered, so hosts split the work.
@@ -67,9 +69,12 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, seed: int = 0,
       share = list(range(process, len(problems), count))
       rewards[share] = gathered[process][:len(share)]
     generated = int(multihost_utils.process_allgather(np.int64(generated)).sum())
-  return {f"mean@{config.k}": float(rewards.mean()),
-          f"pass@{config.k}": float((rewards > 0).any(-1).mean()),
-          "problems": len(problems), "generated_tokens": generated}
+  result = {f"mean@{config.k}": float(rewards.mean()),
+            f"pass@{config.k}": float((rewards > 0).any(-1).mean()),
+            "problems": len(problems), "generated_tokens": generated}
+  if per_problem:
+    result["per_problem"] = [float(r) for r in rewards.mean(-1)]
+  return result
 
 
 def _problem_rewards(model, tokenizer, all_problems, indices, config: EvalConfig, seed: int,

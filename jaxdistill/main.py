@@ -183,9 +183,10 @@ def run_job(config, workdir: str, mode: str) -> dict:
   if mode == "eval":
     problems = validation_split if config.eval.split == "validation" else test_split
     result = evaluation.evaluate(model, tokenizer, problems[:config.eval.num_problems],
-                                 eval_config, seed=config.seed, prompt=config.task.prompt)
+                                 eval_config, seed=config.seed, prompt=config.task.prompt,
+                                 per_problem=True)
     if parallel.is_primary():
-      print(result)
+      print({key: value for key, value in result.items() if key != "per_problem"})
       with open(os.path.join(workdir, "eval_result.json"), "w") as f:
         json.dump(result | {"split": config.eval.split, "temperature": config.eval.temperature},
                   f)

@@ -21,8 +21,8 @@ def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
   rows = {r["method"]: r for r in compare.summarize(records, 16, ["0.2", "0.8"])}
   assert rows["cispo"]["mean@16/T0.2"] == [0.20, 0.21, 0.25]
   # mcts_tree - cispo by seed: 0.04, 0.05, 0.05
-  diff, se, n = rows["mcts_tree"]["minus_cispo"]
-  assert n == 3 and np.isclose(diff, np.mean([0.04, 0.05, 0.05]))
+  diff, se, n, with_problems = rows["mcts_tree"]["minus_cispo"]
+  assert n == 3 and np.isclose(diff, np.mean([0.04, 0.05, 0.05])) and with_problems is None
   assert np.isclose(se, np.std([0.04, 0.05, 0.05], ddof=1) / np.sqrt(3))
   assert "minus_cispo" not in rows["cispo"]
   assert np.isclose(rows["cispo"]["minus_base"][0], np.mean([0.10, 0.09, 0.11]))
@@ -36,6 +36,28 @@ def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
   assert "reward_quarters" not in rows["mcts_tree"] and tree.endswith("| - |")
   assert next(line for line in table if line.startswith("| cispo |")).endswith(
       "| +1.50 → +3.50 → +5.50 → +7.50 |")
+
+
+def test_standard_error_with_problems_adds_the_spread_of_the_per_problem_differences():
+  # two seeds, four problems; the runs' mean@16 are the means of their per-problem scores
+  per_problem = {("mcts_tree", 0): [0.5, 0.0, 0.25, 0.25], ("mcts_tree", 1): [0.5, 0.25, 0.0, 0.25],
+                 ("cispo", 0): [0.25, 0.0, 0.25, 0.0], ("cispo", 1): [0.25, 0.25, 0.25, 0.0]}
+  records = []
+  for (method, seed), scores in per_problem.items():
+    records.append(_record(method, seed, float(np.mean(scores)), lr=1e-5) | {"per_problem": scores})
+  diff, se, n, with_problems = compare.paired(records, "mcts_tree", "cispo", 16, "0.2")
+  # per-seed differences 0.125 and 0.0625; per problem, averaged over seeds: .25, 0, -.125, .25
+  assert n == 2 and np.isclose(diff, 0.09375)
+  assert np.isclose(se, np.std([0.125, 0.0625], ddof=1) / np.sqrt(2))
+  assert np.isclose(with_problems ** 2, se ** 2 + np.var([0.25, 0.0, -0.125, 0.25], ddof=1) / 4)
+  # the flag past 2 SE uses the larger error: +9.4 is past 2 x 3.1 but not past 2 x 9.9
+  rows = {r["method"]: r for r in compare.summarize(records, 16, ["0.2", "0.8"])}
+  line = compare.markdown([rows["mcts_tree"]], 16, "h", ["0.2", "0.8"]).splitlines()[-1]
+  assert f"| +9.4 ± 3.1 (± {100 * with_problems:.1f} with problems) |" in line
+  assert "2 SE" not in line and with_problems > 0.047
+  # a run without per-problem scores leaves the second error out
+  del records[0]["per_problem"]
+  assert compare.paired(records, "mcts_tree", "cispo", 16, "0.2")[3] is None
 
 
 def test_importing_the_script_defines_no_flags_that_clash_with_main():

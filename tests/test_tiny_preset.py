@@ -51,3 +51,7 @@ def test_smoke_preset_end_to_end(tmp_path):
   assert 0.0 <= result["mean@4"] <= 1.0 and result["problems"] == 32
   # the same params and sampling keys as the final evaluation of the training run
   assert result["mean@4"] == eval_rows[-1]["eval_mean@4"]
+  # and each problem's own mean reward, in order, which average to mean@4
+  assert len(result["per_problem"]) == 32 and all(x in (0, .25, .5, .75, 1)
+                                                  for x in result["per_problem"])
+  assert math.isclose(sum(result["per_problem"]) / 32, result["mean@4"], rel_tol=1e-6)

@@ -64,6 +64,9 @@ def define_flags():
   flags.DEFINE_integer("eval_key_sets", 1, "independent sets of k samples per test problem at "
                        "the first temperature (mean@k pooled over them: mean@(k * sets)); more "
                        "sets shrink the evaluation noise in the paired differences")
+  flags.DEFINE_boolean("problem_se", True, "score every run's test problems one by one at "
+                       "the first temperature, so that the paired differences' standard error "
+                       "also counts the sampling of the test problems (all seeds share them)")
   flags.DEFINE_string("workdir", "runs/compare", "where runs go")
   flags.DEFINE_string("out", "results/countdown_tiny.md", "markdown table (JSON and PNG beside)")
   flags.DEFINE_multi_string("set", [], "extra config overrides for every run, e.g. "
@@ -141,9 +144,11 @@ def _cached(path: str, make):
 
 
 def evaluate(workdir: str, common: list[str], temperature: str, split: str = "test",
-             key_set: int = 0) -> dict:
+             key_set: int = 0, per_problem: bool = False) -> dict:
   """mean@k / pass@k of the run's latest checkpoint (or the base model) on a split; key_set
-  r > 0 draws the samples with seed + KEY_SET_STRIDE * r (an independent set of k per problem)."""
+  r > 0 draws the samples with seed + KEY_SET_STRIDE * r (an independent set of k per problem);
+  per_problem: with each problem's mean reward ("per_problem"; cached on its own, since
+  evaluations cached before it was recorded lack it)."""
   if key_set:
     common = with_key_set(common, key_set)
 
@@ -151,8 +156,11 @@ def evaluate(workdir: str, common: list[str], temperature: str, split: str = "te
     _run(workdir, common + [f"eval.temperature={temperature}", f"eval.split={split}",
                             f"eval.num_problems={100_000}"], mode="eval")
     with open(os.path.join(workdir, "eval_result.json")) as f:
-      return json.load(f)
-  suffix = f"_keys{key_set}" if key_set else ""
+      result = json.load(f)
+    if per_problem and "per_problem" not in result:
+      raise RuntimeError(f"{workdir}: the evaluation wrote no per-problem scores")
+    return result if per_problem else {k: v for k, v in result.items() if k != "per_problem"}
+  suffix = (f"_keys{key_set}" if key_set else "") + ("_problems" if per_problem else "")
   return _cached(os.path.join(workdir, f"eval_{split}_t{temperature}{suffix}.json"), make)
 
 
@@ -239,6 +247,8 @@ def train_run(method: str, seed: int, lr: str, common: list[str]) -> dict:
                     else evaluate(workdir, overrides, t) for t in FLAGS.temperatures}
   t0 = FLAGS.temperatures[0]
   record["test"][t0] = scored(record["test"][t0], workdir, overrides)
+  if FLAGS.problem_se:
+    record["per_problem"] = evaluate(workdir, overrides, t0, per_problem=True)["per_problem"]
   return record
 
 
@@ -249,9 +259,12 @@ def base_run(seed: int, common: list[str]) -> dict:
   test = {t: evaluate(workdir, overrides, t) for t in FLAGS.temperatures}
   t0 = FLAGS.temperatures[0]
   test[t0] = scored(test[t0], workdir, overrides)
-  return {"method": "base", "seed": seed, "generated_tokens": 0, "iterations": 0,
-          "validation": evaluate(workdir, overrides, t0, "validation")["mean@" + str(_k())],
-          "test": test}
+  record = {"method": "base", "seed": seed, "generated_tokens": 0, "iterations": 0,
+            "validation": evaluate(workdir, overrides, t0, "validation")["mean@" + str(_k())],
+            "test": test}
+  if FLAGS.problem_se:
+    record["per_problem"] = evaluate(workdir, overrides, t0, per_problem=True)["per_problem"]
+  return record
 
 
 def _k() -> int:
@@ -265,15 +278,29 @@ def _eval_temperature() -> float:
 
 
 def paired(records: list[dict], method: str, other: str, k: int, temperature: str):
-  """(mean, standard error, n) over seeds of method's mean@k minus other's, seed by seed."""
+  """(mean, standard error, n, standard error with problems) over seeds of method's mean@k
+  minus other's, seed by seed.
+
+  The first standard error treats the test problems as fixed: every seed is scored on the
+  same problems, so it says how sure we are of the difference on these problems. Where every
+  run has per-problem scores ("per_problem", one set of k samples each), the last adds the
+  sampling of the problems: SE^2 + var_p(d_p) / P, with d_p problem p's difference averaged
+  over seeds (its variance also holds the k samples' noise, so this errs on the large side).
+  None where the scores are missing."""
   score = lambda r: r["test"][temperature][f"mean@{k}"]
-  mine = {r["seed"]: score(r) for r in records if r["method"] == method}
-  theirs = {r["seed"]: score(r) for r in records if r["method"] == other}
-  diffs = np.array([mine[s] - theirs[s] for s in sorted(mine) if s in theirs])
+  mine = {r["seed"]: r for r in records if r["method"] == method}
+  theirs = {r["seed"]: r for r in records if r["method"] == other}
+  seeds = [s for s in sorted(mine) if s in theirs]
+  diffs = np.array([score(mine[s]) - score(theirs[s]) for s in seeds])
   if len(diffs) == 0:
     return None
   se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-  return float(diffs.mean()), float(se), len(diffs)
+  with_problems = None
+  if all("per_problem" in r for s in seeds for r in (mine[s], theirs[s])):
+    per_problem = np.mean([np.subtract(mine[s]["per_problem"], theirs[s]["per_problem"])
+                           for s in seeds], axis=0)  # [problems]
+    with_problems = float(np.sqrt(se ** 2 + per_problem.var(ddof=1) / len(per_problem)))
+  return float(diffs.mean()), float(se), len(diffs), with_problems
 
 
 def quarters(values) -> list[float]:
@@ -312,9 +339,13 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
   pct = lambda xs: ", ".join(f"{100 * x:.1f}" for x in xs)
   stat = lambda xs: (f"{100 * np.mean(xs):.1f}% ± {100 * np.std(xs, ddof=1):.1f}"
                      if len(xs) > 1 else f"{100 * np.mean(xs):.1f}%")
-  diff = lambda d: "-" if d is None else (f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f}"
-                                          + (" **(> 2 SE)**" if d[1] > 0 and d[0] > 2 * d[1]
-                                             else ""))
+  def diff(d):  # the lead is flagged past two of the largest standard error there is
+    if d is None:
+      return "-"
+    se = max(d[1], d[3]) if len(d) > 3 and d[3] is not None else d[1]
+    return (f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f}"
+            + (f" (± {100 * d[3]:.1f} with problems)" if len(d) > 3 and d[3] is not None else "")
+            + (" **(> 2 SE)**" if se > 0 and d[0] > 2 * se else ""))
   lines = [header, "",
            f"| method | lr | mean@{k} T={t0} (mean ± std) | per seed | minus cispo (± SE) | "
            f"minus base (± SE) | pass@{k} T={t0} | mean@{k} T={t1} | pass@{k} T={t1} | "
@@ -394,11 +425,16 @@ def main(argv):
     records += [train_run(method, seed, FLAGS.learning_rates[tried.index(best)], common)
                 for seed in seeds[1:]]
   rows = summarize(records, k, FLAGS.temperatures)
+  problems = len(records[0].get("per_problem", [])) if records else 0
   header = (f"Countdown, preset `{FLAGS.preset}`, every training run samples "
             f"{FLAGS.token_budget:,} tokens from the same warm-started base model; test "
             f"mean@{k} on the held-out problems, no search at evaluation; learning rate per "
             f"method picked on seed {seeds[0]} from {', '.join(FLAGS.learning_rates)} by "
-            f"validation mean@{k}; differences are paired by seed (mean ± standard error)."
+            f"validation mean@{k}; differences are paired by seed (mean ± standard error over "
+            f"seeds, the test problems held fixed"
+            + (f"; 'with problems': counting the sampling of the {problems} test problems "
+               f"too, from one set of {k} samples per problem and run" if problems else "")
+            + ")."
             + (f" At T={FLAGS.temperatures[0]} each run is scored on {FLAGS.eval_key_sets} "
                f"independent sets of {k} samples per problem: mean@{k} and pass@{k} are "
                f"averaged over the sets (mean@{k * FLAGS.eval_key_sets})."
@@ -417,7 +453,8 @@ def main(argv):
     f.write(table)
   stem = os.path.splitext(FLAGS.out)[0]
   with open(stem + ".json", "w") as f:
-    json.dump({"budget": FLAGS.token_budget, "rows": rows, "runs": records, "sweep": sweep,
+    runs = [{key: value for key, value in r.items() if key != "per_problem"} for r in records]
+    json.dump({"budget": FLAGS.token_budget, "rows": rows, "runs": runs, "sweep": sweep,
                "sweep_runs": sweep_runs, "methods": {m: METHODS[m] for m in sweep},
                "overrides": FLAGS.set}, f, indent=1)
   plot(records, sweep, k, stem + ".png")
