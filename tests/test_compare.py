@@ -58,6 +58,13 @@ def test_standard_error_with_problems_adds_the_spread_of_the_per_problem_differe
   # a run without per-problem scores leaves the second error out
   del records[0]["per_problem"]
   assert compare.paired(records, "mcts_tree", "cispo", 16, "0.2")[3] is None
+  # one seed has no standard error to give: the table says so instead of printing nan
+  one = [r for r in records if r["seed"] == 1]
+  diff, se, n, with_problems = compare.paired(one, "mcts_tree", "cispo", 16, "0.2")
+  assert n == 1 and np.isclose(diff, 0.0625) and np.isnan(se) and with_problems is None
+  rows = {r["method"]: r for r in compare.summarize(one, 16, ["0.2", "0.8"])}
+  line = compare.markdown([rows["mcts_tree"]], 16, "h", ["0.2", "0.8"]).splitlines()[-1]
+  assert "| +6.2 (1 seed: no SE) |" in line and "nan" not in line
 
 
 def test_importing_the_script_defines_no_flags_that_clash_with_main():

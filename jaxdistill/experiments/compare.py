@@ -286,7 +286,8 @@ def paired(records: list[dict], method: str, other: str, k: int, temperature: st
   run has per-problem scores ("per_problem", one set of k samples each), the last adds the
   sampling of the problems: SE^2 + var_p(d_p) / P, with d_p problem p's difference averaged
   over seeds (its variance also holds the k samples' noise, so this errs on the large side).
-  None where the scores are missing."""
+  None where the scores are missing or there is one seed (whose spread is unknown: the
+  first is then nan)."""
   score = lambda r: r["test"][temperature][f"mean@{k}"]
   mine = {r["seed"]: r for r in records if r["method"] == method}
   theirs = {r["seed"]: r for r in records if r["method"] == other}
@@ -296,7 +297,7 @@ def paired(records: list[dict], method: str, other: str, k: int, temperature: st
     return None
   se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
   with_problems = None
-  if all("per_problem" in r for s in seeds for r in (mine[s], theirs[s])):
+  if len(diffs) > 1 and all("per_problem" in r for s in seeds for r in (mine[s], theirs[s])):
     per_problem = np.mean([np.subtract(mine[s]["per_problem"], theirs[s]["per_problem"])
                            for s in seeds], axis=0)  # [problems]
     with_problems = float(np.sqrt(se ** 2 + per_problem.var(ddof=1) / len(per_problem)))
@@ -342,6 +343,8 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
   def diff(d):  # the lead is flagged past two of the largest standard error there is
     if d is None:
       return "-"
+    if d[2] < 2:  # one seed: its difference, but no spread to say how sure it is
+      return f"{100 * d[0]:+.1f} (1 seed: no SE)"
     se = max(d[1], d[3]) if len(d) > 3 and d[3] is not None else d[1]
     return (f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f}"
             + (f" (± {100 * d[3]:.1f} with problems)" if len(d) > 3 and d[3] is not None else "")
