@@ -1,5 +1,8 @@
 """The comparison table: per-seed scores, spread, paired differences with standard errors."""
 
+import json
+import os
+
 import numpy as np
 
 from jaxdistill.experiments import compare
@@ -65,6 +68,27 @@ def test_standard_error_with_problems_adds_the_spread_of_the_per_problem_differe
   rows = {r["method"]: r for r in compare.summarize(one, 16, ["0.2", "0.8"])}
   line = compare.markdown([rows["mcts_tree"]], 16, "h", ["0.2", "0.8"]).splitlines()[-1]
   assert "| +6.2 (1 seed: no SE) |" in line and "nan" not in line
+
+
+def test_asking_for_per_problem_scores_reuses_the_evaluation(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_run(workdir, overrides, mode="train"):  # what --mode eval writes
+    calls.append(mode)
+    with open(os.path.join(workdir, "eval_result.json"), "w") as f:
+      json.dump({"mean@16": 0.25, "per_problem": [0.5, 0.0]}, f)
+    return 0.0
+  monkeypatch.setattr(compare, "_run", fake_run)
+  workdir = str(tmp_path)
+  assert compare.evaluate(workdir, ["seed=0"], "0.2") == {"mean@16": 0.25}
+  scores = compare.evaluate(workdir, ["seed=0"], "0.2", per_problem=True)
+  assert scores["per_problem"] == [0.5, 0.0] and calls == ["eval"]  # one evaluation for both
+  # a cache written before per-problem scores were recorded is evaluated again, once
+  with open(tmp_path / "eval_test_t0.2.json", "w") as f:
+    json.dump({"mean@16": 0.25}, f)
+  for _ in range(2):
+    assert compare.evaluate(workdir, ["seed=0"], "0.2", per_problem=True)["per_problem"] == [0.5, 0.0]
+  assert calls == ["eval", "eval"]
 
 
 def test_importing_the_script_defines_no_flags_that_clash_with_main():

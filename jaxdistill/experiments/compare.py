@@ -147,8 +147,9 @@ def evaluate(workdir: str, common: list[str], temperature: str, split: str = "te
              key_set: int = 0, per_problem: bool = False) -> dict:
   """mean@k / pass@k of the run's latest checkpoint (or the base model) on a split; key_set
   r > 0 draws the samples with seed + KEY_SET_STRIDE * r (an independent set of k per problem);
-  per_problem: with each problem's mean reward ("per_problem"; cached on its own, since
-  evaluations cached before it was recorded lack it)."""
+  per_problem: with each problem's mean reward ("per_problem"). One cache per evaluation keeps
+  the per-problem scores, so asking for them does not evaluate again (a cache written before
+  they were recorded is evaluated again once)."""
   if key_set:
     common = with_key_set(common, key_set)
 
@@ -159,9 +160,14 @@ def evaluate(workdir: str, common: list[str], temperature: str, split: str = "te
       result = json.load(f)
     if per_problem and "per_problem" not in result:
       raise RuntimeError(f"{workdir}: the evaluation wrote no per-problem scores")
-    return result if per_problem else {k: v for k, v in result.items() if k != "per_problem"}
-  suffix = (f"_keys{key_set}" if key_set else "") + ("_problems" if per_problem else "")
-  return _cached(os.path.join(workdir, f"eval_{split}_t{temperature}{suffix}.json"), make)
+    return result
+  path = os.path.join(workdir, f"eval_{split}_t{temperature}"
+                      + (f"_keys{key_set}" if key_set else "") + ".json")
+  result = _cached(path, make)
+  if per_problem and "per_problem" not in result:  # cached before they were recorded
+    os.remove(path)
+    result = _cached(path, make)
+  return result if per_problem else {k: v for k, v in result.items() if k != "per_problem"}
 
 
 KEY_SET_STRIDE = 1000  # evaluation seeds of key set r: seed + 1000 r (runs use seeds < 1000)
@@ -345,9 +351,9 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
       return "-"
     if d[2] < 2:  # one seed: its difference, but no spread to say how sure it is
       return f"{100 * d[0]:+.1f} (1 seed: no SE)"
-    se = max(d[1], d[3]) if len(d) > 3 and d[3] is not None else d[1]
+    se = d[1] if d[3] is None else max(d[1], d[3])
     return (f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f}"
-            + (f" (± {100 * d[3]:.1f} with problems)" if len(d) > 3 and d[3] is not None else "")
+            + ("" if d[3] is None else f" (± {100 * d[3]:.1f} with problems)")
             + (" **(> 2 SE)**" if se > 0 and d[0] > 2 * se else ""))
   lines = [header, "",
            f"| method | lr | mean@{k} T={t0} (mean ± std) | per seed | minus cispo (± SE) | "
