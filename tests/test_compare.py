@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from jaxdistill.experiments import compare
+from jaxdistill.experiments import compare, report
 
 
 def _record(method, seed, low, high=None, lr=None):
@@ -21,7 +21,7 @@ def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
   for seed, record in enumerate(records[-3:]):  # 8 updates: quarters of 2
     record["reward"] = [seed + i for i in range(8)]
   records += [_record("mcts_tree", s, x, lr=1e-5) for s, x in enumerate([0.24, 0.26, 0.30])]
-  rows = {r["method"]: r for r in compare.summarize(records, 16, ["0.2", "0.8"])}
+  rows = {r["method"]: r for r in report.summarize(records, 16, ["0.2", "0.8"])}
   assert rows["cispo"]["mean@16/T0.2"] == [0.20, 0.21, 0.25]
   # mcts_tree - cispo by seed: 0.04, 0.05, 0.05
   diff, se, n, with_problems = rows["mcts_tree"]["minus_cispo"]
@@ -29,7 +29,7 @@ def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
   assert np.isclose(se, np.std([0.04, 0.05, 0.05], ddof=1) / np.sqrt(3))
   assert "minus_cispo" not in rows["cispo"]
   assert np.isclose(rows["cispo"]["minus_base"][0], np.mean([0.10, 0.09, 0.11]))
-  table = compare.markdown(list(rows.values()), 16, "header", ["0.2", "0.8"]).splitlines()
+  table = report.markdown(list(rows.values()), 16, "header", ["0.2", "0.8"]).splitlines()
   assert table[0] == "header" and len(table) == 7  # header, blank, 2 table lines, 3 rows
   tree = next(line for line in table if line.startswith("| mcts_tree |"))
   # a lead of 4.7 points with an SE of 0.3 is flagged as beyond two standard errors
@@ -48,25 +48,25 @@ def test_standard_error_with_problems_adds_the_spread_of_the_per_problem_differe
   records = []
   for (method, seed), scores in per_problem.items():
     records.append(_record(method, seed, float(np.mean(scores)), lr=1e-5) | {"per_problem": scores})
-  diff, se, n, with_problems = compare.paired(records, "mcts_tree", "cispo", 16, "0.2")
+  diff, se, n, with_problems = report.paired(records, "mcts_tree", "cispo", 16, "0.2")
   # per-seed differences 0.125 and 0.0625; per problem, averaged over seeds: .25, 0, -.125, .25
   assert n == 2 and np.isclose(diff, 0.09375)
   assert np.isclose(se, np.std([0.125, 0.0625], ddof=1) / np.sqrt(2))
   assert np.isclose(with_problems ** 2, se ** 2 + np.var([0.25, 0.0, -0.125, 0.25], ddof=1) / 4)
   # the flag past 2 SE uses the larger error: +9.4 is past 2 x 3.1 but not past 2 x 9.9
-  rows = {r["method"]: r for r in compare.summarize(records, 16, ["0.2", "0.8"])}
-  line = compare.markdown([rows["mcts_tree"]], 16, "h", ["0.2", "0.8"]).splitlines()[-1]
+  rows = {r["method"]: r for r in report.summarize(records, 16, ["0.2", "0.8"])}
+  line = report.markdown([rows["mcts_tree"]], 16, "h", ["0.2", "0.8"]).splitlines()[-1]
   assert f"| +9.4 ± 3.1 (± {100 * with_problems:.1f} with problems) |" in line
   assert "2 SE" not in line and with_problems > 0.047
   # a run without per-problem scores leaves the second error out
   del records[0]["per_problem"]
-  assert compare.paired(records, "mcts_tree", "cispo", 16, "0.2")[3] is None
+  assert report.paired(records, "mcts_tree", "cispo", 16, "0.2")[3] is None
   # one seed has no standard error to give: the table says so instead of printing nan
   one = [r for r in records if r["seed"] == 1]
-  diff, se, n, with_problems = compare.paired(one, "mcts_tree", "cispo", 16, "0.2")
+  diff, se, n, with_problems = report.paired(one, "mcts_tree", "cispo", 16, "0.2")
   assert n == 1 and np.isclose(diff, 0.0625) and np.isnan(se) and with_problems is None
-  rows = {r["method"]: r for r in compare.summarize(one, 16, ["0.2", "0.8"])}
-  line = compare.markdown([rows["mcts_tree"]], 16, "h", ["0.2", "0.8"]).splitlines()[-1]
+  rows = {r["method"]: r for r in report.summarize(one, 16, ["0.2", "0.8"])}
+  line = report.markdown([rows["mcts_tree"]], 16, "h", ["0.2", "0.8"]).splitlines()[-1]
   assert "| +6.2 (1 seed: no SE) |" in line and "nan" not in line
 
 
@@ -148,6 +148,6 @@ def test_evaluation_key_sets_move_only_the_seed_and_pool_to_mean_at_k_times_sets
               "test": {"0.2": compare.pool_key_sets(sets[s:s + 2], 16) if m == "base"
                        else {"mean@16": 0.2, "pass@16": 0.4}, "0.8": sets[s]}}
              for m in ("base", "cispo") for s in range(2)]
-  rows = {r["method"]: r for r in compare.summarize(records, 16, ["0.2", "0.8"])}
+  rows = {r["method"]: r for r in report.summarize(records, 16, ["0.2", "0.8"])}
   assert np.allclose(rows["base"]["mean@16/T0.2"], [0.12, 0.145])
   assert np.isclose(rows["cispo"]["minus_base"][0], 0.2 - np.mean([0.12, 0.145]))

@@ -31,6 +31,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from jaxdistill.experiments.report import markdown, plot, summarize
+
 # method name -> config overrides (the comparison's variants of the three algorithms)
 METHODS = {
     "mcts_distill": ["algo=mcts_distill"],
@@ -283,123 +285,6 @@ def _eval_temperature() -> float:
   return presets.get_config(FLAGS.preset).eval.temperature
 
 
-def paired(records: list[dict], method: str, other: str, k: int, temperature: str):
-  """(mean, standard error, n, standard error with problems) over seeds of method's mean@k
-  minus other's, seed by seed.
-
-  The first standard error treats the test problems as fixed: every seed is scored on the
-  same problems, so it says how sure we are of the difference on these problems. Where every
-  run has per-problem scores ("per_problem", one set of k samples each), the last adds the
-  sampling of the problems: SE^2 + var_p(d_p) / P, with d_p problem p's difference averaged
-  over seeds (its variance also holds the k samples' noise, so this errs on the large side).
-  None where the scores are missing or there is one seed (whose spread is unknown: the
-  first is then nan)."""
-  score = lambda r: r["test"][temperature][f"mean@{k}"]
-  mine = {r["seed"]: r for r in records if r["method"] == method}
-  theirs = {r["seed"]: r for r in records if r["method"] == other}
-  seeds = [s for s in sorted(mine) if s in theirs]
-  diffs = np.array([score(mine[s]) - score(theirs[s]) for s in seeds])
-  if len(diffs) == 0:
-    return None
-  se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-  with_problems = None
-  if len(diffs) > 1 and all("per_problem" in r for s in seeds for r in (mine[s], theirs[s])):
-    per_problem = np.mean([np.subtract(mine[s]["per_problem"], theirs[s]["per_problem"])
-                           for s in seeds], axis=0)  # [problems]
-    with_problems = float(np.sqrt(se ** 2 + per_problem.var(ddof=1) / len(per_problem)))
-  return float(diffs.mean()), float(se), len(diffs), with_problems
-
-
-def quarters(values) -> list[float]:
-  """Means of the four consecutive quarters of a run's per-update values (its curve)."""
-  return [float(np.mean(part)) for part in np.array_split(np.asarray(values, float), 4)
-          if len(part)]
-
-
-def summarize(records: list[dict], k: int, temperatures: list[str]) -> list[dict]:
-  """One row per method: per-seed scores, mean and std, paired differences (at the first
-  temperature)."""
-  rows = []
-  t0 = temperatures[0]
-  for method in dict.fromkeys(r["method"] for r in records):
-    mine = sorted((r for r in records if r["method"] == method), key=lambda r: r["seed"])
-    row = {"method": method, "seeds": [r["seed"] for r in mine],
-           "lr": mine[0].get("lr"), "tokens": float(np.mean([r["generated_tokens"] for r in mine])),
-           "iterations": float(np.mean([r["iterations"] for r in mine])),
-           "train_s": float(np.mean([r.get("train_s", 0.0) for r in mine]))}
-    for t in temperatures:
-      scores = np.array([r["test"][t][f"mean@{k}"] for r in mine])
-      row[f"mean@{k}/T{t}"] = scores.tolist()
-      row[f"pass@{k}/T{t}"] = float(np.mean([r["test"][t][f"pass@{k}"] for r in mine]))
-    if all(r.get("reward") for r in mine):  # training reward over the run, mean over seeds
-      row["reward_quarters"] = np.mean([quarters(r["reward"]) for r in mine], axis=0).tolist()
-    for other in ("cispo", "base"):
-      if other != method:
-        row[f"minus_{other}"] = paired(records, method, other, k, t0)
-    rows.append(row)
-  return rows
-
-
-def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> str:
-  """The table: a row per method, seeds listed, paired differences with standard errors."""
-  t0, t1 = temperatures[0], temperatures[-1]
-  pct = lambda xs: ", ".join(f"{100 * x:.1f}" for x in xs)
-  stat = lambda xs: (f"{100 * np.mean(xs):.1f}% ± {100 * np.std(xs, ddof=1):.1f}"
-                     if len(xs) > 1 else f"{100 * np.mean(xs):.1f}%")
-  def diff(d):  # the lead is flagged past two of the largest standard error there is
-    if d is None:
-      return "-"
-    if d[2] < 2:  # one seed: its difference, but no spread to say how sure it is
-      return f"{100 * d[0]:+.1f} (1 seed: no SE)"
-    se = d[1] if d[3] is None else max(d[1], d[3])
-    return (f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f}"
-            + ("" if d[3] is None else f" (± {100 * d[3]:.1f} with problems)")
-            + (" **(> 2 SE)**" if se > 0 and d[0] > 2 * se else ""))
-  lines = [header, "",
-           f"| method | lr | mean@{k} T={t0} (mean ± std) | per seed | minus cispo (± SE) | "
-           f"minus base (± SE) | pass@{k} T={t0} | mean@{k} T={t1} | pass@{k} T={t1} | "
-           "tokens | iterations | training time | training reward by quarter of the run |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  curve = lambda r: (" → ".join(f"{x:+.2f}" for x in r["reward_quarters"])
-                     if "reward_quarters" in r else "-")
-  for r in rows:
-    lines.append(
-        f"| {r['method']} | {r['lr'] if r['lr'] else '-'} | {stat(r[f'mean@{k}/T{t0}'])} | "
-        f"{pct(r[f'mean@{k}/T{t0}'])} | {diff(r.get('minus_cispo'))} | "
-        f"{diff(r.get('minus_base'))} | {100 * r[f'pass@{k}/T{t0}']:.1f}% | "
-        f"{stat(r[f'mean@{k}/T{t1}'])} | {100 * r[f'pass@{k}/T{t1}']:.1f}% | "
-        f"{r['tokens']:,.0f} | {r['iterations']:.0f} | {r['train_s'] / 60:.1f} min | "
-        f"{curve(r)} |")
-  return "\n".join(lines) + "\n"
-
-
-def plot(records: list[dict], sweep: dict, k: int, path: str) -> None:
-  """Validation mean@k against generated tokens: each method's runs (thin) and their mean."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  base = [r["validation"] for r in records if r["method"] == "base"]
-  if base:
-    ax.axhline(100 * np.mean(base), color="k", linestyle="--", label="base")
-  for i, method in enumerate(m for m in dict.fromkeys(r["method"] for r in records)
-                             if m != "base"):
-    curves = [np.asarray(r["curve"]) for r in records if r["method"] == method and r["curve"]]
-    for c in curves:
-      ax.plot(c[:, 0], 100 * c[:, 1], color=f"C{i}", alpha=0.25)
-    length = min(len(c) for c in curves)
-    mean = np.mean([c[:length] for c in curves], axis=0)
-    ax.plot(mean[:, 0], 100 * mean[:, 1], color=f"C{i}", marker="o",
-            label=f"{method} (lr {sweep.get(method, '?')})")
-  ax.set_xlabel("generated tokens in training")
-  ax.set_ylabel(f"validation mean@{k} (%), T={FLAGS.temperatures[0]}")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
 def main(argv):
   del argv
   k = _k()
@@ -466,7 +351,7 @@ def main(argv):
     json.dump({"budget": FLAGS.token_budget, "rows": rows, "runs": runs, "sweep": sweep,
                "sweep_runs": sweep_runs, "methods": {m: METHODS[m] for m in sweep},
                "overrides": FLAGS.set}, f, indent=1)
-  plot(records, sweep, k, stem + ".png")
+  plot(records, sweep, k, FLAGS.temperatures[0], stem + ".png")
   print(table)
   print(f"wrote {FLAGS.out}, {stem}.json, {stem}.png")
 
