@@ -4,6 +4,7 @@ compiled once, and the outer loop with progress, metrics, evaluation and checkpo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
@@ -248,11 +249,23 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
   eval_config = evaluation.eval_config_from(config)
   eval_problems = test_problems[:config.eval.num_problems]
 
-  def run_eval(step, problems=eval_problems, prefix="eval"):
+  def run_eval(step, problems=eval_problems, prefix="eval", final=False):
+    """final: the last test evaluation; its per-problem scores (each problem's mean reward,
+    the same numbers `--mode eval` writes) go to WORKDIR/eval_after.json, so a comparison
+    needs no second evaluation of the same checkpoint, keys and temperature."""
     result = evaluation.evaluate(nnx.merge(graphdef, state.params), tokenizer, problems,
-                                 eval_config, seed=config.seed, prompt=config.task.prompt)
+                                 eval_config, seed=config.seed, prompt=config.task.prompt,
+                                 per_problem=final)
+    per_problem = result.pop("per_problem", None)
     log.write(step, {f"{prefix}_{k}": v for k, v in result.items()})
     if parallel.is_primary():
+      if per_problem is not None:
+        path = os.path.join(workdir, "eval_after.json")
+        with open(path + ".partial", "w") as f:
+          json.dump(result | {"step": step, "split": "test", "seed": config.seed,
+                              "temperature": config.eval.temperature,
+                              "per_problem": per_problem}, f)
+        os.replace(path + ".partial", path)
       plot_run(log.rows(), config.eval.k, os.path.join(workdir, "eval.png"))
     return result
 
@@ -310,7 +323,7 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
       if not config.eval.every:
         pass  # no evaluation
       elif done:
-        summary["eval_after"] = run_eval(step + 1)
+        summary["eval_after"] = run_eval(step + 1, final=True)
         if validation_problems:
           summary["val_after"] = run_eval(step + 1, validation_problems, "val")
       elif (step + 1) % config.eval.every == 0:

@@ -151,3 +151,43 @@ def test_evaluation_key_sets_move_only_the_seed_and_pool_to_mean_at_k_times_sets
   rows = {r["method"]: r for r in report.summarize(records, 16, ["0.2", "0.8"])}
   assert np.allclose(rows["base"]["mean@16/T0.2"], [0.12, 0.145])
   assert np.isclose(rows["cispo"]["minus_base"][0], 0.2 - np.mean([0.12, 0.145]))
+
+
+def test_a_training_run_s_per_problem_scores_come_from_its_own_final_evaluation(tmp_path,
+                                                                                 monkeypatch):
+  """train_run takes the per-problem test scores the run's last evaluation wrote
+  (eval_after.json) instead of evaluating the checkpoint again; a run without them (trained
+  before they were kept) is evaluated."""
+  import types
+  calls = []
+
+  def fake_run(workdir, overrides, mode="train"):
+    calls.append(mode)
+    os.makedirs(workdir, exist_ok=True)
+    if mode == "eval":
+      with open(os.path.join(workdir, "eval_result.json"), "w") as f:
+        json.dump({"mean@16": 0.5, "pass@16": 0.5, "per_problem": [0.25, 0.75]}, f)
+      return 0.0
+    rows = [{"step": 1, "loss": 0.0, "generated_tokens": 60, "elapsed_s": 1.0, "reward": 0.1},
+            {"step": 2, "loss": 0.0, "generated_tokens": 60, "elapsed_s": 2.0, "reward": 0.2},
+            {"step": 2, "eval_mean@16": 0.5, "eval_pass@16": 0.5},
+            {"step": 2, "val_mean@16": 0.125}]
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    if keep:
+      with open(os.path.join(workdir, "eval_after.json"), "w") as f:
+        json.dump({"mean@16": 0.5, "step": 2, "per_problem": [1.0, 0.0]}, f)
+    return 10.0
+  monkeypatch.setattr(compare, "_run", fake_run)
+  monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)
+  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
+      workdir=str(tmp_path), token_budget=120, curve_points=1, temperatures=["0.2"],
+      eval_key_sets=1, problem_se=True, preset="tiny", set=[]))
+  keep = True
+  record = compare.train_run("cispo", 0, "1e-5", [])
+  assert record["per_problem"] == [1.0, 0.0] and calls == ["train"]
+  assert record["test"]["0.2"]["mean@16"] == 0.5 and record["validation"] == 0.125
+  assert "final_per_problem" not in record
+  keep = False  # noqa: F841  (read by fake_run)
+  record = compare.train_run("cispo", 1, "1e-5", [])
+  assert record["per_problem"] == [0.25, 0.75] and calls == ["train", "train", "eval"]

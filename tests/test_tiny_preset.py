@@ -55,3 +55,8 @@ def test_smoke_preset_end_to_end(tmp_path):
   assert len(result["per_problem"]) == 32 and all(x in (0, .25, .5, .75, 1)
                                                   for x in result["per_problem"])
   assert math.isclose(sum(result["per_problem"]) / 32, result["mean@4"], rel_tol=1e-6)
+  # the training run's final evaluation kept the same per-problem scores (a comparison reads
+  # them instead of evaluating again)
+  after = json.load(open(tmp_path / "eval_after.json"))
+  assert after["step"] == 2 and after["split"] == "test" and after["mean@4"] == result["mean@4"]
+  assert after["per_problem"] == result["per_problem"]
