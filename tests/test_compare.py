@@ -39,6 +39,13 @@ def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
   assert "reward_quarters" not in rows["mcts_tree"] and tree.endswith("| - |")
   assert next(line for line in table if line.startswith("| cispo |")).endswith(
       "| +1.50 → +3.50 → +5.50 → +7.50 |")
+  # every line has as many cells as the header; with one temperature (--temperatures=0.2) its
+  # columns appear once, not a second time in the other temperature's place
+  for temperatures, cells in ((["0.2", "0.8"], 13), (["0.2"], 11)):
+    rows = report.summarize(records, 16, temperatures)
+    table = report.markdown(rows, 16, "h", temperatures).splitlines()[2:]
+    assert {line.count("|") - 1 for line in table} == {cells}
+    assert table[0].count("T=0.2") == 2 and table[0].count("T=0.8") == 2 * (cells == 13)
 
 
 def test_standard_error_with_problems_adds_the_spread_of_the_per_problem_differences():

@@ -39,7 +39,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
 
   c.sft = ml_collections.ConfigDict()  # warm start of the locally built model
   # calibrated so the base model solves a minority of held-out problems (mean@16 in 5-25%,
-  # like the instruct model the reference started from): see README "The tiny preset"
+  # like the instruct model the reference started from): see README "Countdown data"
   c.sft.steps = 400  # 0: no warm start (random init)
   c.sft.batch_size = 64
   c.sft.learning_rate = 2e-3
@@ -105,7 +105,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.learner.value_coef = 1.0
   c.learner.value_trunk_grad = True  # False: value loss trains the value head only
   c.learner.kl_coef = 0.05
-  c.learner.learning_rate = 1e-5  # the best of 1e-5, 3e-5, 1e-4 on validation (README)
+  c.learner.learning_rate = 1e-5  # the best of 1e-5, 3e-5, 1e-4 on validation (docs/results.md)
   c.learner.end_learning_rate = 0.0
   c.learner.warmup_steps = 0
   c.learner.decay_steps = 0  # 0: train.num_iterations

@@ -64,7 +64,7 @@ def summarize(records: list[dict], k: int, temperatures: list[str]) -> list[dict
 
 def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> str:
   """The table: a row per method, seeds listed, paired differences with standard errors."""
-  t0, t1 = temperatures[0], temperatures[-1]
+  t0, others = temperatures[0], temperatures[1:]  # others: a column pair each (none if one)
   pct = lambda xs: ", ".join(f"{100 * x:.1f}" for x in xs)
   stat = lambda xs: (f"{100 * np.mean(xs):.1f}% ± {100 * np.std(xs, ddof=1):.1f}"
                      if len(xs) > 1 else f"{100 * np.mean(xs):.1f}%")
@@ -79,9 +79,10 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
             + (" **(> 2 SE)**" if se > 0 and d[0] > 2 * se else ""))
   lines = [header, "",
            f"| method | lr | mean@{k} T={t0} (mean ± std) | per seed | minus cispo (± SE) | "
-           f"minus base (± SE) | pass@{k} T={t0} | mean@{k} T={t1} | pass@{k} T={t1} | "
-           "tokens | iterations | training time | training reward by quarter of the run |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           f"minus base (± SE) | pass@{k} T={t0} | "
+           + "".join(f"mean@{k} T={t} | pass@{k} T={t} | " for t in others)
+           + "tokens | iterations | training time | training reward by quarter of the run |",
+           "|---" * (11 + 2 * len(others)) + "|"]
   curve = lambda r: (" → ".join(f"{x:+.2f}" for x in r["reward_quarters"])
                      if "reward_quarters" in r else "-")
   for r in rows:
@@ -89,7 +90,8 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
         f"| {r['method']} | {r['lr'] if r['lr'] else '-'} | {stat(r[f'mean@{k}/T{t0}'])} | "
         f"{pct(r[f'mean@{k}/T{t0}'])} | {diff(r.get('minus_cispo'))} | "
         f"{diff(r.get('minus_base'))} | {100 * r[f'pass@{k}/T{t0}']:.1f}% | "
-        f"{stat(r[f'mean@{k}/T{t1}'])} | {100 * r[f'pass@{k}/T{t1}']:.1f}% | "
+        + "".join(f"{stat(r[f'mean@{k}/T{t}'])} | {100 * r[f'pass@{k}/T{t}']:.1f}% | "
+                  for t in others) +
         f"{r['tokens']:,.0f} | {r['iterations']:.0f} | {r['train_s'] / 60:.1f} min | "
         f"{curve(r)} |")
   return "\n".join(lines) + "\n"
