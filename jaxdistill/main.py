@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -187,9 +186,8 @@ def run_job(config, workdir: str, mode: str) -> dict:
                                  per_problem=True)
     if parallel.is_primary():
       print({key: value for key, value in result.items() if key != "per_problem"})
-      with open(os.path.join(workdir, "eval_result.json"), "w") as f:
-        json.dump(result | {"split": config.eval.split, "temperature": config.eval.temperature},
-                  f)
+      evaluation.write_result(os.path.join(workdir, "eval_result.json"), result,
+                              split=config.eval.split, temperature=config.eval.temperature)
     return result
   return _sample(model, tokenizer, test_split[:8], eval_config, config.task.prompt)
 

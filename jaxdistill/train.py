@@ -4,7 +4,6 @@ compiled once, and the outer loop with progress, metrics, evaluation and checkpo
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -260,12 +259,9 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
     log.write(step, {f"{prefix}_{k}": v for k, v in result.items()})
     if parallel.is_primary():
       if per_problem is not None:
-        path = os.path.join(workdir, "eval_after.json")
-        with open(path + ".partial", "w") as f:
-          json.dump(result | {"step": step, "split": "test", "seed": config.seed,
-                              "temperature": config.eval.temperature,
-                              "per_problem": per_problem}, f)
-        os.replace(path + ".partial", path)
+        evaluation.write_result(os.path.join(workdir, "eval_after.json"), result,
+                                per_problem=per_problem, step=step, split="test",
+                                seed=config.seed, temperature=config.eval.temperature)
       plot_run(log.rows(), config.eval.k, os.path.join(workdir, "eval.png"))
     return result
 

@@ -183,7 +183,7 @@ def test_a_training_run_s_per_problem_scores_come_from_its_own_final_evaluation(
       f.writelines(json.dumps(r) + "\n" for r in rows)
     if keep:
       with open(os.path.join(workdir, "eval_after.json"), "w") as f:
-        json.dump({"mean@16": 0.5, "step": 2, "per_problem": [1.0, 0.0]}, f)
+        json.dump({"mean@16": 0.5, "step": 2, "temperature": 0.2, "per_problem": [1.0, 0.0]}, f)
     return 10.0
   monkeypatch.setattr(compare, "_run", fake_run)
   monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)

@@ -239,12 +239,7 @@ def train_run(method: str, seed: int, lr: str, common: list[str]) -> dict:
     curve = [(at_step.get(r["step"], 0), r[key]) for r in rows
              for key in (f"curve_mean@{k}", f"val_mean@{k}") if key in r]
     final = next(r for r in reversed(rows) if f"eval_mean@{k}" in r)  # at eval.temperature
-    extra = {}
-    after = os.path.join(workdir, "eval_after.json")  # that evaluation's per-problem scores
-    if os.path.exists(after):
-      with open(after) as f:
-        extra["final_per_problem"] = json.load(f)["per_problem"]
-    return extra | {"method": method, "seed": seed, "lr": float(lr), "wall_s": wall,
+    return {"method": method, "seed": seed, "lr": float(lr), "wall_s": wall,
             "iterations": len(train_rows), "generated_tokens": int(tokens[-1]),
             "train_s": float(train_rows[-1]["elapsed_s"]),
             "reward": [r["reward"] for r in train_rows],
@@ -260,12 +255,11 @@ def train_run(method: str, seed: int, lr: str, common: list[str]) -> dict:
                     else evaluate(workdir, overrides, t) for t in FLAGS.temperatures}
   t0 = FLAGS.temperatures[0]
   record["test"][t0] = scored(record["test"][t0], workdir, overrides)
-  final_per_problem = record.pop("final_per_problem", None)
   if FLAGS.problem_se:
-    if final_per_problem is not None and float(t0) == float(reference):
-      record["per_problem"] = final_per_problem  # the run's own final test evaluation
-    else:
-      record["per_problem"] = evaluate(workdir, overrides, t0, per_problem=True)["per_problem"]
+    after = os.path.join(workdir, "eval_after.json")  # the run's final test evaluation
+    final = json.load(open(after)) if os.path.exists(after) else {}
+    record["per_problem"] = (final["per_problem"] if final.get("temperature") == float(t0)
+                             else evaluate(workdir, overrides, t0, per_problem=True)["per_problem"])
   return record
 
 
