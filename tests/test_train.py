@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import countdown as presets
+from jaxdistill.configs import countdown as presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.hidden_size=32", "--config.model.intermediate_size=64",
@@ -26,8 +26,8 @@ TINY = ["--config.model.hidden_size=32", "--config.model.intermediate_size=64",
 
 
 def _config(**overrides):
-  from jaxdistill.experiments.search_diagnostics import apply_overrides
-  config = apply_overrides(presets.get_config("smoke"), [f[len("--config."):] for f in TINY])
+  config = presets.apply_overrides(presets.get_config("smoke"),
+                                   [f[len("--config."):] for f in TINY])
   for key, value in overrides.items():
     section, field = key.split("__")
     config[section][field] = value

@@ -114,3 +114,15 @@ def test_processes_probing_one_workdir_at_once_do_not_collide(tmp_path, monkeypa
   monkeypatch.setattr(os, "remove", remove)
   main.check_writable(str(tmp_path))
   assert len(others) == 1 and os.listdir(tmp_path) == []
+
+
+def test_overrides_as_the_scripts_take_them_reach_any_depth_and_keep_the_field_s_type():
+  config = presets.apply_overrides(presets.get_config("tiny"), [
+      "seed=3", "eval.temperature=0.8", "search.rollout_to_end=false", "learner.decay_steps=7"])
+  assert config.seed == 3 and config.eval.temperature == 0.8
+  assert config.search.rollout_to_end is False and config.learner.decay_steps == 7
+  assert isinstance(config.eval.temperature, float)
+  with pytest.raises((KeyError, AttributeError)):
+    presets.apply_overrides(config, ["eval.no_such_field=1"])
+  with pytest.raises(ValueError, match="field=value"):
+    presets.apply_overrides(config, ["eval.temperature"])

@@ -11,6 +11,25 @@ import ml_collections
 PRESETS = ("tiny", "smoke", "qwen2.5-0.5b", "qwen2.5-1.5b")
 
 
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+  """`path.to.field=value` strings (as after --config.) applied to `config` in place, the value
+  cast to the field's type (booleans from true/false/1/0). Unknown fields are errors."""
+  for item in overrides:
+    if "=" not in item:
+      raise ValueError(f"override {item!r} is not of the form field=value")
+    key, value = item.split("=", 1)
+    *sections, field = key.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    current = node[field]
+    if isinstance(current, bool):
+      node[field] = value.lower() in ("1", "true")
+    else:
+      node[field] = type(current)(value)
+  return config
+
+
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   """The config of one preset."""
   preset = preset or "tiny"

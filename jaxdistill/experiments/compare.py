@@ -278,14 +278,19 @@ def base_run(seed: int, common: list[str]) -> dict:
   return record
 
 
-def _k() -> int:
+def _config():
+  """The preset with --set applied: what every run of the comparison is configured with."""
   from jaxdistill.configs import countdown as presets
-  return presets.get_config(FLAGS.preset).eval.k
+  return presets.apply_overrides(presets.get_config(FLAGS.preset), FLAGS.set)
+
+
+def _k() -> int:
+  return _config().eval.k
 
 
 def _eval_temperature() -> float:
-  from jaxdistill.configs import countdown as presets
-  return presets.get_config(FLAGS.preset).eval.temperature
+  """The temperature of each training run's own final test evaluation."""
+  return _config().eval.temperature
 
 
 def main(argv):

@@ -42,20 +42,6 @@ def define_flags():
 FLAGS = flags.FLAGS
 
 
-def apply_overrides(config, overrides):
-  """`section.field=value` strings applied to an ml_collections config (value cast to the
-  field's type; booleans from true/false/1/0)."""
-  for item in overrides:
-    key, value = item.split("=", 1)
-    section, field = key.split(".")
-    current = config[section][field]
-    if isinstance(current, bool):
-      config[section][field] = value.lower() in ("1", "true")
-    else:
-      config[section][field] = type(current)(value)
-  return config
-
-
 def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) -> dict:
   """The numbers of the module docstring for `problems` under `config`."""
   import jax
@@ -128,7 +114,7 @@ def main(argv):
   from jaxdistill.models import from_pretrained
   from jaxdistill import tokenization
   from jaxdistill.tasks import countdown
-  config = apply_overrides(presets.get_config(FLAGS.preset), FLAGS.set)
+  config = presets.apply_overrides(presets.get_config(FLAGS.preset), FLAGS.set)
   model = from_pretrained(FLAGS.model)
   tokenizer = tokenization.load_tokenizer(FLAGS.model)
   train, _ = countdown.make_splits(config.task.data_seed, config.task.train_size,
