@@ -46,7 +46,13 @@ def build_examples(tokenizer, problems, sequence_length: int):
     prompt = tokenizer.encode(countdown.compact_prompt(p.numbers, p.target),
                               add_special_tokens=False)
     answer = tokenizer.encode(steps, add_special_tokens=False) + [ids.eos_id]
-    tokens = (prompt + answer)[:sequence_length + 1]
+    tokens = prompt + answer
+    if len(tokens) > sequence_length + 1:  # a cut answer would teach answers with no end
+      raise ValueError(
+          f"a warm-start example ({list(p.numbers)} -> {p.target}) has {len(tokens)} tokens "
+          f"(prompt, solution and EOS), more than sft.sequence_length + 1 = "
+          f"{sequence_length + 1}: set sft.sequence_length >= {len(tokens) - 1} (problems "
+          f"of {len(p.numbers)} numbers need longer examples)")
     row = np.full(sequence_length + 1, ids.pad_id, np.int32)
     row[:len(tokens)] = tokens
     mask = np.zeros(sequence_length, np.float32)

@@ -1,6 +1,7 @@
 """Warm start: the loss sees only solution tokens; the result is cached and reused."""
 
 import numpy as np
+import pytest
 import jax.numpy as jnp
 
 from jaxdistill import sft, tokenization
@@ -64,3 +65,15 @@ def test_a_cache_made_with_other_settings_is_not_reused(tmp_path, capsys):
   assert "other settings" in capsys.readouterr().out
   tokens = jnp.arange(20, dtype=jnp.int32).reshape(2, 10) % len(tokenizer)
   assert not np.allclose(np.asarray(a(tokens).logits), np.asarray(b(tokens).logits))
+
+
+def test_an_example_longer_than_the_sequence_is_refused_not_cut(tmp_path):
+  """A cut example would teach answers with no EOS; the error says what length is needed."""
+  tokenizer = tokenization.build_char_tokenizer(str(tmp_path / "tok"))
+  problems = countdown.generate(200, seed=3, count=4)
+  longest = max(len(tokenizer.encode(countdown.compact_prompt(p.numbers, p.target)
+                                     + countdown.solution_steps(p.numbers, p.target),
+                                     add_special_tokens=False)) + 1 for p in problems)
+  sft.build_examples(tokenizer, problems, longest - 1)  # exactly fits
+  with pytest.raises(ValueError, match=f"sft.sequence_length >= {longest - 1}"):
+    sft.build_examples(tokenizer, problems, longest - 2)
