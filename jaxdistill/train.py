@@ -277,7 +277,7 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
     flops = phase_flops(spec.method, prompts, config.task.prompt_width, spec.rollout,
                         spec.search, spec.learner, flops_per_token)
   summary = {"start_step": start}
-  if start == 0 and config.eval.at_start:
+  if start == 0 and config.eval.at_start and config.eval.every:  # every=0: no evaluation
     summary["eval_before"] = run_eval(0)
   total = config.train.num_iterations
   budget = config.train.token_budget  # 0: no budget, run all iterations

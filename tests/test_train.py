@@ -192,7 +192,10 @@ def test_a_signal_stops_with_a_checkpoint_and_the_resume_is_exact(uninterrupted,
 
 
 def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path):
-  _main(tmp_path, "--config.train.num_iterations=2", "--config.train.checkpoint_every=1")
+  _main(tmp_path, "--config.train.num_iterations=2", "--config.train.checkpoint_every=1",
+        "--config.eval.at_start=True")  # eval.every=0: no evaluation at all, not a lone "before"
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert not [key for line in f for key in json.loads(line) if key.startswith("eval_")]
   for root, _, files in os.walk(tmp_path / "checkpoints" / "2"):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
