@@ -208,3 +208,20 @@ def test_a_training_run_s_per_problem_scores_come_from_its_own_final_evaluation(
   record = compare.train_run("cispo", 2, "1e-5", [])
   assert calls == ["train", "eval"]  # T=0.2 evaluated, T=0.8 taken from the run
   assert record["test"]["0.8"]["mean@16"] == 0.5 and record["per_problem"] == [1.0, 0.0]
+
+
+def test_the_default_token_budget_is_the_preset_s_own_search_run(monkeypatch):
+  """tiny: the measured 474,186 every table in results/ used; another preset: mcts_distill's
+  probe (tokens per iteration) x its train.num_iterations, --set included."""
+  import types
+  from jaxdistill.experiments import compare
+  probed = []
+  monkeypatch.setattr(compare, "tokens_per_iteration",
+                      lambda method, common: probed.append(method) or 1000.5)
+  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(preset="tiny", set=[]))
+  assert compare.default_budget([]) == 474_186 and probed == []
+  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(preset="medium", set=[]))
+  assert compare.default_budget([]) == round(1000.5 * 64) and probed == ["mcts_distill"]
+  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
+      preset="medium", set=["train.num_iterations=10"]))
+  assert compare.default_budget([]) == 10_005

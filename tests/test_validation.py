@@ -126,3 +126,26 @@ def test_overrides_as_the_scripts_take_them_reach_any_depth_and_keep_the_field_s
     presets.apply_overrides(config, ["eval.no_such_field=1"])
   with pytest.raises(ValueError, match="field=value"):
     presets.apply_overrides(config, ["eval.temperature"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "medium"])
+def test_the_locally_built_presets_shapes_hold_every_problem_of_their_size(preset, tmp_path):
+  """Prompts, step lines, warm-start examples and whole answers of the preset's task.numbers
+  fit its static shapes (a cut warm-start example teaches answers that never end; a too short
+  completion budget scores solvable problems 0). Not `smoke`: a test-speed preset whose
+  10-step warm start solves nothing, with budgets cut for speed (48 tokens, answers <= 50)."""
+  from jaxdistill import tokenization
+  from jaxdistill.tasks import countdown
+  config = presets.get_config(preset)
+  tokenizer = tokenization.build_char_tokenizer(str(tmp_path / "tok"))
+  encode = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+  problems = countdown.generate(3000, seed=11, count=config.task.numbers)
+  solutions = [countdown.solution_steps(p.numbers, p.target) for p in problems]
+  prompt = max(encode(countdown.compact_prompt(p.numbers, p.target)) for p in problems)
+  answer = max(encode(s) + 1 for s in solutions)  # + EOS
+  step = max(encode(line + "\n") for s in solutions for line in s.split("\n"))
+  assert prompt <= config.task.prompt_width
+  assert prompt + answer <= config.sft.sequence_length + 1
+  assert answer <= min(config.rollout.max_completion_tokens, config.eval.max_new_tokens)
+  assert step <= config.search.max_step_tokens
+  assert config.task.prompt_width + answer <= config.search.max_path_tokens

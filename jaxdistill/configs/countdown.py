@@ -8,7 +8,7 @@ line (--config.search.num_agents=8); unknown fields are errors.
 
 import ml_collections
 
-PRESETS = ("tiny", "smoke", "qwen2.5-0.5b", "qwen2.5-1.5b")
+PRESETS = ("tiny", "smoke", "medium", "qwen2.5-0.5b", "qwen2.5-1.5b")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
@@ -166,6 +166,18 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     c.train.num_iterations, c.train.checkpoint_every = 2, 1
     c.eval.k, c.eval.num_problems, c.eval.max_new_tokens, c.eval.batch_size = 4, 32, 48, 128
     c.eval.every = 2
+  if preset == "medium":
+    # for one accelerator: 4 numbers per problem (the reference's task) and a model 4x wider
+    # than tiny (hidden 512, about 14M parameters), which a 2-core CPU cannot train in
+    # minutes. Shapes hold every 4-number problem: prompts <= 37 tokens, a step line <= 24,
+    # prompt + solution + EOS <= 113 (tests/test_validation.py checks them against the data)
+    m = c.model
+    m.hidden_size, m.intermediate_size, m.num_attention_heads = 512, 1536, 8
+    c.task.numbers, c.task.prompt_width = 4, 40
+    c.sft.sequence_length, c.sft.learning_rate = 116, 1e-3
+    c.search.max_step_tokens, c.search.max_path_tokens = 28, 136
+    c.rollout.max_completion_tokens = 96
+    c.eval.max_new_tokens = 96
   if preset.startswith("qwen"):
     c.sft.steps = 0  # the instruct model is the base
     c.model.dtype = "bfloat16"

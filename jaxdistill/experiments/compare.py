@@ -1,6 +1,7 @@
 """Compare training methods at an equal budget of generated tokens, from one base model.
 
     python -m jaxdistill.experiments.compare      # tiny preset: LR sweep, then 3 seeds each
+    python -m jaxdistill.experiments.compare --preset=medium   # 4 numbers, hidden 512 (GPU)
 
 1. The base model (one shared warm start) is scored per seed.
 2. Each method's generated tokens per iteration are measured by a 2-iteration probe, so
@@ -59,7 +60,10 @@ def define_flags():
   flags.DEFINE_list("seeds", ["0", "1", "2"], "RL seeds (the base model is the same for all)")
   flags.DEFINE_list("learning_rates", ["1e-5", "3e-5", "1e-4"], "learning rates tried on the "
                     "first seed (one value: no sweep)")
-  flags.DEFINE_integer("token_budget", 474_186, "generated tokens per training run")
+  flags.DEFINE_integer("token_budget", 0, "generated tokens per training run; 0: what the "
+                       "preset's own mcts_distill run samples (474,186 on tiny, measured; "
+                       "other presets: its 2-iteration probe's tokens per iteration x "
+                       "train.num_iterations)")
   flags.DEFINE_integer("curve_points", 5, "validation evaluations during each run")
   flags.DEFINE_list("temperatures", ["0.2", "0.8"], "evaluation temperatures (first: the "
                     "one learning rates are picked at)")
@@ -217,6 +221,18 @@ def tokens_per_iteration(method: str, common: list[str]) -> float:
   return _cached(os.path.join(FLAGS.workdir, f"probe-{method}.json"), make)
 
 
+TINY_BUDGET = 474_186  # generated tokens of the tiny preset's own mcts_distill run
+
+
+def default_budget(common: list[str]) -> int:
+  """The token budget when --token_budget is 0: the preset's mcts_distill run's tokens (on
+  tiny the measured run's, which every table in results/ used; elsewhere an estimate from
+  its probe: the policy's answers change length as it trains)."""
+  if FLAGS.preset == "tiny":
+    return TINY_BUDGET
+  return round(tokens_per_iteration("mcts_distill", common) * _config().train.num_iterations)
+
+
 def train_run(method: str, seed: int, lr: str, common: list[str]) -> dict:
   """One training run at the token budget, evaluated on validation and test."""
   name = f"{method}-lr{lr}-seed{seed}"
@@ -310,6 +326,11 @@ def main(argv):
   common = [f"sft.cache_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'warm_start'))}",
             f"task.data_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'data'))}",
             "train.progress=False"]
+  if FLAGS.token_budget < 0:
+    raise app.UsageError(f"--token_budget must be >= 0, got {FLAGS.token_budget}")
+  if not FLAGS.token_budget:
+    FLAGS.token_budget = default_budget(common)
+    print(f"token budget: {FLAGS.token_budget:,} generated tokens per training run", flush=True)
   seeds = [int(s) for s in FLAGS.seeds]
   records, sweep, sweep_runs = [], {}, []
   if "base" in FLAGS.methods:
