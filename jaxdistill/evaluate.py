@@ -80,12 +80,8 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, seed: int = 0,
 def write_result(path: str, result: dict, **fields) -> None:
   """An evaluation's result (with its per-problem scores, if any) and fields saying what was
   evaluated, as JSON at path, published whole (a killed run leaves no partial file)."""
-  import json
-  import os
-  partial = path + ".partial"
-  with open(partial, "w") as f:
-    json.dump(result | fields, f)
-  os.replace(partial, path)
+  from jaxdistill.metrics import write_json
+  write_json(path, result | fields)
 
 
 def _problem_rewards(model, tokenizer, all_problems, indices, config: EvalConfig, seed: int,

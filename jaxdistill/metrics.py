@@ -7,6 +7,15 @@ import math
 import os
 
 
+def write_json(path: str, value) -> None:
+  """value as JSON at path, published whole: written beside it, then renamed over it (a
+  killed process leaves no partial file, so the file's presence means it is complete)."""
+  partial = path + ".partial"
+  with open(partial, "w") as f:
+    json.dump(value, f)
+  os.replace(partial, path)
+
+
 def _clean(value):
   value = float(value) if hasattr(value, "__float__") else value
   if isinstance(value, float) and not math.isfinite(value):

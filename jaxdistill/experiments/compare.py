@@ -33,6 +33,7 @@ import numpy as np
 from absl import app, flags
 
 from jaxdistill.experiments.report import markdown, plot, summarize
+from jaxdistill.metrics import write_json
 
 # method name -> config overrides (the comparison's variants of the three algorithms)
 METHODS = {
@@ -142,10 +143,7 @@ def _cached(path: str, make):
     with open(path) as f:
       return json.load(f)
   value = make()
-  partial = path + ".partial"
-  with open(partial, "w") as f:
-    json.dump(value, f)
-  os.replace(partial, path)
+  write_json(path, value)
   return value
 
 
@@ -273,7 +271,10 @@ def train_run(method: str, seed: int, lr: str, common: list[str]) -> dict:
   record["test"][t0] = scored(record["test"][t0], workdir, overrides)
   if FLAGS.problem_se:
     after = os.path.join(workdir, "eval_after.json")  # the run's final test evaluation
-    final = json.load(open(after)) if os.path.exists(after) else {}
+    final = {}
+    if os.path.exists(after):
+      with open(after) as f:
+        final = json.load(f)
     record["per_problem"] = (final["per_problem"] if final.get("temperature") == float(t0)
                              else evaluate(workdir, overrides, t0, per_problem=True)["per_problem"])
   return record
