@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -125,23 +126,42 @@ def _problem_rewards(model, tokenizer, all_problems, indices, config: EvalConfig
   return rewards, generated
 
 
+class _CurrentProblems:
+  """The problems a cached search program's reward callback grades: set before each call."""
+
+  def __init__(self):
+    self.problems = []
+
+  def __getitem__(self, index):
+    return self.problems[index]
+
+
+@functools.lru_cache(maxsize=4)
+def _search_program(graphdef, search, rollout, tokenizer, dense: bool):
+  """The jitted test-time search of one model structure and budget, compiled once for every
+  set of problems and parameters of the same shapes (a notebook answers before and after
+  training; the reward host callback keeps jax from caching it on disk)."""
+  from jaxdistill import rewards
+  from jaxdistill.rl import rollouts
+  current = _CurrentProblems()
+  reward_fn = rewards.countdown_reward_fn(tokenizer, current, dense=dense)
+  run = jax.jit(lambda p, t, l, ids, keys: rollouts.mcts_distill(
+      graphdef, p, t, l, ids, keys, rollout, search, reward_fn)[0])
+  return run, current
+
+
 def searched_answers(model, tokenizer, problems, search, rollout, *, prompt_width: int,
                      prompt: str = "compact", seed: int = 0, batch_size: int = 8,
                      dense: bool = True) -> tuple[list[str], int]:
   """Each problem's answer by test-time search (its most-visited path, completed by
   sampling), and the tokens generated. `search` (rollouts.SearchSettings) sets the budget;
   search values use the dense (or sparse) reward."""
-  import dataclasses
-
   from flax import nnx
 
-  from jaxdistill import rewards
-  from jaxdistill.rl import rollouts
   search = dataclasses.replace(search, targets="path")  # one answer per problem
   graphdef, params = nnx.split(model)
-  reward_fn = rewards.countdown_reward_fn(tokenizer, problems, dense=dense)
-  run = jax.jit(lambda p, t, l, ids, keys: rollouts.mcts_distill(
-      graphdef, p, t, l, ids, keys, rollout, search, reward_fn)[0])
+  run, current = _search_program(graphdef, search, rollout, tokenizer, dense)
+  current.problems = list(problems)  # what the compiled program's reward callback grades
   tokens, lengths = encode_prompts(tokenizer, problems, prompt, prompt_width)
   pad = (-len(problems)) % batch_size
   ids = np.concatenate([np.arange(len(problems)), np.zeros(pad, int)]).astype(np.int32)
