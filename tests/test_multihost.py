@@ -122,19 +122,11 @@ def _assert_same_run(a_dir, b_dir):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
 
 
-def test_two_processes_equal_one_process_with_as_many_devices(single, tmp_path):
-  processes = _two_processes(tmp_path)
-  outputs = [p.communicate(timeout=600)[0] for p in processes]
-  assert [p.returncode for p in processes] == [0, 0], _tails(processes, outputs)
-  # one process prints and logs; the other stays quiet
-  assert "| after |" in outputs[0] and "| after |" not in outputs[1]
-  _assert_same_run(single, tmp_path)
-
-
-def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resume_matches(single,
-                                                                              tmp_path):
-  """Only process 1 is preempted (SIGTERM): both processes stop after the same iteration,
-  write one checkpoint together and exit 0; the resumed job matches the reference."""
+def test_two_processes_equal_one_process_through_a_sigterm_to_one_of_them(single, tmp_path):
+  """The job as 2 processes of 4 devices each, and only process 1 preempted (SIGTERM): both
+  processes stop after the same iteration, write one checkpoint together and exit 0; the
+  same command resumes them, and the job's metrics rows and parameters equal those of one
+  process with 8 devices. One process prints and logs; the other stays quiet."""
   processes = _two_processes(tmp_path)
   metrics = tmp_path / "metrics.jsonl"  # written by process 0
   deadline = time.time() + 300
@@ -157,4 +149,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resume_matches(si
   resumed = _two_processes(tmp_path)
   outputs = [p.communicate(timeout=600)[0] for p in resumed]
   assert [p.returncode for p in resumed] == [0, 0], _tails(resumed, outputs)
+  assert f"resumed from checkpoint {step}" in outputs[0]
+  assert "| after |" in outputs[0] and "| after |" not in outputs[1]
+  assert "resumed from" not in outputs[1]
   _assert_same_run(single, tmp_path)

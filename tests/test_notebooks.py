@@ -14,6 +14,8 @@ def _execute(name, tmp_path, monkeypatch):
   import nbformat
   from nbclient import NotebookClient
   monkeypatch.setenv("JAXDISTILL_NOTEBOOK_BUDGET", "tiny")
+  # the kernel sees the one CPU device of a notebook runtime, not the suite's 8 fake ones
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
   notebook = nbformat.read(os.path.join(ROOT, "notebooks", f"{name}.ipynb"), as_version=4)
   NotebookClient(notebook, timeout=900, kernel_name="python3",
                  resources={"metadata": {"path": str(tmp_path)}}).execute()

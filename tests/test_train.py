@@ -121,7 +121,9 @@ def _final_params(workdir):
   return step, jax.tree.leaves(state.params), position
 
 
-SIGNAL_RUN = ["--config.train.num_iterations=6", "--config.train.checkpoint_every=100"]
+# eval.at_start with eval.every=0: no evaluation at all (not a lone "before" row)
+SIGNAL_RUN = ["--config.train.num_iterations=8", "--config.train.checkpoint_every=100",
+              "--config.eval.at_start=True"]
 
 
 @pytest.fixture(scope="module")
@@ -129,81 +131,70 @@ def uninterrupted(tmp_path_factory):
   """The run that the interrupted ones must reproduce (no checkpoint before the end)."""
   workdir = tmp_path_factory.mktemp("uninterrupted")
   _main(workdir, *SIGNAL_RUN)
+  with open(workdir / "metrics.jsonl") as f:
+    assert not [key for line in f for key in json.loads(line) if key.startswith("eval_")]
   return workdir
 
 
-def test_resume_after_kill_is_exact(uninterrupted, tmp_path):
-  """kill -9 after a checkpoint, then the same command: the parameters and metrics rows of a
-  run that was never interrupted (checkpoints are written more often here; that changes
-  nothing)."""
-  resumed = tmp_path / "resumed"
-  common = SIGNAL_RUN + ["--config.train.checkpoint_every=1"]
-  process = _main(resumed, *common, popen=True)
-  deadline = time.time() + 300
-  while not os.path.isdir(resumed / "checkpoints" / "3") and time.time() < deadline:
+def _rows(workdir):
+  return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+          for line in open(workdir / "metrics.jsonl")]
+
+
+def _checkpoints(workdir):
+  return sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+
+
+def _wait_for(condition, process, seconds=300):
+  deadline = time.time() + seconds
+  while not condition() and time.time() < deadline and process.poll() is None:
     time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)  # kill -9 somewhere after checkpoint 3
+
+
+def test_every_interruption_resumes_exactly(uninterrupted, tmp_path):
+  """One job stopped four ways, each time restarted with the same command: SIGTERM
+  (preemption) and then Ctrl-C between checkpoints (the run finishes its iteration, saves
+  it, says where it stopped, exits 0 / 130), then kill -9 after a checkpoint (written every
+  iteration from here on: that changes nothing), then its latest checkpoint corrupted (the
+  next start warns and falls back to the one before). The job ends with the parameters and
+  metrics rows of a run that was never interrupted."""
+  run, metrics, step = tmp_path / "run", tmp_path / "run" / "metrics.jsonl", 0
+  for signum, exit_code in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
+    process = _main(run, *SIGNAL_RUN, popen=True)
+    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > step,
+              process)
+    process.send_signal(signum)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == exit_code, output[-2000:]
+    if step:
+      assert f"resumed from checkpoint {step}" in output, output[-2000:]
+    stopped = [line for line in output.splitlines() if line.startswith("stopped by")]
+    assert len(stopped) == 1 and signal.Signals(signum).name in stopped[0], output[-2000:]
+    previous, step = step, int(stopped[0].split("after step ")[1].split(";")[0])
+    assert previous < step < 6, "the run must stop between checkpoints, well before its end"
+    assert _checkpoints(run) == ([previous] if previous else []) + [step]
+
+  every = SIGNAL_RUN + ["--config.train.checkpoint_every=1"]
+  process = _main(run, *every, popen=True)
+  _wait_for(lambda: os.path.isdir(run / "checkpoints" / str(step + 1)), process)
+  process.send_signal(signal.SIGKILL)  # kill -9 somewhere after checkpoint step + 1
   process.wait()
   assert process.returncode == -signal.SIGKILL
-  last = max(int(d) for d in os.listdir(resumed / "checkpoints") if d.isdigit())
-  assert last < 6, "the run finished before it was killed; the test proved nothing"
-  out = _main(resumed, *common)
-  assert "resumed from checkpoint" in out.stdout
-  step_a, params_a, position_a = _final_params(uninterrupted)
-  step_b, params_b, position_b = _final_params(resumed)
-  assert step_a == step_b == 6 and position_a == position_b == 48
-  for a, b in zip(params_a, params_b):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  rows = lambda d: [json.loads(line) for line in open(d / "metrics.jsonl")]
-  strip = lambda r: {k: v for k, v in r.items() if k != "elapsed_s"}
-  assert [strip(r) for r in rows(uninterrupted)] == [strip(r) for r in rows(resumed)]
+  saved = _checkpoints(run)
+  assert step + 1 <= saved[-1] < 8, "the run finished before it was killed; the test proved nothing"
 
-
-@pytest.mark.parametrize("signum,exit_code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
-def test_a_signal_stops_with_a_checkpoint_and_the_resume_is_exact(uninterrupted, tmp_path,
-                                                                    signum, exit_code):
-  """SIGTERM (preemption) or Ctrl-C between checkpoints: the run finishes its iteration,
-  saves it, says where it stopped, exits 0 / 130; the same command then resumes and ends
-  with the parameters and metrics rows of a run that was never interrupted."""
-  run = tmp_path / "run"
-  process = _main(run, *SIGNAL_RUN, popen=True)
-  deadline = time.time() + 300
-  metrics = run / "metrics.jsonl"
-  while time.time() < deadline and not (
-      metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-    time.sleep(0.05)
-  process.send_signal(signum)
-  output = process.communicate(timeout=300)[0]
-  assert process.returncode == exit_code, output[-2000:]
-  stopped = [line for line in output.splitlines() if line.startswith("stopped by")]
-  assert len(stopped) == 1 and signal.Signals(signum).name in stopped[0], output[-2000:]
-  step = int(stopped[0].split("after step ")[1].split(";")[0])
-  assert 2 <= step < 6, "the run must stop between checkpoints, before its end"
-  assert sorted(os.listdir(run / "checkpoints")) == [str(step)]
-  out = _main(run, *SIGNAL_RUN)
-  assert f"resumed from checkpoint {step}" in out.stdout
-  final = [_final_params(d) for d in (uninterrupted, run)]
-  assert final[0][0] == final[1][0] == 6 and final[0][2] == final[1][2]
-  for a, b in zip(final[0][1], final[1][1]):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  rows = lambda d: [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
-                    for line in open(d / "metrics.jsonl")]
-  assert rows(uninterrupted) == rows(run)
-
-
-def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path):
-  _main(tmp_path, "--config.train.num_iterations=2", "--config.train.checkpoint_every=1",
-        "--config.eval.at_start=True")  # eval.every=0: no evaluation at all, not a lone "before"
-  with open(tmp_path / "metrics.jsonl") as f:
-    assert not [key for line in f for key in json.loads(line) if key.startswith("eval_")]
-  for root, _, files in os.walk(tmp_path / "checkpoints" / "2"):
+  for root, _, files in os.walk(run / "checkpoints" / str(saved[-1])):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
-  out = _main(tmp_path, "--config.train.num_iterations=3", "--config.train.checkpoint_every=1")
-  assert "unreadable" in out.stdout and "resumed from checkpoint 1" in out.stdout
-  step, params, _ = _final_params(tmp_path)
-  assert step == 3 and all(np.isfinite(np.asarray(p)).all() for p in params)
+  out = _main(run, *every).stdout
+  assert "unreadable" in out and f"resumed from checkpoint {saved[-2]}" in out, out[-2000:]
+
+  final = [_final_params(d) for d in (uninterrupted, run)]
+  assert final[0][0] == final[1][0] == 8 and final[0][2] == final[1][2] == 64
+  for a, b in zip(final[0][1], final[1][1]):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _rows(uninterrupted) == _rows(run)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -255,7 +246,11 @@ def test_non_finite_loss_never_reaches_a_checkpoint(tmp_path):
 
 def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
   """Same seed, same result; the reported budget is iterations x agents per problem."""
-  from jaxdistill import evaluate, main, tokenization
+  import dataclasses
+
+  from flax import nnx
+
+  from jaxdistill import evaluate, main
   from jaxdistill.tasks import countdown
   from jaxdistill.train import spec_from_config
   config = _config()
@@ -268,6 +263,16 @@ def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
   assert first == second
   assert first["problems"] == 5 and 0.0 <= first["search_solved"] <= 1.0
   assert first["simulations_per_problem"] == 4 and first["generated_tokens"] > 0
+  # other problems reuse the compiled search, whose reward callback now grades them
+  compiled = evaluate._search_program.cache_info().misses
+  others = countdown.generate(3, seed=22)
+  texts, _ = evaluate.searched_answers(model, tokenizer, others, spec.search, spec.rollout,
+                                       prompt_width=48, batch_size=4)
+  assert len(texts) == 3 and evaluate._search_program.cache_info().misses == compiled
+  _, current = evaluate._search_program(
+      nnx.graphdef(model), dataclasses.replace(spec.search, targets="path"), spec.rollout,
+      tokenizer, True)
+  assert current.problems == others
 
 
 def test_search_diagnostics_report_consistent_shares_and_budgets(tmp_path):

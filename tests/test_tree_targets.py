@@ -65,11 +65,24 @@ def _rollout_search(iterations, agents, rollout=True, dedup=True, branch_at="ste
   return (config, out, graphdef, params) if with_model else (config, out)
 
 
-def _entropies(graphdef, params, tokens):
-  """Entropy [S - 1] of the temperature-1 next-token distribution after each prefix."""
-  logits = nnx.merge(graphdef, params)(jnp.asarray(tokens)[None]).logits[0, :-1]
+_ENTROPY_WIDTH = 128  # >= any path + rollout here; one shape, so one compilation
+
+
+@jax.jit
+def _padded_entropies(graphdef, params, tokens):
+  logits = nnx.merge(graphdef, params)(tokens[None]).logits[0]
   logp = jax.nn.log_softmax(logits, axis=-1)
-  return np.asarray(-(jnp.exp(logp) * logp).sum(-1))
+  return -(jnp.exp(logp) * logp).sum(-1)
+
+
+def _entropies(graphdef, params, tokens):
+  """Entropy [S - 1] of the temperature-1 next-token distribution after each prefix (the
+  model is causal: padding after the sequence leaves these unchanged)."""
+  n = len(tokens)
+  assert n <= _ENTROPY_WIDTH
+  padded = np.zeros(_ENTROPY_WIDTH, np.int32)
+  padded[:n] = tokens
+  return np.asarray(_padded_entropies(graphdef, params, jnp.asarray(padded)))[:n - 1]
 
 
 @pytest.mark.parametrize("agents,branch_at", [(1, "step"), (3, "step"), (3, "entropy")])
