@@ -126,16 +126,6 @@ def _problem_rewards(model, tokenizer, all_problems, indices, config: EvalConfig
   return rewards, generated
 
 
-class _CurrentProblems:
-  """The problems a cached search program's reward callback grades: set before each call."""
-
-  def __init__(self):
-    self.problems = []
-
-  def __getitem__(self, index):
-    return self.problems[index]
-
-
 @functools.lru_cache(maxsize=4)
 def _search_program(graphdef, search, rollout, tokenizer, dense: bool):
   """The jitted test-time search of one model structure and budget, compiled once for every
@@ -143,7 +133,7 @@ def _search_program(graphdef, search, rollout, tokenizer, dense: bool):
   training; the reward host callback keeps jax from caching it on disk)."""
   from jaxdistill import rewards
   from jaxdistill.rl import rollouts
-  current = _CurrentProblems()
+  current = []  # the problems its reward callback grades: refilled before each call
   reward_fn = rewards.countdown_reward_fn(tokenizer, current, dense=dense)
   run = jax.jit(lambda p, t, l, ids, keys: rollouts.mcts_distill(
       graphdef, p, t, l, ids, keys, rollout, search, reward_fn)[0])
@@ -161,7 +151,7 @@ def searched_answers(model, tokenizer, problems, search, rollout, *, prompt_widt
   search = dataclasses.replace(search, targets="path")  # one answer per problem
   graphdef, params = nnx.split(model)
   run, current = _search_program(graphdef, search, rollout, tokenizer, dense)
-  current.problems = list(problems)  # what the compiled program's reward callback grades
+  current[:] = problems  # what the compiled program's reward callback grades
   tokens, lengths = encode_prompts(tokenizer, problems, prompt, prompt_width)
   pad = (-len(problems)) % batch_size
   ids = np.concatenate([np.arange(len(problems)), np.zeros(pad, int)]).astype(np.int32)
