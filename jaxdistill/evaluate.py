@@ -48,14 +48,10 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, seed: int = 0,
   from which a comparison can tell problem-sampling noise from seed noise.
 
   With several processes (multi-host), each evaluates every process_count-th problem on its
-  own devices and the per-problem rewards are gathered, so hosts split the work.
+  first local device and the per-problem rewards are gathered, so hosts split the work.
   """
-  from flax import nnx
-
-  from jaxdistill import parallel
   count, index = jax.process_count(), jax.process_index()
-  graphdef, params = nnx.split(model)
-  model = nnx.merge(graphdef, parallel.local_copy(params))
+  model = _local_model(model)
   mine = list(range(index, len(problems), count))
   rewards, generated = _problem_rewards(model, tokenizer, problems, mine, config, seed, prompt,
                                         progress)
@@ -76,6 +72,15 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, seed: int = 0,
   if per_problem:
     result["per_problem"] = [float(r) for r in rewards.mean(-1)]
   return result
+
+
+def _local_model(model):
+  """The model with its params on one local device (parallel.local_copy)."""
+  from flax import nnx
+
+  from jaxdistill import parallel
+  graphdef, params = nnx.split(model)
+  return nnx.merge(graphdef, parallel.local_copy(params))
 
 
 def write_result(path: str, result: dict, **fields) -> None:
@@ -149,7 +154,7 @@ def searched_answers(model, tokenizer, problems, search, rollout, *, prompt_widt
   from flax import nnx
 
   search = dataclasses.replace(search, targets="path")  # one answer per problem
-  graphdef, params = nnx.split(model)
+  graphdef, params = nnx.split(_local_model(model))
   run, current = _search_program(graphdef, search, rollout, tokenizer, dense)
   current[:] = problems  # what the compiled program's reward callback grades
   tokens, lengths = encode_prompts(tokenizer, problems, prompt, prompt_width)
@@ -195,7 +200,7 @@ def answers(model, tokenizer, problems, config: EvalConfig, *, prompt: str = "co
     ids = tokenization.special_ids(tokenizer)
     tokens, lengths = encode_prompts(tokenizer, problems, prompt, config.prompt_width)
     out = jax.device_get(sampling.generate(
-        model, tokens, lengths, jax.random.key(seed), max_new_tokens=config.max_new_tokens,
+        _local_model(model), tokens, lengths, jax.random.key(seed), max_new_tokens=config.max_new_tokens,
         temperature=config.temperature, top_p=config.top_p, stop_ids=(ids.eos_id,),
         pad_id=ids.pad_id))
     texts = [tokenization.decode(tokenizer, out.tokens[i], int(out.lengths[i]))

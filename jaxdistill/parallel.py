@@ -106,9 +106,15 @@ def replicate(tree, mesh: Mesh):
 
 
 def local_copy(tree):
-  """Host-local arrays of a replicated pytree (for host-side work such as evaluation)."""
+  """Host-local, single-device arrays of a replicated pytree (for host-side work such as
+  evaluation): the first local device's copy, without copying, committed to its device.
+  Replicated compute gains nothing from more devices, and one placement for trained and
+  loaded params lets a jitted evaluation compiled for one serve the other (jit keys on input
+  shardings, and on whether inputs are committed)."""
   def one(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not isinstance(x, jax.Array):
+      return x
+    if not x.is_fully_addressable or len(x.sharding.device_set) > 1:
       return x.addressable_data(0)
-    return x
+    return jax.device_put(x, x.sharding)  # commits an array made without a placement
   return jax.tree.map(one, tree)

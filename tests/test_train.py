@@ -250,7 +250,7 @@ def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
 
   from flax import nnx
 
-  from jaxdistill import evaluate, main
+  from jaxdistill import evaluate, main, parallel
   from jaxdistill.tasks import countdown
   from jaxdistill.train import spec_from_config
   config = _config()
@@ -269,10 +269,19 @@ def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
   texts, _ = evaluate.searched_answers(model, tokenizer, others, spec.search, spec.rollout,
                                        prompt_width=48, batch_size=4)
   assert len(texts) == 3 and evaluate._search_program.cache_info().misses == compiled
-  _, current = evaluate._search_program(
+  program, current = evaluate._search_program(
       nnx.graphdef(model), dataclasses.replace(spec.search, targets="path"), spec.rollout,
       tokenizer, True)
   assert current == list(others)
+  # trained params come back replicated over the training mesh (8 devices here), a loaded
+  # model's sit on one device: the program compiled for the one serves the other, same answers
+  graphdef, params = nnx.split(model)
+  replicated = nnx.merge(graphdef, parallel.replicate(params, parallel.make_mesh()))
+  assert len(jax.tree.leaves(nnx.state(replicated))[0].sharding.device_set) == 8
+  executables = program._cache_size()
+  again, _ = evaluate.searched_answers(replicated, tokenizer, others, spec.search,
+                                       spec.rollout, prompt_width=48, batch_size=4)
+  assert again == texts and program._cache_size() == executables
 
 
 def test_search_diagnostics_report_consistent_shares_and_budgets(tmp_path):
