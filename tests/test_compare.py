@@ -20,6 +20,11 @@ def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
   records += [_record("cispo", s, x, lr=3e-5) for s, x in enumerate([0.20, 0.21, 0.25])]
   for seed, record in enumerate(records[-3:]):  # 8 updates: quarters of 2
     record["reward"] = [seed + i for i in range(8)]
+    # the value head's squared error against the best constant's: explained variance
+    # 1 - (0.5 + 0.5) / (1 + 1) = 0.5 in the first quarter, 0 in the second, then 0.75 and
+    # -1 (worse than a constant); the same in every seed
+    record["value_loss"] = [0.5, 0.5, 1.0, 3.0, 0.25, 0.25, 2.0, 2.0]
+    record["value_target_var"] = [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0]
   records += [_record("mcts_tree", s, x, lr=1e-5) for s, x in enumerate([0.24, 0.26, 0.30])]
   rows = {r["method"]: r for r in report.summarize(records, 16, ["0.2", "0.8"])}
   assert rows["cispo"]["mean@16/T0.2"] == [0.20, 0.21, 0.25]
@@ -36,16 +41,18 @@ def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
   assert "| 26.7% ± 3.1 | 24.0, 26.0, 30.0 | +4.7 ± 0.3 **(> 2 SE)** |" in tree
   # the training reward's curve: quarter means over the run, averaged over seeds
   assert rows["cispo"]["reward_quarters"] == [1.5, 3.5, 5.5, 7.5]
-  assert "reward_quarters" not in rows["mcts_tree"] and tree.endswith("| - |")
+  assert "reward_quarters" not in rows["mcts_tree"]
+  assert rows["cispo"]["value_explained_quarters"] == [0.5, 0.0, 0.75, -1.0]
   assert next(line for line in table if line.startswith("| cispo |")).endswith(
-      "| +1.50 → +3.50 → +5.50 → +7.50 |")
+      "| +1.50 → +3.50 → +5.50 → +7.50 | +0.50 → +0.00 → +0.75 → -1.00 |")
+  assert "value_explained_quarters" not in rows["mcts_tree"] and tree.endswith("| - | - |")
   # every line has as many cells as the header; with one temperature (--temperatures=0.2) its
   # columns appear once, not a second time in the other temperature's place
-  for temperatures, cells in ((["0.2", "0.8"], 13), (["0.2"], 11)):
+  for temperatures, cells in ((["0.2", "0.8"], 14), (["0.2"], 12)):
     rows = report.summarize(records, 16, temperatures)
     table = report.markdown(rows, 16, "h", temperatures).splitlines()[2:]
     assert {line.count("|") - 1 for line in table} == {cells}
-    assert table[0].count("T=0.2") == 2 and table[0].count("T=0.8") == 2 * (cells == 13)
+    assert table[0].count("T=0.2") == 2 and table[0].count("T=0.8") == 2 * (cells == 14)
 
 
 def test_standard_error_with_problems_adds_the_spread_of_the_per_problem_differences():

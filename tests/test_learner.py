@@ -148,8 +148,14 @@ def test_eight_devices_equal_one_device():
   # the default optimizer (AdamW): loss and gradient norm agree as well
   adamw = learner.make_optimizer(config)
   _, (_, single_metrics), (_, many_metrics) = _one_and_eight(adamw, config)
-  for key in ("loss", "grad_norm", "kl", "value_loss"):
+  # value_target_var is the whole batch's spread, not a mean of the devices' own spreads
+  for key in ("loss", "grad_norm", "kl", "value_loss", "value_target_var"):
     assert float(many_metrics[key]) == pytest.approx(float(single_metrics[key]), rel=1e-5)
+  batch = _batch(graphdef=nnx.graphdef(init_model(CONFIG, seed=0)), params=state.params)
+  mask, returns = np.asarray(batch.mask), np.asarray(batch.returns)
+  per_row = lambda x: ((x * mask).sum(-1) / mask.sum(-1)).mean()  # every row has tokens
+  expected = per_row(returns ** 2) - per_row(returns) ** 2
+  assert float(single_metrics["value_target_var"]) == pytest.approx(expected, rel=1e-4)
 
 
 def test_non_finite_loss_skips_the_update():

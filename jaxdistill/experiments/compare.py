@@ -257,6 +257,8 @@ def train_run(method: str, seed: int, lr: str, common: list[str]) -> dict:
             "iterations": len(train_rows), "generated_tokens": int(tokens[-1]),
             "train_s": float(train_rows[-1]["elapsed_s"]),
             "reward": [r["reward"] for r in train_rows],
+            "value_loss": [r.get("value_loss", float("nan")) for r in train_rows],
+            "value_target_var": [r.get("value_target_var", float("nan")) for r in train_rows],
             "validation": next(r[f"val_mean@{k}"] for r in rows if f"val_mean@{k}" in r),
             "curve": curve,
             "final_test": {key[len("eval_"):]: value for key, value in final.items()

@@ -38,6 +38,19 @@ def quarters(values) -> list[float]:
           if len(part)]
 
 
+def explained_variance(value_loss, target_var) -> list[float]:
+  """The value head's explained variance in each quarter of a run: 1 - its squared error
+  over the squared error of the best constant (each update's mean return), both summed over
+  the quarter's updates. 0: the head predicts no better than a constant; nan where the
+  quarter's returns did not vary (or the run predates the metric)."""
+  out = []
+  for loss, var in zip(np.array_split(np.asarray(value_loss, float), 4),
+                       np.array_split(np.asarray(target_var, float), 4)):
+    if len(loss):
+      out.append(float(1.0 - loss.sum() / var.sum()) if var.sum() > 0 else float("nan"))
+  return out
+
+
 def summarize(records: list[dict], k: int, temperatures: list[str]) -> list[dict]:
   """One row per method: per-seed scores, mean and std, paired differences (at the first
   temperature)."""
@@ -55,6 +68,11 @@ def summarize(records: list[dict], k: int, temperatures: list[str]) -> list[dict
       row[f"pass@{k}/T{t}"] = float(np.mean([r["test"][t][f"pass@{k}"] for r in mine]))
     if all(r.get("reward") for r in mine):  # training reward over the run, mean over seeds
       row["reward_quarters"] = np.mean([quarters(r["reward"]) for r in mine], axis=0).tolist()
+    if all(r.get("value_target_var") and np.isfinite(r["value_target_var"]).all()
+           for r in mine):  # the value head (the search's guide), mean over seeds
+      row["value_explained_quarters"] = np.mean(
+          [explained_variance(r["value_loss"], r["value_target_var"]) for r in mine],
+          axis=0).tolist()
     for other in ("cispo", "base"):
       if other != method:
         row[f"minus_{other}"] = paired(records, method, other, k, t0)
@@ -81,10 +99,11 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
            f"| method | lr | mean@{k} T={t0} (mean ± std) | per seed | minus cispo (± SE) | "
            f"minus base (± SE) | pass@{k} T={t0} | "
            + "".join(f"mean@{k} T={t} | pass@{k} T={t} | " for t in others)
-           + "tokens | iterations | training time | training reward by quarter of the run |",
-           "|---" * (11 + 2 * len(others)) + "|"]
-  curve = lambda r: (" → ".join(f"{x:+.2f}" for x in r["reward_quarters"])
-                     if "reward_quarters" in r else "-")
+           + "tokens | iterations | training time | training reward by quarter of the run | "
+           "value head's explained variance by quarter |",
+           "|---" * (12 + 2 * len(others)) + "|"]
+  curve = lambda r, key="reward_quarters": (" → ".join(f"{x:+.2f}" for x in r[key])
+                                            if key in r else "-")
   for r in rows:
     lines.append(
         f"| {r['method']} | {r['lr'] if r['lr'] else '-'} | {stat(r[f'mean@{k}/T{t0}'])} | "
@@ -93,7 +112,7 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
         + "".join(f"{stat(r[f'mean@{k}/T{t}'])} | {100 * r[f'pass@{k}/T{t}']:.1f}% | "
                   for t in others) +
         f"{r['tokens']:,.0f} | {r['iterations']:.0f} | {r['train_s'] / 60:.1f} min | "
-        f"{curve(r)} |")
+        f"{curve(r)} | {curve(r, 'value_explained_quarters')} |")
   return "\n".join(lines) + "\n"
 
 

@@ -112,7 +112,9 @@ def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerConfig):
   total = policy + config.value_coef * value + config.kl_coef * kl
   ratio = losses.sequence_mean(jnp.exp(logprobs - batch.old_logprobs), batch.mask)
   return total, {"loss": total, "policy_loss": policy, "value_loss": value, "kl": kl,
-                 "ratio": ratio}
+                 "ratio": ratio, "return_mean": losses.sequence_mean(batch.returns, batch.mask),
+                 "return_square_mean": losses.sequence_mean(jnp.square(batch.returns),
+                                                            batch.mask)}
 
 
 def _as_device_varying(tree, axis_name: str):
@@ -137,7 +139,10 @@ def gradients(params, graphdef, batch: LearnerBatch, config: LearnerConfig,
                                                                   config)
   if axis_name is not None:
     grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-  return grads, metrics
+  # value_loss of a head that predicts the whole batch's mean return everywhere (the best
+  # constant): 1 - value_loss / value_target_var is the value head's explained variance
+  mean, square_mean = metrics.pop("return_mean"), metrics.pop("return_square_mean")
+  return grads, metrics | {"value_target_var": jnp.maximum(square_mean - mean ** 2, 0.0)}
 
 
 def update(state: TrainState, batch: LearnerBatch, *, graphdef, optimizer, config: LearnerConfig,
