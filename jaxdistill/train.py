@@ -203,7 +203,8 @@ def spec_from_config(config, tokenizer, vocab_size: int | None = None) -> Iterat
   learner_config = learner.LearnerConfig(
       policy_loss=l.policy_loss, eps_high=l.eps_high, ppo_eps=l.ppo_eps,
       value_coef=l.value_coef, value_trunk_grad=l.value_trunk_grad, kl_coef=l.kl_coef,
-      learning_rate=l.learning_rate, end_learning_rate=l.end_learning_rate, warmup_steps=l.warmup_steps,
+      learning_rate=l.learning_rate, value_learning_rate=l.value_learning_rate,
+      end_learning_rate=l.end_learning_rate, warmup_steps=l.warmup_steps,
       decay_steps=l.decay_steps or config.train.num_iterations, weight_decay=l.weight_decay,
       clip_norm=l.clip_norm, epochs=l.epochs, minibatches=l.minibatches)
   advantage = "group" if config.algo == "cispo" else l.advantage

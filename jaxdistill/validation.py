@@ -107,6 +107,7 @@ def _schema() -> dict[str, Any]:
       "learner.eps_high": RATE, "learner.ppo_eps": Float(0.0, 1.0, open_low=True),
       "learner.value_coef": Float(0.0), "learner.value_trunk_grad": Bool(),
       "learner.kl_coef": Float(0.0), "learner.learning_rate": RATE,
+      "learner.value_learning_rate": Float(0.0),
       "learner.end_learning_rate": Float(0.0), "learner.warmup_steps": COUNT,
       "learner.decay_steps": COUNT, "learner.weight_decay": Float(0.0),
       "learner.clip_norm": RATE, "learner.epochs": POSITIVE, "learner.minibatches": POSITIVE,

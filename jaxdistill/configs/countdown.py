@@ -125,6 +125,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.learner.value_trunk_grad = True  # False: value loss trains the value head only
   c.learner.kl_coef = 0.05
   c.learner.learning_rate = 1e-5  # the best of 1e-5, 3e-5, 1e-4 on validation (docs/results.md)
+  c.learner.value_learning_rate = 0.0  # the value head's peak rate (0: learning_rate)
   c.learner.end_learning_rate = 0.0
   c.learner.warmup_steps = 0
   c.learner.decay_steps = 0  # 0: train.num_iterations

@@ -45,6 +45,8 @@ METHODS = {
                   "search.num_iterations=2", "search.tree_rows=20"],  # 5 expansions x 4
     # AlphaZero targets: the path's first 4 nodes x K candidates against their visit counts
     "mcts_visits": ["algo=mcts_distill", "search.targets=visits", "search.tree_rows=16"],
+    # the value head at its own rate: at 1e-5 it stays worse than a constant (docs/results.md)
+    "mcts_value_lr": ["algo=mcts_distill", "learner.value_learning_rate=1e-3"],
     "cispo": ["algo=cispo"],
     "best_of_n": ["algo=best_of_n"],
 }

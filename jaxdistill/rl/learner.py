@@ -34,6 +34,10 @@ class LearnerConfig:
   value_trunk_grad: bool = True
   kl_coef: float = 0.05
   learning_rate: float = 5e-6
+  # the value head's own rate (0: learning_rate). A rate small enough to keep the policy
+  # from collapsing barely moves a freshly initialised head (Adam moves each weight by about
+  # the rate per update), so its values stay near their start and guide nothing
+  value_learning_rate: float = 0.0
   end_learning_rate: float = 0.0
   warmup_steps: int = 0
   decay_steps: int = 2048  # linear decay to end_learning_rate over this many updates
@@ -66,15 +70,31 @@ class LearnerBatch:
 
 
 def make_optimizer(config: LearnerConfig) -> optax.GradientTransformation:
-  """Global-norm clip, then AdamW with warm-up and linear decay."""
-  schedule = optax.join_schedules([
-      optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1)),
-      optax.linear_schedule(config.learning_rate, config.end_learning_rate,
-                            max(config.decay_steps, 1)),
-  ], [max(config.warmup_steps, 0)]) if config.warmup_steps else optax.linear_schedule(
-      config.learning_rate, config.end_learning_rate, max(config.decay_steps, 1))
-  return optax.chain(optax.clip_by_global_norm(config.clip_norm),
-                     optax.adamw(schedule, weight_decay=config.weight_decay))
+  """Global-norm clip, then AdamW with warm-up and linear decay; with a value_learning_rate,
+  the value head's parameters get that peak rate (same schedule shape, same clip)."""
+  def adamw(peak: float):  # the end rate in proportion: end_learning_rate at learning_rate
+    end = (config.end_learning_rate if peak == config.learning_rate
+           else config.end_learning_rate * peak / config.learning_rate)
+    schedule = optax.join_schedules([
+        optax.linear_schedule(0.0, peak, max(config.warmup_steps, 1)),
+        optax.linear_schedule(peak, end, max(config.decay_steps, 1)),
+    ], [max(config.warmup_steps, 0)]) if config.warmup_steps else optax.linear_schedule(
+        peak, end, max(config.decay_steps, 1))
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+
+  clip = optax.clip_by_global_norm(config.clip_norm)
+  if not config.value_learning_rate or config.value_learning_rate == config.learning_rate:
+    return optax.chain(clip, adamw(config.learning_rate))
+  return optax.chain(clip, optax.multi_transform(
+      {"policy": adamw(config.learning_rate), "value": adamw(config.value_learning_rate)},
+      _value_head_labels))
+
+
+def _value_head_labels(params):
+  """'value' for the value head's parameters, 'policy' for the rest (the trunk included)."""
+  def label(path, _):
+    return "value" if any(getattr(k, "key", None) == "value_head" for k in path) else "policy"
+  return jax.tree_util.tree_map_with_path(label, params)
 
 
 def init_state(params, optimizer: optax.GradientTransformation, rng) -> TrainState:
