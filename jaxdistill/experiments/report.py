@@ -40,9 +40,9 @@ def quarters(values) -> list[float]:
 
 def explained_variance(value_loss, target_var) -> list[float]:
   """The value head's explained variance in each quarter of a run: 1 - its squared error
-  over the squared error of the best constant (each update's mean return), both summed over
-  the quarter's updates. 0: the head predicts no better than a constant; nan where the
-  quarter's returns did not vary (or the run predates the metric)."""
+  over the returns' variance (each update's, unbiased), both summed over the quarter's
+  updates. About 0: the head knows the mean return and nothing more; below 0: not even
+  that; nan where the quarter's returns did not vary (or the run predates the metric)."""
   out = []
   for loss, var in zip(np.array_split(np.asarray(value_loss, float), 4),
                        np.array_split(np.asarray(target_var, float), 4)):

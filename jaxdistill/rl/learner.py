@@ -134,7 +134,8 @@ def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerConfig):
   return total, {"loss": total, "policy_loss": policy, "value_loss": value, "kl": kl,
                  "ratio": ratio, "return_mean": losses.sequence_mean(batch.returns, batch.mask),
                  "return_square_mean": losses.sequence_mean(jnp.square(batch.returns),
-                                                            batch.mask)}
+                                                            batch.mask),
+                 "return_sequences": (batch.mask.sum(-1) > 0).sum().astype(jnp.float32)}
 
 
 def _as_device_varying(tree, axis_name: str):
@@ -159,10 +160,16 @@ def gradients(params, graphdef, batch: LearnerBatch, config: LearnerConfig,
                                                                   config)
   if axis_name is not None:
     grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-  # value_loss of a head that predicts the whole batch's mean return everywhere (the best
-  # constant): 1 - value_loss / value_target_var is the value head's explained variance
+  # the returns' variance over the whole batch's sequences, unbiased: about the value_loss of
+  # a head that knows their mean and nothing else (the batch's own mean would flatter such a
+  # head by 1/n with n sequences: 8 in mcts_distill's updates), so that
+  # 1 - value_loss / value_target_var is the value head's explained variance
   mean, square_mean = metrics.pop("return_mean"), metrics.pop("return_square_mean")
-  return grads, metrics | {"value_target_var": jnp.maximum(square_mean - mean ** 2, 0.0)}
+  sequences = metrics.pop("return_sequences")
+  if axis_name is not None:
+    sequences = sequences * jax.lax.psum(1, axis_name)  # pmean-ed: the mean per device
+  spread = jnp.maximum(square_mean - mean ** 2, 0.0) * sequences / jnp.maximum(sequences - 1, 1)
+  return grads, metrics | {"value_target_var": spread}
 
 
 def update(state: TrainState, batch: LearnerBatch, *, graphdef, optimizer, config: LearnerConfig,
