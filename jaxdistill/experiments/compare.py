@@ -52,6 +52,8 @@ METHODS = {
 }
 # mcts_tree, its children cut at the rollouts' most uncertain tokens (EPTree)
 METHODS["mcts_entropy"] = METHODS["mcts_tree"] + ["search.branch_at=entropy"]
+# mcts_tree (some 130 value targets per update, not 8) with the value head at its own rate
+METHODS["mcts_tree_value_lr"] = METHODS["mcts_tree"] + ["learner.value_learning_rate=1e-3"]
 
 
 def define_flags():
