@@ -153,8 +153,10 @@ def searched_answers(model, tokenizer, problems, search, rollout, *, prompt_widt
   search values use the dense (or sparse) reward."""
   from flax import nnx
 
+  from jaxdistill import parallel
   search = dataclasses.replace(search, targets="path")  # one answer per problem
-  graphdef, params = nnx.split(_local_model(model))
+  graphdef, params = nnx.split(model)
+  params = parallel.local_copy(params)  # one placement: one compiled program
   run, current = _search_program(graphdef, search, rollout, tokenizer, dense)
   current[:] = problems  # what the compiled program's reward callback grades
   tokens, lengths = encode_prompts(tokenizer, problems, prompt, prompt_width)
@@ -200,8 +202,9 @@ def answers(model, tokenizer, problems, config: EvalConfig, *, prompt: str = "co
     ids = tokenization.special_ids(tokenizer)
     tokens, lengths = encode_prompts(tokenizer, problems, prompt, config.prompt_width)
     out = jax.device_get(sampling.generate(
-        _local_model(model), tokens, lengths, jax.random.key(seed), max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature, top_p=config.top_p, stop_ids=(ids.eos_id,),
+        _local_model(model), tokens, lengths, jax.random.key(seed),
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+        top_p=config.top_p, stop_ids=(ids.eos_id,),
         pad_id=ids.pad_id))
     texts = [tokenization.decode(tokenizer, out.tokens[i], int(out.lengths[i]))
              for i in range(len(problems))]
