@@ -1,6 +1,6 @@
 """Orbax checkpoints of the whole training state: params, optimizer, step, rng, data position.
 
-`restore_latest` falls back to an older checkpoint, with a warning, when the newest cannot
+`restore_latest` (and `restore_params`, the params alone) falls back to an older checkpoint, with a warning, when the newest cannot
 be read (a run killed mid-write, a corrupted disk), so a crash never costs the whole run.
 """
 
@@ -34,15 +34,34 @@ class Checkpointer:
     """(step, state, data_position) of the newest readable checkpoint, or None if none."""
     target = {"state": abstract_state, "data_position": 0}
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    found = self._newest_readable(
+        lambda step: self.manager.restore(step, args=ocp.args.StandardRestore(abstract)))
+    if found is None:
+      return None
+    step, restored = found
+    return step, restored["state"], int(restored["data_position"])
+
+  def restore_params(self, abstract_params):
+    """(step, params) of the newest readable checkpoint, or None if none: the params alone,
+    whatever optimizer state they were saved with (an evaluation does not know the run's
+    learner settings, e.g. a value head's own learning rate, which shape that state)."""
+    target = {"state": {"params": abstract_params}}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    args = ocp.args.PyTreeRestore(
+        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True)
+    found = self._newest_readable(lambda step: self.manager.restore(step, args=args))
+    return None if found is None else (found[0], found[1]["state"]["params"])
+
+  def _newest_readable(self, restore):
+    """(step, restore(step)) for the newest step that restores, or None."""
     for step in reversed(self.steps()):
       try:
-        restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return step, restore(step)
       except Exception as e:  # orbax raises many types for unreadable files
         logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying an older one",
                         step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
         print(f"warning: checkpoint {step} is unreadable; falling back to an older one")
-        continue
-      return step, restored["state"], int(restored["data_position"])
     return None
 
   def close(self):

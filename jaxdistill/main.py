@@ -166,7 +166,7 @@ def run_job(config, workdir: str, mode: str) -> dict:
       print(f"plot: {os.path.join(workdir, 'eval.png')}")
     return summary
   eval_config = evaluation.eval_config_from(config)
-  model = _restore_params(config, model, workdir)
+  model = _restore_params(model, workdir)
   if mode == "eval" and config.eval.test_time_search:
     from jaxdistill import tokenization
     from jaxdistill.train import spec_from_config
@@ -192,26 +192,25 @@ def run_job(config, workdir: str, mode: str) -> dict:
   return _sample(model, tokenizer, test_split[:8], eval_config, config.task.prompt)
 
 
-def _restore_params(config, model, workdir):
-  """The model with the params of the latest checkpoint in workdir, if there is one."""
-  import jax
+def _restore_params(model, workdir):
+  """The model with the params of the latest readable checkpoint in workdir, if there is one
+  (whatever learner settings the run was trained with)."""
   from flax import nnx
 
   from jaxdistill.checkpointing import Checkpointer
-  from jaxdistill.rl import learner
   directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
+  checkpointer = Checkpointer(directory) if os.path.isdir(directory) else None
+  if checkpointer is None or not checkpointer.steps():
     print("no checkpoint in the workdir: using the initial model")
     return model
   graphdef, params = nnx.split(model)
-  optimizer = learner.make_optimizer(learner.LearnerConfig(
-      learning_rate=config.learner.learning_rate))
-  state = learner.init_state(params, optimizer, jax.random.PRNGKey(0))
-  restored = Checkpointer(directory).restore_latest(state)
+  restored = checkpointer.restore_params(params)
   if restored is None:
-    return model
+    raise UsageError(f"no checkpoint in {directory} is readable (steps "
+                     f"{checkpointer.steps()}); evaluating the initial model instead would "
+                     "be misleading")
   print(f"using checkpoint {restored[0]}")
-  return nnx.merge(graphdef, restored[1].params)
+  return nnx.merge(graphdef, restored[1])
 
 
 def _sample(model, tokenizer, problems, eval_config, prompt):

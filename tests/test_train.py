@@ -244,6 +244,37 @@ def test_non_finite_loss_never_reaches_a_checkpoint(tmp_path):
   assert step == 2 and all(np.isfinite(np.asarray(p)).all() for p in params)
 
 
+def test_evaluation_restores_params_whatever_the_optimizer_state(tmp_path):
+  """--mode eval reads the params of a run trained with the value head's own learning rate
+  (its optimizer state has another structure than the default learner's): it once fell back,
+  with a warning, to the initial model and scored that."""
+  from flax import nnx
+
+  from jaxdistill import main
+  from jaxdistill.checkpointing import Checkpointer
+  from jaxdistill.rl import learner
+  model, _ = main.load_model_and_tokenizer(_config(), str(tmp_path))
+  graphdef, params = nnx.split(model)
+  trained = jax.tree.map(lambda x: x + 1.0, params)
+  optimizer = learner.make_optimizer(learner.LearnerConfig(learning_rate=1e-5,
+                                                           value_learning_rate=1e-3))
+  checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
+  checkpointer.save(3, learner.init_state(trained, optimizer, jax.random.PRNGKey(0)), 7)
+  restored = nnx.split(main._restore_params(model, str(tmp_path)))[1]
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               restored, trained)
+  # no checkpoint: the initial model; checkpoints that are all unreadable: a clear error
+  fresh = nnx.split(main._restore_params(model, str(tmp_path / "elsewhere")))[1]
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               fresh, params)
+  for root, _, files in os.walk(tmp_path / "checkpoints" / "3"):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"corrupted")
+  with pytest.raises(main.UsageError, match="readable"):
+    main._restore_params(model, str(tmp_path))
+
+
 def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
   """Same seed, same result; the reported budget is iterations x agents per problem."""
   import dataclasses
