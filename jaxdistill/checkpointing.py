@@ -66,3 +66,26 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+class NoReadableCheckpoint(Exception):
+  """A workdir has checkpoints and none of them can be read."""
+
+
+def latest_model(model, workdir: str):
+  """The model with the params of the latest readable checkpoint in workdir/checkpoints (the
+  model itself when there is none), whatever learner settings the run was trained with."""
+  from flax import nnx
+  directory = os.path.join(workdir, "checkpoints")
+  checkpointer = Checkpointer(directory) if os.path.isdir(directory) else None
+  if checkpointer is None or not checkpointer.steps():
+    print("no checkpoint in the workdir: using the initial model")
+    return model
+  graphdef, params = nnx.split(model)
+  restored = checkpointer.restore_params(params)
+  if restored is None:
+    raise NoReadableCheckpoint(
+        f"no checkpoint in {directory} is readable (steps {checkpointer.steps()}); "
+        "evaluating the initial model instead would be misleading")
+  print(f"using checkpoint {restored[0]}")
+  return nnx.merge(graphdef, restored[1])

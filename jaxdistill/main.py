@@ -193,24 +193,12 @@ def run_job(config, workdir: str, mode: str) -> dict:
 
 
 def _restore_params(model, workdir):
-  """The model with the params of the latest readable checkpoint in workdir, if there is one
-  (whatever learner settings the run was trained with)."""
-  from flax import nnx
-
-  from jaxdistill.checkpointing import Checkpointer
-  directory = os.path.join(workdir, "checkpoints")
-  checkpointer = Checkpointer(directory) if os.path.isdir(directory) else None
-  if checkpointer is None or not checkpointer.steps():
-    print("no checkpoint in the workdir: using the initial model")
-    return model
-  graphdef, params = nnx.split(model)
-  restored = checkpointer.restore_params(params)
-  if restored is None:
-    raise UsageError(f"no checkpoint in {directory} is readable (steps "
-                     f"{checkpointer.steps()}); evaluating the initial model instead would "
-                     "be misleading")
-  print(f"using checkpoint {restored[0]}")
-  return nnx.merge(graphdef, restored[1])
+  """The model with the params of the latest readable checkpoint in workdir, if any."""
+  from jaxdistill import checkpointing
+  try:
+    return checkpointing.latest_model(model, workdir)
+  except checkpointing.NoReadableCheckpoint as e:
+    raise UsageError(str(e)) from None
 
 
 def _sample(model, tokenizer, problems, eval_config, prompt):
