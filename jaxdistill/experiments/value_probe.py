@@ -1,0 +1,307 @@
+"""Could a value head guide the search at this scale? Fit value predictors offline and see.
+
+    python -m jaxdistill.experiments.value_probe --model runs/compare/warm_start \
+        [--run WORKDIR] [--problems 512] [--samples 8] [--out results/value_probe.json]
+
+Samples `--samples` completions of each of `--problems` train problems (rollout temperature;
+sparse reward: 1 solved, else 0), runs the model over them and, on half of the problems,
+fits predictors of a completion's reward from the model's final hidden state at the states
+the learner trains the value head on (the prompt's last token, then every completion token but
+the last; at most `--states` per completion, evenly spaced). On the other half of the problems
+it reports the explained variance 1 - MSE / MSE of the constant that is the fit half's mean
+reward (0: no better than knowing the average solve rate; < 0: worse), for:
+- `head`: the model's own value head (`--run`: the run's latest checkpoint; else the
+  model's, a fresh head for a warm start);
+- `linear`: ridge regression on the hidden state (penalty picked on a quarter of the fit half,
+  then refitted on all of it);
+- `mlp`: a fresh value head of the model's architecture fitted by Adam on the fit half's hidden
+  states with the trunk frozen (steps picked on that quarter);
+- `problem`: the mean reward of the same problem's other samples, the same at every state: what
+  knowing each problem's solve rate alone gives (a state-independent value); beside it,
+  `problem_variance_share` (all problems), the share of the reward's variance between
+  problems with the sampling noise of those means removed: what knowing each problem's exact
+  solve rate would explain.
+by position: the prompt (before any completion token), each quarter of the completion, and all
+states (each completion weighted equally, as the learner's value loss is). Prints a table and
+writes JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+BUCKETS = ("prompt", "q1", "q2", "q3", "q4", "all")
+RIDGE_PENALTIES = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6)
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program)."""
+  flags.DEFINE_string("model", "runs/compare/warm_start", "HF directory of the model")
+  flags.DEFINE_string("run", "", "workdir of a training run: probe its latest checkpoint")
+  flags.DEFINE_string("preset", "tiny", "config preset (rollout settings, prompt, splits)")
+  flags.DEFINE_multi_string("set", [], "config overrides, e.g. --set=rollout.temperature=1.0")
+  flags.DEFINE_integer("problems", 512, "train problems to sample")
+  flags.DEFINE_integer("samples", 8, "completions per problem")
+  flags.DEFINE_integer("states", 16, "at most this many states per completion")
+  flags.DEFINE_integer("mlp_steps", 3000, "Adam steps of the fitted value head")
+  flags.DEFINE_integer("seed", 0, "sampling and split seed")
+  flags.DEFINE_string("out", "", "JSON output (default: print only)")
+
+
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass
+class States:
+  """One row per probed state."""
+
+  features: np.ndarray  # [N, H] float32 final hidden state
+  head: np.ndarray  # [N] the model's value head at that state
+  reward: np.ndarray  # [N] reward of the completion the state belongs to
+  completion: np.ndarray  # [N] int index of that completion
+  problem: np.ndarray  # [N] int index of its problem
+  bucket: np.ndarray  # [N] int: 0 prompt, 1-4 quarter of the completion
+
+
+def explained_variance(prediction, target, weight, constant: float) -> float:
+  """1 - weighted MSE of prediction / weighted MSE of the constant."""
+  base = np.sum(weight * (target - constant) ** 2)
+  return float(1.0 - np.sum(weight * (target - prediction) ** 2) / base) if base > 0 else 0.0
+
+
+def completion_weights(completion: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Weights that give each completion's states (among `mask`) a total of 1."""
+  counts = np.bincount(completion[mask], minlength=completion.max() + 1)
+  weight = np.zeros(len(completion))
+  weight[mask] = 1.0 / counts[completion[mask]]
+  return weight
+
+
+def fit_ridge(x, y, weight, penalty: float):
+  """(w, b) minimising sum weight (x w + b - y)^2 + penalty |w|^2 (intercept unpenalised)."""
+  total = weight.sum()
+  mean_x = weight @ x / total
+  mean_y = weight @ y / total
+  xc = x - mean_x
+  gram = (xc * weight[:, None]).T @ xc + penalty * np.eye(x.shape[1])
+  w = np.linalg.solve(gram, (xc * weight[:, None]).T @ (y - mean_y))
+  return w, float(mean_y - mean_x @ w)
+
+
+def leave_one_out_means(reward, problem, completion):
+  """Per state: the mean reward of the other completions of its problem."""
+  first = np.unique(completion, return_index=True)[1]
+  row_reward, row_problem = reward[first], problem[first]
+  sums = np.bincount(row_problem, weights=row_reward)
+  counts = np.bincount(row_problem)
+  others = np.maximum(counts[problem] - 1, 1)
+  return (sums[problem] - reward) / others
+
+
+def problem_variance_share(reward, problem) -> float:
+  """Per completion rewards and problems -> the share of the reward's variance that lies
+  between problems (unbiased: each problem's mean minus its sampling noise), i.e. the
+  explained variance of a value that knew each problem's exact solve rate."""
+  ids, index, counts = np.unique(problem, return_inverse=True, return_counts=True)
+  means = np.bincount(index, weights=reward) / counts
+  within = means * (1 - means) * counts / np.maximum(counts - 1, 1)  # unbiased per problem
+  between = means.var() - np.mean(within / counts)
+  total = reward.var()
+  return float(between / total) if total > 0 else 0.0
+
+
+def fit_mlp(hidden_size, multiplier, x, y, weight, x_select, y_select, w_select, steps: int,
+            seed: int):
+  """A fresh value head fitted by Adam (lr 1e-3, batches of 4096 states) on x; the params of
+  the step (every 100) with the lowest weighted MSE on the select set. Returns predict(x)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+
+  from jaxdistill.models.qwen2 import ValueHead
+  head = ValueHead(hidden_size, multiplier, nnx.Rngs(seed))
+  graphdef, params = nnx.split(head)
+  optimizer = optax.adam(1e-3)
+  opt_state = optimizer.init(params)
+
+  def loss(p, xb, yb, wb):
+    return jnp.sum(wb * (nnx.merge(graphdef, p)(xb) - yb) ** 2) / jnp.sum(wb)
+
+  @jax.jit
+  def step(p, s, xb, yb, wb):
+    value, grads = jax.value_and_grad(loss)(p, xb, yb, wb)
+    updates, s = optimizer.update(grads, s, p)
+    return optax.apply_updates(p, updates), s, value
+
+  predict_jit = jax.jit(lambda p, xb: nnx.merge(graphdef, p)(xb))
+  rng = np.random.default_rng(seed)
+  batch = min(4096, len(x))
+  best, best_params = float("inf"), params
+  for i in range(1, steps + 1):
+    pick = rng.integers(0, len(x), batch)
+    params, opt_state, _ = step(params, opt_state, x[pick], y[pick], weight[pick])
+    if i % 100 == 0 or i == steps:
+      err = float(np.sum(w_select * (np.asarray(predict_jit(params, x_select)) - y_select) ** 2))
+      if err < best:
+        best, best_params = err, params
+  return lambda xs: np.asarray(predict_jit(best_params, xs))
+
+
+def collect_states(config, model, tokenizer, problems, samples: int, max_states: int,
+                   seed: int = 0) -> States:
+  """Sample `samples` completions per problem and read the states of the module docstring."""
+  import jax
+  from flax import nnx
+
+  from jaxdistill import evaluate as evaluation
+  from jaxdistill import rewards
+  from jaxdistill.rl import rollouts
+  from jaxdistill.train import spec_from_config
+  config.algo = "cispo"
+  spec = spec_from_config(config, tokenizer, model.config.vocab_size)
+  rollout = dataclasses.replace(spec.rollout, group_size=samples)
+  graphdef, params = nnx.split(model)
+  reward_fn = rewards.countdown_reward_fn(tokenizer, problems, dense=False)
+  sample = jax.jit(lambda p, t, l, i, k: rollouts.cispo(graphdef, p, t, l, i, k, rollout,
+                                                        reward_fn))
+
+  @jax.jit
+  def forward(p, tokens):
+    out = nnx.merge(graphdef, p)(tokens)
+    return out.hidden, out.values
+
+  tokens, lengths = evaluation.encode_prompts(tokenizer, problems, config.task.prompt,
+                                              config.task.prompt_width)
+  batch = max(1, min(len(problems), 256 // samples))
+  parts = {k: [] for k in ("features", "head", "reward", "completion", "problem", "bucket")}
+  completions = 0
+  for start in range(0, len(problems), batch):
+    ids = np.arange(start, min(start + batch, len(problems)), dtype=np.int32)
+    pad = batch - len(ids)  # the last batch is padded with its first problem (rows dropped)
+    ids_padded = np.concatenate([ids, np.full(pad, ids[0], np.int32)])
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(ids_padded)
+    traj = jax.device_get(sample(params, tokens[ids_padded], lengths[ids_padded], ids_padded,
+                                 keys))
+    hidden, values = jax.device_get(forward(params, traj.tokens))
+    for row in range(len(ids) * samples):
+      prompt_length, length = int(traj.prompt_length[row]), int(traj.length[row])
+      count = length - prompt_length  # states: prompt_length - 1 .. length - 2
+      if count <= 0:
+        continue
+      chosen = np.unique(np.linspace(0, count - 1, min(max_states, count)).round().astype(int))
+      positions = prompt_length - 1 + chosen
+      parts["features"].append(hidden[row, positions].astype(np.float32))
+      parts["head"].append(values[row, positions].astype(np.float32))
+      parts["reward"].append(np.full(len(chosen), float(traj.reward[row] >= 1.0)))
+      parts["completion"].append(np.full(len(chosen), completions))
+      parts["problem"].append(np.full(len(chosen), int(traj.group[row])))
+      parts["bucket"].append(np.where(chosen == 0, 0,
+                                      1 + np.minimum(4 * chosen // count, 3)).astype(int))
+      completions += 1
+  return States(**{k: np.concatenate(v) for k, v in parts.items()})
+
+
+def probe(states: States, hidden_size: int, multiplier: int, mlp_steps: int = 3000,
+          seed: int = 0) -> dict:
+  """Explained variance of each predictor by position on the held-out half of the problems."""
+  rng = np.random.default_rng(seed)
+  problems = rng.permutation(np.unique(states.problem))
+  half = len(problems) // 2
+  held = np.isin(states.problem, problems[half:])
+  select = np.isin(states.problem, problems[:half // 4])
+  fit, train = ~held, ~held & ~select
+  everything = np.ones(len(held), bool)
+  weight = completion_weights(states.completion, everything)
+  x, y = states.features.astype(np.float64), states.reward
+  scale = x[fit].std(0) + 1e-6
+  center = x[fit].mean(0)
+  z = (x - center) / scale
+  constant = float(np.sum(weight[fit] * y[fit]) / np.sum(weight[fit]))
+
+  def select_error(prediction):
+    return float(np.sum(weight[select] * (prediction[select] - y[select]) ** 2))
+
+  errors = {}
+  for penalty in RIDGE_PENALTIES:
+    w, b = fit_ridge(z[train], y[train], weight[train], penalty)
+    errors[penalty] = select_error(z @ w + b)
+  penalty = min(errors, key=errors.get)
+  w, b = fit_ridge(z[fit], y[fit], weight[fit], penalty)
+  predictions = {"head": states.head.astype(np.float64), "linear": z @ w + b}
+  predict = fit_mlp(hidden_size, multiplier, states.features[train], y[train].astype(np.float32),
+                    weight[train].astype(np.float32), states.features[select],
+                    y[select].astype(np.float32), weight[select].astype(np.float32),
+                    mlp_steps, seed)
+  predictions["mlp"] = predict(states.features).astype(np.float64)
+  predictions["problem"] = leave_one_out_means(states.reward, states.problem, states.completion)
+  table = {}
+  for name, prediction in predictions.items():
+    row = {}
+    for index, bucket in enumerate(BUCKETS):
+      mask = held & (everything if bucket == "all" else states.bucket == index)
+      if mask.any():
+        row[bucket] = explained_variance(prediction[mask], y[mask],
+                                         completion_weights(states.completion, mask)[mask],
+                                         constant)
+    table[name] = row
+  first = np.unique(states.completion, return_index=True)[1]
+  return {"explained_variance": table, "ridge_penalty": penalty,
+          "problem_variance_share": problem_variance_share(states.reward[first],
+                                                           states.problem[first]),
+          "problems": int(len(problems)), "held_out_problems": int(len(problems) - half),
+          "completions": int(len(first)), "states": int(len(y)),
+          "solve_rate": float(states.reward[first].mean()),
+          "problems_with_a_solve": float(np.mean([states.reward[first][
+              states.problem[first] == p].max() for p in problems]))}
+
+
+def markdown(result: dict) -> str:
+  """The explained-variance table."""
+  lines = ["| predictor | " + " | ".join(BUCKETS) + " |", "|---" * (len(BUCKETS) + 1) + "|"]
+  for name, row in result["explained_variance"].items():
+    lines.append(f"| {name} | " + " | ".join(f"{row[b]:+.3f}" if b in row else "-"
+                                              for b in BUCKETS) + " |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  sys.path.insert(0, os.getcwd())
+  from jaxdistill import checkpointing, tokenization
+  from jaxdistill.configs import countdown as presets
+  from jaxdistill.models import from_pretrained
+  from jaxdistill.tasks import countdown
+  config = presets.apply_overrides(presets.get_config(FLAGS.preset), FLAGS.set)
+  model = from_pretrained(FLAGS.model)
+  if FLAGS.run:
+    model = checkpointing.latest_model(model, FLAGS.run)
+  tokenizer = tokenization.load_tokenizer(FLAGS.model)
+  train, _ = countdown.make_splits(config.task.data_seed, config.task.train_size,
+                                   config.task.test_size, count=config.task.numbers)
+  states = collect_states(config, model, tokenizer, train[:FLAGS.problems], FLAGS.samples,
+                          FLAGS.states, FLAGS.seed)
+  result = probe(states, model.config.hidden_size, model.config.value_hidden_multiplier,
+                 FLAGS.mlp_steps, FLAGS.seed)
+  result.update(model=FLAGS.model, run=FLAGS.run, samples=FLAGS.samples,
+                overrides=FLAGS.set, temperature=config.rollout.temperature)
+  print(f"{result['completions']} completions of {result['problems']} train problems "
+        f"(solve rate {result['solve_rate']:.3f}; between problems "
+        f"{result['problem_variance_share']:.3f} of the reward's variance), explained "
+        f"variance of the reward on {result['held_out_problems']} held-out problems:")
+  print(markdown(result))
+  if FLAGS.out:
+    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+    with open(FLAGS.out, "w") as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
