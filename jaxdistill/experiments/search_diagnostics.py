@@ -20,7 +20,6 @@ Prints a table and writes JSON (`--out`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -48,7 +47,6 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
   from flax import nnx
 
   from jaxdistill import evaluate as evaluation
-  from jaxdistill import tokenization
   from jaxdistill.rl import rollouts
   from jaxdistill import rewards
   from jaxdistill.train import spec_from_config
@@ -107,26 +105,41 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
           "search_temperature": config.search.temperature}
 
 
+def load(preset: str, overrides: list[str], model_dir: str, problems: int, run: str = ""):
+  """(config, model, tokenizer, the first `problems` train problems) for an experiment on a
+  saved model (run: a training workdir whose latest checkpoint's params to use)."""
+  from jaxdistill import checkpointing, tokenization
+  from jaxdistill.configs import countdown as presets
+  from jaxdistill.models import from_pretrained
+  from jaxdistill.tasks import countdown
+  config = presets.apply_overrides(presets.get_config(preset), overrides)
+  model = from_pretrained(model_dir)
+  if run:
+    model = checkpointing.latest_model(model, run)
+  tokenizer = tokenization.load_tokenizer(model_dir)
+  train, _ = countdown.make_splits(config.task.data_seed, config.task.train_size,
+                                   config.task.test_size, count=config.task.numbers)
+  return config, model, tokenizer, train[:problems]
+
+
+def write_result(path: str, result: dict) -> None:
+  """result as JSON at path (its directory made), written whole."""
+  from jaxdistill.metrics import write_json
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  write_json(path, result)
+
+
 def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
-  from jaxdistill.configs import countdown as presets
-  from jaxdistill.models import from_pretrained
-  from jaxdistill import tokenization
-  from jaxdistill.tasks import countdown
-  config = presets.apply_overrides(presets.get_config(FLAGS.preset), FLAGS.set)
-  model = from_pretrained(FLAGS.model)
-  tokenizer = tokenization.load_tokenizer(FLAGS.model)
-  train, _ = countdown.make_splits(config.task.data_seed, config.task.train_size,
-                                   config.task.test_size, count=config.task.numbers)
-  result = diagnose(config, model, tokenizer, train[:FLAGS.problems], FLAGS.samples)
+  config, model, tokenizer, problems = load(FLAGS.preset, FLAGS.set, FLAGS.model,
+                                            FLAGS.problems)
+  result = diagnose(config, model, tokenizer, problems, FLAGS.samples)
   result["overrides"] = FLAGS.set
   print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in result.items()))
   if FLAGS.out:
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-      json.dump(result, f, indent=1)
+    write_result(FLAGS.out, result)
 
 
 if __name__ == "__main__":

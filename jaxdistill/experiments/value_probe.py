@@ -29,7 +29,6 @@ writes JSON (`--out`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -274,19 +273,11 @@ def markdown(result: dict) -> str:
 def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
-  from jaxdistill import checkpointing, tokenization
-  from jaxdistill.configs import countdown as presets
-  from jaxdistill.models import from_pretrained
-  from jaxdistill.tasks import countdown
-  config = presets.apply_overrides(presets.get_config(FLAGS.preset), FLAGS.set)
-  model = from_pretrained(FLAGS.model)
-  if FLAGS.run:
-    model = checkpointing.latest_model(model, FLAGS.run)
-  tokenizer = tokenization.load_tokenizer(FLAGS.model)
-  train, _ = countdown.make_splits(config.task.data_seed, config.task.train_size,
-                                   config.task.test_size, count=config.task.numbers)
-  states = collect_states(config, model, tokenizer, train[:FLAGS.problems], FLAGS.samples,
-                          FLAGS.states, FLAGS.seed)
+  from jaxdistill.experiments import search_diagnostics
+  config, model, tokenizer, problems = search_diagnostics.load(
+      FLAGS.preset, FLAGS.set, FLAGS.model, FLAGS.problems, FLAGS.run)
+  states = collect_states(config, model, tokenizer, problems, FLAGS.samples, FLAGS.states,
+                          FLAGS.seed)
   result = probe(states, model.config.hidden_size, model.config.value_hidden_multiplier,
                  FLAGS.mlp_steps, FLAGS.seed)
   result.update(model=FLAGS.model, run=FLAGS.run, samples=FLAGS.samples,
@@ -297,9 +288,7 @@ def main(argv):
         f"variance of the reward on {result['held_out_problems']} held-out problems:")
   print(markdown(result))
   if FLAGS.out:
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-      json.dump(result, f, indent=1)
+    search_diagnostics.write_result(FLAGS.out, result)
 
 
 if __name__ == "__main__":
