@@ -92,3 +92,38 @@ def test_states_are_the_learner_states_of_real_completions(tmp_path):
   expected = np.asarray(out.values)[np.arange(5), lengths - 1]
   got = states.head[states.bucket == 0].reshape(5, 3)
   np.testing.assert_allclose(got, np.repeat(expected[:, None], 3, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_the_trunk_predictor_learns_what_the_tokens_reveal():
+  """Rewards set by the first completion token (one of two ids): a model trained on the value
+  loss alone must predict them at every state after that token, and cannot at the prompt."""
+  from jaxdistill.models import Qwen2Config, init_model
+  model = init_model(Qwen2Config(vocab_size=16, hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, rope_theta=1e4,
+                                 tie_word_embeddings=True), seed=0)
+  rng = np.random.default_rng(0)
+  problems, samples, prompt, length = 256, 4, 4, 12
+  rows = problems * samples
+  tokens = rng.integers(2, 16, (rows, length)).astype(np.int32)
+  tokens[:, prompt] = rng.choice([5, 6], rows)
+  reward = (tokens[:, prompt] == 6).astype(float)
+  positions = np.arange(prompt - 1, length - 1)  # the learner's states
+  chosen = positions - (prompt - 1)
+  count = length - prompt
+  bucket = np.where(chosen == 0, 0, 1 + np.minimum(4 * chosen // count, 3))
+  per = len(positions)
+  states = value_probe.States(
+      features=np.zeros((rows * per, 4), np.float32), head=np.zeros(rows * per, np.float32),
+      reward=np.repeat(reward, per), completion=np.repeat(np.arange(rows), per),
+      problem=np.repeat(np.arange(rows) // samples, per), bucket=np.tile(bucket, rows),
+      position=np.tile(positions, rows), tokens=tokens,
+      prompt_length=np.full(rows, prompt), length=np.full(rows, length))
+  result = value_probe.probe(states, hidden_size=4, multiplier=2, mlp_steps=100, model=model,
+                             trunk_steps=400, trunk_learning_rate=1e-3)
+  trunk = result["explained_variance"]["trunk"]
+  for bucket_name in ("q1", "q2", "q3", "q4"):
+    assert trunk[bucket_name] > 0.5, trunk
+  assert trunk["prompt"] < 0.1, trunk
+  # the features are all zero: the ridge probe predicts the fit half's mean, explaining nothing
+  assert abs(result["explained_variance"]["linear"]["all"]) < 1e-9

@@ -16,6 +16,9 @@ reward (0: no better than knowing the average solve rate; < 0: worse), for:
   then refitted on all of it);
 - `mlp`: a fresh value head of the model's architecture fitted by Adam on the fit half's hidden
   states with the trunk frozen (steps picked on that quarter);
+- `trunk` (`--trunk_steps`): the whole model, trunk and value head, trained by Adam on the
+  fit half's value loss alone (the learner's, at `--trunk_lr`; steps picked on that quarter):
+  whether the network can learn features that predict success when value is all it learns;
 - `problem`: the mean reward of the same problem's other samples, the same at every state: what
   knowing each problem's solve rate alone gives (a state-independent value); beside it,
   `problem_variance_share` (all problems), the share of the reward's variance between
@@ -49,6 +52,8 @@ def define_flags():
   flags.DEFINE_integer("samples", 8, "completions per problem")
   flags.DEFINE_integer("states", 16, "at most this many states per completion")
   flags.DEFINE_integer("mlp_steps", 3000, "Adam steps of the fitted value head")
+  flags.DEFINE_integer("trunk_steps", 0, "Adam steps of the `trunk` predictor (0: none)")
+  flags.DEFINE_float("trunk_lr", 1e-4, "learning rate of the `trunk` predictor")
   flags.DEFINE_integer("seed", 0, "sampling and split seed")
   flags.DEFINE_string("out", "", "JSON output (default: print only)")
 
@@ -58,7 +63,7 @@ FLAGS = flags.FLAGS
 
 @dataclasses.dataclass
 class States:
-  """One row per probed state."""
+  """One row per probed state, and (for the `trunk` predictor) the completions' tokens."""
 
   features: np.ndarray  # [N, H] float32 final hidden state
   head: np.ndarray  # [N] the model's value head at that state
@@ -66,6 +71,10 @@ class States:
   completion: np.ndarray  # [N] int index of that completion
   problem: np.ndarray  # [N] int index of its problem
   bucket: np.ndarray  # [N] int: 0 prompt, 1-4 quarter of the completion
+  position: np.ndarray | None = None  # [N] the state's index in its completion's tokens
+  tokens: np.ndarray | None = None  # [C, S] int32 prompt + completion of each completion
+  prompt_length: np.ndarray | None = None  # [C]
+  length: np.ndarray | None = None  # [C] prompt + completion
 
 
 def explained_variance(prediction, target, weight, constant: float) -> float:
@@ -153,6 +162,64 @@ def fit_mlp(hidden_size, multiplier, x, y, weight, x_select, y_select, w_select,
   return lambda xs: np.asarray(predict_jit(best_params, xs))
 
 
+def fit_trunk(model, states: States, train, select_weight, steps: int, learning_rate: float,
+              seed: int, batch: int = 64):
+  """The whole model, trunk and value head, trained on the value loss alone (the learner's: per
+  completion, the mean of (V - R)^2 over its completion states) on the completions of the
+  `train` states by Adam; the params of the step (every 50) with the lowest weighted MSE on the
+  states where select_weight > 0. Returns its values at every probed state."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+  graphdef, params = nnx.split(model)
+  first = np.unique(states.completion, return_index=True)[1]
+  reward = states.reward[first].astype(np.float32)  # per completion
+  slot = np.arange(states.tokens.shape[1])[None]
+  mask = ((slot >= states.prompt_length[:, None] - 1)
+          & (slot <= states.length[:, None] - 2)).astype(np.float32)
+  optimizer = optax.adam(learning_rate)
+  opt_state = optimizer.init(params)
+
+  def loss(p, tokens, m, r):
+    values = nnx.merge(graphdef, p)(tokens).values
+    per_row = jnp.sum(m * (values - r[:, None]) ** 2, -1) / jnp.maximum(m.sum(-1), 1.0)
+    return per_row.mean()
+
+  @jax.jit
+  def step(p, s, tokens, m, r):
+    grads = jax.grad(loss)(p, tokens, m, r)
+    updates, s = optimizer.update(grads, s, p)
+    return optax.apply_updates(p, updates), s
+
+  forward = jax.jit(lambda p, tokens: nnx.merge(graphdef, p)(tokens).values)
+
+  def values_at(p, wanted):
+    """Values at the probed states of the completions in `wanted` (others: 0)."""
+    completions = np.unique(states.completion[wanted])
+    chunk = 256
+    values = np.zeros(states.tokens.shape, np.float32)
+    for start in range(0, len(completions), chunk):
+      part = completions[start:start + chunk]
+      padded = np.concatenate([part, np.full(chunk - len(part), part[0])])
+      values[part] = np.asarray(forward(p, states.tokens[padded]))[:len(part)]
+    return np.where(wanted, values[states.completion, states.position], 0.0)
+
+  train_rows = np.unique(states.completion[train])
+  select = select_weight > 0
+  y = states.reward
+  rng = np.random.default_rng(seed)
+  best, best_params = float("inf"), params
+  for i in range(1, steps + 1):
+    pick = train_rows[rng.integers(0, len(train_rows), batch)]
+    params, opt_state = step(params, opt_state, states.tokens[pick], mask[pick], reward[pick])
+    if i % 50 == 0 or i == steps:
+      err = float(np.sum(select_weight * (values_at(params, select) - y) ** 2))
+      if err < best:
+        best, best_params = err, params
+  return values_at(best_params, np.ones(len(y), bool))
+
+
 def collect_states(config, model, tokenizer, problems, samples: int, max_states: int,
                    seed: int = 0) -> States:
   """Sample `samples` completions per problem and read the states of the module docstring."""
@@ -179,7 +246,8 @@ def collect_states(config, model, tokenizer, problems, samples: int, max_states:
   tokens, lengths = evaluation.encode_prompts(tokenizer, problems, config.task.prompt,
                                               config.task.prompt_width)
   batch = max(1, min(len(problems), 256 // samples))
-  parts = {k: [] for k in ("features", "head", "reward", "completion", "problem", "bucket")}
+  parts = {k: [] for k in ("features", "head", "reward", "completion", "problem", "bucket",
+                           "position", "tokens", "prompt_length", "length")}
   completions = 0
   for start in range(0, len(problems), batch):
     ids = np.arange(start, min(start + batch, len(problems)), dtype=np.int32)
@@ -203,13 +271,19 @@ def collect_states(config, model, tokenizer, problems, samples: int, max_states:
       parts["problem"].append(np.full(len(chosen), int(traj.group[row])))
       parts["bucket"].append(np.where(chosen == 0, 0,
                                       1 + np.minimum(4 * chosen // count, 3)).astype(int))
+      parts["position"].append(positions)
+      parts["tokens"].append(traj.tokens[row][None])
+      parts["prompt_length"].append([prompt_length])
+      parts["length"].append([length])
       completions += 1
   return States(**{k: np.concatenate(v) for k, v in parts.items()})
 
 
 def probe(states: States, hidden_size: int, multiplier: int, mlp_steps: int = 3000,
-          seed: int = 0) -> dict:
-  """Explained variance of each predictor by position on the held-out half of the problems."""
+          seed: int = 0, model=None, trunk_steps: int = 0, trunk_learning_rate: float = 1e-4
+          ) -> dict:
+  """Explained variance of each predictor by position on the held-out half of the problems
+  (with a model and trunk_steps, also `trunk`: see fit_trunk)."""
   rng = np.random.default_rng(seed)
   problems = rng.permutation(np.unique(states.problem))
   half = len(problems) // 2
@@ -239,6 +313,9 @@ def probe(states: States, hidden_size: int, multiplier: int, mlp_steps: int = 30
                     y[select].astype(np.float32), weight[select].astype(np.float32),
                     mlp_steps, seed)
   predictions["mlp"] = predict(states.features).astype(np.float64)
+  if model is not None and trunk_steps:
+    predictions["trunk"] = fit_trunk(model, states, train, np.where(select, weight, 0.0),
+                                     trunk_steps, trunk_learning_rate, seed).astype(np.float64)
   predictions["problem"] = leave_one_out_means(states.reward, states.problem, states.completion)
   table = {}
   for name, prediction in predictions.items():
@@ -279,8 +356,9 @@ def main(argv):
   states = collect_states(config, model, tokenizer, problems, FLAGS.samples, FLAGS.states,
                           FLAGS.seed)
   result = probe(states, model.config.hidden_size, model.config.value_hidden_multiplier,
-                 FLAGS.mlp_steps, FLAGS.seed)
+                 FLAGS.mlp_steps, FLAGS.seed, model, FLAGS.trunk_steps, FLAGS.trunk_lr)
   result.update(model=FLAGS.model, run=FLAGS.run, samples=FLAGS.samples,
+                trunk_steps=FLAGS.trunk_steps, trunk_lr=FLAGS.trunk_lr,
                 overrides=FLAGS.set, temperature=config.rollout.temperature)
   print(f"{result['completions']} completions of {result['problems']} train problems "
         f"(solve rate {result['solve_rate']:.3f}; between problems "
