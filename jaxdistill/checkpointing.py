@@ -1,7 +1,8 @@
 """Orbax checkpoints of the whole training state: params, optimizer, step, rng, data position.
 
-`restore_latest` (and `restore_params`, the params alone) falls back to an older checkpoint, with a warning, when the newest cannot
-be read (a run killed mid-write, a corrupted disk), so a crash never costs the whole run.
+`restore_latest` (and `restore_params`, the params alone) falls back to an older checkpoint,
+with a warning, when the newest cannot be read (a run killed mid-write, a corrupted disk), so a
+crash never costs the whole run.
 """
 
 from __future__ import annotations

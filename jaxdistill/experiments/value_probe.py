@@ -116,12 +116,36 @@ def problem_variance_share(reward, problem) -> float:
   """Per completion rewards and problems -> the share of the reward's variance that lies
   between problems (unbiased: each problem's mean minus its sampling noise), i.e. the
   explained variance of a value that knew each problem's exact solve rate."""
-  ids, index, counts = np.unique(problem, return_inverse=True, return_counts=True)
+  _, index, counts = np.unique(problem, return_inverse=True, return_counts=True)
   means = np.bincount(index, weights=reward) / counts
   within = means * (1 - means) * counts / np.maximum(counts - 1, 1)  # unbiased per problem
   between = means.var() - np.mean(within / counts)
   total = reward.var()
   return float(between / total) if total > 0 else 0.0
+
+
+def _fit_with_selection(loss, params, learning_rate: float, batch, select_error, steps: int,
+                        every: int):
+  """Adam on loss(params, *batch(i)) for `steps` steps; the params of the step (every `every`)
+  with the lowest select_error(params)."""
+  import jax
+  import optax
+  optimizer = optax.adam(learning_rate)
+  opt_state = optimizer.init(params)
+
+  @jax.jit
+  def step(p, s, *args):
+    updates, s = optimizer.update(jax.grad(loss)(p, *args), s, p)
+    return optax.apply_updates(p, updates), s
+
+  best, best_params = float("inf"), params
+  for i in range(1, steps + 1):
+    params, opt_state = step(params, opt_state, *batch(i))
+    if i % every == 0 or i == steps:
+      err = select_error(params)
+      if err < best:
+        best, best_params = err, params
+  return best_params
 
 
 def fit_mlp(hidden_size, multiplier, x, y, weight, x_select, y_select, w_select, steps: int,
@@ -130,36 +154,27 @@ def fit_mlp(hidden_size, multiplier, x, y, weight, x_select, y_select, w_select,
   the step (every 100) with the lowest weighted MSE on the select set. Returns predict(x)."""
   import jax
   import jax.numpy as jnp
-  import optax
   from flax import nnx
 
   from jaxdistill.models.qwen2 import ValueHead
-  head = ValueHead(hidden_size, multiplier, nnx.Rngs(seed))
-  graphdef, params = nnx.split(head)
-  optimizer = optax.adam(1e-3)
-  opt_state = optimizer.init(params)
+  graphdef, params = nnx.split(ValueHead(hidden_size, multiplier, nnx.Rngs(seed)))
 
   def loss(p, xb, yb, wb):
     return jnp.sum(wb * (nnx.merge(graphdef, p)(xb) - yb) ** 2) / jnp.sum(wb)
 
-  @jax.jit
-  def step(p, s, xb, yb, wb):
-    value, grads = jax.value_and_grad(loss)(p, xb, yb, wb)
-    updates, s = optimizer.update(grads, s, p)
-    return optax.apply_updates(p, updates), s, value
-
-  predict_jit = jax.jit(lambda p, xb: nnx.merge(graphdef, p)(xb))
+  predict = jax.jit(lambda p, xb: nnx.merge(graphdef, p)(xb))
   rng = np.random.default_rng(seed)
-  batch = min(4096, len(x))
-  best, best_params = float("inf"), params
-  for i in range(1, steps + 1):
-    pick = rng.integers(0, len(x), batch)
-    params, opt_state, _ = step(params, opt_state, x[pick], y[pick], weight[pick])
-    if i % 100 == 0 or i == steps:
-      err = float(np.sum(w_select * (np.asarray(predict_jit(params, x_select)) - y_select) ** 2))
-      if err < best:
-        best, best_params = err, params
-  return lambda xs: np.asarray(predict_jit(best_params, xs))
+  size = min(4096, len(x))
+
+  def batch(_):
+    pick = rng.integers(0, len(x), size)
+    return x[pick], y[pick], weight[pick]
+
+  best = _fit_with_selection(
+      loss, params, 1e-3, batch,
+      lambda p: float(np.sum(w_select * (np.asarray(predict(p, x_select)) - y_select) ** 2)),
+      steps, every=100)
+  return lambda xs: np.asarray(predict(best, xs))
 
 
 def fit_trunk(model, states: States, train, select_weight, steps: int, learning_rate: float,
@@ -170,7 +185,6 @@ def fit_trunk(model, states: States, train, select_weight, steps: int, learning_
   states where select_weight > 0. Returns its values at every probed state."""
   import jax
   import jax.numpy as jnp
-  import optax
   from flax import nnx
   graphdef, params = nnx.split(model)
   first = np.unique(states.completion, return_index=True)[1]
@@ -178,19 +192,11 @@ def fit_trunk(model, states: States, train, select_weight, steps: int, learning_
   slot = np.arange(states.tokens.shape[1])[None]
   mask = ((slot >= states.prompt_length[:, None] - 1)
           & (slot <= states.length[:, None] - 2)).astype(np.float32)
-  optimizer = optax.adam(learning_rate)
-  opt_state = optimizer.init(params)
 
   def loss(p, tokens, m, r):
     values = nnx.merge(graphdef, p)(tokens).values
     per_row = jnp.sum(m * (values - r[:, None]) ** 2, -1) / jnp.maximum(m.sum(-1), 1.0)
     return per_row.mean()
-
-  @jax.jit
-  def step(p, s, tokens, m, r):
-    grads = jax.grad(loss)(p, tokens, m, r)
-    updates, s = optimizer.update(grads, s, p)
-    return optax.apply_updates(p, updates), s
 
   forward = jax.jit(lambda p, tokens: nnx.merge(graphdef, p)(tokens).values)
 
@@ -207,17 +213,17 @@ def fit_trunk(model, states: States, train, select_weight, steps: int, learning_
 
   train_rows = np.unique(states.completion[train])
   select = select_weight > 0
-  y = states.reward
   rng = np.random.default_rng(seed)
-  best, best_params = float("inf"), params
-  for i in range(1, steps + 1):
+
+  def batch_of(_):
     pick = train_rows[rng.integers(0, len(train_rows), batch)]
-    params, opt_state = step(params, opt_state, states.tokens[pick], mask[pick], reward[pick])
-    if i % 50 == 0 or i == steps:
-      err = float(np.sum(select_weight * (values_at(params, select) - y) ** 2))
-      if err < best:
-        best, best_params = err, params
-  return values_at(best_params, np.ones(len(y), bool))
+    return states.tokens[pick], mask[pick], reward[pick]
+
+  best = _fit_with_selection(
+      loss, params, learning_rate, batch_of,
+      lambda p: float(np.sum(select_weight * (values_at(p, select) - states.reward) ** 2)),
+      steps, every=50)
+  return values_at(best, np.ones(len(states.reward), bool))
 
 
 def collect_states(config, model, tokenizer, problems, samples: int, max_states: int,
@@ -334,8 +340,9 @@ def probe(states: States, hidden_size: int, multiplier: int, mlp_steps: int = 30
           "problems": int(len(problems)), "held_out_problems": int(len(problems) - half),
           "completions": int(len(first)), "states": int(len(y)),
           "solve_rate": float(states.reward[first].mean()),
-          "problems_with_a_solve": float(np.mean([states.reward[first][
-              states.problem[first] == p].max() for p in problems]))}
+          "problems_with_a_solve": float(np.mean(np.bincount(
+              np.unique(states.problem[first], return_inverse=True)[1],
+              weights=states.reward[first]) > 0))}
 
 
 def markdown(result: dict) -> str:
