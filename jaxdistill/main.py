@@ -158,8 +158,10 @@ def run_job(config, workdir: str, mode: str) -> dict:
       sys.exit(stopped["exit_code"])
     if not parallel.is_primary():
       return summary  # one process reports
-    rows = [(name, summary[key]) for name, key in (("before", "eval_before"),
-                                                   ("after", "eval_after")) if key in summary]
+    rows = [(name, summary[key]) for name, key in (
+        ("before", "eval_before"), ("after", "eval_after"),  # the test problems
+        ("before (validation)", "val_before"), ("after (validation)", "val_after"))
+            if key in summary]
     if rows:
       _print_table(rows)
     if os.path.exists(os.path.join(workdir, "eval.png")):

@@ -216,9 +216,9 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
           validation_problems=()) -> dict:
   """Run config.train.num_iterations iterations (resuming from workdir); returns a summary.
 
-  Evaluations: at the start and the end on the test problems (eval_*), and at the end on
-  the validation problems too (val_*); in between (every eval.every iterations) on the first
-  eval.curve_problems validation problems (curve_*), the learning curve."""
+  Evaluations: at the start (eval.at_start) and the end on the test problems (eval_*) and on
+  the validation problems (val_*); in between (every eval.every iterations) on the first
+  eval.curve_problems validation problems (curve_*): the learning curve, from the start's."""
   if config.algo not in METHODS:
     raise ValueError(f"algo must be one of {METHODS}, got {config.algo!r}")
   spec = spec_from_config(config, tokenizer, model.config.vocab_size)
@@ -280,6 +280,8 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
   summary = {"start_step": start}
   if start == 0 and config.eval.at_start and config.eval.every:  # every=0: no evaluation
     summary["eval_before"] = run_eval(0)
+    if validation_problems:  # the validation curve starts where the model starts
+      summary["val_before"] = run_eval(0, validation_problems, "val")
   total = config.train.num_iterations
   budget = config.train.token_budget  # 0: no budget, run all iterations
   generated = sum(r.get("generated_tokens", 0) for r in log.rows() if "loss" in r)

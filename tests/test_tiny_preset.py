@@ -28,6 +28,7 @@ def test_smoke_preset_end_to_end(tmp_path):
   out = _run(tmp_path)
   assert "warm start: " in out and "saved to" in out
   assert "| before |" in out and "| after |" in out and "eval.png" in out
+  assert "| before (validation) |" in out and "| after (validation) |" in out
   for name in ("metrics.jsonl", "eval.png", "warm_start/sft_done.json",
                "warm_start/config.json", "warm_start/model.safetensors", "checkpoints/2"):
     assert (tmp_path / name).exists(), name
@@ -36,6 +37,8 @@ def test_smoke_preset_end_to_end(tmp_path):
   eval_rows = [r for r in rows if "eval_mean@4" in r]
   assert [r["step"] for r in train_rows] == [1, 2]
   assert [r["step"] for r in eval_rows] == [0, 2]
+  # the validation curve starts at the model before training, and ends at the trained one
+  assert [r["step"] for r in rows if "val_mean@4" in r] == [0, 2]
   for r in train_rows:
     assert math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and r["skipped"] == 0
     assert -1.0 <= r["reward"] <= 1.0 and r["generated_tokens"] > 0
