@@ -232,3 +232,12 @@ def test_the_default_token_budget_is_the_preset_s_own_search_run(monkeypatch):
   monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
       preset="medium", set=["train.num_iterations=10"]))
   assert compare.default_budget([]) == 10_005
+
+
+def test_a_pick_at_either_end_of_a_three_rate_sweep_is_flagged():
+  rates = ["1e-5", "3e-5", "1e-4"]
+  assert compare.grid_edge(rates, 1e-5) == "smallest"
+  assert compare.grid_edge(rates, 1e-4) == "largest"
+  assert compare.grid_edge(rates, 3e-5) == ""
+  assert compare.grid_edge(["1e-4", "1e-5", "3e-5"], 1e-4) == "largest"  # order given is free
+  assert compare.grid_edge(["1e-5", "3e-5"], 1e-5) == ""  # two rates bracket nothing

@@ -22,6 +22,7 @@ and a plot of the learning curves (PNG). Every run is a `jaxdistill.main` job in
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -320,6 +321,22 @@ def _eval_temperature() -> float:
   return _config().eval.temperature
 
 
+def grid_edge(learning_rates, picked):
+  """'smallest' or 'largest' when `picked` is an end of a sweep of 3 or more rates, else ''.
+
+  A pick at the end of the grid says the grid did not bracket the best rate, so the method
+  may be under-tuned against one whose pick is inside its grid.
+  """
+  rates = sorted(float(lr) for lr in learning_rates)
+  if len(rates) < 3:
+    return ""
+  if math.isclose(float(picked), rates[0]):
+    return "smallest"
+  if math.isclose(float(picked), rates[-1]):
+    return "largest"
+  return ""
+
+
 def main(argv):
   del argv
   k = _k()
@@ -343,7 +360,7 @@ def main(argv):
     FLAGS.token_budget = default_budget(common)
     print(f"token budget: {FLAGS.token_budget:,} generated tokens per training run", flush=True)
   seeds = [int(s) for s in FLAGS.seeds]
-  records, sweep, sweep_runs = [], {}, []
+  records, sweep, sweep_runs, edges = [], {}, [], []
   if "base" in FLAGS.methods:
     records += [base_run(seed, common) for seed in seeds]
   for method in (m for m in FLAGS.methods if m != "base"):
@@ -355,6 +372,11 @@ def main(argv):
     print(f"{method}: validation mean@{k} by learning rate "
           + ", ".join(f"{r['lr']:g}: {100 * r['validation']:.1f}%" for r in tried)
           + f" -> {sweep[method]}", flush=True)
+    edge = grid_edge(FLAGS.learning_rates, best["lr"])
+    if edge:
+      edges.append(f"{method}: the picked rate is the {edge} tried; the best may lie beyond "
+                   "it, extend --learning_rates.")
+      print("warning: " + edges[-1], flush=True)
     records.append(best)
     records += [train_run(method, seed, FLAGS.learning_rates[tried.index(best)], common)
                 for seed in seeds[1:]]
@@ -381,6 +403,8 @@ def main(argv):
   for method in sweep:
     scores = [r["validation"] for r in sweep_runs if r["method"] == method]
     sweep_table.append(f"| {method} | " + " | ".join(f"{100 * s:.1f}%" for s in scores) + " |")
+  if edges:
+    sweep_table += [""] + edges
   table += "\n".join(sweep_table) + "\n"
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   with open(FLAGS.out, "w") as f:
