@@ -6,7 +6,8 @@
 1. The base model (one shared warm start) is scored per seed.
 2. Each method's generated tokens per iteration are measured by a 2-iteration probe, so
    that its learning rate decays to zero exactly as it reaches `--token_budget`.
-3. Learning rate: seed 0 at each of `--learning_rates`; the best final mean@k on the
+3. Learning rate: seed 0 at each of `--learning_rates` (or the method's own grid from
+   `--method_learning_rates`); the best final mean@k on the
    validation split (the last problems of the train split, which no run trains on; never
    the test split) is kept for the other seeds.
 4. Every run: `--curve_points` evaluations on the validation split during training (the
@@ -66,6 +67,10 @@ def define_flags():
   flags.DEFINE_list("seeds", ["0", "1", "2"], "RL seeds (the base model is the same for all)")
   flags.DEFINE_list("learning_rates", ["1e-5", "3e-5", "1e-4"], "learning rates tried on the "
                     "first seed (one value: no sweep)")
+  flags.DEFINE_multi_string("method_learning_rates", [], "a method's own grid in place of "
+                            "--learning_rates, e.g. mcts_distill=3e-6,1e-5,3e-5 (repeat the "
+                            "flag for more methods), for a method whose best rate lies outside "
+                            "the common grid")
   flags.DEFINE_integer("token_budget", 0, "generated tokens per training run; 0: what the "
                        "preset's own mcts_distill run samples (1,422,558 on tiny, measured; "
                        "other presets: its 2-iteration probe's tokens per iteration x "
@@ -321,6 +326,29 @@ def _eval_temperature() -> float:
   return _config().eval.temperature
 
 
+def method_grids(methods, learning_rates, per_method) -> dict[str, list[str]]:
+  """Each training method's learning-rate grid: `learning_rates`, or its own from
+  `per_method` entries 'method=lr,lr,...'. Raises app.UsageError on a bad entry."""
+  grids = {m: list(learning_rates) for m in methods if m != "base"}
+  for entry in per_method:
+    method, sep, rates = entry.partition("=")
+    if not sep or method not in grids:
+      raise app.UsageError(f"--method_learning_rates={entry}: expected METHOD=LR,LR,... with "
+                           f"METHOD one of the compared training methods {sorted(grids)}")
+    rates = [r.strip() for r in rates.split(",") if r.strip()]
+    try:
+      values = [float(r) for r in rates]
+    except ValueError:
+      values = []
+    if not values or min(values) <= 0 or len(set(values)) != len(values):
+      raise app.UsageError(f"--method_learning_rates={entry}: give distinct positive rates")
+    grids[method] = rates
+  for method, rates in grids.items():
+    if not rates:
+      raise app.UsageError(f"{method}: no learning rate to try")
+  return grids
+
+
 def grid_edge(learning_rates, picked):
   """'smallest' or 'largest' when `picked` is an end of a sweep of 3 or more rates, else ''.
 
@@ -360,11 +388,12 @@ def main(argv):
     FLAGS.token_budget = default_budget(common)
     print(f"token budget: {FLAGS.token_budget:,} generated tokens per training run", flush=True)
   seeds = [int(s) for s in FLAGS.seeds]
+  grids = method_grids(FLAGS.methods, FLAGS.learning_rates, FLAGS.method_learning_rates)
   records, sweep, sweep_runs, edges = [], {}, [], []
   if "base" in FLAGS.methods:
     records += [base_run(seed, common) for seed in seeds]
   for method in (m for m in FLAGS.methods if m != "base"):
-    tried = [train_run(method, seeds[0], lr, common) for lr in FLAGS.learning_rates]
+    tried = [train_run(method, seeds[0], lr, common) for lr in grids[method]]
     best = max(tried, key=lambda r: r["validation"])
     sweep[method] = f"{best['lr']:g}"
     sweep_runs += [{"method": r["method"], "lr": r["lr"], "validation": r["validation"]}
@@ -372,20 +401,23 @@ def main(argv):
     print(f"{method}: validation mean@{k} by learning rate "
           + ", ".join(f"{r['lr']:g}: {100 * r['validation']:.1f}%" for r in tried)
           + f" -> {sweep[method]}", flush=True)
-    edge = grid_edge(FLAGS.learning_rates, best["lr"])
+    edge = grid_edge(grids[method], best["lr"])
     if edge:
       edges.append(f"{method}: the picked rate is the {edge} tried; the best may lie beyond "
-                   "it, extend --learning_rates.")
+                   "it: extend its grid (--method_learning_rates).")
       print("warning: " + edges[-1], flush=True)
     records.append(best)
-    records += [train_run(method, seed, FLAGS.learning_rates[tried.index(best)], common)
+    records += [train_run(method, seed, grids[method][tried.index(best)], common)
                 for seed in seeds[1:]]
   rows = summarize(records, k, FLAGS.temperatures)
   problems = len(records[0].get("per_problem", [])) if records else 0
   header = (f"Countdown, preset `{FLAGS.preset}`, every training run samples "
             f"{FLAGS.token_budget:,} tokens from the same warm-started base model; test "
             f"mean@{k} on the held-out problems, no search at evaluation; learning rate per "
-            f"method picked on seed {seeds[0]} from {', '.join(FLAGS.learning_rates)} by "
+            f"method picked on seed {seeds[0]} from {', '.join(FLAGS.learning_rates)}"
+            + "".join(f" ({m}: {', '.join(g)})" for m, g in grids.items()
+                      if g != list(FLAGS.learning_rates))
+            + " by "
             f"validation mean@{k}; differences are paired by seed (mean ± standard error over "
             f"seeds, the test problems held fixed"
             + (f"; 'with problems': counting the sampling of the {problems} test problems "
@@ -397,12 +429,15 @@ def main(argv):
                if FLAGS.eval_key_sets > 1 else "")
             + (f" Overrides: {', '.join(f'`{o}`' for o in FLAGS.set)}." if FLAGS.set else ""))
   table = markdown(rows, k, header, FLAGS.temperatures)
+  columns = sorted({float(lr) for m in sweep for lr in grids[m]})
   sweep_table = ["", f"Learning-rate sweep (seed {seeds[0]}, validation mean@{k}):", "",
-                 "| method | " + " | ".join(FLAGS.learning_rates) + " |",
-                 "|---|" + "---|" * len(FLAGS.learning_rates)]
+                 "| method | " + " | ".join(f"{lr:g}" for lr in columns) + " |",
+                 "|---|" + "---|" * len(columns)]
   for method in sweep:
-    scores = [r["validation"] for r in sweep_runs if r["method"] == method]
-    sweep_table.append(f"| {method} | " + " | ".join(f"{100 * s:.1f}%" for s in scores) + " |")
+    scores = {r["lr"]: r["validation"] for r in sweep_runs if r["method"] == method}
+    sweep_table.append(f"| {method} | " + " | ".join(
+        next((f"{100 * v:.1f}%" for lr, v in scores.items() if math.isclose(lr, c)), "-")
+        for c in columns) + " |")
   if edges:
     sweep_table += [""] + edges
   table += "\n".join(sweep_table) + "\n"
@@ -413,7 +448,7 @@ def main(argv):
   with open(stem + ".json", "w") as f:
     runs = [{key: value for key, value in r.items() if key != "per_problem"} for r in records]
     json.dump({"budget": FLAGS.token_budget, "rows": rows, "runs": runs, "sweep": sweep,
-               "sweep_runs": sweep_runs, "methods": {m: METHODS[m] for m in sweep},
+               "sweep_runs": sweep_runs, "grids": grids, "methods": {m: METHODS[m] for m in sweep},
                "overrides": FLAGS.set}, f, indent=1)
   plot(records, sweep, k, FLAGS.temperatures[0], stem + ".png")
   print(table)
