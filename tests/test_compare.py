@@ -4,7 +4,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from jaxdistill.experiments import compare, report
 
@@ -233,22 +232,3 @@ def test_the_default_token_budget_is_the_preset_s_own_search_run(monkeypatch):
   monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
       preset="medium", set=["train.num_iterations=10"]))
   assert compare.default_budget([]) == 10_005
-
-
-def test_a_pick_at_either_end_of_a_three_rate_sweep_is_flagged():
-  rates = ["1e-5", "3e-5", "1e-4"]
-  assert compare.grid_edge(rates, 1e-5) == "smallest"
-  assert compare.grid_edge(rates, 1e-4) == "largest"
-  assert compare.grid_edge(rates, 3e-5) == ""
-  assert compare.grid_edge(["1e-4", "1e-5", "3e-5"], 1e-4) == "largest"  # order given is free
-  assert compare.grid_edge(["1e-5", "3e-5"], 1e-5) == ""  # two rates bracket nothing
-
-
-def test_a_method_can_have_its_own_learning_rate_grid_and_bad_entries_are_refused():
-  grids = compare.method_grids(["base", "mcts_distill", "cispo"], ["1e-5", "3e-5", "1e-4"],
-                               ["mcts_distill=3e-6, 1e-5,3e-5"])
-  assert grids == {"mcts_distill": ["3e-6", "1e-5", "3e-5"], "cispo": ["1e-5", "3e-5", "1e-4"]}
-  for bad in ["best_of_n=1e-5", "base=1e-5", "cispo", "cispo=", "cispo=1e-5,x",
-              "cispo=0,1e-5", "cispo=1e-5,1e-05"]:
-    with pytest.raises(compare.app.UsageError):
-      compare.method_grids(["base", "mcts_distill", "cispo"], ["1e-5"], [bad])

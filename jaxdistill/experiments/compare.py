@@ -23,7 +23,6 @@ and a plot of the learning curves (PNG). Every run is a `jaxdistill.main` job in
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -35,6 +34,7 @@ import numpy as np
 from absl import app, flags
 
 from jaxdistill.experiments.report import markdown, plot, summarize
+from jaxdistill.experiments.sweep import grid_edge, method_grids, sweep_table
 from jaxdistill.metrics import write_json
 
 # method name -> config overrides (the comparison's variants of the three algorithms)
@@ -326,45 +326,6 @@ def _eval_temperature() -> float:
   return _config().eval.temperature
 
 
-def method_grids(methods, learning_rates, per_method) -> dict[str, list[str]]:
-  """Each training method's learning-rate grid: `learning_rates`, or its own from
-  `per_method` entries 'method=lr,lr,...'. Raises app.UsageError on a bad entry."""
-  grids = {m: list(learning_rates) for m in methods if m != "base"}
-  for entry in per_method:
-    method, sep, rates = entry.partition("=")
-    if not sep or method not in grids:
-      raise app.UsageError(f"--method_learning_rates={entry}: expected METHOD=LR,LR,... with "
-                           f"METHOD one of the compared training methods {sorted(grids)}")
-    rates = [r.strip() for r in rates.split(",") if r.strip()]
-    try:
-      values = [float(r) for r in rates]
-    except ValueError:
-      values = []
-    if not values or min(values) <= 0 or len(set(values)) != len(values):
-      raise app.UsageError(f"--method_learning_rates={entry}: give distinct positive rates")
-    grids[method] = rates
-  for method, rates in grids.items():
-    if not rates:
-      raise app.UsageError(f"{method}: no learning rate to try")
-  return grids
-
-
-def grid_edge(learning_rates, picked):
-  """'smallest' or 'largest' when `picked` is an end of a sweep of 3 or more rates, else ''.
-
-  A pick at the end of the grid says the grid did not bracket the best rate, so the method
-  may be under-tuned against one whose pick is inside its grid.
-  """
-  rates = sorted(float(lr) for lr in learning_rates)
-  if len(rates) < 3:
-    return ""
-  if math.isclose(float(picked), rates[0]):
-    return "smallest"
-  if math.isclose(float(picked), rates[-1]):
-    return "largest"
-  return ""
-
-
 def main(argv):
   del argv
   k = _k()
@@ -429,18 +390,7 @@ def main(argv):
                if FLAGS.eval_key_sets > 1 else "")
             + (f" Overrides: {', '.join(f'`{o}`' for o in FLAGS.set)}." if FLAGS.set else ""))
   table = markdown(rows, k, header, FLAGS.temperatures)
-  columns = sorted({float(lr) for m in sweep for lr in grids[m]})
-  sweep_table = ["", f"Learning-rate sweep (seed {seeds[0]}, validation mean@{k}):", "",
-                 "| method | " + " | ".join(f"{lr:g}" for lr in columns) + " |",
-                 "|---|" + "---|" * len(columns)]
-  for method in sweep:
-    scores = {r["lr"]: r["validation"] for r in sweep_runs if r["method"] == method}
-    sweep_table.append(f"| {method} | " + " | ".join(
-        next((f"{100 * v:.1f}%" for lr, v in scores.items() if math.isclose(lr, c)), "-")
-        for c in columns) + " |")
-  if edges:
-    sweep_table += [""] + edges
-  table += "\n".join(sweep_table) + "\n"
+  table += sweep_table(grids, sweep_runs, k, seeds[0], edges)
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   with open(FLAGS.out, "w") as f:
     f.write(table)

@@ -1,0 +1,71 @@
+"""The comparison's learning-rate sweep: each method's grid, the end-of-grid check and the table.
+
+Pure functions of flag values and finished runs, so that `compare` (which runs the jobs) stays
+about running them, and these can be tested without running any.
+"""
+
+from __future__ import annotations
+
+import math
+
+from absl import app
+
+
+def method_grids(methods, learning_rates, per_method) -> dict[str, list[str]]:
+  """Each training method's learning-rate grid: `learning_rates`, or its own from
+  `per_method` entries 'method=lr,lr,...'. Raises app.UsageError on a bad entry."""
+  grids = {m: list(learning_rates) for m in methods if m != "base"}
+  for entry in per_method:
+    method, sep, rates = entry.partition("=")
+    if not sep or method not in grids:
+      raise app.UsageError(f"--method_learning_rates={entry}: expected METHOD=LR,LR,... with "
+                           f"METHOD one of the compared training methods {sorted(grids)}")
+    rates = [r.strip() for r in rates.split(",") if r.strip()]
+    try:
+      values = [float(r) for r in rates]
+    except ValueError:
+      values = []
+    # `v > 0` is False for nan, which `min(values) <= 0` let through; inf is refused too
+    if (not values or not all(v > 0 and math.isfinite(v) for v in values)
+        or len(set(values)) != len(values)):
+      raise app.UsageError(f"--method_learning_rates={entry}: give distinct positive rates")
+    grids[method] = rates
+  for method, rates in grids.items():
+    if not rates:
+      raise app.UsageError(f"{method}: no learning rate to try")
+  return grids
+
+
+def grid_edge(learning_rates, picked):
+  """'smallest' or 'largest' when `picked` is an end of a sweep of 3 or more rates, else ''.
+
+  A pick at the end of the grid says the grid did not bracket the best rate, so the method
+  may be under-tuned against one whose pick is inside its grid.
+  """
+  rates = sorted(float(lr) for lr in learning_rates)
+  if len(rates) < 3:
+    return ""
+  if math.isclose(float(picked), rates[0]):
+    return "smallest"
+  if math.isclose(float(picked), rates[-1]):
+    return "largest"
+  return ""
+
+
+def sweep_table(grids: dict[str, list[str]], sweep_runs: list[dict], k: int, seed: int,
+                notes=()) -> str:
+  """The markdown sweep table: a row per swept method (in `grids` order), a column per rate
+  any of them tried (the union of the grids, ascending), '-' where a method did not try a
+  rate; `sweep_runs` are {'method', 'lr', 'validation'}; `notes` go under the table."""
+  columns = sorted({float(lr) for rates in grids.values() for lr in rates})
+  lines = ["", f"Learning-rate sweep (seed {seed}, validation mean@{k}):", "",
+           "| method | " + " | ".join(f"{lr:g}" for lr in columns) + " |",
+           "|---|" + "---|" * len(columns)]
+  for method in grids:
+    scores = [(float(r["lr"]), r["validation"]) for r in sweep_runs if r["method"] == method]
+    lines.append(f"| {method} | " + " | ".join(
+        next((f"{100 * v:.1f}%" for lr, v in scores if math.isclose(lr, c)), "-")
+        for c in columns) + " |")
+  if notes:
+    lines += [""] + list(notes)
+  return "\n".join(lines) + "\n"

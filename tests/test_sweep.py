@@ -1,0 +1,90 @@
+"""The comparison's learning-rate sweep: grids per method, the end-of-grid flag, the table."""
+
+import pytest
+from absl import app
+
+from jaxdistill.experiments import compare, sweep
+
+
+def test_a_pick_at_either_end_of_a_three_rate_sweep_is_flagged():
+  rates = ["1e-5", "3e-5", "1e-4"]
+  assert sweep.grid_edge(rates, 1e-5) == "smallest"
+  assert sweep.grid_edge(rates, 1e-4) == "largest"
+  assert sweep.grid_edge(rates, 3e-5) == ""
+  assert sweep.grid_edge(["1e-4", "1e-5", "3e-5"], 1e-4) == "largest"  # order given is free
+  assert sweep.grid_edge(["1e-5", "3e-5"], 1e-5) == ""  # two rates bracket nothing
+
+
+def test_a_method_can_have_its_own_learning_rate_grid_and_bad_entries_are_refused():
+  grids = sweep.method_grids(["base", "mcts_distill", "cispo"], ["1e-5", "3e-5", "1e-4"],
+                             ["mcts_distill=3e-6, 1e-5,3e-5"])
+  assert grids == {"mcts_distill": ["3e-6", "1e-5", "3e-5"], "cispo": ["1e-5", "3e-5", "1e-4"]}
+  for bad in ["best_of_n=1e-5", "base=1e-5", "cispo", "cispo=", "cispo=1e-5,x",
+              "cispo=0,1e-5", "cispo=1e-5,1e-05", "cispo=nan", "cispo=1e-5,nan", "cispo=inf",
+              "cispo=-1e-5"]:
+    with pytest.raises(app.UsageError):
+      sweep.method_grids(["base", "mcts_distill", "cispo"], ["1e-5"], [bad])
+  assert compare.method_grids is sweep.method_grids  # what compare's flags go through
+
+
+def test_the_sweep_table_has_a_column_per_rate_any_method_tried():
+  grids = {"mcts_distill": ["3e-6", "1e-5"], "cispo": ["1e-5", "1e-4"]}
+  runs = [{"method": "mcts_distill", "lr": 3e-6, "validation": 0.15},
+          {"method": "mcts_distill", "lr": 1e-5, "validation": 0.142},
+          {"method": "cispo", "lr": 1e-05, "validation": 0.146},
+          {"method": "cispo", "lr": 1e-4, "validation": 0.151}]
+  lines = sweep.sweep_table(grids, runs, 16, 0, ["cispo: the picked rate is the largest"])
+  lines = lines.split("\n")
+  assert lines[1] == "Learning-rate sweep (seed 0, validation mean@16):"
+  assert lines[3] == "| method | 3e-06 | 1e-05 | 0.0001 |"
+  assert lines[4] == "|---|---|---|---|"
+  assert lines[5] == "| mcts_distill | 15.0% | 14.2% | - |"
+  assert lines[6] == "| cispo | - | 14.6% | 15.1% |"
+  assert lines[8] == "cispo: the picked rate is the largest"
+
+
+def test_compare_keeps_the_rate_picked_on_the_first_seed_and_writes_the_sweep(
+    monkeypatch, tmp_path):
+  """compare.main with its jobs faked: each method's best validation rate on seed 0 is the one
+  its other seeds train at; a pick at a grid's end is flagged in the table; JSON has grids."""
+  import json
+  import types
+  validation = {("mcts_distill", "3e-6"): 0.150, ("mcts_distill", "1e-5"): 0.142,
+                ("mcts_distill", "3e-5"): 0.141, ("cispo", "1e-5"): 0.146,
+                ("cispo", "3e-5"): 0.155, ("cispo", "1e-4"): 0.151}
+  calls = []
+
+  def record(method, seed, lr, score):
+    return {"method": method, "seed": seed, "lr": lr, "generated_tokens": 1000,
+            "iterations": 4, "train_s": 1.0, "validation": score,
+            "curve": [(0, score), (1000, score)],
+            "test": {"0.2": {"mean@16": score, "pass@16": 2 * score}}}
+
+  def train_run(method, seed, lr, common):
+    calls.append((method, seed, lr))
+    return record(method, seed, float(lr), validation[method, lr] + 0.01 * seed)
+
+  monkeypatch.setattr(compare, "train_run", train_run)
+  monkeypatch.setattr(compare, "base_run", lambda seed, common: dict(
+      record("base", seed, None, 0.14), generated_tokens=0, iterations=0, curve=[]))
+  monkeypatch.setattr(compare, "_k", lambda: 16)
+  out = tmp_path / "table.md"
+  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
+      preset="tiny", set=[], methods=["base", "mcts_distill", "cispo"], seeds=["0", "1"],
+      learning_rates=["1e-5", "3e-5", "1e-4"],
+      method_learning_rates=["mcts_distill=3e-6,1e-5,3e-5"], token_budget=1000,
+      temperatures=["0.2"], eval_key_sets=1, workdir=str(tmp_path / "runs"), out=str(out)))
+  compare.main([])
+  assert calls == [("mcts_distill", 0, "3e-6"), ("mcts_distill", 0, "1e-5"),
+                   ("mcts_distill", 0, "3e-5"), ("mcts_distill", 1, "3e-6"),
+                   ("cispo", 0, "1e-5"), ("cispo", 0, "3e-5"), ("cispo", 0, "1e-4"),
+                   ("cispo", 1, "3e-5")]
+  table = out.read_text()
+  assert "| mcts_distill | 15.0% | 14.2% | 14.1% | - |" in table
+  assert "| cispo | - | 14.6% | 15.5% | 15.1% |" in table
+  assert "mcts_distill: the picked rate is the smallest tried" in table
+  assert "cispo: the picked rate" not in table
+  written = json.loads((tmp_path / "table.json").read_text())
+  assert written["sweep"] == {"mcts_distill": "3e-06", "cispo": "3e-05"}
+  assert written["grids"]["mcts_distill"] == ["3e-6", "1e-5", "3e-5"]
+  assert (tmp_path / "table.png").exists()
