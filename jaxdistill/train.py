@@ -250,9 +250,10 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
   eval_problems = test_problems[:config.eval.num_problems]
 
   def run_eval(step, problems=eval_problems, prefix="eval", final=False):
-    """final: the last test evaluation; its per-problem scores (each problem's mean reward,
-    the same numbers `--mode eval` writes) go to WORKDIR/eval_after.json, so a comparison
-    needs no second evaluation of the same checkpoint, keys and temperature."""
+    """final: the last evaluation of a split; its per-problem scores (each problem's mean
+    reward, the same numbers `--mode eval` writes) go to WORKDIR/eval_after.json (test) or
+    val_after.json (validation), so a comparison needs no second evaluation of the same
+    checkpoint, keys and temperature."""
     result = evaluation.evaluate(nnx.merge(graphdef, state.params), tokenizer, problems,
                                  eval_config, seed=config.seed, prompt=config.task.prompt,
                                  per_problem=final)
@@ -260,8 +261,9 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
     log.write(step, {f"{prefix}_{k}": v for k, v in result.items()})
     if parallel.is_primary():
       if per_problem is not None:
-        evaluation.write_result(os.path.join(workdir, "eval_after.json"), result,
-                                per_problem=per_problem, step=step, split="test",
+        split = "validation" if prefix == "val" else "test"
+        evaluation.write_result(os.path.join(workdir, f"{prefix}_after.json"), result,
+                                per_problem=per_problem, step=step, split=split,
                                 seed=config.seed, temperature=config.eval.temperature)
       plot_run(log.rows(), config.eval.k, os.path.join(workdir, "eval.png"))
     return result
@@ -324,7 +326,7 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
       elif done:
         summary["eval_after"] = run_eval(step + 1, final=True)
         if validation_problems:
-          summary["val_after"] = run_eval(step + 1, validation_problems, "val")
+          summary["val_after"] = run_eval(step + 1, validation_problems, "val", final=True)
       elif (step + 1) % config.eval.every == 0:
         curve = list(validation_problems)[:config.eval.curve_problems]
         if curve:

@@ -192,6 +192,9 @@ def test_a_training_run_s_per_problem_scores_come_from_its_own_final_evaluation(
       with open(os.path.join(workdir, "eval_after.json"), "w") as f:
         json.dump({"mean@16": 0.5, "step": 2, "temperature": temperature,
                    "per_problem": [1.0, 0.0]}, f)
+      with open(os.path.join(workdir, "val_after.json"), "w") as f:
+        json.dump({"mean@16": 0.125, "step": 2, "temperature": temperature,
+                   "per_problem": [0.0, 0.25]}, f)
     return 10.0
   monkeypatch.setattr(compare, "_run", fake_run)
   monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)
@@ -199,13 +202,18 @@ def test_a_training_run_s_per_problem_scores_come_from_its_own_final_evaluation(
       workdir=str(tmp_path), token_budget=120, curve_points=1, temperatures=["0.2"],
       eval_key_sets=1, problem_se=True, preset="tiny", set=[]))
   keep, temperature = True, 0.2
-  record = compare.train_run("cispo", 0, "1e-5", [])
+  record = compare.train_run("cispo", 0, "1e-5", [], sweep=True)
   assert record["per_problem"] == [1.0, 0.0] and calls == ["train"]
   assert record["test"]["0.2"]["mean@16"] == 0.5 and record["validation"] == 0.125
+  assert record["validation_per_problem"] == [0.0, 0.25]  # a sweep run's, from val_after.json
   assert "final_per_problem" not in record
   keep = False  # noqa: F841  (read by fake_run)
   record = compare.train_run("cispo", 1, "1e-5", [])
   assert record["per_problem"] == [0.25, 0.75] and calls == ["train", "train", "eval"]
+  assert "validation_per_problem" not in record
+  calls.clear()
+  record = compare.train_run("cispo", 1, "1e-5", [], sweep=True)  # a run without val_after
+  assert record["validation_per_problem"] == [0.25, 0.75] and calls == ["eval"]
   # a --set evaluation temperature is the runs' own: their final evaluation is the T=0.8 score
   monkeypatch.setattr(compare.FLAGS, "temperatures", ["0.8", "0.2"])
   monkeypatch.setattr(compare.FLAGS, "set", ["eval.temperature=0.8"])

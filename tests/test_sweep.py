@@ -49,6 +49,7 @@ def test_compare_keeps_the_rate_picked_on_the_first_seed_and_writes_the_sweep(
   its other seeds train at; a pick at a grid's end is flagged in the table; JSON has grids."""
   import json
   import types
+  per_problem_noise = [0.25, -0.25, 0.0, 0.0]
   validation = {("mcts_distill", "3e-6"): 0.150, ("mcts_distill", "1e-5"): 0.142,
                 ("mcts_distill", "3e-5"): 0.141, ("cispo", "1e-5"): 0.146,
                 ("cispo", "3e-5"): 0.155, ("cispo", "1e-4"): 0.151}
@@ -60,9 +61,13 @@ def test_compare_keeps_the_rate_picked_on_the_first_seed_and_writes_the_sweep(
             "curve": [(0, score), (1000, score)],
             "test": {"0.2": {"mean@16": score, "pass@16": 2 * score}}}
 
-  def train_run(method, seed, lr, common):
+  def train_run(method, seed, lr, common, sweep=False):
     calls.append((method, seed, lr))
-    return record(method, seed, float(lr), validation[method, lr] + 0.01 * seed)
+    assert sweep == (seed == 0)  # only the sweep's runs are scored problem by problem
+    result = record(method, seed, float(lr), validation[method, lr] + 0.01 * seed)
+    if sweep:  # 4 validation problems whose mean is the run's validation score
+      result["validation_per_problem"] = [result["validation"] + d for d in per_problem_noise]
+    return result
 
   monkeypatch.setattr(compare, "train_run", train_run)
   monkeypatch.setattr(compare, "base_run", lambda seed, common: dict(
@@ -83,8 +88,38 @@ def test_compare_keeps_the_rate_picked_on_the_first_seed_and_writes_the_sweep(
   assert "| mcts_distill | 15.0% | 14.2% | 14.1% | - |" in table
   assert "| cispo | - | 14.6% | 15.5% | 15.1% |" in table
   assert "mcts_distill: the picked rate is the smallest tried" in table
+  # the per-problem differences are constant, so every lead is exact (standard error 0)
+  assert ("mcts_distill: the picked 3e-06 leads 1e-05 by +0.8 ± 0.0, 3e-05 by +0.9 ± 0.0 "
+          "validation points (paired over 4 problems).") in table
+  assert "cispo: the picked 3e-05 leads 1e-05 by +0.9 ± 0.0, 0.0001 by +0.4 ± 0.0" in table
   assert "cispo: the picked rate" not in table
   written = json.loads((tmp_path / "table.json").read_text())
   assert written["sweep"] == {"mcts_distill": "3e-06", "cispo": "3e-05"}
   assert written["grids"]["mcts_distill"] == ["3e-6", "1e-5", "3e-5"]
+  leads = {(r["method"], r["lr"]): r.get("pick_lead") for r in written["sweep_runs"]}
+  assert leads[("mcts_distill", 3e-6)] is None
+  assert abs(leads[("mcts_distill", 1e-5)] - 0.008) < 1e-12
+  assert all("validation_per_problem" not in r for r in written["runs"])
   assert (tmp_path / "table.png").exists()
+
+
+def test_the_pick_s_lead_is_paired_problem_by_problem_and_a_close_call_is_said():
+  # two rates scored on the same 4 problems: the pick leads by 0.25 on every problem but one
+  runs = [{"lr": 1e-5, "per_problem": [0.5, 0.5, 0.25, 0.0]},
+          {"lr": 3e-5, "per_problem": [0.25, 0.25, 0.0, 0.0]},
+          {"lr": 1e-4, "per_problem": [0.5, 0.0, 0.25, 0.0]}]
+  margins = sweep.pick_margins(runs, 1e-5)
+  assert set(margins) == {3e-5, 1e-4}
+  mean, se = margins[3e-5]  # differences 0.25, 0.25, 0.25, 0: sd 0.125, se 0.0625
+  assert mean == 0.1875 and abs(se - 0.0625) < 1e-12
+  mean, se = margins[1e-4]  # differences 0, 0.5, 0, 0: mean 0.125, sd 0.25, se 0.125
+  assert mean == 0.125 and abs(se - 0.125) < 1e-12
+  note = sweep.margin_note("cispo", 1e-5, margins, 4)
+  assert note.startswith("cispo: the picked 1e-05 leads 3e-05 by +18.8 ± 6.2, 0.0001 by "
+                         "+12.5 ± 12.5 validation points (paired over 4 problems)")
+  # 18.75 > 2 x 6.25 separates; 12.5 < 2 x 12.5 does not
+  assert "within two standard errors of 0.0001: the validation problems cannot tell" in note
+  assert "3e-05:" not in note
+  assert sweep.margin_note("cispo", 1e-5, {}, 4) == ""
+  with pytest.raises(ValueError, match="different numbers of validation problems"):
+    sweep.pick_margins(runs + [{"lr": 3e-4, "per_problem": [0.0]}], 1e-5)

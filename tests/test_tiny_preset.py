@@ -63,3 +63,11 @@ def test_smoke_preset_end_to_end(tmp_path):
   after = json.load(open(tmp_path / "eval_after.json"))
   assert after["step"] == 2 and after["split"] == "test" and after["mean@4"] == result["mean@4"]
   assert after["per_problem"] == result["per_problem"]
+  # and so did its final validation evaluation (a comparison's learning-rate sweep pairs the
+  # rates problem by problem on it)
+  val_after = json.load(open(tmp_path / "val_after.json"))
+  val_row = [r for r in rows if "val_mean@4" in r][-1]
+  assert val_after["step"] == 2 and val_after["split"] == "validation"
+  assert val_after["mean@4"] == val_row["val_mean@4"]
+  assert math.isclose(sum(val_after["per_problem"]) / len(val_after["per_problem"]),
+                      val_after["mean@4"], rel_tol=1e-6)

@@ -9,7 +9,10 @@
 3. Learning rate: seed 0 at each of `--learning_rates` (or the method's own grid from
    `--method_learning_rates`); the best final mean@k on the
    validation split (the last problems of the train split, which no run trains on; never
-   the test split) is kept for the other seeds.
+   the test split) is kept for the other seeds. Under the sweep table: the pick's lead over
+   each other rate with its standard error, paired problem by problem, and a warning when
+   the validation problems cannot tell the pick from another rate, or when the pick is an
+   end of its grid.
 4. Every run: `--curve_points` evaluations on the validation split during training (the
    learning curve against generated tokens), then mean@k and pass@k on the held-out test
    split at the reference temperature (0.2) and at 0.8, no search.
@@ -34,7 +37,8 @@ import numpy as np
 from absl import app, flags
 
 from jaxdistill.experiments.report import markdown, plot, summarize
-from jaxdistill.experiments.sweep import grid_edge, method_grids, sweep_table
+from jaxdistill.experiments.sweep import (grid_edge, margin_note, method_grids, pick_margins,
+                                          sweep_table)
 from jaxdistill.metrics import write_json
 
 # method name -> config overrides (the comparison's variants of the three algorithms)
@@ -244,8 +248,23 @@ def default_budget(common: list[str]) -> int:
   return round(tokens_per_iteration("mcts_distill", common) * _config().train.num_iterations)
 
 
-def train_run(method: str, seed: int, lr: str, common: list[str]) -> dict:
-  """One training run at the token budget, evaluated on validation and test."""
+def _final_per_problem(workdir: str, name: str, overrides: list[str], temperature: str,
+                       split: str) -> list[float]:
+  """Each problem's mean reward at the run's last evaluation of a split (the file `name` the
+  run wrote), or, for a run that did not write it at that temperature, evaluated again."""
+  path = os.path.join(workdir, name)
+  final = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      final = json.load(f)
+  if final.get("temperature") == float(temperature):
+    return final["per_problem"]
+  return evaluate(workdir, overrides, temperature, split, per_problem=True)["per_problem"]
+
+
+def train_run(method: str, seed: int, lr: str, common: list[str], sweep: bool = False) -> dict:
+  """One training run at the token budget, evaluated on validation and test; sweep: with
+  each validation problem's score ("validation_per_problem"), to pair rates of a sweep."""
   name = f"{method}-lr{lr}-seed{seed}"
   workdir = os.path.join(FLAGS.workdir, name)
   per_iteration = tokens_per_iteration(method, common)
@@ -286,13 +305,10 @@ def train_run(method: str, seed: int, lr: str, common: list[str]) -> dict:
   t0 = FLAGS.temperatures[0]
   record["test"][t0] = scored(record["test"][t0], workdir, overrides)
   if FLAGS.problem_se:
-    after = os.path.join(workdir, "eval_after.json")  # the run's final test evaluation
-    final = {}
-    if os.path.exists(after):
-      with open(after) as f:
-        final = json.load(f)
-    record["per_problem"] = (final["per_problem"] if final.get("temperature") == float(t0)
-                             else evaluate(workdir, overrides, t0, per_problem=True)["per_problem"])
+    record["per_problem"] = _final_per_problem(workdir, "eval_after.json", overrides, t0, "test")
+  if sweep:  # "validation" is the run's last val_ evaluation, at the reference temperature
+    record["validation_per_problem"] = _final_per_problem(workdir, "val_after.json", overrides,
+                                                          reference, "validation")
   return record
 
 
@@ -350,23 +366,31 @@ def main(argv):
     print(f"token budget: {FLAGS.token_budget:,} generated tokens per training run", flush=True)
   seeds = [int(s) for s in FLAGS.seeds]
   grids = method_grids(FLAGS.methods, FLAGS.learning_rates, FLAGS.method_learning_rates)
-  records, sweep, sweep_runs, edges = [], {}, [], []
+  records, sweep, sweep_runs, notes = [], {}, [], []
   if "base" in FLAGS.methods:
     records += [base_run(seed, common) for seed in seeds]
   for method in (m for m in FLAGS.methods if m != "base"):
-    tried = [train_run(method, seeds[0], lr, common) for lr in grids[method]]
+    tried = [train_run(method, seeds[0], lr, common, sweep=len(grids[method]) > 1)
+             for lr in grids[method]]
     best = max(tried, key=lambda r: r["validation"])
     sweep[method] = f"{best['lr']:g}"
+    margins = (pick_margins([{"lr": r["lr"], "per_problem": r["validation_per_problem"]}
+                             for r in tried], best["lr"]) if len(tried) > 1 else {})
     sweep_runs += [{"method": r["method"], "lr": r["lr"], "validation": r["validation"]}
-                   for r in tried]
+                   | ({"pick_lead": margins[r["lr"]][0], "pick_lead_se": margins[r["lr"]][1]}
+                      if r["lr"] in margins else {}) for r in tried]
     print(f"{method}: validation mean@{k} by learning rate "
           + ", ".join(f"{r['lr']:g}: {100 * r['validation']:.1f}%" for r in tried)
           + f" -> {sweep[method]}", flush=True)
+    if margins:
+      notes.append(margin_note(method, best["lr"], margins,
+                               len(best["validation_per_problem"])))
+      print(notes[-1], flush=True)
     edge = grid_edge(grids[method], best["lr"])
     if edge:
-      edges.append(f"{method}: the picked rate is the {edge} tried; the best may lie beyond "
+      notes.append(f"{method}: the picked rate is the {edge} tried; the best may lie beyond "
                    "it: extend its grid (--method_learning_rates).")
-      print("warning: " + edges[-1], flush=True)
+      print("warning: " + notes[-1], flush=True)
     records.append(best)
     records += [train_run(method, seed, grids[method][tried.index(best)], common)
                 for seed in seeds[1:]]
@@ -390,13 +414,14 @@ def main(argv):
                if FLAGS.eval_key_sets > 1 else "")
             + (f" Overrides: {', '.join(f'`{o}`' for o in FLAGS.set)}." if FLAGS.set else ""))
   table = markdown(rows, k, header, FLAGS.temperatures)
-  table += sweep_table(grids, sweep_runs, k, seeds[0], edges)
+  table += sweep_table(grids, sweep_runs, k, seeds[0], notes)
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   with open(FLAGS.out, "w") as f:
     f.write(table)
   stem = os.path.splitext(FLAGS.out)[0]
   with open(stem + ".json", "w") as f:
-    runs = [{key: value for key, value in r.items() if key != "per_problem"} for r in records]
+    runs = [{key: value for key, value in r.items()
+             if key not in ("per_problem", "validation_per_problem")} for r in records]
     json.dump({"budget": FLAGS.token_budget, "rows": rows, "runs": runs, "sweep": sweep,
                "sweep_runs": sweep_runs, "grids": grids, "methods": {m: METHODS[m] for m in sweep},
                "overrides": FLAGS.set}, f, indent=1)

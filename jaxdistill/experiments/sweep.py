@@ -1,4 +1,5 @@
-"""The comparison's learning-rate sweep: each method's grid, the end-of-grid check and the table.
+"""The comparison's learning-rate sweep: each method's grid, the end-of-grid check, how far
+the pick leads the other rates on the validation problems, and the table.
 
 Pure functions of flag values and finished runs, so that `compare` (which runs the jobs) stays
 about running them, and these can be tested without running any.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from absl import app
 
 
@@ -69,3 +71,41 @@ def sweep_table(grids: dict[str, list[str]], sweep_runs: list[dict], k: int, see
   if notes:
     lines += [""] + list(notes)
   return "\n".join(lines) + "\n"
+
+
+def pick_margins(runs: list[dict], picked: float) -> dict[float, tuple[float, float]]:
+  """The picked rate's validation lead over each other rate of one method's sweep: {lr: (mean,
+  standard error)} of the per-problem differences, from runs {'lr', 'per_problem'} scored on
+  the same validation problems with the same sample keys (so the differences pair up)."""
+  by_rate = {float(r["lr"]): np.asarray(r["per_problem"], np.float64) for r in runs}
+  best = next(v for lr, v in by_rate.items() if math.isclose(lr, float(picked)))
+  margins = {}
+  for lr, scores in by_rate.items():
+    if math.isclose(lr, float(picked)):
+      continue
+    if scores.shape != best.shape:
+      raise ValueError(f"rates {picked:g} and {lr:g} were scored on different numbers of "
+                       f"validation problems ({best.size} and {scores.size})")
+    diff = best - scores
+    se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else float("nan")
+    margins[lr] = (float(diff.mean()), se)
+  return margins
+
+
+def margin_note(method: str, picked: float, margins: dict[float, tuple[float, float]],
+                problems: int) -> str:
+  """One line under the sweep table: the pick's lead over each other rate (points, ± standard
+  error), and a warning when the runner-up is within two standard errors, i.e. the validation
+  split cannot tell the two rates apart."""
+  if not margins:
+    return ""
+  leads = ", ".join(f"{lr:g} by {100 * m:+.1f} ± {100 * se:.1f}"
+                    for lr, (m, se) in sorted(margins.items()))
+  note = (f"{method}: the picked {float(picked):g} leads {leads} validation points (paired over "
+          f"{problems} problems)")
+  close = sorted(lr for lr, (m, se) in margins.items() if not m > 2 * se)
+  if close:
+    note += (f"; within two standard errors of {', '.join(f'{lr:g}' for lr in close)}: the "
+             "validation problems cannot tell these rates apart (a larger "
+             "task.validation_size can)")
+  return note + "."
