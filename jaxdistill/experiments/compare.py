@@ -370,12 +370,12 @@ def main(argv):
   if "base" in FLAGS.methods:
     records += [base_run(seed, common) for seed in seeds]
   for method in (m for m in FLAGS.methods if m != "base"):
-    tried = [train_run(method, seeds[0], lr, common, sweep=len(grids[method]) > 1)
-             for lr in grids[method]]
+    swept = len(grids[method]) > 1  # rates to pair problem by problem on validation
+    tried = [train_run(method, seeds[0], lr, common, sweep=swept) for lr in grids[method]]
     best = max(tried, key=lambda r: r["validation"])
     sweep[method] = f"{best['lr']:g}"
     margins = (pick_margins([{"lr": r["lr"], "per_problem": r["validation_per_problem"]}
-                             for r in tried], best["lr"]) if len(tried) > 1 else {})
+                             for r in tried], best["lr"]) if swept else {})
     sweep_runs += [{"method": r["method"], "lr": r["lr"], "validation": r["validation"]}
                    | ({"pick_lead": margins[r["lr"]][0], "pick_lead_se": margins[r["lr"]][1]}
                       if r["lr"] in margins else {}) for r in tried]

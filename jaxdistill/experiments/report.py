@@ -5,6 +5,13 @@ that experiments.compare collects)."""
 import numpy as np
 
 
+def mean_and_se(values) -> tuple[float, float]:
+  """Mean and standard error of the mean (nan for fewer than two values)."""
+  values = np.asarray(values, np.float64)
+  se = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else float("nan")
+  return float(values.mean()), float(se)
+
+
 def paired(records: list[dict], method: str, other: str, k: int, temperature: str):
   """(mean, standard error, n, standard error with problems) over seeds of method's mean@k
   minus other's, seed by seed.
@@ -23,13 +30,13 @@ def paired(records: list[dict], method: str, other: str, k: int, temperature: st
   diffs = np.array([score(mine[s]) - score(theirs[s]) for s in seeds])
   if len(diffs) == 0:
     return None
-  se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+  mean, se = mean_and_se(diffs)
   with_problems = None
   if len(diffs) > 1 and all("per_problem" in r for s in seeds for r in (mine[s], theirs[s])):
     per_problem = np.mean([np.subtract(mine[s]["per_problem"], theirs[s]["per_problem"])
                            for s in seeds], axis=0)  # [problems]
     with_problems = float(np.sqrt(se ** 2 + per_problem.var(ddof=1) / len(per_problem)))
-  return float(diffs.mean()), float(se), len(diffs), with_problems
+  return mean, se, len(diffs), with_problems
 
 
 def quarters(values) -> list[float]:

@@ -12,6 +12,8 @@ import math
 import numpy as np
 from absl import app
 
+from jaxdistill.experiments.report import mean_and_se
+
 
 def method_grids(methods, learning_rates, per_method) -> dict[str, list[str]]:
   """Each training method's learning-rate grid: `learning_rates`, or its own from
@@ -86,9 +88,7 @@ def pick_margins(runs: list[dict], picked: float) -> dict[float, tuple[float, fl
     if scores.shape != best.shape:
       raise ValueError(f"rates {picked:g} and {lr:g} were scored on different numbers of "
                        f"validation problems ({best.size} and {scores.size})")
-    diff = best - scores
-    se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else float("nan")
-    margins[lr] = (float(diff.mean()), se)
+    margins[lr] = mean_and_se(best - scores)
   return margins
 
 
