@@ -185,10 +185,13 @@ def _set(tree: dict, path: tuple, value):
   tree[path[-1]] = value
 
 
-def from_pretrained(path: str, dtype=jnp.float32, seed: int = 0,
-                    precision: str = "auto") -> Qwen2Model:
-  """Load a local Hugging Face Qwen2/Qwen2.5 directory into a Qwen2Model of `dtype`
-  (matmul precision: see `qwen2.matmul_precision`)."""
+def from_pretrained(path: str, dtype=jnp.float32, seed: int = 0, precision: str = "auto",
+                    param_dtype=jnp.float32) -> Qwen2Model:
+  """Load a local Hugging Face Qwen2/Qwen2.5 directory into a Qwen2Model computing in `dtype`
+  with parameters stored in `param_dtype` (fp32 master weights by default: a bf16
+  checkpoint's values are exact in fp32, and training needs them there; pass the
+  checkpoint's dtype to hold a model for inference only). Matmul precision: see
+  `qwen2.matmul_precision`."""
   config = config_from_hf(_read_config(path))
   files = _safetensors_files(path)
   mapping = _tensor_map(config)
@@ -198,8 +201,8 @@ def from_pretrained(path: str, dtype=jnp.float32, seed: int = 0,
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
     raise CheckpointError(f"checkpoint {path!r} lacks tensor(s) {missing[:3]}{more}")
 
-  abstract = nnx.eval_shape(lambda: Qwen2Model(config, dtype=dtype, rngs=nnx.Rngs(seed),
-                                               precision=precision))
+  abstract = nnx.eval_shape(lambda: Qwen2Model(config, dtype=dtype, param_dtype=param_dtype,
+                                               rngs=nnx.Rngs(seed), precision=precision))
   graphdef, abstract_state = nnx.split(abstract)
   pure = nnx.to_pure_dict(abstract_state)
   for name, (target, shape, transpose) in mapping.items():
@@ -207,7 +210,7 @@ def from_pretrained(path: str, dtype=jnp.float32, seed: int = 0,
     if tuple(tensor.shape) != shape:
       raise CheckpointError(f"tensor {name} has shape {tuple(tensor.shape)}, config.json "
                             f"implies {shape}")
-    _set(pure, target, jnp.asarray(tensor.T if transpose else tensor, dtype=dtype))
+    _set(pure, target, jnp.asarray(tensor.T if transpose else tensor, dtype=param_dtype))
   pure["value_head"] = _value_head_params(path, config, seed)
   nnx.replace_by_pure_dict(abstract_state, pure)
   return nnx.merge(graphdef, abstract_state)
@@ -230,8 +233,12 @@ def _value_head_params(path: str, config: Qwen2Config, seed: int) -> dict:
   return fresh
 
 
-def save_pretrained(model: Qwen2Model, path: str) -> None:
-  """Write `path/config.json`, `model.safetensors` (HF names) and the value head."""
+def save_pretrained(model: Qwen2Model, path: str, dtype=None) -> None:
+  """Write `path/config.json`, `model.safetensors` (HF names) and the value head (fp32).
+
+  dtype: the weights' dtype in the directory; default the model's compute dtype (bf16 for
+  the qwen presets, the dtype Qwen's checkpoints ship in), whatever the master weights'."""
+  dtype = jnp.dtype(model.dtype if dtype is None else dtype)
   from safetensors.flax import save_file  # handles bf16, which numpy cannot
   os.makedirs(path, exist_ok=True)
   config = model.config
@@ -241,10 +248,10 @@ def save_pretrained(model: Qwen2Model, path: str) -> None:
     value = pure
     for key in source:
       value = value[key]
-    tensors[name] = jnp.asarray(value.T if transpose else value)
+    tensors[name] = jnp.asarray(value.T if transpose else value, dtype=dtype)
   save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
   value_head = {f"{layer}.{param}": jnp.asarray(v)
                 for layer, params in pure["value_head"].items() for param, v in params.items()}
   save_file(value_head, os.path.join(path, VALUE_HEAD_FILE))
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(config_to_hf(config, model.dtype), f, indent=2)
+    json.dump(config_to_hf(config, dtype), f, indent=2)

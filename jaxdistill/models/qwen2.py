@@ -60,6 +60,18 @@ class Qwen2Config:
           f"num_key_value_heads ({self.num_key_value_heads})")
 
 
+# the published Hugging Face configs (config.json of Qwen/Qwen2.5-*-Instruct): what a preset's
+# model is when its shapes are needed without the weights (bench.memory)
+ARCHITECTURES = {
+    "qwen2.5-0.5b": Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                                num_hidden_layers=24, num_attention_heads=14,
+                                num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-1.5b": Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                                num_hidden_layers=28, num_attention_heads=12,
+                                num_key_value_heads=2, tie_word_embeddings=True),
+}
+
+
 @chex.dataclass(frozen=True)
 class KVCache:
   """Per-layer keys and values for `S` slots, plus which slots hold real tokens."""
@@ -99,7 +111,8 @@ class KVCache:
 class ModelOutput:
   """What one forward pass returns."""
 
-  logits: jax.Array  # [B, T, V] float32 ([B, 1, V] with last_only=True)
+  logits: jax.Array | None  # [B, T, V] float32 ([B, 1, V] with last_only=True); None with
+  #                          compute_logits=False
   values: jax.Array | None  # [B, T] float32 in [-1, 1] ([B, 1] with last_only=True);
   #                           None with compute_values=False
   hidden: jax.Array  # [B, T, H] final (normed) hidden state
@@ -113,15 +126,17 @@ def _normal(std):
 class RMSNorm(nnx.Module):
   """Root-mean-square norm computed in fp32, as in transformers."""
 
-  def __init__(self, dim: int, eps: float, dtype):
-    self.scale = nnx.Param(jnp.ones((dim,), dtype))
+  def __init__(self, dim: int, eps: float, param_dtype):
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
     self.eps = eps
 
   def __call__(self, x):
     input_dtype = x.dtype
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return self.scale[...] * x32.astype(input_dtype)
+    # the scale in the activations' dtype, as transformers' bf16 model holds it: an fp32
+    # master scale would otherwise promote the residual stream to fp32
+    return self.scale[...].astype(input_dtype) * x32.astype(input_dtype)
 
 
 def rope_tables(positions, head_dim: int, theta: float):
@@ -147,9 +162,10 @@ def apply_rope(x, cos, sin):
 class Attention(nnx.Module):
   """Grouped-query self-attention with q/k/v biases."""
 
-  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs, precision=None):
+  def __init__(self, config: Qwen2Config, dtype, param_dtype, rngs: nnx.Rngs, precision=None):
     c = config
-    dense = lambda i, o, bias: nnx.Linear(i, o, use_bias=bias, dtype=dtype, param_dtype=dtype,
+    dense = lambda i, o, bias: nnx.Linear(i, o, use_bias=bias, dtype=dtype,
+                                          param_dtype=param_dtype,
                                           kernel_init=_normal(0.02), precision=precision,
                                           rngs=rngs)
     self.q_proj = dense(c.hidden_size, c.num_attention_heads * c.head_dim, True)
@@ -217,8 +233,8 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
   """SwiGLU feed-forward block."""
 
-  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs, precision=None):
-    dense = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=dtype, param_dtype=dtype,
+  def __init__(self, config: Qwen2Config, dtype, param_dtype, rngs: nnx.Rngs, precision=None):
+    dense = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=dtype, param_dtype=param_dtype,
                                     kernel_init=_normal(0.02), precision=precision, rngs=rngs)
     self.gate_proj = dense(config.hidden_size, config.intermediate_size)
     self.up_proj = dense(config.hidden_size, config.intermediate_size)
@@ -231,11 +247,12 @@ class MLP(nnx.Module):
 class DecoderLayer(nnx.Module):
   """Pre-norm attention + MLP block."""
 
-  def __init__(self, config: Qwen2Config, dtype, rngs: nnx.Rngs, precision=None):
-    self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-    self.self_attn = Attention(config, dtype, rngs, precision)
-    self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-    self.mlp = MLP(config, dtype, rngs, precision)
+  def __init__(self, config: Qwen2Config, dtype, param_dtype, rngs: nnx.Rngs, precision=None):
+    self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype)
+    self.self_attn = Attention(config, dtype, param_dtype, rngs, precision)
+    self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps,
+                                            param_dtype)
+    self.mlp = MLP(config, dtype, param_dtype, rngs, precision)
 
   def __call__(self, x, cos, sin, mask, past, prefix=None):
     attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, past, prefix)
@@ -265,22 +282,29 @@ class ValueHead(nnx.Module):
 class Qwen2Model(nnx.Module):
   """Qwen2 causal LM plus value head. `model(tokens)` -> ModelOutput(logits, values, ...).
 
-  precision: see `matmul_precision` ('auto': HIGHEST for float32, DEFAULT for bf16)."""
+  dtype: the compute dtype of the body (activations, matmul inputs, KV cache);
+  param_dtype: the dtype the parameters are stored in. Training keeps fp32 master weights
+  with bf16 compute (as MaxText and T5X do): a bf16 weight near 0.02 is spaced 1.2e-4 from
+  its neighbours, so Adam steps of 1e-6..1e-5 applied to bf16 weights round away. The value
+  head is fp32 whatever these are. precision: see `matmul_precision` ('auto': HIGHEST for
+  float32 compute, DEFAULT for bf16)."""
 
-  def __init__(self, config: Qwen2Config, *, dtype=jnp.float32, rngs: nnx.Rngs,
-               precision: str = "auto"):
+  def __init__(self, config: Qwen2Config, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs, precision: str = "auto"):
     self.config = config
     self.dtype = dtype
+    self.param_dtype = param_dtype
     self.precision_name = precision  # as given, to rebuild the same model (from_pretrained)
     self.precision = matmul_precision(dtype, precision)
     self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype,
-                                  param_dtype=dtype, embedding_init=_normal(0.02), rngs=rngs)
-    self.layers = nnx.List([DecoderLayer(config, dtype, rngs, self.precision)
+                                  param_dtype=param_dtype, embedding_init=_normal(0.02),
+                                  rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(config, dtype, param_dtype, rngs, self.precision)
                             for _ in range(config.num_hidden_layers)])
-    self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+    self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype)
     if not config.tie_word_embeddings:
       self.lm_head = nnx.Linear(config.hidden_size, config.vocab_size, use_bias=False,
-                                dtype=dtype, param_dtype=dtype, kernel_init=_normal(0.02),
+                                dtype=dtype, param_dtype=param_dtype, kernel_init=_normal(0.02),
                                 precision=self.precision, rngs=rngs)
     self.value_head = ValueHead(config.hidden_size, config.value_hidden_multiplier, rngs)
 
@@ -290,17 +314,56 @@ class Qwen2Model(nnx.Module):
       return self.embed_tokens.embedding[...].T
     return self.lm_head.kernel[...]
 
+  def token_logprobs(self, hidden, targets, *, temperature=1.0, chunk_size: int = 1024):
+    """log softmax(logits / temperature)[target] [B, T] float32 of final hidden states
+    [B, T, H] and target ids [B, T], never holding more than chunk_size x V logits.
+
+    The positions are taken chunk_size at a time inside a scan whose body is rematerialised
+    (jax.checkpoint), so the backward pass recomputes each chunk's logits instead of keeping
+    them: memory grows with B x T x H, not B x T x V (151,936 for Qwen). chunk_size 0:
+    every position at once (what the chunks must equal; for tests and benchmarks)."""
+    batch, length, width = hidden.shape
+    embedding = self.output_embedding()
+    precision = self.precision
+
+    def chunk_logprobs(h, t):  # h [C, H], t [C]
+      logits = jnp.einsum("ch,hv->cv", h, embedding.astype(h.dtype),
+                          preferred_element_type=jnp.float32, precision=precision)
+      logits = logits / temperature
+      taken = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
+      return taken - jax.nn.logsumexp(logits, axis=-1)
+
+    positions = batch * length
+    flat_hidden, flat_targets = hidden.reshape(positions, width), targets.reshape(positions)
+    if not chunk_size or chunk_size >= positions:
+      return chunk_logprobs(flat_hidden, flat_targets).reshape(batch, length)
+    pad = (-positions) % chunk_size
+    flat_hidden = jnp.pad(flat_hidden, ((0, pad), (0, 0)))
+    flat_targets = jnp.pad(flat_targets, (0, pad))
+    chunks = (positions + pad) // chunk_size
+    taken = jax.lax.map(lambda ht: jax.checkpoint(chunk_logprobs)(*ht),
+                        (flat_hidden.reshape(chunks, chunk_size, width),
+                         flat_targets.reshape(chunks, chunk_size)))
+    return taken.reshape(-1)[:positions].reshape(batch, length)
+
   def __call__(self, tokens, *, positions=None, attention_mask=None,
                cache: KVCache | None = None, last_only: bool = False,
-               compute_values: bool = True, prefix: KVCache | None = None) -> ModelOutput:
+               compute_values: bool = True, compute_logits: bool = True,
+               prefix: KVCache | None = None, remat: bool = False) -> ModelOutput:
     """Forward tokens [B, T] int32; with a cache they are written at slots end..end+T-1.
 
     attention_mask [B, T] (1 = real token) marks padding among these tokens; positions
     [B, T] default to the count of real tokens before each one (caches included).
-    compute_values=False skips the value head (decoding that never reads it).
+    compute_values=False skips the value head (decoding that never reads it);
+    compute_logits=False skips the output projection (logits None): the learner takes the
+    log-probs it needs from `hidden` in chunks (`token_logprobs`), never all [B, T, V].
     prefix: a cache of M rows (M divides B) that rows g*B/M .. (g+1)*B/M - 1 continue: they
     attend to prefix row g before their own cache, which then holds only what follows it
     (K sampled continuations of one path share its KV instead of K copies of it).
+    remat (no cache): each layer keeps only its input for the backward pass and recomputes
+    the rest, so the activations kept grow with layers x B x T x H, not with the MLP's width
+    or the [B, heads, T, T] attention of every layer (about a third more update compute;
+    `_rematerialised_layers`).
     """
     chex.assert_rank(tokens, 2)
     batch, length = tokens.shape
@@ -334,27 +397,68 @@ class Qwen2Model(nnx.Module):
     cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
     x = self.embed_tokens(tokens)
     new_keys, new_values = [], []
-    for i, layer in enumerate(self.layers):
-      past = None if cache is None else (cache.key_states[i], cache.value_states[i], start)
-      x, (k, v) = layer(x, cos, sin, mask, past, None if prefix_of is None else prefix_of(i))
-      new_keys.append(k)
-      new_values.append(v)
+    if remat and cache is None:
+      x = self._rematerialised_layers(x, cos, sin, mask)
+    else:
+      for i, layer in enumerate(self.layers):
+        past = None if cache is None else (cache.key_states[i], cache.value_states[i], start)
+        x, (k, v) = layer(x, cos, sin, mask, past, None if prefix_of is None else prefix_of(i))
+        new_keys.append(k)
+        new_values.append(v)
     hidden = self.norm(x)
     new_cache = None
     if cache is not None:
       new_cache = KVCache(key_states=tuple(new_keys), value_states=tuple(new_values),
                           valid=key_valid, end=(start + length).astype(jnp.int32))
     head_input = hidden[:, -1:] if last_only else hidden
-    logits = jnp.einsum("bth,hv->btv", head_input, self.output_embedding().astype(hidden.dtype),
-                        preferred_element_type=jnp.float32, precision=self.precision)
+    logits = None
+    if compute_logits:
+      logits = jnp.einsum("bth,hv->btv", head_input,
+                          self.output_embedding().astype(hidden.dtype),
+                          preferred_element_type=jnp.float32, precision=self.precision)
     values = self.value_head(head_input) if compute_values else None
     return ModelOutput(logits=logits, values=values, hidden=hidden, cache=new_cache)
 
 
+  def _rematerialised_layers(self, x, cos, sin, mask):
+    """The decoder layers as a scan over their stacked weights whose body is
+    rematerialised: the backward pass, a loop too, keeps each layer's input [B, T, H] and
+    recomputes one layer at a time. (Unrolled layers under jax.checkpoint leave the
+    scheduler free to recompute every layer before the backward starts, which XLA's CPU
+    backend does: memory_analysis showed no saving.) The stacked copy of the weights costs
+    one model's parameters in memory; their layout on disk and in checkpoints is unchanged."""
+    graphdef = nnx.graphdef(self.layers[0])
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                           *[nnx.state(layer) for layer in self.layers])
+
+    def body(h, weights):
+      out, _ = nnx.merge(graphdef, weights)(h, cos, sin, mask, None)
+      return out, None
+
+    x, _ = jax.lax.scan(jax.checkpoint(body), x, stacked)
+    return x
+
+
 def init_model(config: Qwen2Config, seed: int = 0, dtype=jnp.float32,
-               precision: str = "auto") -> Qwen2Model:
+               precision: str = "auto", param_dtype=jnp.float32) -> Qwen2Model:
   """A randomly initialised model (normal(0.02) weights, as transformers does)."""
-  return Qwen2Model(config, dtype=dtype, rngs=nnx.Rngs(seed), precision=precision)
+  return Qwen2Model(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed),
+                    precision=precision)
+
+
+def compute_copy(params, dtype):
+  """The params a forward pass in compute dtype reads, cast once: every floating leaf of the
+  body in `dtype`, the value head (fp32 by design) as it is. Sampling and search run on this
+  copy, made once per iteration, instead of casting the master weights at every step."""
+  dtype = jnp.dtype(dtype)
+
+  def cast(path, x):
+    in_value_head = any(getattr(k, "key", None) == "value_head" for k in path)
+    if in_value_head or not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
+      return x
+    return x.astype(dtype)
+
+  return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def num_params(model: nnx.Module) -> int:
