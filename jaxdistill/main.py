@@ -36,13 +36,14 @@ def load_model_and_tokenizer(config, workdir: str):
 
   from jaxdistill import tokenization
   from jaxdistill.models import Qwen2Config, from_pretrained, init_model
-  dtype = jnp.dtype(config.model.dtype)
+  dtype, param_dtype = jnp.dtype(config.model.dtype), jnp.dtype(config.model.param_dtype)
   if config.preset.startswith("qwen") and not config.model.path:
     raise UsageError(f"preset {config.preset} needs --config.model.path=DIR, a local Hugging "
                      "Face directory of the model (e.g. from `huggingface-cli download "
                      "Qwen/Qwen2.5-1.5B-Instruct --local-dir DIR`)")
   if config.model.path:
-    return (from_pretrained(config.model.path, dtype=dtype, precision=config.model.precision),
+    return (from_pretrained(config.model.path, dtype=dtype, param_dtype=param_dtype,
+                            precision=config.model.precision),
             tokenization.load_tokenizer(config.model.path))
   tokenizer = tokenization.build_char_tokenizer(os.path.join(workdir, "tokenizer"))
   m = config.model
@@ -52,7 +53,8 @@ def load_model_and_tokenizer(config, workdir: str):
                      num_attention_heads=m.num_attention_heads,
                      num_key_value_heads=m.num_key_value_heads, rope_theta=m.rope_theta,
                      tie_word_embeddings=True)
-  return (init_model(arch, seed=config.sft.seed, dtype=dtype, precision=config.model.precision),
+  return (init_model(arch, seed=config.sft.seed, dtype=dtype, param_dtype=param_dtype,
+                     precision=config.model.precision),
           tokenizer)
 
 

@@ -221,6 +221,17 @@ def concat_completion(prompt_tokens, prompt_lengths, completion, completion_leng
   return tokens, prompt_lengths + completion_lengths
 
 
+def completion_values(prompt_lengths, completion_values, completion_lengths, width: int):
+  """Per-token values of completions [M, N] placed where `concat_completion` puts their
+  tokens: rows [M, width], 0 on the prompt, past the completion and on padding."""
+  positions = jnp.arange(width)[None]
+  offset = positions - prompt_lengths[:, None]
+  gathered = jnp.take_along_axis(completion_values,
+                                 jnp.clip(offset, 0, completion_values.shape[1] - 1), axis=1)
+  inside = (offset >= 0) & (offset < completion_lengths[:, None])
+  return jnp.where(inside, gathered, jnp.zeros_like(gathered))
+
+
 def row_keys_from(rng, batch: int):
   """One key per row."""
   return jax.random.split(rng, batch)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from jaxdistill import parallel, tokenization
 from jaxdistill.models import from_pretrained, save_pretrained
+from jaxdistill.rl.learner import sequence_logprobs
 from jaxdistill.tasks import countdown
 
 
@@ -73,10 +74,9 @@ def train_sft(model, tokenizer, problems, config: SFTConfig, progress: bool = Tr
   opt_state = optimizer.init(params)
 
   def loss_fn(params, tokens, mask):
-    logits = nnx.merge(graphdef, params)(tokens[:, :-1]).logits
-    logp = jax.nn.log_softmax(logits, -1)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
-    return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    # the learner's chunked log-probs: no [B, T, V] logits (151,936 columns for Qwen)
+    logp, _ = sequence_logprobs(graphdef, params, tokens, with_values=False)
+    return -(logp * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
   @jax.jit
   def step(params, opt_state, tokens, mask):
@@ -108,7 +108,8 @@ def warm_start(model, tokenizer, problems, config: SFTConfig, directory: str,
       cached = json.load(f)
     if cached.get("settings") == settings:
       print(f"warm start: reusing {directory}")
-      return from_pretrained(directory, dtype=model.dtype, precision=model.precision_name)
+      return from_pretrained(directory, dtype=model.dtype, param_dtype=model.param_dtype,
+                             precision=model.precision_name)
     print(f"warm start: {directory} was made with other settings; training a new one")
     os.remove(marker)
   model, loss = train_sft(model, tokenizer, problems, config, progress)

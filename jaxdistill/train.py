@@ -19,7 +19,7 @@ from jaxdistill import parallel, rewards, stopping, tokenization
 from jaxdistill.checkpointing import Checkpointer
 from jaxdistill.interrupts import GracefulStop
 from jaxdistill.metrics import MetricsLog, plot_run
-from jaxdistill.models.qwen2 import forward_flops_per_token
+from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
 from jaxdistill.rl import learner, losses, rollouts
 from jaxdistill.search import lm_expand
 
@@ -33,24 +33,38 @@ def say(text: str) -> None:
 
 
 def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, advantage: str,
-                   group_size: int) -> learner.LearnerBatch:
-  """Old and reference log-probs, old values, advantages and returns for trajectories."""
+                   group_size: int,
+                   config: learner.LearnerConfig = learner.LearnerConfig()
+                   ) -> learner.LearnerBatch:
+  """The learner batch of trajectories: mask, advantages and returns, the behaviour
+  log-probs the sampler recorded, and the reference's log-probs (ref_params None: no KL).
+
+  Forward passes only where needed: the value head for value-baseline advantages, the
+  reference policy for the KL term, the current policy for rows without behaviour
+  log-probs (visit targets); none for group advantages without KL."""
   tokens = traj.tokens
   positions = jnp.arange(tokens.shape[1] - 1)[None]
   # entry t predicts token t + 1: generated when prompt_length <= t + 1 < length
   mask = ((positions + 1 >= traj.prompt_length[:, None]) &
           (positions + 1 < traj.length[:, None])).astype(jnp.float32)
-  old_logprobs, old_values = jax.lax.stop_gradient(
-      learner.sequence_logprobs(graphdef, params, tokens))
-  ref_logprobs, _ = jax.lax.stop_gradient(learner.sequence_logprobs(graphdef, ref_params, tokens))
+  scores = lambda p: jax.lax.stop_gradient(learner.sequence_logprobs(
+      graphdef, p, tokens, temperature=config.temperature, chunk_size=config.logit_chunk,
+      with_values=False)[0])
+  if traj.behaviour_logprobs is None:
+    old_logprobs = scores(params)
+  else:
+    old_logprobs = traj.behaviour_logprobs * mask
+  ref_logprobs = None if ref_params is None or not config.kl_coef else scores(ref_params)
   if traj.advantages is not None:  # given by the producer (tree targets)
     advantages = traj.advantages * mask
   elif advantage == "group":
     advantages = losses.group_normalized(traj.reward, group_size)[:, None] * mask
-  elif advantage == "gae":
-    advantages, _ = losses.gae(traj.reward, old_values, mask)
   else:
-    advantages = losses.reward_minus_value(traj.reward, old_values, mask)
+    old_values = jax.lax.stop_gradient(learner.sequence_values(graphdef, params, tokens))
+    if advantage == "gae":
+      advantages, _ = losses.gae(traj.reward, old_values, mask)
+    else:
+      advantages = losses.reward_minus_value(traj.reward, old_values, mask)
   return learner.LearnerBatch(tokens=tokens, mask=mask, advantages=advantages,
                               returns=traj.reward[:, None] * mask, old_logprobs=old_logprobs,
                               ref_logprobs=ref_logprobs)
@@ -65,6 +79,7 @@ class IterationSpec:
   search: rollouts.SearchSettings | None
   learner: learner.LearnerConfig
   advantage: str
+  compute_dtype: str = "float32"  # the dtype sampling and search compute in
 
 
 def _stages(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn):
@@ -84,7 +99,7 @@ def _stages(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn
 
   def assemble(params, ref_params, traj):
     return assemble_batch(graphdef, params, ref_params, traj, spec.advantage,
-                          spec.rollout.group_size)
+                          spec.rollout.group_size, spec.learner)
 
   def learn(state, batch, traj):
     state, metrics = learner.update(state, batch, graphdef=graphdef, optimizer=optimizer,
@@ -109,7 +124,9 @@ def build_iteration(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_r
   rollout, assemble, learn = _stages(graphdef, optimizer, spec, reward_fn, dense_reward_fn)
 
   def per_device(state, ref_params, prompt_tokens, prompt_lengths, problems, keys):
-    traj = rollout(state.params, prompt_tokens, prompt_lengths, problems, keys)
+    # sampling and search read a compute-dtype copy of the master weights, cast once here
+    traj = rollout(compute_copy(state.params, spec.compute_dtype), prompt_tokens,
+                   prompt_lengths, problems, keys)
     return learn(state, assemble(state.params, ref_params, traj), traj)
 
   data = P(parallel.DATA)
@@ -126,7 +143,7 @@ def build_phases(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_rewa
   data = P(parallel.DATA)
 
   def rollout_rows(params, *rows):  # the per-device token count as a [1] row, to shard
-    traj = rollout(params, *rows)
+    traj = rollout(compute_copy(params, spec.compute_dtype), *rows)
     return traj.replace(generated_tokens=traj.generated_tokens[None])
 
   rollout_jit = jax.jit(jax.shard_map(rollout_rows, mesh=mesh,
@@ -156,17 +173,28 @@ def build_phases(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_rewa
   return iteration
 
 
-def phase_flops(method: str, prompts: int, prompt_width: int, rollout: rollouts.RolloutConfig,
-                search, learner_config: learner.LearnerConfig, flops_per_token: float) -> dict:
+def assemble_forwards(spec: IterationSpec) -> int:
+  """Forward passes `assemble_batch` runs over the learner batch: the reference policy's
+  (KL), the current policy's (visit rows carry no behaviour log-probs) and the value
+  head's (value-baseline advantages; tree targets bring their own)."""
+  visits = spec.method == "mcts_distill" and spec.search.targets == "visits"
+  tree = spec.method == "mcts_distill" and spec.search.targets == "tree"
+  return (int(spec.learner.kl_coef > 0) + int(visits)
+          + int(spec.advantage != "group" and not tree))
+
+
+def phase_flops(spec: IterationSpec, prompts: int, prompt_width: int,
+                flops_per_token: float) -> dict:
   """Forward-equivalent FLOPs of each phase for one iteration (static shapes, padding
-  included): rollout = the positions the LM runs on; assemble = two forwards (policy and
-  reference) of the learner batch; update = forward + backward (3 forwards) per epoch."""
-  rows, width = rollouts.learner_shape(method, prompts, prompt_width, rollout, search)
+  included): rollout = the positions the LM runs on; assemble = the forwards it runs
+  (`assemble_forwards`); update = forward + backward (3 forwards) per gradient step."""
+  rows, width = rollouts.learner_shape(spec.method, prompts, prompt_width, spec.rollout,
+                                       spec.search)
   positions = rows * (width - 1)
-  return {"rollout": rollouts.forward_tokens(method, prompts, prompt_width, rollout, search)
-                     * flops_per_token,
-          "assemble": 2 * positions * flops_per_token,
-          "update": 3 * learner_config.epochs * positions * flops_per_token}
+  return {"rollout": rollouts.forward_tokens(spec.method, prompts, prompt_width,
+                                             spec.rollout, spec.search) * flops_per_token,
+          "assemble": assemble_forwards(spec) * positions * flops_per_token,
+          "update": 3 * spec.learner.epochs * positions * flops_per_token}
 
 
 def prompt_keys(seed: int, step: int, problem_ids):
@@ -200,34 +228,51 @@ def spec_from_config(config, tokenizer, vocab_size: int | None = None) -> Iterat
         first_play_value=s.first_play_value, virtual_loss=s.virtual_loss,
         root_selection=s.root_selection, targets=s.targets, tree_rows=s.tree_rows,
         step_advantage=s.step_advantage)
-  learner_config = learner.LearnerConfig(
+  return IterationSpec(method=config.algo, rollout=rollout, search=search,
+                       learner=learner_config_from(config),
+                       advantage="group" if config.algo == "cispo" else l.advantage,
+                       compute_dtype=config.model.dtype)
+
+
+def learner_config_from(config) -> learner.LearnerConfig:
+  """The update's settings of an ml_collections config (no tokenizer needed)."""
+  r, s, l = config.rollout, config.search, config.learner
+  # the learner scores tokens at the temperature they were sampled at (visit targets: at
+  # the prior's, temperature 1, against the current policy)
+  if config.algo != "mcts_distill":
+    temperature = r.temperature
+  else:
+    temperature = 1.0 if s.targets == "visits" else s.temperature
+  return learner.LearnerConfig(
+      temperature=temperature, logit_chunk=l.logit_chunk, remat=l.remat,
+      loss_aggregation=l.loss_aggregation, ppo_eps_high=l.ppo_eps_high,
+      dual_clip=l.dual_clip,
       policy_loss=l.policy_loss, eps_high=l.eps_high, ppo_eps=l.ppo_eps,
       value_coef=l.value_coef, value_trunk_grad=l.value_trunk_grad, kl_coef=l.kl_coef,
       learning_rate=l.learning_rate, value_learning_rate=l.value_learning_rate,
       end_learning_rate=l.end_learning_rate, warmup_steps=l.warmup_steps,
       decay_steps=l.decay_steps or config.train.num_iterations, weight_decay=l.weight_decay,
       clip_norm=l.clip_norm, epochs=l.epochs, minibatches=l.minibatches)
-  advantage = "group" if config.algo == "cispo" else l.advantage
-  return IterationSpec(method=config.algo, rollout=rollout, search=search,
-                       learner=learner_config, advantage=advantage)
 
 
 def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
-          validation_problems=()) -> dict:
+          validation_problems=(), mesh=None) -> dict:
   """Run config.train.num_iterations iterations (resuming from workdir); returns a summary.
 
   Evaluations: at the start (eval.at_start) and the end on the test problems (eval_*) and on
   the validation problems (val_*); in between (every eval.every iterations) on the first
-  eval.curve_problems validation problems (curve_*): the learning curve, from the start's."""
+  eval.curve_problems validation problems (curve_*): the learning curve, from the start's.
+  mesh: the devices to run on (default: all of them, `parallel.make_mesh()`)."""
   if config.algo not in METHODS:
     raise ValueError(f"algo must be one of {METHODS}, got {config.algo!r}")
   spec = spec_from_config(config, tokenizer, model.config.vocab_size)
-  mesh = parallel.make_mesh()
+  mesh = mesh or parallel.make_mesh()
   prompts = config.train.prompts_per_iteration
   parallel.check_divisible(prompts, mesh, "train.prompts_per_iteration")
 
   graphdef, params = nnx.split(model)
-  ref_params = jax.tree.map(jnp.copy, params)  # frozen initial policy (the KL reference)
+  # the frozen initial policy (the KL reference), kept in the compute dtype it is read in
+  ref_params = compute_copy(jax.tree.map(jnp.copy, params), spec.compute_dtype)
   optimizer = learner.make_optimizer(spec.learner)
   state = learner.init_state(params, optimizer, jax.random.PRNGKey(config.seed))
   state = parallel.replicate(state, mesh)  # global arrays: restored ones keep this sharding
@@ -254,7 +299,8 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
     reward, the same numbers `--mode eval` writes) go to WORKDIR/eval_after.json (test) or
     val_after.json (validation), so a comparison needs no second evaluation of the same
     checkpoint, keys and temperature."""
-    result = evaluation.evaluate(nnx.merge(graphdef, state.params), tokenizer, problems,
+    policy = nnx.merge(graphdef, compute_copy(state.params, spec.compute_dtype))
+    result = evaluation.evaluate(policy, tokenizer, problems,
                                  eval_config, seed=config.seed, prompt=config.task.prompt,
                                  per_problem=final)
     per_problem = result.pop("per_problem", None)
@@ -277,8 +323,7 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
   flops_per_iteration = forward_tokens * flops_per_token
   flops = {}
   if config.train.phase_timing:
-    flops = phase_flops(spec.method, prompts, config.task.prompt_width, spec.rollout,
-                        spec.search, spec.learner, flops_per_token)
+    flops = phase_flops(spec, prompts, config.task.prompt_width, flops_per_token)
   summary = {"start_step": start}
   if start == 0 and config.eval.at_start and config.eval.every:  # every=0: no evaluation
     summary["eval_before"] = run_eval(0)

@@ -78,6 +78,7 @@ def _schema() -> dict[str, Any]:
       "preset": Choice(PRESETS), "seed": COUNT,
       "algo": Choice(("mcts_distill", "cispo", "best_of_n")), "compile_cache_dir": Text(),
       "model.path": Text(), "model.dtype": Choice(("float32", "bfloat16", "float16")),
+      "model.param_dtype": Choice(("float32", "bfloat16", "float16")),
       "model.precision": Choice(PRECISIONS), "model.hidden_size": POSITIVE,
       "model.intermediate_size": POSITIVE, "model.num_hidden_layers": POSITIVE,
       "model.num_attention_heads": POSITIVE, "model.num_key_value_heads": POSITIVE,
@@ -105,6 +106,9 @@ def _schema() -> dict[str, Any]:
       "learner.policy_loss": Choice(("cispo", "ppo")),
       "learner.advantage": Choice(("reward_minus_value", "gae")),
       "learner.eps_high": RATE, "learner.ppo_eps": Float(0.0, 1.0, open_low=True),
+      "learner.ppo_eps_high": Float(0.0), "learner.dual_clip": Float(0.0),
+      "learner.loss_aggregation": Choice(("sequence", "token")), "learner.logit_chunk": COUNT,
+      "learner.remat": Bool(),
       "learner.value_coef": Float(0.0), "learner.value_trunk_grad": Bool(),
       "learner.kl_coef": Float(0.0), "learner.learning_rate": RATE,
       "learner.value_learning_rate": Float(0.0),
@@ -170,6 +174,14 @@ def _cross_field(c) -> list[str]:
   if c.algo == "cispo" and c.rollout.group_size < 2:
     say(f"config field rollout.group_size={c.rollout.group_size}: cispo's group-relative "
         "advantages need at least 2 samples per prompt")
+  if c.learner.dual_clip and c.learner.dual_clip <= 1.0:
+    say(f"config field learner.dual_clip={c.learner.dual_clip}: must be 0 (off) or > 1 (it "
+        "bounds the loss of a negative advantage at dual_clip times the advantage)")
+  sampling = {"mcts_distill": ("search.temperature", c.search.temperature)}.get(
+      c.algo, ("rollout.temperature", c.rollout.temperature))
+  if not sampling[1]:
+    say(f"config field {sampling[0]}=0: training samples must be drawn at a temperature > 0 "
+        "(the learner scores them at that temperature; 0 is greedy decoding)")
   if c.task.validation_size >= c.task.train_size:
     say(f"config field task.validation_size={c.task.validation_size}: must be smaller than "
         f"task.train_size={c.task.train_size} (it is taken from the train split)")

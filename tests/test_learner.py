@@ -1,5 +1,7 @@
 """Losses against hand-computed values and the pure, shardable update step."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,6 +58,24 @@ def test_ppo_clip_gradient_is_zero_outside_the_trust_region():
   assert grad(np.log(0.5), 0.0, -1.0) == 0.0  # ratio 0.5 < 0.8, A < 0
   assert grad(np.log(1.1), 0.0, 1.0) == pytest.approx(-1.1)  # inside: -ratio * A
   assert grad(np.log(0.5), 0.0, 1.0) == pytest.approx(-0.5)  # pessimistic side unclipped
+
+
+def test_clip_higher_and_dual_clip_by_hand():
+  """ppo_eps_high widens only the upper side (DAPO); dual_clip c bounds a negative
+  advantage's loss at -c * A however far the ratio has run; clipped_tokens counts both."""
+  per_token = lambda ratio, adv, **kw: float(losses.ppo_per_token(
+      jnp.log(jnp.array(ratio)), jnp.array(0.0), jnp.array(adv), 0.2, **kw))
+  assert per_token(1.25, 1.0) == pytest.approx(-1.2)  # clipped at 1 + eps
+  assert per_token(1.25, 1.0, eps_high=0.28) == pytest.approx(-1.25)  # inside 1 + eps_high
+  assert per_token(0.7, -1.0, eps_high=0.28) == pytest.approx(0.8)  # lower side unchanged
+  assert per_token(5.0, -1.0) == pytest.approx(5.0)  # unbounded without the dual clip
+  assert per_token(5.0, -1.0, dual_clip=3.0) == pytest.approx(3.0)
+  assert per_token(2.0, -1.0, dual_clip=3.0) == pytest.approx(2.0)  # below c: unchanged
+  ratio, adv = jnp.array([1.25, 1.25, 0.7, 5.0, 1.0]), jnp.array([1.0, -1.0, -1.0, -1.0, 1.0])
+  np.testing.assert_array_equal(losses.clipped_tokens(ratio, adv, "ppo", 0.2, 0.2, 3.0),
+                                [True, False, True, True, False])
+  np.testing.assert_array_equal(losses.clipped_tokens(ratio, adv, "cispo", 0.2, 1.2),
+                                [True, True, False, True, False])
 
 
 def test_masked_tokens_change_nothing():
@@ -216,6 +236,93 @@ def test_several_epochs_move_the_ratio_and_ppo_clips():
   outside = ((np.asarray(jnp.exp(logp - batch.old_logprobs)) > 1.2) &
              (np.asarray(batch.advantages) > 0) & (np.asarray(batch.mask) > 0))
   assert outside.any() and (np.asarray(grads)[outside] == 0).all()
+
+
+def test_chunked_logprobs_equal_unchunked_values_and_gradients():
+  """The learner's log-probs taken a few positions at a time (here 5 chunks of 5 of 24
+  positions, the last padded) equal the ones from all positions' logits at once, values and
+  gradients, at a sampling temperature (fp32, 1e-6)."""
+  graphdef, _, state, _ = _setup()
+  tokens = _batch(rows=2, graphdef=graphdef, params=state.params).tokens  # [2, 13]
+  weights = jax.random.normal(jax.random.key(3), (2, 12))
+
+  def score(params, chunk):
+    logp, _ = learner.sequence_logprobs(graphdef, params, tokens, temperature=0.7,
+                                        chunk_size=chunk, with_values=False)
+    return (logp * weights).sum(), logp
+
+  (_, whole), whole_grads = jax.value_and_grad(score, has_aux=True)(state.params, 0)
+  (_, chunked), chunked_grads = jax.value_and_grad(score, has_aux=True)(state.params, 5)
+  model = nnx.merge(graphdef, state.params)
+  logits = model(tokens[:, :-1]).logits / 0.7  # the plain [B, T, V] computation
+  direct = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[:, 1:, None], -1)[..., 0]
+  np.testing.assert_allclose(np.asarray(whole), np.asarray(direct), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-6)
+  # gradients: the chunks sum the positions' contributions in another order, so large
+  # entries (up to ~6 here, where an fp32 ulp is 4.8e-7) agree to 1e-6 relative
+  for a, b in zip(jax.tree.leaves(whole_grads), jax.tree.leaves(chunked_grads)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-6)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(whole_grads)) > 1e-3
+
+
+def test_rematerialised_layers_give_the_same_loss_and_gradients():
+  """learner.remat recomputes each layer in the backward pass: same numbers, less memory."""
+  graphdef, _, state, config = _setup()
+  batch = _batch(graphdef=graphdef, params=state.params)
+  grads = {remat: learner.gradients(state.params, graphdef, batch,
+                                    dataclasses.replace(config, remat=remat))
+           for remat in (False, True)}
+  assert float(grads[True][1]["loss"]) == pytest.approx(float(grads[False][1]["loss"]),
+                                                        rel=1e-6)
+  for a, b in zip(jax.tree.leaves(grads[False][0]), jax.tree.leaves(grads[True][0])):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+
+
+def test_two_epochs_move_the_ratio_and_count_clipped_tokens():
+  """With the behaviour log-probs given, one epoch scores ratio 1 everywhere and clips
+  nothing; in a second epoch over the same rows the ratio has left 1 and the clipped tokens
+  are counted, for both policy losses."""
+  for policy_loss, cap in (("ppo", {"ppo_eps": 0.01}), ("cispo", {"eps_high": 1.001})):
+    metrics = {}
+    for epochs in (1, 2):
+      config = learner.LearnerConfig(learning_rate=1e-2, policy_loss=policy_loss,
+                                     epochs=epochs, clip_norm=10.0, **cap)
+      graphdef, optimizer, state, _ = _setup(config)
+      batch = _batch(graphdef=graphdef, params=state.params)
+      _, metrics[epochs] = learner.update(state, batch, graphdef=graphdef,
+                                          optimizer=optimizer, config=config)
+    assert float(metrics[1]["ratio"]) == pytest.approx(1.0, abs=1e-6)
+    assert float(metrics[1]["clip_fraction"]) == 0.0
+    assert abs(float(metrics[2]["ratio"]) - 1.0) > 1e-3, policy_loss
+    assert 0.0 < float(metrics[2]["clip_fraction"]) < 1.0, policy_loss
+
+
+@pytest.mark.parametrize("aggregation", ["sequence", "token"])
+def test_rows_without_tokens_on_some_devices_change_nothing(aggregation):
+  """Global normalisation: 8 rows of which 3 hold no tokens (tree targets leave such rows)
+  give the same update on 8 devices, one row each, as on one device."""
+  config = learner.LearnerConfig(learning_rate=1e-2, loss_aggregation=aggregation)
+  sgd = optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.sgd(1.0))
+  graphdef, _, state, _ = _setup(config)
+  batch = _batch(graphdef=graphdef, params=state.params)
+  batch = batch.replace(mask=batch.mask.at[jnp.array([1, 2, 6])].set(0.0))
+  state = learner.init_state(state.params, sgd, jax.random.key(0))
+  run = lambda axis: lambda s, b: learner.update(s, b, graphdef=graphdef, optimizer=sgd,
+                                                 config=config, axis_name=axis)
+  single, single_metrics = jax.jit(run(None))(state, batch)
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  many, many_metrics = jax.jit(jax.shard_map(run("data"), mesh=mesh, in_specs=(P(), P("data")),
+                                             out_specs=(P(), P())))(
+      state, jax.device_put(batch, NamedSharding(mesh, P("data"))))
+  for key in ("loss", "policy_loss", "value_loss", "kl", "ratio", "grad_norm"):
+    assert float(many_metrics[key]) == pytest.approx(float(single_metrics[key]), rel=1e-5), key
+  for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(many.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-8)
+  # and the empty rows add nothing: the same update as the 5 rows alone on one device
+  kept = jnp.array([0, 3, 4, 5, 7])
+  alone, _ = jax.jit(run(None))(state, jax.tree.map(lambda x: x[kept], batch))
+  for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(alone.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-8)
 
 
 def test_eight_devices_give_the_same_gradients():

@@ -106,11 +106,26 @@ def test_values_and_priors_match_an_independent_forward(searched):
   graphdef, state = nnx.split(model)
   full = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))(state, jnp.asarray(np.stack(sequences)))
   logp = np.asarray(jax.nn.log_softmax(full.logits, -1))
+  # the behaviour policy: each token at the sampling temperature, as it was drawn
+  sampled = np.asarray(jax.nn.log_softmax(full.logits / CONFIG.temperature, -1))
   for row, (b, node, k, n, step) in enumerate(cases):
     assert tree.raw_value[b, node] == pytest.approx(float(full.values[row, n - 1]), abs=1e-5)
     expected = sum(float(logp[row, n - 1 + i, t]) for i, t in enumerate(step))
     assert tree.prior_logits[b, node, k] == pytest.approx(expected, abs=1e-4)
+    np.testing.assert_allclose(emb.candidate_sample_logprobs[b, node, k, :len(step)],
+                               [sampled[row, n - 1 + i, t] for i, t in enumerate(step)],
+                               atol=1e-4)
   assert len(cases) >= 6
+  # a node's path carries its steps' behaviour log-probs (its parent's, then the step's)
+  for b in range(2):
+    for node in range(1, tree.num_nodes[b]):
+      parent, action = tree.parent[b, node], tree.action_from_parent[b, node]
+      start, n = emb.path_length[b, parent], emb.path_length[b, node]
+      np.testing.assert_array_equal(emb.path_logprobs[b, node, :start],
+                                    emb.path_logprobs[b, parent, :start])
+      np.testing.assert_array_equal(emb.path_logprobs[b, node, start:n],
+                                    emb.candidate_sample_logprobs[b, parent, action, :n - start])
+      assert (emb.path_logprobs[b, node, :emb.prompt_length[b, node]] == 0).all()
 
 
 def test_eight_devices_give_token_identical_children():

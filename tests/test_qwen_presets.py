@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -40,6 +41,41 @@ def test_qwen_preset_runs_every_algorithm(qwen_checkpoint, tmp_path, algo):
     assert np.isfinite(row["loss"]) and row["generated_tokens"] > 0
   assert any("eval_mean@2" in r for r in rows) and "| after |" in result.stdout
   assert any("val_mean@2" in r for r in rows)
+
+
+def test_qwen_preset_in_bf16_moves_its_weights(qwen_checkpoint, tmp_path):
+  """The preset as users run it (bf16 compute, lr 5e-6): fp32 master weights take Adam's
+  steps, so 3 updates move most policy weights and every RMSNorm weight. (Stored in bf16,
+  where the spacing near 0.02 is 1.2e-4 and near 1.0 is 7.8e-3, a 5e-6 step rounds away:
+  0.1% of the weights and no norm moved.)"""
+  from flax import nnx
+
+  from jaxdistill import main, parallel, train
+  from jaxdistill.configs import countdown as presets
+  from jaxdistill.tasks import countdown
+  config = presets.get_config("qwen2.5-0.5b")
+  presets.apply_overrides(config, [f[len("--config."):] for f in SMALL] + [
+      f"model.path={qwen_checkpoint}", "train.num_iterations=3", "train.checkpoint_every=3",
+      "eval.every=0"])
+  assert config.model.dtype == "bfloat16" and config.learner.learning_rate == 5e-6
+  model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
+  _, start = nnx.split(model)
+  start = jax.tree.map(np.asarray, start)  # train donates the state it is given
+  train_split, test_split = countdown.make_splits(0, 300, 8, count=config.task.numbers)
+  summary = train.train(config, model, tokenizer, train_split, test_split, str(tmp_path),
+                        mesh=parallel.make_mesh(1))
+  assert summary["end_step"] == 3 and summary["last_metrics"]["skipped"] == 0
+  moved = total = 0
+  for (path, old), new in zip(jax.tree_util.tree_leaves_with_path(start),
+                              jax.tree.leaves(summary["params"])):
+    name = jax.tree_util.keystr(path)
+    assert new.dtype == jnp.float32, name  # master weights stay fp32
+    changed = np.asarray(new) != old
+    if "norm" in name:
+      assert changed.all(), name
+    if "value_head" not in name:
+      moved, total = moved + int(changed.sum()), total + changed.size
+  assert moved / total > 0.5, moved / total
 
 
 def test_qwen_search_steps_end_at_the_step_string(qwen_checkpoint):

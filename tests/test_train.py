@@ -106,6 +106,40 @@ def test_phase_timing_runs_the_same_iteration_as_three_programs(tmp_path, algo):
                results[False][0], results[True][0])
 
 
+def test_tree_targets_train_the_same_params_on_one_and_eight_devices(tmp_path):
+  """Tree targets leave a different number of valid rows on each device; with the loss
+  normalised over all devices, 2 iterations on 1 device and on 8 give the same parameters.
+  (The rate is small so that Adam's step, lr * g / (|g| + eps), cannot turn fp32
+  reduction-order noise in a near-zero gradient into a visible share of a weight.)"""
+  from jaxdistill import main, parallel, train
+  from jaxdistill.tasks import countdown
+  config = _config(train__num_iterations=2, train__checkpoint_every=2, search__targets="tree",
+                   search__rollout_to_end=True, search__tree_rows=6,
+                   learner__learning_rate=1e-6)
+  config.algo = "mcts_distill"
+  train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
+  results = {}
+  for devices in (1, 8):
+    workdir = tmp_path / str(devices)
+    model, tokenizer = main.load_model_and_tokenizer(config, str(workdir))
+    summary = train.train(config, model, tokenizer, train_split, test_split, str(workdir),
+                          mesh=parallel.make_mesh(devices))
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    results[devices] = (jax.device_get(summary["params"]), rows)
+  for one, eight in zip(results[1][1], results[8][1]):
+    for key in ("reward", "trajectories", "generated_tokens"):
+      assert one[key] == eight[key], key
+    np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-5)
+  assert results[1][1][0]["trajectories"] < 8 * 6  # some rows held no trajectory
+  # rtol 1e-5, and for entries near 0 an absolute 1e-5 of one step (lr): a key bias has a
+  # gradient of exactly 0 in exact arithmetic (softmax ignores what is added to every
+  # score of a query), so its entries are Adam's normalised fp32 rounding noise, ~1e-8 here,
+  # which differs between reduction orders by a few 1e-12
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a),
+                                                       rtol=1e-5, atol=1e-5 * 1e-6),
+               results[1][0], results[8][0])
+
+
 def _final_params(workdir):
   from flax import nnx
 

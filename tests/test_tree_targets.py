@@ -142,11 +142,13 @@ def _hand_tree():
   for node in range(4):
     tokens[node, :path_length[node]] = np.arange(1, path_length[node] + 1) + 10 * node
   embeddings = lm_expand.NodeState(
-      path_tokens=tokens, path_length=path_length, prompt_length=np.full(n, 3),
+      path_tokens=tokens, path_logprobs=np.zeros((n, 10), np.float32),
+      path_length=path_length, prompt_length=np.full(n, 3),
       problem=np.zeros(n, np.int32), candidate_tokens=np.zeros((n, k, 3), np.int32),
       candidate_lengths=np.zeros((n, k), np.int32), candidate_logprobs=np.zeros((n, k)),
+      candidate_sample_logprobs=np.zeros((n, k, 3), np.float32),
       rollout_tokens=np.zeros((n, k, 0), np.int32), rollout_lengths=np.zeros((n, k), np.int32),
-      rollout_rewards=np.zeros((n, k)))
+      rollout_rewards=np.zeros((n, k)), rollout_logprobs=np.zeros((n, k, 0), np.float32))
   children = np.full((n, k), NO_NODE)
   children[0] = [1, 2]
   children[1, 0] = 3

@@ -73,7 +73,7 @@ def time_phases(shapes: str, algo: str, peak: float):
   from jaxdistill import main as entry
   from jaxdistill import tokenization, train
   from jaxdistill.evaluate import encode_prompts
-  from jaxdistill.models.qwen2 import forward_flops_per_token
+  from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
   from jaxdistill.rl import learner, rollouts
   from jaxdistill import rewards
   from jaxdistill.tasks import countdown
@@ -86,7 +86,7 @@ def time_phases(shapes: str, algo: str, peak: float):
   graphdef, params = nnx.split(model)
   optimizer = learner.make_optimizer(spec.learner)
   state = learner.init_state(params, optimizer, jax.random.PRNGKey(0))
-  ref_params = jax.tree.map(jnp.copy, params)
+  ref_params = compute_copy(params, spec.compute_dtype)
   reward_fn = rewards.countdown_reward_fn(tokenizer, problems, dense=True)
   args = lambda p, t, l, ids, keys: (graphdef, p, t, l, ids, keys, spec.rollout)
   if algo == "mcts_distill":
@@ -97,13 +97,13 @@ def time_phases(shapes: str, algo: str, peak: float):
     produce = lambda *a: rollouts.best_of_n(*args(*a), reward_fn, reward_fn)
   rollout = jax.jit(produce)
   assemble = jax.jit(lambda p, r, traj: train.assemble_batch(
-      graphdef, p, r, traj, spec.advantage, spec.rollout.group_size))
+      graphdef, p, r, traj, spec.advantage, spec.rollout.group_size, spec.learner))
   update = jax.jit(lambda s, b: learner.update(s, b, graphdef=graphdef, optimizer=optimizer,
                                                config=spec.learner))
   prompts = config.train.prompts_per_iteration
   context = config.task.prompt_width + spec.rollout.max_completion_tokens // 2
-  flops = train.phase_flops(algo, prompts, config.task.prompt_width, spec.rollout, spec.search,
-                            spec.learner, forward_flops_per_token(model.config, context))
+  flops = train.phase_flops(spec, prompts, config.task.prompt_width,
+                            forward_flops_per_token(model.config, context))
   seconds = {phase: [] for phase in flops}
   generated, first = [], {}
   for step in range(FLAGS.iterations + 1):
@@ -113,7 +113,8 @@ def time_phases(shapes: str, algo: str, peak: float):
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(step), i))(jnp.arange(prompts))
     times = {}
     start = time.perf_counter()
-    traj = jax.block_until_ready(rollout(state.params, tokens, lengths,
+    traj = jax.block_until_ready(rollout(compute_copy(state.params, spec.compute_dtype),
+                                         tokens, lengths,
                                          jnp.asarray(ids, jnp.int32), keys))
     times["rollout"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -45,7 +45,9 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.path = ""  # local Hugging Face directory (qwen presets); '' -> built locally
-  c.model.dtype = "float32"
+  c.model.dtype = "float32"  # compute: activations, matmuls, KV cache, sampling and search
+  # parameters and optimizer state (master weights): fp32, or Adam's small steps round away
+  c.model.param_dtype = "float32"
   # matmul precision: auto (HIGHEST for float32, so fp32 is fp32 on GPUs too; native for
   # bfloat16) | highest | tensorfloat32 (faster fp32 on GPUs) | default
   c.model.precision = "auto"
@@ -126,6 +128,14 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.learner.advantage = "reward_minus_value"  # reward_minus_value | gae (cispo: group)
   c.learner.eps_high = 5.0
   c.learner.ppo_eps = 0.2
+  c.learner.ppo_eps_high = 0.0  # PPO's upper clip (clip-higher, DAPO 0.28); 0: ppo_eps
+  c.learner.dual_clip = 0.0  # PPO dual clip c > 1 on negative advantages (0: off)
+  # sequence: mean over each sequence's tokens, then over sequences | token: over all tokens
+  c.learner.loss_aggregation = "sequence"
+  # positions whose [*, vocabulary] logits the update holds at once (0: all of them)
+  c.learner.logit_chunk = 1024
+  # recompute each layer in the backward pass: keeps layer inputs only (qwen presets: on)
+  c.learner.remat = False
   c.learner.value_coef = 1.0
   c.learner.value_trunk_grad = True  # False: value loss trains the value head only
   c.learner.kl_coef = 0.05
@@ -196,6 +206,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     c.reward.dense = True  # the reference's training reward
     c.rollout.max_completion_tokens = 256
     c.learner.learning_rate, c.learner.decay_steps = 5e-6, 2048
+    c.learner.remat = True  # without it 32 x 768 tokens of 0.5B keep ~120 GB (bench.memory)
     c.train.num_iterations, c.train.prompts_per_iteration = 2048, 32
     c.train.checkpoint_every = 48
     c.eval.max_new_tokens, c.eval.every, c.eval.batch_size = 512, 48, 256

@@ -1,8 +1,13 @@
 """TrainState and the pure update step: CISPO (or PPO-clip) + value + k3 KL, AdamW.
 
 `update(state, batch) -> (state, metrics)` is pure: no hidden mutation, optax directly.
-Inside `shard_map` over 'data' (axis_name given) each device takes the loss of its local
-rows and gradients are averaged with `pmean`; with equal shards that is the global mean.
+Inside `shard_map` over 'data' (axis_name given) each device weighs its local rows by the
+normaliser of the whole batch (a psum of counts) and the gradients are psum-ed, so one
+device and eight give the same update however rows fall on them (tree targets leave some
+rows empty). The policy's log-probs are taken from the final hidden states in chunks of
+positions (`Qwen2Model.token_logprobs`), never as [B, T, V] logits, at the temperature the
+behaviour policy sampled at; its log-probs (`old_logprobs`) come from the sampler, so with
+several epochs or minibatches the ratio departs from 1 and the clip acts.
 A non-finite loss, gradient or updated parameter leaves params and optimizer state untouched
 and is counted in the metrics (`skipped`).
 """
@@ -28,6 +33,13 @@ class LearnerConfig:
   policy_loss: str = "cispo"  # cispo | ppo
   eps_high: float = 5.0  # CISPO weight cap
   ppo_eps: float = 0.2
+  ppo_eps_high: float = 0.0  # PPO's upper clip (clip-higher); 0: ppo_eps
+  dual_clip: float = 0.0  # PPO dual clip c > 1 for negative advantages; 0: off
+  loss_aggregation: str = "sequence"  # sequence | token (see losses.token_weights)
+  # the temperature the behaviour policy sampled at; the learner scores at it too
+  temperature: float = 1.0
+  logit_chunk: int = 1024  # positions whose [*, V] logits exist at once (0: all)
+  remat: bool = False  # recompute each layer in the backward pass (Qwen2Model remat)
   value_coef: float = 1.0
   # False: the value loss trains the value head only (stop-gradient on the trunk's hidden
   # state), so value regression cannot move the policy's features
@@ -65,8 +77,8 @@ class LearnerBatch:
   mask: jax.Array  # [B, T] float32: 1 where tokens[:, t + 1] was generated
   advantages: jax.Array  # [B, T] float32
   returns: jax.Array  # [B, T] float32 value targets
-  old_logprobs: jax.Array  # [B, T] float32 behaviour policy
-  ref_logprobs: jax.Array  # [B, T] float32 frozen reference policy
+  old_logprobs: jax.Array  # [B, T] float32 behaviour policy (the sampler's)
+  ref_logprobs: jax.Array | None = None  # [B, T] float32 frozen reference (None: no KL)
 
 
 def make_optimizer(config: LearnerConfig) -> optax.GradientTransformation:
@@ -103,45 +115,70 @@ def init_state(params, optimizer: optax.GradientTransformation, rng) -> TrainSta
                     step=jnp.zeros((), jnp.int32), rng=rng)
 
 
-def sequence_logprobs(graphdef, params, tokens, value_trunk_grad: bool = True):
-  """(log pi of each next token [B, T], values [B, T]) for tokens [B, T + 1].
+def sequence_logprobs(graphdef, params, tokens, value_trunk_grad: bool = True, *,
+                      temperature: float = 1.0, chunk_size: int = 1024,
+                      with_values: bool = True, remat: bool = False):
+  """(log pi_T of each next token [B, T], values [B, T] or None) for tokens [B, T + 1], pi_T
+  the policy at `temperature`; log-probs in chunks of chunk_size positions (no [B, T, V]).
 
   value_trunk_grad=False: the values' gradient stops at the final hidden state."""
   model = nnx.merge(graphdef, params)
-  out = model(tokens[:, :-1])
-  logp = jax.nn.log_softmax(out.logits, axis=-1)
-  taken = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-  if value_trunk_grad:
+  out = model(tokens[:, :-1], compute_logits=False,
+              compute_values=with_values and value_trunk_grad, remat=remat)
+  taken = model.token_logprobs(out.hidden, tokens[:, 1:], temperature=temperature,
+                               chunk_size=chunk_size)
+  if not with_values or value_trunk_grad:
     return taken, out.values
   return taken, model.value_head(jax.lax.stop_gradient(out.hidden))
 
 
-def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerConfig):
-  """Total loss and its parts."""
-  logprobs, values = sequence_logprobs(graphdef, params, batch.tokens, config.value_trunk_grad)
+def sequence_values(graphdef, params, tokens):
+  """The value head at every state [B, T] of tokens [B, T + 1] (no logits at all)."""
+  model = nnx.merge(graphdef, params)
+  return model(tokens[:, :-1], compute_logits=False).values
+
+
+def _policy_per_token(logprobs, batch: LearnerBatch, config: LearnerConfig):
   if config.policy_loss == "cispo":
-    policy = losses.cispo_loss(logprobs, batch.old_logprobs, batch.advantages, batch.mask,
-                               config.eps_high)
-  elif config.policy_loss == "ppo":
-    policy = losses.ppo_clip_loss(logprobs, batch.old_logprobs, batch.advantages, batch.mask,
-                                  config.ppo_eps)
-  else:
-    raise ValueError(f"policy_loss must be 'cispo' or 'ppo', got {config.policy_loss!r}")
-  value = losses.value_loss(values, batch.returns, batch.mask)
-  kl = losses.kl_k3(logprobs, batch.ref_logprobs, batch.mask)
-  total = policy + config.value_coef * value + config.kl_coef * kl
-  ratio = losses.sequence_mean(jnp.exp(logprobs - batch.old_logprobs), batch.mask)
-  return total, {"loss": total, "policy_loss": policy, "value_loss": value, "kl": kl,
-                 "ratio": ratio, "return_mean": losses.sequence_mean(batch.returns, batch.mask),
-                 "return_square_mean": losses.sequence_mean(jnp.square(batch.returns),
-                                                            batch.mask),
-                 "return_sequences": (batch.mask.sum(-1) > 0).sum().astype(jnp.float32)}
+    return losses.cispo_per_token(logprobs, batch.old_logprobs, batch.advantages,
+                                  config.eps_high)
+  if config.policy_loss == "ppo":
+    return losses.ppo_per_token(logprobs, batch.old_logprobs, batch.advantages,
+                                config.ppo_eps, config.ppo_eps_high or config.ppo_eps,
+                                config.dual_clip)
+  raise ValueError(f"policy_loss must be 'cispo' or 'ppo', got {config.policy_loss!r}")
+
+
+def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerConfig, weights,
+            token_weights):
+  """This device's share of the total loss, and of each metric: weighted sums whose sum over
+  devices is the batch mean (weights: the loss's aggregation; token_weights: per token)."""
+  logprobs, values = sequence_logprobs(graphdef, params, batch.tokens, config.value_trunk_grad,
+                                       temperature=config.temperature,
+                                       chunk_size=config.logit_chunk, remat=config.remat)
+  total = lambda per_token, w=weights: (per_token * w).sum()
+  policy = total(_policy_per_token(logprobs, batch, config))
+  value = total(jnp.square(values - batch.returns))
+  kl = jnp.zeros((), jnp.float32)
+  if batch.ref_logprobs is not None:
+    kl = total(losses.kl_k3_per_token(logprobs, batch.ref_logprobs))
+  loss = policy + config.value_coef * value + config.kl_coef * kl
+  ratio = jax.lax.stop_gradient(jnp.exp(logprobs - batch.old_logprobs))
+  upper = ((config.ppo_eps_high or config.ppo_eps) if config.policy_loss == "ppo"
+           else config.eps_high)
+  clipped = losses.clipped_tokens(ratio, batch.advantages, config.policy_loss,
+                                  config.ppo_eps, upper, config.dual_clip)
+  return loss, {"loss": loss, "policy_loss": policy, "value_loss": value, "kl": kl,
+                "ratio": total(ratio, token_weights),
+                "clip_fraction": total(clipped.astype(jnp.float32), token_weights),
+                "return_mean": total(batch.returns), "return_square_mean":
+                    total(jnp.square(batch.returns))}
 
 
 def _as_device_varying(tree, axis_name: str):
   """Mark replicated values as per-device. Under shard_map, the gradient with respect to a
   replicated input is already psum-ed over the axis (the transpose of the implicit
-  broadcast); made varying, each device gets its own gradient and one pmean averages."""
+  broadcast); made varying, each device gets its own gradient and one psum adds them."""
   if hasattr(jax.lax, "pcast"):
     return jax.lax.pcast(tree, (axis_name,), to="varying")
   return jax.lax.pvary(tree, (axis_name,))
@@ -153,21 +190,25 @@ def _all_finite(tree):
 
 def gradients(params, graphdef, batch: LearnerBatch, config: LearnerConfig,
               axis_name: str | None = None):
-  """(gradients, metrics) of the loss, averaged over `axis_name` when inside shard_map."""
+  """(gradients, metrics) of the batch's loss; inside shard_map the batch is every device's
+  rows together: counts and gradients are summed over `axis_name`."""
+  total = (lambda x: jax.lax.psum(x, axis_name)) if axis_name else (lambda x: x)
+  counts = total(jnp.stack([losses.normaliser(batch.mask, config.loss_aggregation),
+                            losses.normaliser(batch.mask, "token"),
+                            losses.normaliser(batch.mask, "sequence")]))
+  weights = losses.token_weights(batch.mask, config.loss_aggregation, counts[0])
+  token_weights = losses.token_weights(batch.mask, "token", counts[1])
   if axis_name is not None:
     params = _as_device_varying(params, axis_name)
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, graphdef, batch,
-                                                                  config)
-  if axis_name is not None:
-    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, graphdef, batch, config, weights, token_weights)
+  grads, metrics = total((grads, metrics))
   # the returns' variance over the whole batch's sequences, unbiased: about the value_loss of
   # a head that knows their mean and nothing else (the batch's own mean would flatter such a
-  # head by 1/n with n sequences: 8 in mcts_distill's updates), so that
-  # 1 - value_loss / value_target_var is the value head's explained variance
+  # head by 1/n with n sequences), so that 1 - value_loss / value_target_var is the value
+  # head's explained variance
   mean, square_mean = metrics.pop("return_mean"), metrics.pop("return_square_mean")
-  sequences = metrics.pop("return_sequences")
-  if axis_name is not None:
-    sequences = sequences * jax.lax.psum(1, axis_name)  # pmean-ed: the mean per device
+  sequences = counts[2]
   spread = jnp.maximum(square_mean - mean ** 2, 0.0) * sequences / jnp.maximum(sequences - 1, 1)
   return grads, metrics | {"value_target_var": spread}
 

@@ -3,8 +3,13 @@
 Token arrays are aligned to prediction targets: entry t of `logprobs [B, T]` is
 log pi(token t+1 | tokens <= t), `values [B, T]` is V at that same state, and
 `mask [B, T]` is 1 exactly where token t+1 was generated (never prompt or padding).
-Every loss is averaged per sequence over its generated tokens, then over the sequences
-that have any.
+
+The per-token terms (`*_per_token`) are aggregated by token weights (`token_weights`) that
+carry the batch's normaliser: 'sequence' averages each sequence over its generated tokens,
+then over the sequences that have any (the reference's form); 'token' averages over every
+generated token of the batch (DAPO's token-mean). The normaliser is a count over the whole
+batch, psum-ed over devices by the learner, so the update does not depend on how rows fall
+on devices. The `*_loss` functions are the same terms aggregated over one local batch.
 """
 
 from __future__ import annotations
@@ -12,28 +17,83 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+AGGREGATIONS = ("sequence", "token")
+
+
+def normaliser(mask, aggregation: str = "sequence"):
+  """The local count a mean divides by: sequences with a generated token, or tokens."""
+  if aggregation not in AGGREGATIONS:
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+  mask = mask.astype(jnp.float32)
+  if aggregation == "token":
+    return mask.sum()
+  return (mask.sum(-1) > 0).astype(jnp.float32).sum()
+
+
+def token_weights(mask, aggregation: str = "sequence", total=None):
+  """Weights [B, T] such that (per_token * weights).sum() is the batch mean of a per-token
+  term; total: the normaliser over the whole batch (all devices), default this batch's."""
+  mask = mask.astype(jnp.float32)
+  if total is None:
+    total = normaliser(mask, aggregation)
+  if aggregation == "token":
+    return mask / jnp.maximum(total, 1.0)
+  per_sequence = mask / jnp.maximum(mask.sum(-1, keepdims=True), 1.0)
+  return per_sequence / jnp.maximum(total, 1.0)
+
 
 def sequence_mean(per_token, mask):
   """Mean over each sequence's masked tokens, then over sequences with at least one."""
-  mask = mask.astype(per_token.dtype)
-  counts = mask.sum(-1)
-  per_sequence = (per_token * mask).sum(-1) / jnp.maximum(counts, 1.0)
-  has_tokens = (counts > 0).astype(per_token.dtype)
-  return (per_sequence * has_tokens).sum() / jnp.maximum(has_tokens.sum(), 1.0)
+  return (per_token * token_weights(mask).astype(per_token.dtype)).sum()
 
 
-def cispo_loss(logprobs, old_logprobs, advantages, mask, eps_high: float = 5.0):
+def cispo_per_token(logprobs, old_logprobs, advantages, eps_high: float = 5.0):
   """CISPO: -sg(min(ratio, eps_high)) * A * log pi; the clipped weight carries no gradient."""
   ratio = jnp.exp(logprobs - old_logprobs)
   weight = jax.lax.stop_gradient(jnp.minimum(ratio, eps_high))
-  return sequence_mean(-weight * advantages * logprobs, mask)
+  return -weight * advantages * logprobs
+
+
+def ppo_per_token(logprobs, old_logprobs, advantages, eps: float = 0.2,
+                  eps_high: float | None = None, dual_clip: float = 0.0):
+  """PPO-clip: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A); eps_high above eps is
+  DAPO's clip-higher. dual_clip c > 1 also bounds the loss of a negative advantage by -c * A
+  (dual-clip PPO: a ratio far above 1 on a bad token cannot blow the step up)."""
+  eps_high = eps if eps_high is None else eps_high
+  ratio = jnp.exp(logprobs - old_logprobs)
+  clipped = jnp.clip(ratio, 1.0 - eps, 1.0 + eps_high)
+  loss = -jnp.minimum(ratio * advantages, clipped * advantages)
+  if dual_clip:
+    loss = jnp.where(advantages < 0, jnp.minimum(loss, -dual_clip * advantages), loss)
+  return loss
+
+
+def clipped_tokens(ratio, advantages, policy_loss: str, eps: float, eps_high: float,
+                   dual_clip: float = 0.0):
+  """[B, T] bool: tokens whose gradient the clip removes or caps (CISPO: ratio > eps_high;
+  PPO: ratio outside the trust region on the side the advantage pushes, or past dual_clip)."""
+  if policy_loss == "cispo":
+    return ratio > eps_high
+  out = ((advantages > 0) & (ratio > 1.0 + eps_high)) | ((advantages < 0) & (ratio < 1.0 - eps))
+  if dual_clip:
+    out = out | ((advantages < 0) & (ratio > dual_clip))
+  return out
+
+
+def kl_k3_per_token(logprobs, ref_logprobs):
+  """k3 estimator of KL(pi || ref) on sampled tokens: exp(r) - r - 1, r = log ref - log pi."""
+  log_ratio = ref_logprobs - logprobs
+  return jnp.exp(log_ratio) - log_ratio - 1.0
+
+
+def cispo_loss(logprobs, old_logprobs, advantages, mask, eps_high: float = 5.0):
+  """CISPO over one batch (see `cispo_per_token`)."""
+  return sequence_mean(cispo_per_token(logprobs, old_logprobs, advantages, eps_high), mask)
 
 
 def ppo_clip_loss(logprobs, old_logprobs, advantages, mask, eps: float = 0.2):
-  """PPO-clip: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)."""
-  ratio = jnp.exp(logprobs - old_logprobs)
-  clipped = jnp.clip(ratio, 1.0 - eps, 1.0 + eps)
-  return sequence_mean(-jnp.minimum(ratio * advantages, clipped * advantages), mask)
+  """PPO-clip over one batch: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)."""
+  return sequence_mean(ppo_per_token(logprobs, old_logprobs, advantages, eps), mask)
 
 
 def value_loss(values, returns, mask):
@@ -42,9 +102,8 @@ def value_loss(values, returns, mask):
 
 
 def kl_k3(logprobs, ref_logprobs, mask):
-  """k3 estimator of KL(pi || ref) on sampled tokens: exp(r) - r - 1, r = log ref - log pi."""
-  log_ratio = ref_logprobs - logprobs
-  return sequence_mean(jnp.exp(log_ratio) - log_ratio - 1.0, mask)
+  """k3 estimator of KL(pi || ref) over one batch."""
+  return sequence_mean(kl_k3_per_token(logprobs, ref_logprobs), mask)
 
 
 def reward_minus_value(rewards, old_values, mask):

@@ -30,6 +30,11 @@ class Trajectories:
   reward: jax.Array  # [M] float32 task reward (sparse or dense, per config)
   group: jax.Array  # [M] int32 index of the prompt the row answers
   generated_tokens: jax.Array  # [] int32 tokens sampled to produce these rows
+  # [M, S - 1] float32, target-aligned (entry t: token t + 1): the log-prob each generated
+  # token was sampled with, under the sampler's temperature and top-p (the behaviour policy
+  # of the learner's ratio); None: the loss is defined against the current policy (visit
+  # targets), whose log-probs the iteration computes
+  behaviour_logprobs: jax.Array | None
   # given per-token advantages [M, S - 1] (target-aligned; tree targets), else computed by
   # the iteration from the reward
   advantages: jax.Array | None = None
@@ -50,9 +55,13 @@ class RolloutConfig:
 
 
 def _concat(prompt_tokens, prompt_lengths, out: sampling.SampleOutput, pad_id: int):
-  """Right-padded prompt + completion rows [M, T + N]."""
-  return sampling.concat_completion(prompt_tokens, prompt_lengths, out.tokens, out.lengths,
-                                    pad_id)
+  """Right-padded prompt + completion rows [M, T + N], their lengths, and the completion's
+  behaviour log-probs, target-aligned [M, T + N - 1]."""
+  tokens, lengths = sampling.concat_completion(prompt_tokens, prompt_lengths, out.tokens,
+                                               out.lengths, pad_id)
+  behaviour = sampling.completion_values(prompt_lengths, out.sample_logprobs, out.lengths,
+                                         tokens.shape[1])
+  return tokens, lengths, behaviour[:, 1:]
 
 
 def sample_completions(model, prompt_tokens, prompt_lengths, row_keys, config: RolloutConfig,
@@ -76,11 +85,12 @@ def _group_samples(model, prompt_tokens, prompt_lengths, problems, keys, config,
       max_new_tokens=config.max_completion_tokens, temperature=temperature, top_p=config.top_p,
       stop_ids=(config.eos_id,), pad_id=config.pad_id)
   tokens, lengths = repeat(prompt_tokens), repeat(prompt_lengths)
-  full, total = _concat(tokens, lengths, out, config.pad_id)
+  full, total, behaviour = _concat(tokens, lengths, out, config.pad_id)
   groups = repeat(problems)
   reward = lm_expand.task_rewards(full, lengths, total, groups, reward_fn)
   return Trajectories(tokens=full, prompt_length=lengths, length=total, reward=reward,
-                      group=groups, generated_tokens=out.lengths.sum())
+                      group=groups, generated_tokens=out.lengths.sum(),
+                      behaviour_logprobs=behaviour)
 
 
 def cispo(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
@@ -102,7 +112,8 @@ def best_of_n(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
   best = jnp.argmax(all_rows.reward.reshape(batch, n), axis=-1) + jnp.arange(batch) * n
   pick = lambda x: x[best]
   chosen = jax.tree.map(pick, dict(tokens=all_rows.tokens, prompt_length=all_rows.prompt_length,
-                                   length=all_rows.length, group=all_rows.group))
+                                   length=all_rows.length, group=all_rows.group,
+                                   behaviour_logprobs=all_rows.behaviour_logprobs))
   reward = lm_expand.task_rewards(chosen["tokens"], chosen["prompt_length"],
                                   chosen["length"], chosen["group"], reward_fn)
   return Trajectories(reward=reward, generated_tokens=all_rows.generated_tokens, **chosen)
@@ -156,8 +167,10 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
                                             search.step_advantage)
     else:
       rows, advantages = targets.visit_rows(out, lm, search.tree_rows // lm.num_children)
+    behaviour = (None if rows.behaviour_logprobs is None
+                 else rows.behaviour_logprobs[:, 1:])
     return Trajectories(tokens=rows.tokens, prompt_length=rows.prompt_length,
-                        length=rows.length, reward=rows.reward,
+                        length=rows.length, reward=rows.reward, behaviour_logprobs=behaviour,
                         group=problems.astype(jnp.int32)[rows.tree], generated_tokens=searched,
                         advantages=advantages, valid=rows.valid), out
   rows = jnp.arange(batch)
@@ -169,13 +182,16 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
   completion = sample_completions(model, path, path_length, completion_keys, config,
                                   lm.temperature)
   completion = completion.replace(lengths=jnp.where(finished, 0, completion.lengths))
-  tokens, length = _concat(path, path_length, completion, lm.pad_id)
+  tokens, length, behaviour = _concat(path, path_length, completion, lm.pad_id)
+  path_behaviour = jnp.pad(emb.path_logprobs[rows, last],
+                           ((0, 0), (0, tokens.shape[1] - path.shape[1])))
+  behaviour = behaviour + path_behaviour[:, 1:]  # the path's steps, then the completion
   prompt_length = prompt_lengths.astype(jnp.int32)
   reward = lm_expand.task_rewards(tokens, prompt_length, length, problems, reward_fn)
   # sampled: the K candidates (or rollouts) of every evaluated non-terminal node, and the
   # completions
   return Trajectories(tokens=tokens, prompt_length=prompt_length, length=length, reward=reward,
-                      group=problems.astype(jnp.int32),
+                      group=problems.astype(jnp.int32), behaviour_logprobs=behaviour,
                       generated_tokens=searched + completion.lengths.sum()), out
 
 

@@ -42,16 +42,21 @@ class NodeState:
   """Embedding of one node (leading axis: rows)."""
 
   path_tokens: jax.Array  # [M, P] int32 prompt + steps, pad after path_length
+  # [M, P] float32 log-prob of each step token under the distribution it was sampled from
+  # (the behaviour policy the learner's ratio divides by); 0 on the prompt and padding
+  path_logprobs: jax.Array
   path_length: jax.Array  # [M] int32
   prompt_length: jax.Array  # [M] int32: the generated part starts here
   problem: jax.Array  # [M] int32 index of the row's problem (for the reward)
   candidate_tokens: jax.Array  # [M, K, L] int32 the K sampled next steps
   candidate_lengths: jax.Array  # [M, K] int32
   candidate_logprobs: jax.Array  # [M, K] float32 summed log-probs at temperature 1
+  candidate_sample_logprobs: jax.Array  # [M, K, L] float32 per token, as sampled
   # rollout_to_end (R = max_rollout_tokens, 0 without it): each candidate continued to EOS
   rollout_tokens: jax.Array  # [M, K, R] int32 the whole continuation (candidate included)
   rollout_lengths: jax.Array  # [M, K] int32
   rollout_rewards: jax.Array  # [M, K] float32 task reward of path + rollout
+  rollout_logprobs: jax.Array  # [M, K, R] float32 per token, as sampled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +115,7 @@ def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, r
       temperature=config.temperature, top_p=1.0, stop_ids=(config.eos_id,),
       pad_id=config.pad_id, stop_string=config.step_end_stop(model.config.vocab_size),
       stop_on_string=not rollout, with_entropy=by_entropy)
-  tokens, logprobs = out.tokens, out.logprobs
+  tokens, logprobs, sampled = out.tokens, out.logprobs, out.sample_logprobs
   if by_entropy:  # the candidate: the rollout before its most uncertain token j (1 <= j <= L)
     position = jnp.arange(tokens.shape[1])[None]
     eligible = (position >= 1) & (position < out.lengths[:, None]) & (position <= steps)
@@ -123,6 +128,7 @@ def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, r
   if rollout:
     in_step = jnp.arange(tokens.shape[1])[None] < lengths[:, None]
     logprobs = jnp.where(in_step, logprobs, 0.0)[:, :steps]
+    sampled = jnp.where(in_step, sampled, 0.0)[:, :steps]
     tokens = jnp.where(in_step, tokens, config.pad_id)[:, :steps]
   else:
     lengths = out.lengths
@@ -140,12 +146,15 @@ def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, r
                                        config.pad_id).reshape(rows, k)
     value = rollout_rewards.mean(-1)
     extra = dict(rollout_tokens=out.tokens.reshape(rows, k, -1),
-                 rollout_lengths=out.lengths.reshape(rows, k), rollout_rewards=rollout_rewards)
+                 rollout_lengths=out.lengths.reshape(rows, k), rollout_rewards=rollout_rewards,
+                 rollout_logprobs=out.sample_logprobs.reshape(rows, k, -1))
   else:
     extra = {}
   value = jnp.where(terminal, task_reward, value)
   return value, prior, state.replace(candidate_tokens=candidates, candidate_lengths=lengths,
-                                     candidate_logprobs=logprobs, **extra)
+                                     candidate_logprobs=logprobs,
+                                     candidate_sample_logprobs=sampled.reshape(rows, k, steps),
+                                     **extra)
 
 
 def _rollout_rewards(state: NodeState, out, k: int, reward_fn, pad_id: int):
@@ -207,15 +216,18 @@ def root_output(model, config: LMSearchConfig, prompt_tokens, prompt_lengths, pr
   path = jnp.full((rows, width), config.pad_id, jnp.int32)
   path = path.at[:, :prompt_tokens.shape[1]].set(prompt_tokens)
   k, steps = config.num_children, config.max_step_tokens
-  state = NodeState(path_tokens=path, path_length=prompt_lengths.astype(jnp.int32),
+  state = NodeState(path_tokens=path, path_logprobs=jnp.zeros((rows, width), jnp.float32),
+                    path_length=prompt_lengths.astype(jnp.int32),
                     prompt_length=prompt_lengths.astype(jnp.int32),
                     problem=problems.astype(jnp.int32),
                     candidate_tokens=jnp.zeros((rows, k, steps), jnp.int32),
                     candidate_lengths=jnp.zeros((rows, k), jnp.int32),
                     candidate_logprobs=jnp.zeros((rows, k), jnp.float32),
+                    candidate_sample_logprobs=jnp.zeros((rows, k, steps), jnp.float32),
                     rollout_tokens=jnp.zeros((rows, k, rollout_width(config)), jnp.int32),
                     rollout_lengths=jnp.zeros((rows, k), jnp.int32),
-                    rollout_rewards=jnp.zeros((rows, k), jnp.float32))
+                    rollout_rewards=jnp.zeros((rows, k), jnp.float32),
+                    rollout_logprobs=jnp.zeros((rows, k, rollout_width(config)), jnp.float32))
   value, prior, state = _evaluate(model, config, state, keys, jnp.zeros((rows,), bool),
                                   reward_fn)
   return RootOutput(prior_logits=prior, value=value, embedding=state)
@@ -226,14 +238,20 @@ def rollout_width(config: LMSearchConfig) -> int:
   return config.max_rollout_tokens if config.rollout_to_end else 0
 
 
+def splice(buffer, at, piece, piece_length):
+  """buffer [M, P] with piece [M, L]'s first piece_length entries written from index at [M]
+  (what does not fit is cut)."""
+  positions = jnp.arange(buffer.shape[1])[None]
+  offset = positions - at[:, None]
+  inside = (offset >= 0) & (offset < piece_length[:, None])
+  gathered = jnp.take_along_axis(piece, jnp.clip(offset, 0, piece.shape[1] - 1), axis=1)
+  return jnp.where(inside, gathered.astype(buffer.dtype), buffer)
+
+
 def extend_path(config: LMSearchConfig, path_tokens, path_length, step, step_length):
   """(path + step tokens [M, P], new length [M], step ends with EOS [M]) for step [M, L]."""
   rows = step.shape[0]
-  positions = jnp.arange(config.max_path_tokens)[None]
-  offset = positions - path_length[:, None]
-  in_step = (offset >= 0) & (offset < step_length[:, None])
-  gathered = jnp.take_along_axis(step, jnp.clip(offset, 0, config.max_step_tokens - 1), axis=1)
-  path = jnp.where(in_step, gathered, path_tokens)
+  path = splice(path_tokens, path_length, step, step_length)
   length = jnp.minimum(path_length + step_length, config.max_path_tokens)
   last = step[jnp.arange(rows), jnp.maximum(step_length - 1, 0)]
   ended = (step_length > 0) & (last == config.eos_id)
@@ -243,10 +261,12 @@ def extend_path(config: LMSearchConfig, path_tokens, path_length, step, step_len
 def append_step(config: LMSearchConfig, parent: NodeState, action):
   """Child states: the parent's path + its candidate `action` (no candidates yet)."""
   rows = jnp.arange(action.shape[0])
+  step_length = parent.candidate_lengths[rows, action]
   path, length, ended = extend_path(config, parent.path_tokens, parent.path_length,
-                                    parent.candidate_tokens[rows, action],
-                                    parent.candidate_lengths[rows, action])
-  return parent.replace(path_tokens=path, path_length=length), ended
+                                    parent.candidate_tokens[rows, action], step_length)
+  logprobs = splice(parent.path_logprobs, parent.path_length,
+                    parent.candidate_sample_logprobs[rows, action], step_length)
+  return parent.replace(path_tokens=path, path_logprobs=logprobs, path_length=length), ended
 
 
 def make_expand_fn(graphdef, params, config: LMSearchConfig, reward_fn: RewardFn):

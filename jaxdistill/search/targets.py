@@ -27,6 +27,9 @@ class TreeRows:
   """Trajectories taken from B trees, `max_rows` per tree (rows [B * max_rows])."""
 
   tokens: jax.Array  # [M, S] int32 prompt + generated, pad after length
+  # [M, S] float32 log-prob each generated token was sampled with (0 elsewhere); None for
+  # visit rows, whose cross-entropy target is defined against the current policy
+  behaviour_logprobs: jax.Array | None
   prompt_length: jax.Array  # [M] int32
   length: jax.Array  # [M] int32 (= prompt_length on an unused row: no generated token)
   reward: jax.Array  # [M] float32
@@ -61,6 +64,7 @@ def tree_rows(tree: Tree, max_rows: int, rollout_to_end: bool, pad_id: int) -> T
   node, choice = order // k, order % k
   rows = jnp.arange(batch)[:, None]
   path = emb.path_tokens[rows, node]  # [B, T, P]
+  path_logprobs = emb.path_logprobs[rows, node]
   path_length = emb.path_length[rows, node]
   prompt_length = emb.prompt_length[rows, node]
   if rollout_to_end:
@@ -71,11 +75,19 @@ def tree_rows(tree: Tree, max_rows: int, rollout_to_end: bool, pad_id: int) -> T
     tokens, length = sampling.concat_completion(flat(path), flat(path_length),
                                                  flat(completion), flat(completion_length),
                                                  pad_id)
+    width = tokens.shape[1]
+    behaviour = jnp.pad(flat(path_logprobs), ((0, 0), (0, width - path.shape[-1])))
+    behaviour = behaviour + sampling.completion_values(
+        flat(path_length), flat(emb.rollout_logprobs[rows, node, choice]),
+        flat(completion_length), width)
   else:
     reward = tree.raw_value[rows, node]  # a terminal node's value is its task reward
     flat = lambda x: x.reshape((batch * max_rows,) + x.shape[2:])
     tokens, length = flat(path), flat(jnp.where(valid, path_length, prompt_length))
-  return TreeRows(tokens=tokens, prompt_length=flat(prompt_length), length=length,
+    behaviour = flat(path_logprobs)
+  behaviour = jnp.where(flat(valid)[:, None], behaviour, 0.0)
+  return TreeRows(tokens=tokens, behaviour_logprobs=behaviour,
+                  prompt_length=flat(prompt_length), length=length,
                   reward=flat(jnp.where(valid, reward, 0.0)), valid=flat(valid),
                   node=flat(node), tree=flat(jnp.broadcast_to(rows, node.shape)))
 
@@ -154,7 +166,9 @@ def visit_rows(out, config: lm_expand.LMSearchConfig, depths: int):
   candidate's summed log-prob s_k is p_k - v_k, so the learner's policy-gradient surrogate
   -A * log pi with A = (v_k - p_k) * (candidate tokens) on every token of candidate k (the
   learner averages over a row's tokens) has exactly the cross-entropy's gradient at the
-  behaviour policy, whatever the loss (CISPO or PPO: their ratio is 1 there). Nodes whose
+  behaviour policy, whatever the loss (CISPO or PPO: their ratio is 1 there). That policy is
+  the current one at temperature 1 (the prior's), not the sampler: these rows carry no
+  behaviour log-probs, and the learner scores them against its own at assembly. Nodes whose
   children were visited fewer than twice carry a one-hot choice, not a distribution: not
   used. Row rewards (the value head's targets) are the children's backed-up values (the
   node's own value for a child never visited); a duplicate candidate's row is not used.
@@ -195,7 +209,7 @@ def visit_rows(out, config: lm_expand.LMSearchConfig, depths: int):
   length = jnp.where(valid, child_length, node_length)
   steps = (length - node_length).astype(jnp.float32)
   advantage = jnp.where(valid, flat(target - policy) * steps, 0.0)
-  out_rows = TreeRows(tokens=tokens, prompt_length=node_length,
+  out_rows = TreeRows(tokens=tokens, prompt_length=node_length, behaviour_logprobs=None,
                       length=length, reward=jnp.where(valid, flat(reward), 0.0), valid=valid,
                       node=flat(jnp.broadcast_to(nodes[..., None], (batch, depths, k))),
                       tree=flat(jnp.broadcast_to(rows[..., None], (batch, depths, k))))
