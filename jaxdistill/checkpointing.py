@@ -1,8 +1,11 @@
 """Orbax checkpoints of the whole training state: params, optimizer, step, rng, data position.
 
-`restore_latest` (and `restore_params`, the params alone) falls back to an older checkpoint,
-with a warning, when the newest cannot be read (a run killed mid-write, a corrupted disk), so a
-crash never costs the whole run.
+`restore_latest` passes over a checkpoint only when it cannot be read (files damaged or
+missing; orbax never lists one whose write did not finish), with a warning, so a crash
+never costs the whole run. A readable checkpoint whose arrays do not match the state being
+restored (another model or optimizer) is not "unreadable": it stops the run
+(StateMismatch), and so does a directory of checkpoints none of which can be read
+(NoReadableCheckpoint) -- starting over would overwrite the run.
 """
 
 from __future__ import annotations
@@ -12,6 +15,45 @@ import os
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from jaxdistill.errors import UsageError
+
+
+class NoReadableCheckpoint(UsageError):
+  """A workdir has checkpoints and none of them can be read."""
+
+
+class StateMismatch(UsageError):
+  """A readable checkpoint holds arrays of another shape or structure than the state."""
+
+
+def _name(key) -> str:
+  for attribute in ("key", "name", "idx"):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def _leaves(tree) -> dict:
+  """{'a/b/c': (shape, dtype)} of a pytree of arrays or array metadata (a Python number:
+  shape (), dtype None, as orbax stores it in a dtype of its own choosing)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(_name(k) for k in path):
+          (tuple(leaf.shape), str(leaf.dtype)) if hasattr(leaf, "shape") else ((), None)
+          for path, leaf in flat}
+
+
+def mismatches(saved, target) -> list[str]:
+  """'path: saved -> expected' for every array that differs in presence, shape or dtype."""
+  saved, target = _leaves(saved), _leaves(target)
+  out = []
+  for path in sorted(set(saved) | set(target)):
+    old, new = saved.get(path), target.get(path)
+    if old is not None and new is not None and None in (old[1], new[1]):
+      old, new = old[0], new[0]  # a number: its shape only
+    if old != new:
+      out.append(f"{path}: {old or 'absent'} -> {new or 'absent'}")
+  return out
 
 
 class Checkpointer:
@@ -32,13 +74,32 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def restore_latest(self, abstract_state):
-    """(step, state, data_position) of the newest readable checkpoint, or None if none."""
+    """(step, state, data_position) of the newest readable checkpoint, None if there is
+    none at all; StateMismatch if it holds another state's arrays, NoReadableCheckpoint if
+    checkpoints exist and none can be read."""
     target = {"state": abstract_state, "data_position": 0}
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    found = self._newest_readable(
-        lambda step: self.manager.restore(step, args=ocp.args.StandardRestore(abstract)))
-    if found is None:
+
+    def restore(step):
+      # the arrays' metadata first: a structure or shape mismatch is the config's fault,
+      # not the checkpoint's, and must not be passed over as corruption
+      saved = self._saved_arrays(step)
+      different = mismatches(saved, abstract) if saved is not None else []
+      if different:
+        more = f" (and {len(different) - 5} more)" if len(different) > 5 else ""
+        raise StateMismatch(
+            f"checkpoint {step} in {self.directory} holds another state than this config "
+            f"builds: {'; '.join(different[:5])}{more}")
+      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    if not self.steps():
       return None
+    found = self._newest_readable(restore)
+    if found is None:
+      raise NoReadableCheckpoint(
+          f"no checkpoint in {self.directory} is readable (steps {self.steps()}); starting "
+          "over would overwrite the run: move the directory aside or pass "
+          "--config.train.restart=True")
     step, restored = found
     return step, restored["state"], int(restored["data_position"])
 
@@ -54,11 +115,22 @@ class Checkpointer:
     found = self._newest_readable(lambda step: self.manager.restore(step, args=args))
     return None if found is None else (found[0], found[1]["state"]["params"])
 
+  def _saved_arrays(self, step: int):
+    """The shapes and dtypes checkpoint `step` holds (its metadata, no arrays read). A
+    manager that did not write the step cannot tell its item's handler, so the standard
+    handler reads it directly."""
+    from etils import epath
+    metadata = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(self.directory) / str(step) / "default")
+    return getattr(metadata, "tree", metadata)
+
   def _newest_readable(self, restore):
     """(step, restore(step)) for the newest step that restores, or None."""
     for step in reversed(self.steps()):
       try:
         return step, restore(step)
+      except StateMismatch:
+        raise
       except Exception as e:  # orbax raises many types for unreadable files
         logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying an older one",
                         step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
@@ -67,10 +139,6 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
-
-
-class NoReadableCheckpoint(Exception):
-  """A workdir has checkpoints and none of them can be read."""
 
 
 def latest_model(model, workdir: str):

@@ -18,16 +18,14 @@ import tempfile
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxdistill.errors import UsageError  # printed in one line, exit 2 (see errors.py)
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "countdown.py[:preset], or a path to "
                                           "a config file", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (default runs/<preset>-<algo>)")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "what to run")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
-
-
-class UsageError(Exception):
-  """A problem the user can fix; printed as one line."""
 
 
 def load_model_and_tokenizer(config, workdir: str):
@@ -197,12 +195,10 @@ def run_job(config, workdir: str, mode: str) -> dict:
 
 
 def _restore_params(model, workdir):
-  """The model with the params of the latest readable checkpoint in workdir, if any."""
+  """The model with the params of the latest readable checkpoint in workdir, if any
+  (checkpoints none of which is readable: NoReadableCheckpoint, a UsageError)."""
   from jaxdistill import checkpointing
-  try:
-    return checkpointing.latest_model(model, workdir)
-  except checkpointing.NoReadableCheckpoint as e:
-    raise UsageError(str(e)) from None
+  return checkpointing.latest_model(model, workdir)
 
 
 def _sample(model, tokenizer, problems, eval_config, prompt):
@@ -237,8 +233,6 @@ def main(argv):
   if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   from jaxdistill import validation
-  from jaxdistill.models import CheckpointError
-  from jaxdistill.tokenization import TokenizerError
   found = validation.problems(config)  # the whole config, before any work
   if found:
     for line in found:
@@ -247,11 +241,8 @@ def main(argv):
   try:
     workdir = _prepare_workdir(config)
     run_job(config, workdir, FLAGS.mode)
-  except (UsageError, CheckpointError, TokenizerError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except ValueError as e:  # bad settings found while building the run
-    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+  except UsageError as e:  # the config, paths and files given: one line; anything else is
+    print(f"error: {e}", file=sys.stderr)  # not the user's to fix and keeps its traceback
     sys.exit(2)
   except KeyboardInterrupt:  # outside the training loop (warm start, evaluation), or twice
     print("interrupted", file=sys.stderr)
@@ -301,10 +292,20 @@ def _parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    if isinstance(e.__context__, (KeyError, AttributeError)):
-      raise e.__context__ from None  # an unknown field: run() names it
-    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    if isinstance(e.__context__, (KeyError, AttributeError)):  # an override of no field
+      print(f"error: {_unknown_field(e.__context__)}", file=sys.stderr)
+    else:
+      print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
     sys.exit(2)
+
+
+def _unknown_field(error: Exception) -> str:
+  """'unknown config field F (did you mean G?)' of ml_collections' KeyError/AttributeError."""
+  text = str(error.args[0] if error.args else error)
+  name = re.search(r"(\w+)", text)
+  hint = re.search(r"Did you mean \"(\w+)\"", text)
+  field = name.group(1) if name else repr(text)
+  return f"unknown config field {field}" + (f" (did you mean {hint.group(1)}?)" if hint else "")
 
 
 def run():
@@ -314,16 +315,7 @@ def run():
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  try:
-    app.run(main, flags_parser=_parse_flags)
-  except (KeyError, AttributeError) as e:  # ml_collections: an override of a missing field
-    text = str(e.args[0] if e.args else e)
-    name = re.search(r"(\w+)", text)
-    hint = re.search(r"Did you mean \"(\w+)\"", text)
-    field = name.group(1) if name else repr(text)
-    print(f"error: unknown config field {field}"
-          + (f" (did you mean {hint.group(1)}?)" if hint else ""), file=sys.stderr)
-    sys.exit(2)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

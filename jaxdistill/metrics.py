@@ -24,21 +24,30 @@ def _clean(value):
 
 
 class MetricsLog:
-  """Append-only `metrics.jsonl`; on resume, rows past the restored step are dropped."""
+  """Append-only `metrics.jsonl`. Opened for a run that starts at `resume_step` (0: from the
+  beginning), rows past that step (written after the last checkpoint, so not in the state
+  the run goes on from) are dropped, and the run says how many; the file is otherwise only
+  appended to."""
 
-  def __init__(self, workdir: str, resume_step: int | None = None, enabled: bool = True):
+  def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True,
+               announce=print):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = enabled  # False on every process but the primary one (multi-host)
     self.writer = None
     if not enabled:
       return
-    if resume_step is not None and os.path.exists(self.path):
-      kept = [line for line in open(self.path) if line.strip() and
+    if os.path.exists(self.path):
+      rows = [line for line in open(self.path) if line.strip()]
+      # a fresh start keeps nothing: even its step-0 evaluation is written again
+      kept = [line for line in rows if resume_step and
               json.loads(line).get("step", 0) <= resume_step]
-      with open(self.path, "w") as f:
-        f.writelines(kept)
-    elif resume_step is None and os.path.exists(self.path):
-      os.remove(self.path)
+      if len(kept) < len(rows):
+        announce(f"metrics: dropped {len(rows) - len(kept)} row(s) of {self.path} after step "
+                 f"{resume_step}, which no checkpoint holds")
+        partial = self.path + ".partial"
+        with open(partial, "w") as f:
+          f.writelines(kept)
+        os.replace(partial, self.path)
     try:  # TensorBoard only when installed: pip install -e ".[tensorboard]"
       from tensorboardX import SummaryWriter
       self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))

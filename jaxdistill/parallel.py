@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdistill.errors import UsageError
+
 DATA = "data"
 _MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_JOB_ID",
                   "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
@@ -69,6 +71,13 @@ def global_rows(mesh: Mesh, num_rows: int, rows_fn):
   return jax.tree.unflatten(treedef, arrays)
 
 
+def barrier(name: str) -> None:
+  """Every process waits here until all have arrived (nothing to wait for on one host)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def make_mesh(num_devices: int | None = None) -> Mesh:
   """A 1-D mesh over all (or the first num_devices) devices with an Auto 'data' axis."""
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
@@ -83,7 +92,7 @@ def check_divisible(count: int, mesh: Mesh, name: str) -> None:
   """Clear error when a batch does not split evenly over the 'data' axis."""
   devices = mesh.shape[DATA]
   if count % devices:
-    raise ValueError(f"{name}={count} does not split over {devices} devices; use a multiple "
+    raise UsageError(f"{name}={count} does not split over {devices} devices; use a multiple "
                      f"of {devices}")
 
 

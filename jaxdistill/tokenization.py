@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import string
 
+from jaxdistill.errors import UsageError
 from jaxdistill.tasks.format import (ANSWER_END, ANSWER_START, ASSISTANT, STEP_END,  # noqa
                                      STEP_START, USER)
 
@@ -28,7 +29,7 @@ CHAR_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UsageError, ValueError):
   """A tokenizer directory that cannot be loaded; the message is one line."""
 
 

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdistill import evaluate as evaluation
-from jaxdistill import parallel, rewards, stopping, tokenization
+from jaxdistill import parallel, rewards, runs, stopping, tokenization
 from jaxdistill.checkpointing import Checkpointer
 from jaxdistill.interrupts import GracefulStop
 from jaxdistill.metrics import MetricsLog, plot_run
@@ -277,14 +277,21 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
   state = learner.init_state(params, optimizer, jax.random.PRNGKey(config.seed))
   state = parallel.replicate(state, mesh)  # global arrays: restored ones keep this sharding
   ref_params = parallel.replicate(ref_params, mesh)
+  if config.train.restart and parallel.is_primary():
+    moved = runs.move_aside(workdir)
+    if moved:
+      say(f"restart: the previous run's outputs moved to {moved}")
+  parallel.barrier("restart")
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep)
+  # refuses (nothing touched yet) when the saved state is another config's
+  runs.check_resume(workdir, config, bool(checkpointer.steps()), announce=say,
+                    write=parallel.is_primary())
   restored = checkpointer.restore_latest(state)
   start, data_position = 0, 0
   if restored is not None:
     start, state, data_position = restored
     say(f"resumed from checkpoint {start} (data position {data_position})")
-  log = MetricsLog(workdir, resume_step=start if restored is not None else None,
-                   enabled=parallel.is_primary())
+  log = MetricsLog(workdir, resume_step=start, enabled=parallel.is_primary(), announce=say)
 
   reward_fn = rewards.countdown_reward_fn(tokenizer, train_problems,
                                             dense=config.reward.dense)
@@ -338,6 +345,7 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
   bar = tqdm(range(start, total), initial=start, total=total, desc=config.algo,
              disable=not (config.train.progress and parallel.is_primary()))
   metrics = {}
+  skipped_in_a_row = 0
   with GracefulStop(announce=say) as stop:  # SIGTERM / Ctrl-C end the loop cleanly
     for step in bar:
       batch_ids = [(data_position + i) % len(train_problems) for i in range(prompts)]
@@ -358,6 +366,7 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
         metrics[f"phase_flop_per_s/{phase}"] = phase_flop / metrics[f"phase_s/{phase}"]
       if flops:
         metrics["rollout_tokens_per_s"] = metrics["generated_tokens"] / metrics["phase_s/rollout"]
+      skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
       if metrics["skipped"]:
         say(f"warning: step {step + 1}: non-finite loss or gradient; update skipped")
       log.write(step + 1, metrics | {"elapsed_s": time.perf_counter() - started,
@@ -378,6 +387,16 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
           run_eval(step + 1, curve, "curve")
         else:
           summary["eval_after"] = run_eval(step + 1)
+      if skipped_in_a_row >= config.train.max_skipped_updates:
+        last = max(checkpointer.steps(), default=None)
+        say(f"stopping: {skipped_in_a_row} updates in a row were non-finite and skipped "
+            f"(train.max_skipped_updates={config.train.max_skipped_updates}); the last "
+            f"checkpoint is step {last}: lower the learning rate or check the data, then "
+            "run the command again to resume from it")
+        summary["stopped"] = {"signal": "non-finite updates", "step": last or 0,
+                              "exit_code": 1}
+        total = step + 1
+        break
       saved = (step + 1) % config.train.checkpoint_every == 0 or done
       if saved:
         checkpointer.save(step + 1, state, data_position)

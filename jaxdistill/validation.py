@@ -118,6 +118,7 @@ def _schema() -> dict[str, Any]:
       "train.num_iterations": POSITIVE, "train.prompts_per_iteration": POSITIVE,
       "train.checkpoint_every": POSITIVE, "train.keep": POSITIVE, "train.progress": Bool(),
       "train.token_budget": COUNT, "train.phase_timing": Bool(),
+      "train.restart": Bool(), "train.max_skipped_updates": POSITIVE,
       "eval.k": POSITIVE, "eval.temperature": TEMPERATURE, "eval.top_p": PROBABILITY,
       "eval.max_new_tokens": POSITIVE, "eval.batch_size": POSITIVE,
       "eval.num_problems": POSITIVE, "eval.every": COUNT, "eval.curve_problems": COUNT,

@@ -250,7 +250,8 @@ def test_prompts_that_do_not_split_over_devices_are_refused(tmp_path):
   config = _config(train__prompts_per_iteration=3)
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
-  with pytest.raises(ValueError, match="prompts_per_iteration=3 does not split over 8 devices"):
+  from jaxdistill.errors import UsageError
+  with pytest.raises(UsageError, match="prompts_per_iteration=3 does not split over 8 devices"):
     train.train(config, model, tokenizer, train_split, test_split, str(tmp_path))
 
 

@@ -161,6 +161,10 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   # True: run rollout, batch assembly and update as three programs and log each one's
   # seconds and FLOP/s (phase_s/*, phase_flop_per_s/*); False: one fused program (faster)
   c.train.phase_timing = False
+  # True: move this workdir's run aside (WORKDIR/restarted-<time>/, never deleted) and start
+  # over; False: resume it, refusing settings that shape the saved state differently
+  c.train.restart = False
+  c.train.max_skipped_updates = 8  # non-finite updates in a row that stop the run
 
   c.eval = ml_collections.ConfigDict()
   c.eval.k = 16

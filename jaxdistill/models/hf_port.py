@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdistill.errors import UsageError
 from jaxdistill.models.qwen2 import Qwen2Config, Qwen2Model
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -25,7 +26,7 @@ _HOW_TO_GET_WEIGHTS = (
     "--local-dir DIR` and copy DIR here")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError, ValueError):
   """A checkpoint directory that cannot be loaded; the message is one line."""
 
 

@@ -1,0 +1,135 @@
+"""A workdir's run is never lost: resumes that would mix two runs refuse and touch nothing,
+restarts move the old run aside, unreadable checkpoints are told from mismatched ones, and
+only the user's own mistakes become one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from test_train import ROOT, _config, _main
+
+RUN = ["--config.train.num_iterations=2", "--config.eval.every=0"]
+
+
+def _snapshot(workdir):
+  """{relative path: bytes} of the run's metrics and checkpoints."""
+  files = {"metrics.jsonl": (workdir / "metrics.jsonl").read_bytes()}
+  for root, _, names in os.walk(workdir / "checkpoints"):
+    for name in names:
+      path = os.path.join(root, name)
+      files[os.path.relpath(path, workdir)] = open(path, "rb").read()
+  return files
+
+
+def _steps(workdir):
+  return [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
+
+
+def test_a_resume_that_would_mix_runs_refuses_and_others_resume(tmp_path):
+  _main(tmp_path, *RUN)
+  before = _snapshot(tmp_path)
+  # a value head with its own rate: another optimizer state; a wider model: other params
+  for change in (["--config.learner.value_learning_rate=1e-2"],
+                 ["--config.model.hidden_size=64", "--config.model.intermediate_size=128"]):
+    result = _main(tmp_path, "--config.train.num_iterations=3", "--config.eval.every=0",
+                   *change, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    field = change[0].split("=")[0][len("--config."):]
+    assert f"error: " in result.stderr and field in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _snapshot(tmp_path) == before  # nothing touched
+  # more iterations and another evaluation size shape nothing: resumed, and said so
+  result = _main(tmp_path, "--config.train.num_iterations=3", "--config.eval.every=0",
+                 "--config.eval.num_problems=8")
+  assert "resumed from checkpoint 2" in result.stdout
+  assert "train.num_iterations: 2 -> 3" in result.stdout
+  assert "eval.num_problems: 32 -> 8" in result.stdout
+  assert _steps(tmp_path) == [1, 2, 3]
+  assert (tmp_path / "metrics.jsonl").read_bytes().startswith(before["metrics.jsonl"])
+  # restart: the old run moved aside whole, a new one from step 1
+  old = (tmp_path / "metrics.jsonl").read_bytes()
+  result = _main(tmp_path, *RUN, "--config.train.restart=True",
+                 "--config.learner.value_learning_rate=1e-2")
+  aside = [p for p in tmp_path.iterdir() if p.name.startswith("restarted-")]
+  assert len(aside) == 1 and (aside[0] / "metrics.jsonl").read_bytes() == old
+  assert sorted(os.listdir(aside[0] / "checkpoints")) == ["1", "2", "3"]
+  assert _steps(tmp_path) == [1, 2] and "moved to" in result.stdout
+
+
+def _tiny_state(extra=False):
+  params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+  if extra:
+    params["v"] = jnp.zeros(4)
+  return {"params": params, "step": jnp.zeros((), jnp.int32)}
+
+
+def _corrupt(directory):
+  for root, _, names in os.walk(directory):
+    for name in names:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"corrupted")
+
+
+def test_unreadable_checkpoints_fall_back_and_mismatched_ones_refuse(tmp_path):
+  from jaxdistill.checkpointing import Checkpointer, NoReadableCheckpoint, StateMismatch
+  checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
+  assert checkpointer.restore_latest(_tiny_state()) is None  # nothing saved: a fresh start
+  for step in (1, 2):
+    checkpointer.save(step, jax.tree.map(lambda x: x + step, _tiny_state()), 10 * step)
+  # another structure is the config's doing: refused, not passed over as corrupt
+  with pytest.raises(StateMismatch, match="params/v"):
+    checkpointer.restore_latest(_tiny_state(extra=True))
+  _corrupt(tmp_path / "checkpoints" / "2")
+  step, state, position = checkpointer.restore_latest(_tiny_state())
+  assert (step, position) == (1, 10) and float(state["params"]["b"][0]) == 2.0
+  _corrupt(tmp_path / "checkpoints" / "1")
+  with pytest.raises(NoReadableCheckpoint, match="none|no checkpoint"):
+    checkpointer.restore_latest(_tiny_state())
+
+
+def test_an_internal_error_keeps_its_traceback(tmp_path):
+  """Only usage errors are one line; a ValueError from inside the program is a bug and is
+  shown whole."""
+  code = ("import sys; from jaxdistill import main\n"
+          "def broken(*a, **k): raise ValueError('internal: shapes do not line up')\n"
+          "main.run_job = broken\n"
+          f"sys.argv = ['jaxdistill', '--config', 'configs/countdown.py:smoke', "
+          f"'--workdir={tmp_path}']\n"
+          "main.run()\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True)
+  assert result.returncode == 1
+  assert "Traceback" in result.stderr and "internal: shapes do not line up" in result.stderr
+
+
+def test_non_finite_updates_in_a_row_stop_the_run_resumably(tmp_path):
+  from jaxdistill import main, parallel, train
+  from jaxdistill.tasks import countdown
+  config = _config(train__num_iterations=6, train__checkpoint_every=1,
+                   train__max_skipped_updates=2, learner__learning_rate=float("nan"),
+                   train__prompts_per_iteration=2)
+  model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
+  train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
+  one = parallel.make_mesh(1)
+  summary = train.train(config, model, tokenizer, train_split, test_split, str(tmp_path),
+                        mesh=one)
+  # step 1 skipped and checkpointed; step 2 the second in a row: stop, no checkpoint of it
+  assert summary["stopped"]["exit_code"] == 1 and summary["stopped"]["step"] == 1
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+  assert [r["skipped"] for r in map(json.loads, open(tmp_path / "metrics.jsonl"))] == [1, 1]
+  config.learner.learning_rate = 1e-3  # a rate value shapes nothing: the run resumes
+  config.train.num_iterations = 2
+  model, _ = main.load_model_and_tokenizer(config, str(tmp_path))
+  summary = train.train(config, model, tokenizer, train_split, test_split, str(tmp_path),
+                        mesh=one)
+  assert summary["start_step"] == 1 and summary["end_step"] == 2
+  assert summary["last_metrics"]["skipped"] == 0
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2] and rows[1]["skipped"] == 0
+  assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(summary["params"]))
