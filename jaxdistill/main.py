@@ -291,8 +291,11 @@ def _parse_flags(argv):
   reported in one line and exit status 2, not a FATAL block."""
   try:
     return FLAGS(argv)
+  except (KeyError, AttributeError) as e:  # ml_collections: an override of no field (raised
+    print(f"error: {_unknown_field(e)}", file=sys.stderr)  # while parsing, so only that)
+    sys.exit(2)
   except flags.Error as e:
-    if isinstance(e.__context__, (KeyError, AttributeError)):  # an override of no field
+    if isinstance(e.__context__, (KeyError, AttributeError)):
       print(f"error: {_unknown_field(e.__context__)}", file=sys.stderr)
     else:
       print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -101,11 +101,10 @@ def move_aside(workdir: str) -> str | None:
   return target
 
 
-def check_resume(workdir: str, config, has_checkpoints: bool, announce=print,
-                 write: bool = True) -> None:
+def check_resume(workdir: str, config, has_checkpoints: bool, announce=print) -> None:
   """Before a run touches its workdir: refuse (RunMismatch) a resume whose config shapes
-  the saved state differently, announce the other differences, then record the config
-  (write: this process writes it; on several hosts, the primary one)."""
+  the saved state differently, and announce the other differences. The caller records the
+  config (`write_record`) once the state is restored."""
   recorded = read_record(workdir)
   current = flatten(json.loads(config.to_json_best_effort()))
   if has_checkpoints and recorded is not None:
@@ -121,5 +120,3 @@ def check_resume(workdir: str, config, has_checkpoints: bool, announce=print,
   elif has_checkpoints:
     announce(f"warning: {workdir} has checkpoints but no {RECORD} (an older run): its "
              "settings cannot be checked")
-  if write:
-    write_record(workdir, config)

@@ -284,13 +284,14 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
   parallel.barrier("restart")
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep)
   # refuses (nothing touched yet) when the saved state is another config's
-  runs.check_resume(workdir, config, bool(checkpointer.steps()), announce=say,
-                    write=parallel.is_primary())
+  runs.check_resume(workdir, config, bool(checkpointer.steps()), announce=say)
   restored = checkpointer.restore_latest(state)
   start, data_position = 0, 0
   if restored is not None:
     start, state, data_position = restored
     say(f"resumed from checkpoint {start} (data position {data_position})")
+  if parallel.is_primary():  # only once the state is restored: a refusal changes nothing
+    runs.write_record(workdir, config)
   log = MetricsLog(workdir, resume_step=start, enabled=parallel.is_primary(), announce=say)
 
   reward_fn = rewards.countdown_reward_fn(tokenizer, train_problems,

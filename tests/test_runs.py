@@ -44,6 +44,14 @@ def test_a_resume_that_would_mix_runs_refuses_and_others_resume(tmp_path):
     assert f"error: " in result.stderr and field in result.stderr
     assert "Traceback" not in result.stderr
     assert _snapshot(tmp_path) == before  # nothing touched
+  # a run from before config.json: the checkpoint's own arrays tell, and nothing is written
+  (tmp_path / "config.json").rename(tmp_path / "config.saved")
+  result = _main(tmp_path, *RUN, "--config.model.hidden_size=64",
+                 "--config.model.intermediate_size=128", check=False)
+  assert result.returncode == 2 and "holds another state" in result.stderr
+  assert "Traceback" not in result.stderr and "but no config.json" in result.stdout
+  assert not (tmp_path / "config.json").exists() and _snapshot(tmp_path) == before
+  (tmp_path / "config.saved").rename(tmp_path / "config.json")
   # more iterations and another evaluation size shape nothing: resumed, and said so
   result = _main(tmp_path, "--config.train.num_iterations=3", "--config.eval.every=0",
                  "--config.eval.num_problems=8")
