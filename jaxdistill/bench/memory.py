@@ -39,7 +39,8 @@ GB = 1024 ** 3
 
 
 def load_preset(spec: str):
-  """The ml_collections config of 'FILE:PRESET' (FILE under configs/ or the package's)."""
+  """countdown.py's preset of 'countdown.py:PRESET' (the only config file with presets; the
+  file part is not read)."""
   from jaxdistill.configs import countdown
   preset = spec.split(":", 1)[1] if ":" in spec else ""
   return countdown.get_config(preset)
