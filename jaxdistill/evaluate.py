@@ -9,39 +9,28 @@ import jax
 import numpy as np
 
 from jaxdistill import sampling, tokenization
-from jaxdistill.tasks import countdown
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-  """mean@k settings (DESIGN §7 reference: k 16, temperature 0.2, top-p 1)."""
+  """mean@k settings (built by `jaxdistill.settings.evaluation`)."""
 
-  k: int = 16
-  temperature: float = 0.2
-  top_p: float = 1.0
-  max_new_tokens: int = 512
-  batch_size: int = 256  # rows (problem x sample) per generate call: batch_size // k problems
-  prompt_width: int = 64
-
-
-def eval_config_from(config) -> EvalConfig:
-  """EvalConfig of an ml_collections run config (its `eval` and `task` sections)."""
-  e = config.eval
-  return EvalConfig(k=e.k, temperature=e.temperature, top_p=e.top_p,
-                    max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                    prompt_width=config.task.prompt_width)
+  k: int
+  temperature: float
+  top_p: float
+  max_new_tokens: int
+  batch_size: int  # rows (problem x sample) per generate call: batch_size // k problems
+  prompt_width: int
 
 
-def encode_prompts(tokenizer, problems, prompt: str, width: int):
-  """Right-padded prompt tokens [N, width] and lengths for problems."""
-  if prompt == "chat":
-    texts = [countdown.chat_prompt(tokenizer, p.numbers, p.target) for p in problems]
-  else:
-    texts = [countdown.compact_prompt(p.numbers, p.target) for p in problems]
+def encode_prompts(task, tokenizer, problems, prompt: str, width: int):
+  """Right-padded prompt tokens [N, width] and lengths for a task's problems (prompt: the
+  style, compact or chat)."""
+  texts = [task.prompt(p, tokenizer, prompt) for p in problems]
   return tokenization.encode_batch(tokenizer, texts, max_length=width)
 
 
-def evaluate(model, tokenizer, problems, config: EvalConfig, seed: int = 0,
+def evaluate(model, tokenizer, task, problems, config: EvalConfig, seed: int = 0,
              prompt: str = "compact", progress=None, per_problem: bool = False) -> dict:
   """mean@k (mean sparse reward over k samples each) and pass@k (any of k correct); with
   per_problem, also each problem's mean reward over its k samples ("per_problem", in order),
@@ -53,8 +42,8 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, seed: int = 0,
   count, index = jax.process_count(), jax.process_index()
   model = _local_model(model)
   mine = list(range(index, len(problems), count))
-  rewards, generated = _problem_rewards(model, tokenizer, problems, mine, config, seed, prompt,
-                                        progress)
+  rewards, generated = _problem_rewards(model, tokenizer, task, problems, mine, config, seed,
+                                        prompt, progress)
   if count > 1:
     from jax.experimental import multihost_utils
     width = -(-len(problems) // count)  # equal shapes on every process for the gather
@@ -90,7 +79,7 @@ def write_result(path: str, result: dict, **fields) -> None:
   write_json(path, result | fields)
 
 
-def _problem_rewards(model, tokenizer, all_problems, indices, config: EvalConfig, seed: int,
+def _problem_rewards(model, tokenizer, task, all_problems, indices, config: EvalConfig, seed: int,
                      prompt: str, progress=None):
   """Sparse rewards [len(indices), k] and the number of generated tokens. Sample j of problem
   i is drawn with key (seed, i, j), whichever process evaluates it."""
@@ -98,7 +87,7 @@ def _problem_rewards(model, tokenizer, all_problems, indices, config: EvalConfig
     return np.zeros((0, config.k), np.float32), 0
   problems = [all_problems[i] for i in indices]
   ids = tokenization.special_ids(tokenizer)
-  tokens, lengths = encode_prompts(tokenizer, problems, prompt, config.prompt_width)
+  tokens, lengths = encode_prompts(task, tokenizer, problems, prompt, config.prompt_width)
   # the k samples of a problem share its prefill; a call takes batch_size // k problems,
   # the last call padded to a full batch so that every call has the same shapes
   per_call = max(1, config.batch_size // config.k)
@@ -124,7 +113,7 @@ def _problem_rewards(model, tokenizer, all_problems, indices, config: EvalConfig
       for j in range(config.k):
         row = (i - start) * config.k + j
         text = tokenization.decode(tokenizer, out.tokens[row], int(out.lengths[row]))
-        rewards[i, j] = countdown.reward(text, p.numbers, p.target, dense=False)
+        rewards[i, j] = task.reward(text, p, dense=False)
         generated += int(out.lengths[row])
     if progress is not None:
       progress(min(stop, len(problems)) * config.k, len(problems) * config.k)
@@ -132,20 +121,20 @@ def _problem_rewards(model, tokenizer, all_problems, indices, config: EvalConfig
 
 
 @functools.lru_cache(maxsize=4)
-def _search_program(graphdef, search, rollout, tokenizer, dense: bool):
+def _search_program(graphdef, search, rollout, task, tokenizer, dense: bool):
   """The jitted test-time search of one model structure and budget, compiled once for every
   set of problems and parameters of the same shapes (a notebook answers before and after
   training; the reward host callback keeps jax from caching it on disk)."""
   from jaxdistill import rewards
   from jaxdistill.rl import rollouts
   current = []  # the problems its reward callback grades: refilled before each call
-  reward_fn = rewards.countdown_reward_fn(tokenizer, current, dense=dense)
+  reward_fn = rewards.task_reward_fn(task, tokenizer, current, dense=dense)
   run = jax.jit(lambda p, t, l, ids, keys: rollouts.mcts_distill(
       graphdef, p, t, l, ids, keys, rollout, search, reward_fn)[0])
   return run, current
 
 
-def searched_answers(model, tokenizer, problems, search, rollout, *, prompt_width: int,
+def searched_answers(model, tokenizer, task, problems, search, rollout, *, prompt_width: int,
                      prompt: str = "compact", seed: int = 0, batch_size: int = 8,
                      dense: bool = True) -> tuple[list[str], int]:
   """Each problem's answer by test-time search (its most-visited path, completed by
@@ -157,9 +146,9 @@ def searched_answers(model, tokenizer, problems, search, rollout, *, prompt_widt
   search = dataclasses.replace(search, targets="path")  # one answer per problem
   graphdef, params = nnx.split(model)
   params = parallel.local_copy(params)  # one placement: one compiled program
-  run, current = _search_program(graphdef, search, rollout, tokenizer, dense)
+  run, current = _search_program(graphdef, search, rollout, task, tokenizer, dense)
   current[:] = problems  # what the compiled program's reward callback grades
-  tokens, lengths = encode_prompts(tokenizer, problems, prompt, prompt_width)
+  tokens, lengths = encode_prompts(task, tokenizer, problems, prompt, prompt_width)
   pad = (-len(problems)) % batch_size
   ids = np.concatenate([np.arange(len(problems)), np.zeros(pad, int)]).astype(np.int32)
   tokens, lengths = tokens[ids], lengths[ids]
@@ -175,32 +164,32 @@ def searched_answers(model, tokenizer, problems, search, rollout, *, prompt_widt
   return texts, generated
 
 
-def evaluate_with_search(model, tokenizer, problems, search, rollout, *, prompt_width: int,
+def evaluate_with_search(model, tokenizer, task, problems, search, rollout, *, prompt_width: int,
                          prompt: str = "compact", seed: int = 0, batch_size: int = 8,
                          dense: bool = True) -> dict:
   """Test-time search: solved share when each problem's answer is its searched trajectory
   (graded with the sparse reward); the budget is iterations x agents simulations each."""
-  texts, generated = searched_answers(model, tokenizer, problems, search, rollout,
+  texts, generated = searched_answers(model, tokenizer, task, problems, search, rollout,
                                       prompt_width=prompt_width, prompt=prompt, seed=seed,
                                       batch_size=batch_size, dense=dense)
-  solved = [countdown.reward(text, p.numbers, p.target, dense=False)
+  solved = [task.reward(text, p, dense=False)
             for text, p in zip(texts, problems)]
   simulations = search.num_iterations * search.num_agents
   return {"search_solved": float(np.mean(solved)), "problems": len(problems),
           "simulations_per_problem": simulations, "generated_tokens": generated}
 
 
-def answers(model, tokenizer, problems, config: EvalConfig, *, prompt: str = "compact",
+def answers(model, tokenizer, task, problems, config: EvalConfig, *, prompt: str = "compact",
             seed: int = 0, search=None, rollout=None) -> list[dict]:
   """One answer per problem, graded: sampled at the evaluation temperature, or, given
-  `search` and `rollout` settings, found by test-time search. Rows: numbers, target,
-  answer text, solved."""
+  `search` and `rollout` settings, found by test-time search. Rows:
+  the task's fields of the problem, answer text, solved."""
   if search is not None:
-    texts, _ = searched_answers(model, tokenizer, problems, search, rollout,
+    texts, _ = searched_answers(model, tokenizer, task, problems, search, rollout,
                                 prompt_width=config.prompt_width, prompt=prompt, seed=seed)
   else:
     ids = tokenization.special_ids(tokenizer)
-    tokens, lengths = encode_prompts(tokenizer, problems, prompt, config.prompt_width)
+    tokens, lengths = encode_prompts(task, tokenizer, problems, prompt, config.prompt_width)
     out = jax.device_get(sampling.generate(
         _local_model(model), tokens, lengths, jax.random.key(seed),
         max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -208,6 +197,5 @@ def answers(model, tokenizer, problems, config: EvalConfig, *, prompt: str = "co
         pad_id=ids.pad_id))
     texts = [tokenization.decode(tokenizer, out.tokens[i], int(out.lengths[i]))
              for i in range(len(problems))]
-  return [{"numbers": list(p.numbers), "target": p.target, "answer": text,
-           "solved": countdown.reward(text, p.numbers, p.target, dense=False) == 1.0}
+  return [task.describe(p) | {"answer": text, "solved": task.reward(text, p, dense=False) == 1.0}
           for p, text in zip(problems, texts)]

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -104,7 +105,7 @@ def enable_compilation_cache(directory: str | None) -> None:
   """Keep compiled programs, and XLA's GPU autotuning and kernel caches, in `directory`.
 
   jax does not persist executables that contain host callbacks (the training iteration's
-  Countdown rewards are one), so those are recompiled on every start; on GPUs the autotune
+  task rewards are one), so those are recompiled on every start; on GPUs the autotune
   and kernel caches still skip most of that work. Evaluation and warm-start programs are
   cached whole."""
   if directory is None:
@@ -118,8 +119,7 @@ def enable_compilation_cache(directory: str | None) -> None:
 def run_job(config, workdir: str, mode: str) -> dict:
   """Run one mode; returns what it measured."""
   from jaxdistill import evaluate as evaluation
-  from jaxdistill import parallel
-  from jaxdistill.tasks import countdown
+  from jaxdistill import parallel, settings, tasks
   enable_compilation_cache(compilation_cache_dir(config.compile_cache_dir))
   parallel.maybe_initialize_distributed()
   import jax
@@ -128,9 +128,10 @@ def run_job(config, workdir: str, mode: str) -> dict:
   if found:
     raise UsageError("; ".join(found))
   model, tokenizer = load_model_and_tokenizer(config, workdir)
-  train_split, test_split = countdown.cached_splits(
+  task = tasks.from_config(config)
+  train_split, test_split = task.splits(
       config.task.data_dir or os.path.join(workdir, "data"), config.task.data_seed,
-      config.task.train_size, config.task.test_size, config.task.numbers)
+      config.task.train_size, config.task.test_size)
   # validation: the last problems of the train split, which neither the warm start nor RL
   # trains on (learning rates and learning curves are read off it, never off the test split)
   validation = config.task.validation_size
@@ -140,15 +141,13 @@ def run_job(config, workdir: str, mode: str) -> dict:
     validation_split = []
   if config.sft.steps and not config.model.path:
     from jaxdistill import sft
-    model = sft.warm_start(model, tokenizer, train_split, sft.SFTConfig(
-        steps=config.sft.steps, batch_size=config.sft.batch_size,
-        learning_rate=config.sft.learning_rate, warmup_steps=config.sft.warmup_steps,
-        sequence_length=config.sft.sequence_length, seed=config.sft.seed),
+    model = sft.warm_start(
+        model, tokenizer, task, train_split, settings.warm_start(config),
         config.sft.cache_dir or os.path.join(workdir, "warm_start"),
         progress=config.train.progress)
   if mode == "train":
     from jaxdistill import train
-    summary = train.train(config, model, tokenizer, train_split, test_split, workdir,
+    summary = train.train(config, task, model, tokenizer, train_split, test_split, workdir,
                           validation_problems=validation_split)
     stopped = summary.get("stopped")
     if stopped:
@@ -167,23 +166,21 @@ def run_job(config, workdir: str, mode: str) -> dict:
     if os.path.exists(os.path.join(workdir, "eval.png")):
       print(f"plot: {os.path.join(workdir, 'eval.png')}")
     return summary
-  eval_config = evaluation.eval_config_from(config)
+  eval_config = settings.evaluation(config)
   model = _restore_params(model, workdir)
   if mode == "eval" and config.eval.test_time_search:
-    from jaxdistill import tokenization
-    from jaxdistill.train import spec_from_config
     with config.unlocked():
       config.algo = "mcts_distill"
-    spec = spec_from_config(config, tokenizer, model.config.vocab_size)
+    spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
     result = evaluation.evaluate_with_search(
-        model, tokenizer, test_split[:config.eval.num_problems], spec.search, spec.rollout,
+        model, tokenizer, task, test_split[:config.eval.num_problems], spec.search, spec.rollout,
         prompt_width=config.task.prompt_width, prompt=config.task.prompt, seed=config.seed,
         dense=config.reward.dense)
     print(result)
     return result
   if mode == "eval":
     problems = validation_split if config.eval.split == "validation" else test_split
-    result = evaluation.evaluate(model, tokenizer, problems[:config.eval.num_problems],
+    result = evaluation.evaluate(model, tokenizer, task, problems[:config.eval.num_problems],
                                  eval_config, seed=config.seed, prompt=config.task.prompt,
                                  per_problem=True)
     if parallel.is_primary():
@@ -191,7 +188,7 @@ def run_job(config, workdir: str, mode: str) -> dict:
       evaluation.write_result(os.path.join(workdir, "eval_result.json"), result,
                               split=config.eval.split, temperature=config.eval.temperature)
     return result
-  return _sample(model, tokenizer, test_split[:8], eval_config, config.task.prompt)
+  return _sample(model, tokenizer, task, test_split[:8], eval_config, config.task.prompt)
 
 
 def _restore_params(model, workdir):
@@ -201,15 +198,14 @@ def _restore_params(model, workdir):
   return checkpointing.latest_model(model, workdir)
 
 
-def _sample(model, tokenizer, problems, eval_config, prompt):
+def _sample(model, tokenizer, task, problems, eval_config, prompt):
   import jax
 
   from jaxdistill import evaluate as evaluation
   from jaxdistill import tokenization
   from jaxdistill.sampling import generate
-  from jaxdistill.tasks import countdown
   ids = tokenization.special_ids(tokenizer)
-  tokens, lengths = evaluation.encode_prompts(tokenizer, problems, prompt,
+  tokens, lengths = evaluation.encode_prompts(task, tokenizer, problems, prompt,
                                               eval_config.prompt_width)
   out = jax.device_get(generate(model, tokens, lengths, jax.random.PRNGKey(0),
                                 max_new_tokens=eval_config.max_new_tokens,
@@ -218,9 +214,10 @@ def _sample(model, tokenizer, problems, eval_config, prompt):
   solved = 0
   for row, p in enumerate(problems):
     text = tokenization.decode(tokenizer, out.tokens[row], int(out.lengths[row]))
-    reward = countdown.reward(text, p.numbers, p.target, dense=False)
+    reward = task.reward(text, p, dense=False)
     solved += reward == 1.0
-    print(f"{list(p.numbers)} -> {p.target} [{'solved' if reward == 1.0 else 'not solved'}]\n"
+    shown = ", ".join(f"{k}: {v}" for k, v in task.describe(p).items())
+    print(f"{shown} [{'solved' if reward == 1.0 else 'not solved'}]\n"
           f"  {text!r}")
   return {"solved": solved, "shown": len(problems)}
 
@@ -265,11 +262,11 @@ def resolve_config_argument(value: str) -> str:
     return value
   if os.path.dirname(path) in ("", "configs") and os.path.basename(path) in packaged_configs():
     shipped = resources.files("jaxdistill.configs") / os.path.basename(path)
-    if os.path.basename(path) == "countdown.py" and preset:
-      from jaxdistill.configs.countdown import PRESETS
-      if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r} of countdown.py; choose one of "
-                         f"{', '.join(PRESETS)}")
+    name = os.path.basename(path)
+    presets = getattr(importlib.import_module(f"jaxdistill.configs.{name[:-3]}"), "PRESETS", ())
+    if preset and presets and preset not in presets:
+      raise UsageError(f"unknown preset {preset!r} of {name}; choose one of "
+                       f"{', '.join(presets)}")
     return str(shipped) + colon + preset
   raise UsageError(f"no config file {path!r}: give a path, or one of the configs jaxdistill "
                    f"ships: {', '.join(packaged_configs())}")

@@ -237,6 +237,14 @@ def row_keys_from(rng, batch: int):
   return jax.random.split(rng, batch)
 
 
+def split_per_row(keys, samples: int):
+  """keys [M] (typed keys or raw key data) -> [M * samples]: row r's samples take keys
+  r * samples ... r * samples + samples - 1, split from keys[r] alone, so a row's samples do
+  not depend on which other rows share the batch (or the device)."""
+  split = jax.vmap(lambda key: jax.random.split(key, samples))(keys)
+  return split.reshape((keys.shape[0] * samples,) + split.shape[2:])
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "stop_ids",
                                              "pad_id", "filter_top_p", "with_values",
                                              "samples", "stop_string"))

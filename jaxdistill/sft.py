@@ -23,37 +23,37 @@ from tqdm import tqdm
 from jaxdistill import parallel, tokenization
 from jaxdistill.models import from_pretrained, save_pretrained
 from jaxdistill.rl.learner import sequence_logprobs
-from jaxdistill.tasks import countdown
 
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-  """Warm-start settings."""
+  """Warm-start settings (built by `jaxdistill.settings.warm_start`)."""
 
-  steps: int = 300
-  batch_size: int = 64
-  learning_rate: float = 1e-3
-  warmup_steps: int = 20
-  sequence_length: int = 160
-  seed: int = 0
+  steps: int
+  batch_size: int
+  learning_rate: float
+  warmup_steps: int
+  sequence_length: int
+  seed: int
 
 
-def build_examples(tokenizer, problems, sequence_length: int):
-  """Token rows [N, sequence_length + 1] and loss masks [N, sequence_length]."""
+def build_examples(task, tokenizer, problems, sequence_length: int):
+  """Token rows [N, sequence_length + 1] and loss masks [N, sequence_length]: each the
+  problem's compact prompt and the task's demonstration, then EOS."""
   ids = tokenization.special_ids(tokenizer)
   rows, masks = [], []
   for p in problems:
-    steps = countdown.solution_steps(p.numbers, p.target)
-    prompt = tokenizer.encode(countdown.compact_prompt(p.numbers, p.target),
-                              add_special_tokens=False)
+    steps = task.demonstration(p)
+    if steps is None:
+      raise ValueError(f"the task has no demonstration of {task.describe(p)}")
+    prompt = tokenizer.encode(task.prompt(p, tokenizer, "compact"), add_special_tokens=False)
     answer = tokenizer.encode(steps, add_special_tokens=False) + [ids.eos_id]
     tokens = prompt + answer
     if len(tokens) > sequence_length + 1:  # a cut answer would teach answers with no end
       raise ValueError(
-          f"a warm-start example ({list(p.numbers)} -> {p.target}) has {len(tokens)} tokens "
+          f"a warm-start example ({task.describe(p)}) has {len(tokens)} tokens "
           f"(prompt, solution and EOS), more than sft.sequence_length + 1 = "
-          f"{sequence_length + 1}: set sft.sequence_length >= {len(tokens) - 1} (problems "
-          f"of {len(p.numbers)} numbers need longer examples)")
+          f"{sequence_length + 1}: set sft.sequence_length >= {len(tokens) - 1}")
     row = np.full(sequence_length + 1, ids.pad_id, np.int32)
     row[:len(tokens)] = tokens
     mask = np.zeros(sequence_length, np.float32)
@@ -63,9 +63,9 @@ def build_examples(tokenizer, problems, sequence_length: int):
   return np.stack(rows), np.stack(masks)
 
 
-def train_sft(model, tokenizer, problems, config: SFTConfig, progress: bool = True):
+def train_sft(model, tokenizer, task, problems, config: SFTConfig, progress: bool = True):
   """Fine-tune model in place of a copy; returns (model, final loss)."""
-  tokens, masks = build_examples(tokenizer, problems, config.sequence_length)
+  tokens, masks = build_examples(task, tokenizer, problems, config.sequence_length)
   graphdef, params = nnx.split(model)
   warmup = min(config.warmup_steps, config.steps // 2)
   schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
@@ -94,13 +94,13 @@ def train_sft(model, tokenizer, problems, config: SFTConfig, progress: bool = Tr
   return nnx.merge(graphdef, params), float(loss)
 
 
-def warm_start(model, tokenizer, problems, config: SFTConfig, directory: str,
+def warm_start(model, tokenizer, task, problems, config: SFTConfig, directory: str,
                progress: bool = True):
   """The warm-started model: read from `directory` if cached, else trained and saved there."""
   marker = os.path.join(directory, "sft_done.json")
-  digest = hashlib.sha256(json.dumps([(list(p.numbers), p.target) for p in problems])
+  digest = hashlib.sha256(json.dumps([task.describe(p) for p in problems])
                           .encode()).hexdigest()[:16]
-  settings = dataclasses.asdict(config) | {"architecture": dataclasses.asdict(model.config),
+  settings = dataclasses.asdict(config) | {"task": task.name, "architecture": dataclasses.asdict(model.config),
                                            "problems": digest}
   settings = json.loads(json.dumps(settings, default=str))
   if os.path.exists(marker):
@@ -112,7 +112,7 @@ def warm_start(model, tokenizer, problems, config: SFTConfig, directory: str,
                              precision=model.precision_name)
     print(f"warm start: {directory} was made with other settings; training a new one")
     os.remove(marker)
-  model, loss = train_sft(model, tokenizer, problems, config, progress)
+  model, loss = train_sft(model, tokenizer, task, problems, config, progress)
   if parallel.is_primary():  # every process trains the same model; one writes it
     save_pretrained(model, directory)
     tokenizer.save_pretrained(directory)

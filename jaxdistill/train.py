@@ -3,7 +3,6 @@ compiled once, and the outer loop with progress, metrics, evaluation and checkpo
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -15,16 +14,12 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdistill import evaluate as evaluation
-from jaxdistill import parallel, rewards, runs, stopping, tokenization
+from jaxdistill import parallel, rewards, runs, settings
 from jaxdistill.checkpointing import Checkpointer
 from jaxdistill.interrupts import GracefulStop
 from jaxdistill.metrics import MetricsLog, plot_run
 from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
 from jaxdistill.rl import learner, losses, rollouts
-from jaxdistill.search import lm_expand
-
-METHODS = ("mcts_distill", "cispo", "best_of_n")
-
 
 def say(text: str) -> None:
   """Print on the primary process only (one line per event, not one per host)."""
@@ -33,9 +28,7 @@ def say(text: str) -> None:
 
 
 def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, advantage: str,
-                   group_size: int,
-                   config: learner.LearnerConfig = learner.LearnerConfig()
-                   ) -> learner.LearnerBatch:
+                   group_size: int, config: learner.LearnerConfig) -> learner.LearnerBatch:
   """The learner batch of trajectories: mask, advantages and returns, the behaviour
   log-probs the sampler recorded, and the reference's log-probs (ref_params None: no KL).
 
@@ -70,19 +63,7 @@ def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, ad
                               ref_logprobs=ref_logprobs)
 
 
-@dataclasses.dataclass(frozen=True)
-class IterationSpec:
-  """Everything static about one training iteration."""
-
-  method: str
-  rollout: rollouts.RolloutConfig
-  search: rollouts.SearchSettings | None
-  learner: learner.LearnerConfig
-  advantage: str
-  compute_dtype: str = "float32"  # the dtype sampling and search compute in
-
-
-def _stages(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn):
+def _stages(graphdef, optimizer, spec: settings.IterationSpec, reward_fn, dense_reward_fn):
   """The iteration's three phases, per device: rollout, learner-batch assembly, update."""
 
   def rollout(params, prompt_tokens, prompt_lengths, problems, keys):
@@ -118,12 +99,31 @@ def _stages(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn
   return rollout, assemble, learn
 
 
-def build_iteration(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn, mesh):
-  """jit(shard_map(iteration)): (state, ref_params, prompts, lengths, problems, keys) ->
-  (state, metrics). Prompts, problem ids and keys are split over 'data'."""
+class Program:
+  """A jitted training iteration: `program(state, ref_params, prompts, lengths, problems,
+  keys) -> (state, metrics)`, and how often it was traced (`traces`: once per compilation;
+  more in steady state means a shape or dtype changed, a bug)."""
+
+  def __init__(self, run, traces: list):
+    self._run, self._traces = run, traces
+
+  def __call__(self, *args):
+    return self._run(*args)
+
+  @property
+  def traces(self) -> int:
+    return max(self._traces)
+
+
+def build_iteration(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
+                    dense_reward_fn, mesh) -> Program:
+  """One program, jit(shard_map(iteration)): (state, ref_params, prompts, lengths, problems,
+  keys) -> (state, metrics). Prompts, problem ids and keys are split over 'data'."""
   rollout, assemble, learn = _stages(graphdef, optimizer, spec, reward_fn, dense_reward_fn)
+  traces = [0]
 
   def per_device(state, ref_params, prompt_tokens, prompt_lengths, problems, keys):
+    traces[0] += 1  # Python runs only while jit traces
     # sampling and search read a compute-dtype copy of the master weights, cast once here
     traj = rollout(compute_copy(state.params, spec.compute_dtype), prompt_tokens,
                    prompt_lengths, problems, keys)
@@ -132,25 +132,33 @@ def build_iteration(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_r
   data = P(parallel.DATA)
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), data, data, data, data),
                           out_specs=(P(), P()))
-  return jax.jit(sharded, donate_argnums=(0,))
+  return Program(jax.jit(sharded, donate_argnums=(0,)), traces)
 
 
-def build_phases(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_reward_fn, mesh):
+def build_phases(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
+                 dense_reward_fn, mesh) -> Program:
   """The same iteration as three jitted programs (rollout, assemble, learn), so that each
   phase can be timed on its own (`train.phase_timing`); same signature and results as
   `build_iteration` up to the fusion of the three."""
   rollout, assemble, learn = _stages(graphdef, optimizer, spec, reward_fn, dense_reward_fn)
   data = P(parallel.DATA)
+  traces = [0, 0, 0]
+
+  def counted(index, fn):
+    def traced(*args):
+      traces[index] += 1
+      return fn(*args)
+    return traced
 
   def rollout_rows(params, *rows):  # the per-device token count as a [1] row, to shard
     traj = rollout(compute_copy(params, spec.compute_dtype), *rows)
     return traj.replace(generated_tokens=traj.generated_tokens[None])
 
-  rollout_jit = jax.jit(jax.shard_map(rollout_rows, mesh=mesh,
+  rollout_jit = jax.jit(jax.shard_map(counted(0, rollout_rows), mesh=mesh,
                                       in_specs=(P(), data, data, data, data), out_specs=data))
-  assemble_jit = jax.jit(jax.shard_map(assemble, mesh=mesh, in_specs=(P(), P(), data),
-                                       out_specs=data))
-  learn_jit = jax.jit(jax.shard_map(learn, mesh=mesh, in_specs=(P(), data, data),
+  assemble_jit = jax.jit(jax.shard_map(counted(1, assemble), mesh=mesh,
+                                       in_specs=(P(), P(), data), out_specs=data))
+  learn_jit = jax.jit(jax.shard_map(counted(2, learn), mesh=mesh, in_specs=(P(), data, data),
                                     out_specs=(P(), P())), donate_argnums=(0,))
 
   def iteration(state, ref_params, prompt_tokens, prompt_lengths, problems, keys):
@@ -168,12 +176,10 @@ def build_phases(graphdef, optimizer, spec: IterationSpec, reward_fn, dense_rewa
     seconds["update"] = time.perf_counter() - started
     return state, metrics | {f"phase_s/{name}": s for name, s in seconds.items()}
 
-  iteration._cache_size = lambda: max(f._cache_size() for f in (rollout_jit, assemble_jit,
-                                                                 learn_jit))
-  return iteration
+  return Program(iteration, traces)
 
 
-def assemble_forwards(spec: IterationSpec) -> int:
+def assemble_forwards(spec: settings.IterationSpec) -> int:
   """Forward passes `assemble_batch` runs over the learner batch: the reference policy's
   (KL), the current policy's (visit rows carry no behaviour log-probs) and the value
   head's (value-baseline advantages; tree targets bring their own)."""
@@ -183,7 +189,7 @@ def assemble_forwards(spec: IterationSpec) -> int:
           + int(spec.advantage != "group" and not tree))
 
 
-def phase_flops(spec: IterationSpec, prompts: int, prompt_width: int,
+def phase_flops(spec: settings.IterationSpec, prompts: int, prompt_width: int,
                 flops_per_token: float) -> dict:
   """Forward-equivalent FLOPs of each phase for one iteration (static shapes, padding
   included): rollout = the positions the LM runs on; assemble = the forwards it runs
@@ -203,87 +209,28 @@ def prompt_keys(seed: int, step: int, problem_ids):
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(problem_ids, jnp.uint32))
 
 
-def spec_from_config(config, tokenizer, vocab_size: int | None = None) -> IterationSpec:
-  """IterationSpec of an ml_collections config for a tokenizer (whose model has vocab_size
-  logits, which may exceed the tokenizer's ids)."""
-  ids = tokenization.special_ids(tokenizer)
-  r, s, l = config.rollout, config.search, config.learner
-  rollout = rollouts.RolloutConfig(
-      max_completion_tokens=r.max_completion_tokens, temperature=r.temperature, top_p=r.top_p,
-      group_size=r.group_size, best_of=r.best_of, eos_id=ids.eos_id, pad_id=ids.pad_id)
-  search = None
-  if config.algo == "mcts_distill":
-    # a step ends after the token that completes '</step>', however it is tokenized
-    step_end = stopping.stop_for(tokenizer, tokenization.STEP_END, vocab_size)
-    search = rollouts.SearchSettings(
-        lm=lm_expand.LMSearchConfig(
-            num_children=s.num_children, max_step_tokens=s.max_step_tokens,
-            max_path_tokens=s.max_path_tokens, temperature=s.temperature,
-            length_normalized_prior=s.length_normalized_prior, dedup_children=s.dedup_children,
-            rollout_to_end=s.rollout_to_end, branch_at=s.branch_at,
-            max_rollout_tokens=s.max_rollout_tokens or r.max_completion_tokens,
-            step_end=step_end,
-            eos_id=ids.eos_id, pad_id=ids.pad_id),
-        num_iterations=s.num_iterations, num_agents=s.num_agents, c_puct=s.c_puct,
-        first_play_value=s.first_play_value, virtual_loss=s.virtual_loss,
-        root_selection=s.root_selection, targets=s.targets, tree_rows=s.tree_rows,
-        step_advantage=s.step_advantage)
-  return IterationSpec(method=config.algo, rollout=rollout, search=search,
-                       learner=learner_config_from(config),
-                       advantage="group" if config.algo == "cispo" else l.advantage,
-                       compute_dtype=config.model.dtype)
-
-
-def learner_config_from(config) -> learner.LearnerConfig:
-  """The update's settings of an ml_collections config (no tokenizer needed)."""
-  r, s, l = config.rollout, config.search, config.learner
-  # the learner scores tokens at the temperature they were sampled at (visit targets: at
-  # the prior's, temperature 1, against the current policy)
-  if config.algo != "mcts_distill":
-    temperature = r.temperature
-  else:
-    temperature = 1.0 if s.targets == "visits" else s.temperature
-  return learner.LearnerConfig(
-      temperature=temperature, logit_chunk=l.logit_chunk, remat=l.remat,
-      loss_aggregation=l.loss_aggregation, ppo_eps_high=l.ppo_eps_high,
-      dual_clip=l.dual_clip,
-      policy_loss=l.policy_loss, eps_high=l.eps_high, ppo_eps=l.ppo_eps,
-      value_coef=l.value_coef, value_trunk_grad=l.value_trunk_grad, kl_coef=l.kl_coef,
-      learning_rate=l.learning_rate, value_learning_rate=l.value_learning_rate,
-      end_learning_rate=l.end_learning_rate, warmup_steps=l.warmup_steps,
-      decay_steps=l.decay_steps or config.train.num_iterations, weight_decay=l.weight_decay,
-      clip_norm=l.clip_norm, epochs=l.epochs, minibatches=l.minibatches)
-
-
-def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
-          validation_problems=(), mesh=None) -> dict:
-  """Run config.train.num_iterations iterations (resuming from workdir); returns a summary.
-
-  Evaluations: at the start (eval.at_start) and the end on the test problems (eval_*) and on
-  the validation problems (val_*); in between (every eval.every iterations) on the first
-  eval.curve_problems validation problems (curve_*): the learning curve, from the start's.
-  mesh: the devices to run on (default: all of them, `parallel.make_mesh()`)."""
-  if config.algo not in METHODS:
-    raise ValueError(f"algo must be one of {METHODS}, got {config.algo!r}")
-  spec = spec_from_config(config, tokenizer, model.config.vocab_size)
-  mesh = mesh or parallel.make_mesh()
-  prompts = config.train.prompts_per_iteration
-  parallel.check_divisible(prompts, mesh, "train.prompts_per_iteration")
-
+def _initial_state(model, spec: settings.IterationSpec, seed: int, mesh):
+  """(graphdef, optimizer, state, ref_params): the train state and the frozen initial policy
+  (the KL reference, kept in the compute dtype it is read in), replicated over the mesh."""
   graphdef, params = nnx.split(model)
-  # the frozen initial policy (the KL reference), kept in the compute dtype it is read in
   ref_params = compute_copy(jax.tree.map(jnp.copy, params), spec.compute_dtype)
   optimizer = learner.make_optimizer(spec.learner)
-  state = learner.init_state(params, optimizer, jax.random.PRNGKey(config.seed))
-  state = parallel.replicate(state, mesh)  # global arrays: restored ones keep this sharding
-  ref_params = parallel.replicate(ref_params, mesh)
+  state = learner.init_state(params, optimizer, jax.random.PRNGKey(seed))
+  # global arrays: restored ones keep this sharding
+  return graphdef, optimizer, parallel.replicate(state, mesh), parallel.replicate(ref_params,
+                                                                                  mesh)
+
+
+def _restore(config, workdir: str, state):
+  """(checkpointer, start step, state, data position): the run in workdir resumed, or moved
+  aside first (train.restart). Refuses, with nothing touched, when the saved state is
+  another config's (runs.check_resume)."""
   if config.train.restart and parallel.is_primary():
     moved = runs.move_aside(workdir)
     if moved:
       say(f"restart: the previous run's outputs moved to {moved}")
   parallel.barrier("restart")
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep)
-  # refuses (nothing touched yet) when the saved state is another config's
   runs.check_resume(workdir, config, bool(checkpointer.steps()), announce=say)
   restored = checkpointer.restore_latest(state)
   start, data_position = 0, 0
@@ -292,51 +239,146 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
     say(f"resumed from checkpoint {start} (data position {data_position})")
   if parallel.is_primary():  # only once the state is restored: a refusal changes nothing
     runs.write_record(workdir, config)
-  log = MetricsLog(workdir, resume_step=start, enabled=parallel.is_primary(), announce=say)
+  return checkpointer, start, state, data_position
 
-  reward_fn = rewards.countdown_reward_fn(tokenizer, train_problems,
-                                            dense=config.reward.dense)
-  dense_fn = rewards.countdown_reward_fn(tokenizer, train_problems, dense=True)
-  build = build_phases if config.train.phase_timing else build_iteration
-  iteration = build(graphdef, optimizer, spec, reward_fn, dense_fn, mesh)
-  eval_config = evaluation.eval_config_from(config)
-  eval_problems = test_problems[:config.eval.num_problems]
 
-  def run_eval(step, problems=eval_problems, prefix="eval", final=False):
+class _Evaluations:
+  """A run's evaluations without search: on the test problems (eval_*), the validation
+  problems (val_*) and the learning curve's share of them (curve_*), each logged, and the
+  final ones written with each problem's score."""
+
+  def __init__(self, config, task, tokenizer, graphdef, test_problems, validation_problems,
+               log: MetricsLog, workdir: str):
+    self.config, self.task, self.tokenizer, self.graphdef = config, task, tokenizer, graphdef
+    self.test = test_problems[:config.eval.num_problems]
+    self.validation = list(validation_problems)
+    self.log, self.workdir = log, workdir
+    self.settings = settings.evaluation(config)
+
+  def run(self, step: int, params, problems, prefix: str, final: bool = False) -> dict:
     """final: the last evaluation of a split; its per-problem scores (each problem's mean
     reward, the same numbers `--mode eval` writes) go to WORKDIR/eval_after.json (test) or
     val_after.json (validation), so a comparison needs no second evaluation of the same
     checkpoint, keys and temperature."""
-    policy = nnx.merge(graphdef, compute_copy(state.params, spec.compute_dtype))
-    result = evaluation.evaluate(policy, tokenizer, problems,
-                                 eval_config, seed=config.seed, prompt=config.task.prompt,
+    config = self.config
+    policy = nnx.merge(self.graphdef, compute_copy(params, config.model.dtype))
+    result = evaluation.evaluate(policy, self.tokenizer, self.task, problems, self.settings,
+                                 seed=config.seed, prompt=config.task.prompt,
                                  per_problem=final)
     per_problem = result.pop("per_problem", None)
-    log.write(step, {f"{prefix}_{k}": v for k, v in result.items()})
+    self.log.write(step, {f"{prefix}_{k}": v for k, v in result.items()})
     if parallel.is_primary():
       if per_problem is not None:
         split = "validation" if prefix == "val" else "test"
-        evaluation.write_result(os.path.join(workdir, f"{prefix}_after.json"), result,
+        evaluation.write_result(os.path.join(self.workdir, f"{prefix}_after.json"), result,
                                 per_problem=per_problem, step=step, split=split,
                                 seed=config.seed, temperature=config.eval.temperature)
-      plot_run(log.rows(), config.eval.k, os.path.join(workdir, "eval.png"))
+      plot_run(self.log.rows(), config.eval.k, os.path.join(self.workdir, "eval.png"))
     return result
 
-  # compute per iteration, for comparisons at equal budget: positions the LM runs on (static
-  # shapes, padding included) times forward FLOPs per position at a mid-length context
-  forward_tokens = rollouts.forward_tokens(spec.method, prompts, config.task.prompt_width,
-                                           spec.rollout, spec.search)
-  context = config.task.prompt_width + spec.rollout.max_completion_tokens // 2
+  def at_start(self, params) -> dict:
+    """Summary entries of the evaluations before training (eval.at_start)."""
+    if not (self.config.eval.at_start and self.config.eval.every):  # every=0: none at all
+      return {}
+    summary = {"eval_before": self.run(0, params, self.test, "eval")}
+    if self.validation:  # the validation curve starts where the model starts
+      summary["val_before"] = self.run(0, params, self.validation, "val")
+    return summary
+
+  def after(self, step: int, params, done: bool) -> dict:
+    """Summary entries of the evaluations due after `step` updates: the final ones when
+    done, else a learning-curve point every eval.every updates."""
+    every = self.config.eval.every
+    if not every:
+      return {}
+    if done:
+      summary = {"eval_after": self.run(step, params, self.test, "eval", final=True)}
+      if self.validation:
+        summary["val_after"] = self.run(step, params, self.validation, "val", final=True)
+      return summary
+    if step % every:
+      return {}
+    curve = self.validation[:self.config.eval.curve_problems]
+    if curve:
+      self.run(step, params, curve, "curve")
+      return {}
+    return {"eval_after": self.run(step, params, self.test, "eval")}
+
+
+def _feeder(config, task, tokenizer, train_problems, mesh):
+  """feed(step, data position) -> the iteration's prompt tokens, lengths, problem ids and
+  keys as global arrays; each process builds only its own rows."""
+  prompts = config.train.prompts_per_iteration
+
+  def feed(step: int, data_position: int):
+    batch_ids = [(data_position + i) % len(train_problems) for i in range(prompts)]
+
+    def rows(lo, hi):  # only this host's prompts
+      ids = batch_ids[lo:hi]
+      tokens, lengths = evaluation.encode_prompts(
+          task, tokenizer, [train_problems[i] for i in ids], config.task.prompt,
+          config.task.prompt_width)
+      keys = np.asarray(jax.random.key_data(prompt_keys(config.seed, step, ids)))
+      return tokens, lengths, np.asarray(ids, np.int32), keys
+
+    return parallel.global_rows(mesh, prompts, rows)
+
+  return feed
+
+
+def _iteration_cost(config, spec: settings.IterationSpec, model) -> dict:
+  """Compute per iteration, for comparisons at equal budget: positions the LM runs on
+  (static shapes, padding included) and forward FLOPs (at a mid-length context); with
+  train.phase_timing, each phase's FLOPs too."""
+  prompts, width = config.train.prompts_per_iteration, config.task.prompt_width
+  forward_tokens = rollouts.forward_tokens(spec.method, prompts, width, spec.rollout,
+                                           spec.search)
+  context = width + spec.rollout.max_completion_tokens // 2
   flops_per_token = forward_flops_per_token(model.config, context)
-  flops_per_iteration = forward_tokens * flops_per_token
-  flops = {}
-  if config.train.phase_timing:
-    flops = phase_flops(spec, prompts, config.task.prompt_width, flops_per_token)
+  phases = (phase_flops(spec, prompts, width, flops_per_token)
+            if config.train.phase_timing else {})
+  return {"forward_tokens": forward_tokens,
+          "forward_flops": forward_tokens * flops_per_token, "phases": phases}
+
+
+def _timing_metrics(metrics: dict, phases: dict) -> dict:
+  """Achieved FLOP/s of each timed phase and the rollout's sampled tokens per second."""
+  extra = {f"phase_flop_per_s/{phase}": flop / metrics[f"phase_s/{phase}"]
+           for phase, flop in phases.items()}
+  if phases:
+    extra["rollout_tokens_per_s"] = metrics["generated_tokens"] / metrics["phase_s/rollout"]
+  return extra
+
+
+def train(config, task, model, tokenizer, train_problems, test_problems, workdir: str,
+          validation_problems=(), mesh=None) -> dict:
+  """Run config.train.num_iterations iterations of config.algo on a task's problems
+  (resuming from workdir); returns a summary.
+
+  Evaluations: at the start (eval.at_start) and the end on the test problems (eval_*) and on
+  the validation problems (val_*); in between (every eval.every iterations) on the first
+  eval.curve_problems validation problems (curve_*): the learning curve, from the start's.
+  mesh: the devices to run on (default: all of them, `parallel.make_mesh()`)."""
+  spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
+  mesh = mesh or parallel.make_mesh()
+  prompts = config.train.prompts_per_iteration
+  parallel.check_divisible(prompts, mesh, "train.prompts_per_iteration")
+  graphdef, optimizer, state, ref_params = _initial_state(model, spec, config.seed, mesh)
+  checkpointer, start, state, data_position = _restore(config, workdir, state)
+  log = MetricsLog(workdir, resume_step=start, enabled=parallel.is_primary(), announce=say)
+
+  reward_fn = rewards.task_reward_fn(task, tokenizer, train_problems, dense=config.reward.dense)
+  dense_fn = rewards.task_reward_fn(task, tokenizer, train_problems, dense=True)
+  build = build_phases if config.train.phase_timing else build_iteration
+  iteration = build(graphdef, optimizer, spec, reward_fn, dense_fn, mesh)
+  evaluations = _Evaluations(config, task, tokenizer, graphdef, test_problems,
+                             validation_problems, log, workdir)
+  feed = _feeder(config, task, tokenizer, train_problems, mesh)
+  cost = _iteration_cost(config, spec, model)
+
   summary = {"start_step": start}
-  if start == 0 and config.eval.at_start and config.eval.every:  # every=0: no evaluation
-    summary["eval_before"] = run_eval(0)
-    if validation_problems:  # the validation curve starts where the model starts
-      summary["val_before"] = run_eval(0, validation_problems, "val")
+  if start == 0:
+    summary |= evaluations.at_start(state.params)
   total = config.train.num_iterations
   budget = config.train.token_budget  # 0: no budget, run all iterations
   generated = sum(r.get("generated_tokens", 0) for r in log.rows() if "loss" in r)
@@ -349,45 +391,20 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
   skipped_in_a_row = 0
   with GracefulStop(announce=say) as stop:  # SIGTERM / Ctrl-C end the loop cleanly
     for step in bar:
-      batch_ids = [(data_position + i) % len(train_problems) for i in range(prompts)]
-
-      def rows(lo, hi, step=step, batch_ids=batch_ids):  # only this host's prompts
-        ids = batch_ids[lo:hi]
-        tokens, lengths = evaluation.encode_prompts(
-            tokenizer, [train_problems[i] for i in ids], config.task.prompt,
-            config.task.prompt_width)
-        keys = np.asarray(jax.random.key_data(prompt_keys(config.seed, step, ids)))
-        return tokens, lengths, np.asarray(ids, np.int32), keys
-
-      tokens, lengths, problem_ids, keys = parallel.global_rows(mesh, prompts, rows)
-      state, metrics = iteration(state, ref_params, tokens, lengths, problem_ids, keys)
+      state, metrics = iteration(state, ref_params, *feed(step, data_position))
       data_position += prompts
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      for phase, phase_flop in flops.items():  # achieved rates of each timed phase
-        metrics[f"phase_flop_per_s/{phase}"] = phase_flop / metrics[f"phase_s/{phase}"]
-      if flops:
-        metrics["rollout_tokens_per_s"] = metrics["generated_tokens"] / metrics["phase_s/rollout"]
+      metrics |= _timing_metrics(metrics, cost["phases"])
       skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
       if metrics["skipped"]:
         say(f"warning: step {step + 1}: non-finite loss or gradient; update skipped")
       log.write(step + 1, metrics | {"elapsed_s": time.perf_counter() - started,
-                                     "forward_tokens": forward_tokens,
-                                     "forward_flops": flops_per_iteration})
+                                     "forward_tokens": cost["forward_tokens"],
+                                     "forward_flops": cost["forward_flops"]})
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", reward=f"{metrics['reward']:.2f}")
       generated += metrics["generated_tokens"]
       done = step + 1 == total or (budget and generated >= budget)
-      if not config.eval.every:
-        pass  # no evaluation
-      elif done:
-        summary["eval_after"] = run_eval(step + 1, final=True)
-        if validation_problems:
-          summary["val_after"] = run_eval(step + 1, validation_problems, "val", final=True)
-      elif (step + 1) % config.eval.every == 0:
-        curve = list(validation_problems)[:config.eval.curve_problems]
-        if curve:
-          run_eval(step + 1, curve, "curve")
-        else:
-          summary["eval_after"] = run_eval(step + 1)
+      summary |= evaluations.after(step + 1, state.params, done)
       if skipped_in_a_row >= config.train.max_skipped_updates:
         last = max(checkpointer.steps(), default=None)
         say(f"stopping: {skipped_in_a_row} updates in a row were non-finite and skipped "
@@ -415,6 +432,7 @@ def train(config, model, tokenizer, train_problems, test_problems, workdir: str,
   bar.close()
   if parallel.is_primary():  # the training curve up to the last update
     plot_run(log.rows(), config.eval.k, os.path.join(workdir, "eval.png"))
-  summary |= {"end_step": total, "generated_tokens": generated, "last_metrics": metrics, "compiles": iteration._cache_size(),
-              "params": state.params, "data_position": data_position}
+  summary |= {"end_step": total, "generated_tokens": generated, "last_metrics": metrics,
+              "compiles": iteration.traces, "params": state.params,
+              "data_position": data_position}
   return summary

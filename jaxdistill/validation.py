@@ -74,9 +74,11 @@ RATE = Float(0.0, open_low=True)
 def _schema() -> dict[str, Any]:
   from jaxdistill.configs.countdown import PRESETS
   from jaxdistill.models.qwen2 import PRECISIONS
+  from jaxdistill.settings import METHODS
+  from jaxdistill.tasks import TASKS
   return {
-      "preset": Choice(PRESETS), "seed": COUNT,
-      "algo": Choice(("mcts_distill", "cispo", "best_of_n")), "compile_cache_dir": Text(),
+      "preset": Choice(tuple(PRESETS)), "seed": COUNT,
+      "algo": Choice(METHODS), "compile_cache_dir": Text(),
       "model.path": Text(), "model.dtype": Choice(("float32", "bfloat16", "float16")),
       "model.param_dtype": Choice(("float32", "bfloat16", "float16")),
       "model.precision": Choice(PRECISIONS), "model.hidden_size": POSITIVE,
@@ -86,7 +88,7 @@ def _schema() -> dict[str, Any]:
       "sft.steps": COUNT, "sft.batch_size": POSITIVE, "sft.learning_rate": RATE,
       "sft.warmup_steps": COUNT, "sft.sequence_length": Int(2), "sft.seed": COUNT,
       "sft.cache_dir": Text(),
-      "task.data_seed": COUNT, "task.train_size": POSITIVE, "task.test_size": POSITIVE,
+      "task.name": Choice(tuple(TASKS)), "task.data_seed": COUNT, "task.train_size": POSITIVE, "task.test_size": POSITIVE,
       "task.validation_size": COUNT, "task.numbers": Int(2, 6), "task.data_dir": Text(),
       "task.prompt": Choice(("compact", "chat")), "task.prompt_width": POSITIVE,
       "reward.dense": Bool(),

@@ -10,8 +10,14 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from settings_for_tests import learner_config as preset_learner_config
 from jaxdistill.models import Qwen2Config, init_model
 from jaxdistill.rl import learner, losses
+
+
+def learner_config(**changes):
+  """Update settings for the batches below, whose log-probs are taken at temperature 1."""
+  return preset_learner_config(**({"temperature": 1.0} | changes))
 
 MASK = jnp.array([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]], jnp.float32)
 
@@ -130,7 +136,7 @@ def _batch(rows=8, length=12, seed=0, graphdef=None, params=None):
       old_logprobs=logp, ref_logprobs=logp - 0.1)
 
 
-def _setup(config=learner.LearnerConfig(learning_rate=1e-2)):
+def _setup(config=learner_config(learning_rate=1e-2)):
   graphdef, params = nnx.split(init_model(CONFIG, seed=0))
   optimizer = learner.make_optimizer(config)
   state = learner.init_state(params, optimizer, jax.random.key(0))
@@ -153,7 +159,7 @@ def _one_and_eight(optimizer, config):
 
 def test_eight_devices_equal_one_device():
   """Same global batch: same loss, gradient norm and updated params on 8 devices and 1."""
-  config = learner.LearnerConfig(learning_rate=1e-2)
+  config = learner_config(learning_rate=1e-2)
   # SGD after the clip: the update is linear in the averaged gradient, so params must agree
   # elementwise. (With Adam the first step is lr * g / (|g| + eps): for entries with g near
   # 0 it turns fp32 rounding of another reduction order into a visible fraction of lr.)
@@ -197,11 +203,11 @@ def test_the_value_head_can_have_its_own_learning_rate():
     return moves, new.params
 
   # (up to fp32 rounding of weights near 1: an ulp is 1.2e-7, about 1% of 1e-5)
-  split, _ = largest_moves(learner.LearnerConfig(learning_rate=1e-5, value_learning_rate=1e-3))
+  split, _ = largest_moves(learner_config(learning_rate=1e-5, value_learning_rate=1e-3))
   assert 5e-4 < split["value"] <= 1.02e-3 and 5e-6 < split["policy"] <= 1.02e-5
-  same, default = largest_moves(learner.LearnerConfig(learning_rate=1e-5))
+  same, default = largest_moves(learner_config(learning_rate=1e-5))
   assert same["value"] <= 1.02e-5
-  _, equal = largest_moves(learner.LearnerConfig(learning_rate=1e-5, value_learning_rate=1e-5))
+  _, equal = largest_moves(learner_config(learning_rate=1e-5, value_learning_rate=1e-5))
   for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(equal)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -219,7 +225,7 @@ def test_non_finite_loss_skips_the_update():
 
 
 def test_several_epochs_move_the_ratio_and_ppo_clips():
-  config = learner.LearnerConfig(learning_rate=3e-2, policy_loss="ppo", epochs=4,
+  config = learner_config(learning_rate=3e-2, policy_loss="ppo", epochs=4,
                                  minibatches=2, clip_norm=10.0)
   graphdef, optimizer, state, _ = _setup(config)
   batch = _batch(graphdef=graphdef, params=state.params)
@@ -285,7 +291,7 @@ def test_two_epochs_move_the_ratio_and_count_clipped_tokens():
   for policy_loss, cap in (("ppo", {"ppo_eps": 0.01}), ("cispo", {"eps_high": 1.001})):
     metrics = {}
     for epochs in (1, 2):
-      config = learner.LearnerConfig(learning_rate=1e-2, policy_loss=policy_loss,
+      config = learner_config(learning_rate=1e-2, policy_loss=policy_loss,
                                      epochs=epochs, clip_norm=10.0, **cap)
       graphdef, optimizer, state, _ = _setup(config)
       batch = _batch(graphdef=graphdef, params=state.params)
@@ -301,7 +307,7 @@ def test_two_epochs_move_the_ratio_and_count_clipped_tokens():
 def test_rows_without_tokens_on_some_devices_change_nothing(aggregation):
   """Global normalisation: 8 rows of which 3 hold no tokens (tree targets leave such rows)
   give the same update on 8 devices, one row each, as on one device."""
-  config = learner.LearnerConfig(learning_rate=1e-2, loss_aggregation=aggregation)
+  config = learner_config(learning_rate=1e-2, loss_aggregation=aggregation)
   sgd = optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.sgd(1.0))
   graphdef, _, state, _ = _setup(config)
   batch = _batch(graphdef=graphdef, params=state.params)
@@ -343,7 +349,7 @@ def test_value_trunk_grad_false_keeps_value_loss_out_of_the_trunk():
   also reaches the shared trunk. Policy and KL gradients are the same either way."""
   graphdef, _, state, _ = _setup()
   batch = _batch(graphdef=graphdef, params=state.params)
-  value_only = lambda detach: learner.LearnerConfig(kl_coef=0.0, value_coef=1.0,
+  value_only = lambda detach: learner_config(kl_coef=0.0, value_coef=1.0,
                                                     value_trunk_grad=not detach)
   grads = lambda config, b: learner.gradients(state.params, graphdef, b, config)[0]
   no_policy = batch.replace(advantages=jnp.zeros_like(batch.advantages))
@@ -359,7 +365,7 @@ def test_value_trunk_grad_false_keeps_value_loss_out_of_the_trunk():
     else:
       assert float(max(trunk)) > 1e-6
   # the policy part of the gradient does not depend on the option
-  policy_only = lambda detach: learner.LearnerConfig(kl_coef=0.05, value_coef=0.0,
+  policy_only = lambda detach: learner_config(kl_coef=0.05, value_coef=0.0,
                                                      value_trunk_grad=not detach)
   for a, b in zip(jax.tree.leaves(grads(policy_only(False), batch)),
                   jax.tree.leaves(grads(policy_only(True), batch))):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from settings_for_tests import learner_config
 from jaxdistill import sampling
 from jaxdistill.models import Qwen2Config, init_model
 from jaxdistill.models.qwen2 import compute_copy
@@ -50,7 +51,8 @@ def test_updates_raise_the_rewarded_behaviour(advantage, dtype):
   model, prompts, lengths = _setup(dtype)
   graphdef, params = nnx.split(model)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))  # master weights
-  config = learner.LearnerConfig(learning_rate=3e-3, decay_steps=1000, clip_norm=1.0)
+  # scored at the temperature _rollout samples at
+  config = learner_config(learning_rate=3e-3, decay_steps=1000, clip_norm=1.0, temperature=1.0)
   optimizer = learner.make_optimizer(config)
   state = learner.init_state(params, optimizer, jax.random.key(0))
   ref_params = jax.tree.map(jnp.copy, params)

@@ -7,13 +7,13 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from settings_for_tests import lm_search_config
 from jaxdistill.models import Qwen2Config, init_model
 from jaxdistill.search import lm_expand, mcts
 
 VOCAB, EOS, STEP_END, PAD = 24, 1, 2, 0
-CONFIG = lm_expand.LMSearchConfig(num_children=3, max_step_tokens=6, max_path_tokens=26,
-                                  temperature=1.0, step_end_id=STEP_END, eos_id=EOS,
-                                  pad_id=PAD)
+CONFIG = lm_search_config(num_children=3, max_step_tokens=6, max_path_tokens=26,
+                          temperature=1.0, step_end_id=STEP_END, eos_id=EOS, pad_id=PAD)
 MODEL = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2)
 

@@ -256,7 +256,7 @@ def test_gumbel_root_selection_matches_mctx():
   np.testing.assert_array_equal(ours.tree.visit_count, theirs.node_visits)
   np.testing.assert_array_equal(ours.tree.children, theirs.children_index)
   # the recommended root action is mctx.gumbel_muzero_policy's rule on the same tree
-  visits = np.asarray(ours.tree.child_visits(jnp.zeros((batch,), jnp.int32)))
+  visits = np.asarray(jax.vmap(lambda tree: tree.child_visits(0))(ours.tree))
   assert (visits[np.arange(batch), ours.path_actions[:, 0]] == visits.max(-1)).all()
   # halving: only `considered` root actions were ever visited
   assert ((visits > 0).sum(-1) <= considered).all()

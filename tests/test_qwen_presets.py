@@ -62,7 +62,7 @@ def test_qwen_preset_in_bf16_moves_its_weights(qwen_checkpoint, tmp_path):
   _, start = nnx.split(model)
   start = jax.tree.map(np.asarray, start)  # train donates the state it is given
   train_split, test_split = countdown.make_splits(0, 300, 8, count=config.task.numbers)
-  summary = train.train(config, model, tokenizer, train_split, test_split, str(tmp_path),
+  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split, test_split, str(tmp_path),
                         mesh=parallel.make_mesh(1))
   assert summary["end_step"] == 3 and summary["last_metrics"]["skipped"] == 0
   moved = total = 0
@@ -90,19 +90,19 @@ def test_qwen_search_steps_end_at_the_step_string(qwen_checkpoint):
   from jaxdistill.rl import rollouts
   from jaxdistill import rewards
   from jaxdistill.tasks import countdown
-  from jaxdistill.train import spec_from_config
+  from jaxdistill import settings
   config = presets.get_config("qwen2.5-0.5b")
   config.search.num_agents, config.search.num_iterations = 2, 2
   config.search.max_step_tokens, config.search.max_path_tokens = 16, 208
   config.search.temperature = 1.5  # a random model: wander, so that some steps do end
   model = from_pretrained(qwen_checkpoint)
   tokenizer = tokenization.load_tokenizer(qwen_checkpoint)
-  spec = spec_from_config(config, tokenizer, model.config.vocab_size)
+  spec = settings.iteration(config, tokenizer, "</step>", model.config.vocab_size)
   problems = countdown.generate(4, seed=5, count=4)
-  tokens, lengths = evaluate.encode_prompts(tokenizer, problems, "chat", 160)
+  tokens, lengths = evaluate.encode_prompts(countdown.Countdown(), tokenizer, problems, "chat", 160)
   assert tokenization.decode(tokenizer, tokens[0][:3]).startswith("<|im_start|>system")
   graphdef, params = nnx.split(model)
-  reward = rewards.countdown_reward_fn(tokenizer, problems)
+  reward = rewards.task_reward_fn(countdown.Countdown(), tokenizer, problems)
   keys = jax.random.split(jax.random.key(0), 4)
   _, out = jax.jit(lambda p, t, l, i, k: rollouts.mcts_distill(
       graphdef, p, t, l, i, k, spec.rollout, spec.search, reward))(

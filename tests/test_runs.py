@@ -125,7 +125,7 @@ def test_non_finite_updates_in_a_row_stop_the_run_resumably(tmp_path):
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
   one = parallel.make_mesh(1)
-  summary = train.train(config, model, tokenizer, train_split, test_split, str(tmp_path),
+  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split, test_split, str(tmp_path),
                         mesh=one)
   # step 1 skipped and checkpointed; step 2 the second in a row: stop, no checkpoint of it
   assert summary["stopped"]["exit_code"] == 1 and summary["stopped"]["step"] == 1
@@ -134,7 +134,7 @@ def test_non_finite_updates_in_a_row_stop_the_run_resumably(tmp_path):
   config.learner.learning_rate = 1e-3  # a rate value shapes nothing: the run resumes
   config.train.num_iterations = 2
   model, _ = main.load_model_and_tokenizer(config, str(tmp_path))
-  summary = train.train(config, model, tokenizer, train_split, test_split, str(tmp_path),
+  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split, test_split, str(tmp_path),
                         mesh=one)
   assert summary["start_step"] == 1 and summary["end_step"] == 2
   assert summary["last_metrics"]["skipped"] == 0

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import jax.numpy as jnp
 
+from settings_for_tests import sft_config
 from jaxdistill import sft, tokenization
 from jaxdistill.models import Qwen2Config, init_model
 from jaxdistill.tasks import countdown
@@ -12,7 +13,7 @@ from jaxdistill.tasks import countdown
 def test_mask_covers_exactly_the_solution_and_eos(tmp_path):
   tokenizer = tokenization.build_char_tokenizer(str(tmp_path / "tok"))
   problems = countdown.generate(5, seed=3)
-  tokens, masks = sft.build_examples(tokenizer, problems, 112)
+  tokens, masks = sft.build_examples(countdown.Countdown(), tokenizer, problems, 112)
   eos = tokenization.special_ids(tokenizer).eos_id
   for row, p in enumerate(problems):
     targets = tokens[row, 1:][masks[row] > 0]
@@ -36,17 +37,17 @@ def _tiny(tmp_path, layers: int):
 def test_warm_start_lowers_the_loss_and_is_reused(tmp_path):
   tokenizer, config = _tiny(tmp_path, layers=2)
   problems = countdown.generate(64, seed=4)
-  settings = sft.SFTConfig(steps=30, batch_size=16, learning_rate=3e-3, sequence_length=112)
-  _, first_loss = sft.train_sft(init_model(config), tokenizer, problems,
-                                sft.SFTConfig(steps=1, batch_size=16, sequence_length=112),
+  settings = sft_config(steps=30, batch_size=16, learning_rate=3e-3, sequence_length=112)
+  _, first_loss = sft.train_sft(init_model(config), tokenizer, countdown.Countdown(), problems,
+                                sft_config(steps=1, batch_size=16, sequence_length=112),
                                 progress=False)
-  model = sft.warm_start(init_model(config), tokenizer, problems, settings,
+  model = sft.warm_start(init_model(config), tokenizer, countdown.Countdown(), problems, settings,
                          str(tmp_path / "ws"), progress=False)
-  _, trained_loss = sft.train_sft(model, tokenizer, problems,
-                                  sft.SFTConfig(steps=1, batch_size=16, learning_rate=0.0,
+  _, trained_loss = sft.train_sft(model, tokenizer, countdown.Countdown(), problems,
+                                  sft_config(steps=1, batch_size=16, learning_rate=0.0,
                                                 sequence_length=112), progress=False)
   assert trained_loss < 0.8 * first_loss
-  again = sft.warm_start(init_model(config, seed=9), tokenizer, problems, settings,
+  again = sft.warm_start(init_model(config, seed=9), tokenizer, countdown.Countdown(), problems, settings,
                          str(tmp_path / "ws"), progress=False)
   tokens = jnp.arange(20, dtype=jnp.int32).reshape(2, 10) % len(tokenizer)
   np.testing.assert_array_equal(np.asarray(again(tokens).logits),
@@ -56,11 +57,11 @@ def test_warm_start_lowers_the_loss_and_is_reused(tmp_path):
 def test_a_cache_made_with_other_settings_is_not_reused(tmp_path, capsys):
   tokenizer, config = _tiny(tmp_path, layers=1)
   problems = countdown.generate(16, seed=4)
-  first = sft.SFTConfig(steps=2, batch_size=4, learning_rate=1e-2, sequence_length=112)
-  a = sft.warm_start(init_model(config), tokenizer, problems, first, str(tmp_path / "ws"),
+  first = sft_config(steps=2, batch_size=4, learning_rate=1e-2, sequence_length=112)
+  a = sft.warm_start(init_model(config), tokenizer, countdown.Countdown(), problems, first, str(tmp_path / "ws"),
                      progress=False)
-  b = sft.warm_start(init_model(config), tokenizer, problems,
-                     sft.SFTConfig(steps=3, batch_size=4, learning_rate=1e-2,
+  b = sft.warm_start(init_model(config), tokenizer, countdown.Countdown(), problems,
+                     sft_config(steps=3, batch_size=4, learning_rate=1e-2,
                                    sequence_length=112), str(tmp_path / "ws"), progress=False)
   assert "other settings" in capsys.readouterr().out
   tokens = jnp.arange(20, dtype=jnp.int32).reshape(2, 10) % len(tokenizer)
@@ -74,6 +75,6 @@ def test_an_example_longer_than_the_sequence_is_refused_not_cut(tmp_path):
   longest = max(len(tokenizer.encode(countdown.compact_prompt(p.numbers, p.target)
                                      + countdown.solution_steps(p.numbers, p.target),
                                      add_special_tokens=False)) + 1 for p in problems)
-  sft.build_examples(tokenizer, problems, longest - 1)  # exactly fits
+  sft.build_examples(countdown.Countdown(), tokenizer, problems, longest - 1)  # exactly fits
   with pytest.raises(ValueError, match=f"sft.sequence_length >= {longest - 1}"):
-    sft.build_examples(tokenizer, problems, longest - 2)
+    sft.build_examples(countdown.Countdown(), tokenizer, problems, longest - 2)

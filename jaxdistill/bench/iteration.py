@@ -71,23 +71,23 @@ def measured_matmul_flops() -> float:
 def time_phases(shapes: str, algo: str, peak: float):
   """Per-phase rows for one method."""
   from jaxdistill import main as entry
-  from jaxdistill import tokenization, train
+  from jaxdistill import settings, tasks, train
   from jaxdistill.evaluate import encode_prompts
   from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
   from jaxdistill.rl import learner, rollouts
   from jaxdistill import rewards
-  from jaxdistill.tasks import countdown
   import tempfile
   config = _config(shapes, algo)
+  task = tasks.from_config(config)
   with tempfile.TemporaryDirectory() as workdir:
     model, tokenizer = entry.load_model_and_tokenizer(config, workdir)
-  problems, _ = countdown.make_splits(0, 512, 16, count=config.task.numbers)
-  spec = train.spec_from_config(config, tokenizer, model.config.vocab_size)
+    problems, _ = task.splits(workdir, 0, 512, 16)
+  spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
   graphdef, params = nnx.split(model)
   optimizer = learner.make_optimizer(spec.learner)
   state = learner.init_state(params, optimizer, jax.random.PRNGKey(0))
   ref_params = compute_copy(params, spec.compute_dtype)
-  reward_fn = rewards.countdown_reward_fn(tokenizer, problems, dense=True)
+  reward_fn = rewards.task_reward_fn(task, tokenizer, problems, dense=True)
   args = lambda p, t, l, ids, keys: (graphdef, p, t, l, ids, keys, spec.rollout)
   if algo == "mcts_distill":
     produce = lambda *a: rollouts.mcts_distill(*args(*a), spec.search, reward_fn)[0]
@@ -108,8 +108,8 @@ def time_phases(shapes: str, algo: str, peak: float):
   generated, first = [], {}
   for step in range(FLAGS.iterations + 1):
     ids = [(step * prompts + i) % len(problems) for i in range(prompts)]
-    tokens, lengths = encode_prompts(tokenizer, [problems[i] for i in ids], config.task.prompt,
-                                     config.task.prompt_width)
+    tokens, lengths = encode_prompts(task, tokenizer, [problems[i] for i in ids],
+                                     config.task.prompt, config.task.prompt_width)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(step), i))(jnp.arange(prompts))
     times = {}
     start = time.perf_counter()

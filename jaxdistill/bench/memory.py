@@ -64,24 +64,19 @@ def update_memory(config, algo: str, logit_chunk: int, devices: int,
   """One row: the compiled update's memory for the preset's per-device learner batch."""
   import dataclasses
 
+  from jaxdistill import settings
   from jaxdistill.models.qwen2 import ARCHITECTURES
   from jaxdistill.rl import learner, rollouts
-  from jaxdistill.train import learner_config_from
   config = config.copy_and_resolve_references()
   config.algo = algo
   arch = ARCHITECTURES[config.preset]
-  learner_config = dataclasses.replace(learner_config_from(config), logit_chunk=logit_chunk)
+  spec = settings.iteration(config)  # shapes only: no tokenizer needed
+  learner_config = dataclasses.replace(spec.learner, logit_chunk=logit_chunk)
   if remat is not None:
     learner_config = dataclasses.replace(learner_config, remat=remat)
   prompts = config.train.prompts_per_iteration // devices
-  s = config.search
-  search = rollouts.SearchSettings(
-      lm=_lm_shapes(config), num_iterations=s.num_iterations, num_agents=s.num_agents,
-      targets=s.targets, tree_rows=s.tree_rows) if algo == "mcts_distill" else None
-  rollout = rollouts.RolloutConfig(max_completion_tokens=config.rollout.max_completion_tokens,
-                                   group_size=config.rollout.group_size,
-                                   best_of=config.rollout.best_of)
-  rows, width = rollouts.learner_shape(algo, prompts, config.task.prompt_width, rollout, search)
+  rows, width = rollouts.learner_shape(algo, prompts, config.task.prompt_width, spec.rollout,
+                                       spec.search)
   graphdef, optimizer, state = abstract_state(arch, config, learner_config)
   f32 = lambda: jax.ShapeDtypeStruct((rows, width - 1), jnp.float32)
   batch = learner.LearnerBatch(
@@ -106,16 +101,6 @@ def update_memory(config, algo: str, logit_chunk: int, devices: int,
           "temp_gb": memory.temp_size_in_bytes / GB, "peak_gb": peak / GB,
           "logits_fp32_gb": rows * (width - 1) * arch.vocab_size * 4 / GB,
           "compile_s": seconds}
-
-
-def _lm_shapes(config):
-  """The search's LM settings as far as the learner batch's shape depends on them."""
-  from jaxdistill.search import lm_expand
-  s = config.search
-  return lm_expand.LMSearchConfig(
-      num_children=s.num_children, max_step_tokens=s.max_step_tokens,
-      max_path_tokens=s.max_path_tokens, rollout_to_end=s.rollout_to_end,
-      max_rollout_tokens=s.max_rollout_tokens or config.rollout.max_completion_tokens)
 
 
 def main(argv):

@@ -8,9 +8,6 @@ line (--config.search.num_agents=8); unknown fields are errors.
 
 import ml_collections
 
-PRESETS = ("tiny", "smoke", "medium", "qwen2.5-0.5b", "qwen2.5-1.5b")
-
-
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
   """`path.to.field=value` strings (as after --config.) applied to `config` in place, the value
   cast to the field's type (booleans from true/false/1/0). Unknown fields are errors."""
@@ -30,13 +27,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
   return config
 
 
-def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
-  """The config of one preset."""
-  preset = preset or "tiny"
-  if preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+def base() -> ml_collections.ConfigDict:
+  """Every setting, at the values of the `tiny` preset (the other presets change some)."""
   c = ml_collections.ConfigDict()
-  c.preset = preset
+  c.preset = "tiny"
   c.seed = 0
   c.algo = "mcts_distill"  # mcts_distill | cispo | best_of_n
   # persistent compilation cache: '' -> $XDG_CACHE_HOME (or ~/.cache)/jaxdistill/xla,
@@ -70,6 +64,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.sft.cache_dir = ""  # '' -> WORKDIR/warm_start; runs may share one base model
 
   c.task = ml_collections.ConfigDict()
+  c.task.name = "countdown"  # a key of jaxdistill.tasks.TASKS
   c.task.data_seed = 0
   c.task.train_size = 20_000
   c.task.test_size = 820
@@ -178,40 +173,67 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.eval.split = "test"  # --mode eval: test | validation
   c.eval.at_start = True
   c.eval.test_time_search = False  # --mode eval: answer by search (budget: the search section)
+  return c
 
-  if preset == "smoke":
-    c.sft.steps, c.sft.batch_size = 10, 16
-    c.task.train_size, c.task.test_size = 2_000, 64
-    c.search.num_agents, c.search.num_iterations = 2, 2
-    c.search.max_step_tokens, c.search.max_path_tokens = 16, 80
-    c.rollout.max_completion_tokens = 48
-    c.train.num_iterations, c.train.checkpoint_every = 2, 1
-    c.eval.k, c.eval.num_problems, c.eval.max_new_tokens, c.eval.batch_size = 4, 32, 48, 128
-    c.eval.every = 2
-  if preset == "medium":
-    # for one accelerator: 4 numbers per problem (the reference's task) and a model 4x wider
-    # than tiny (hidden 512, about 14M parameters), which a 2-core CPU cannot train in
-    # minutes. Shapes hold every 4-number problem: prompts <= 37 tokens, a step line <= 24,
-    # prompt + solution + EOS <= 113 (tests/test_validation.py checks them against the data)
-    m = c.model
-    m.hidden_size, m.intermediate_size, m.num_attention_heads = 512, 1536, 8
-    c.task.numbers, c.task.prompt_width = 4, 40
-    c.sft.sequence_length, c.sft.learning_rate = 116, 1e-3
-    c.search.max_step_tokens, c.search.max_path_tokens = 28, 136
-    c.rollout.max_completion_tokens = 96
-    c.eval.max_new_tokens = 96
-  if preset.startswith("qwen"):
-    c.sft.steps = 0  # the instruct model is the base
-    c.model.dtype = "bfloat16"
-    c.task.numbers = 4
-    c.task.prompt, c.task.prompt_width = "chat", 256
-    c.search.max_step_tokens, c.search.max_path_tokens = 64, 512
-    c.search.num_agents, c.search.num_iterations = 16, 100
-    c.reward.dense = True  # the reference's training reward
-    c.rollout.max_completion_tokens = 256
-    c.learner.learning_rate, c.learner.decay_steps = 5e-6, 2048
-    c.learner.remat = True  # without it 32 x 768 tokens of 0.5B keep ~120 GB (bench.memory)
-    c.train.num_iterations, c.train.prompts_per_iteration = 2048, 32
-    c.train.checkpoint_every = 48
-    c.eval.max_new_tokens, c.eval.every, c.eval.batch_size = 512, 48, 256
+
+def tiny(c: ml_collections.ConfigDict) -> None:
+  """The default: 3-number Countdown for a ~1M-parameter model on a laptop CPU."""
+  del c
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
+  """The tiny model on a budget of about a minute, for tests and first checks."""
+  c.sft.steps, c.sft.batch_size = 10, 16
+  c.task.train_size, c.task.test_size = 2_000, 64
+  c.search.num_agents, c.search.num_iterations = 2, 2
+  c.search.max_step_tokens, c.search.max_path_tokens = 16, 80
+  c.rollout.max_completion_tokens = 48
+  c.train.num_iterations, c.train.checkpoint_every = 2, 1
+  c.eval.k, c.eval.num_problems, c.eval.max_new_tokens, c.eval.batch_size = 4, 32, 48, 128
+  c.eval.every = 2
+
+
+def medium(c: ml_collections.ConfigDict) -> None:
+  """For one accelerator: 4 numbers per problem (the reference's task) and a model 4x wider
+  than tiny (hidden 512, about 14M parameters), which a 2-core CPU cannot train in minutes.
+  Shapes hold every 4-number problem: prompts <= 37 tokens, a step line <= 24, prompt +
+  solution + EOS <= 113 (tests/test_validation.py checks them against the data)."""
+  m = c.model
+  m.hidden_size, m.intermediate_size, m.num_attention_heads = 512, 1536, 8
+  c.task.numbers, c.task.prompt_width = 4, 40
+  c.sft.sequence_length, c.sft.learning_rate = 116, 1e-3
+  c.search.max_step_tokens, c.search.max_path_tokens = 28, 136
+  c.rollout.max_completion_tokens = 96
+  c.eval.max_new_tokens = 96
+
+
+def qwen(c: ml_collections.ConfigDict) -> None:
+  """The reference's settings (DESIGN §7) for a Qwen2.5 instruct model from --config.model.path."""
+  c.sft.steps = 0  # the instruct model is the base
+  c.model.dtype = "bfloat16"
+  c.task.numbers = 4
+  c.task.prompt, c.task.prompt_width = "chat", 256
+  c.search.max_step_tokens, c.search.max_path_tokens = 64, 512
+  c.search.num_agents, c.search.num_iterations = 16, 100
+  c.reward.dense = True  # the reference's training reward
+  c.rollout.max_completion_tokens = 256
+  c.learner.learning_rate, c.learner.decay_steps = 5e-6, 2048
+  c.learner.remat = True  # without it 32 x 768 tokens of 0.5B keep ~120 GB (bench.memory)
+  c.train.num_iterations, c.train.prompts_per_iteration = 2048, 32
+  c.train.checkpoint_every = 48
+  c.eval.max_new_tokens, c.eval.every, c.eval.batch_size = 512, 48, 256
+
+
+PRESETS = {"tiny": tiny, "smoke": smoke, "medium": medium, "qwen2.5-0.5b": qwen,
+           "qwen2.5-1.5b": qwen}
+
+
+def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
+  """The config of one preset: `base()` changed by the preset's function."""
+  preset = preset or "tiny"
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+  c = base()
+  c.preset = preset
+  PRESETS[preset](c)
   return c

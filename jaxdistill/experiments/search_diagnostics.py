@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import tempfile
 
 import numpy as np
 from absl import app, flags
@@ -41,27 +42,26 @@ def define_flags():
 FLAGS = flags.FLAGS
 
 
-def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) -> dict:
+def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int = 0) -> dict:
   """The numbers of the module docstring for `problems` under `config`."""
   import jax
   from flax import nnx
 
   from jaxdistill import evaluate as evaluation
   from jaxdistill.rl import rollouts
-  from jaxdistill import rewards
-  from jaxdistill.train import spec_from_config
+  from jaxdistill import rewards, settings
   config.algo = "mcts_distill"
-  spec = spec_from_config(config, tokenizer, model.config.vocab_size)
+  spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
   graphdef, params = nnx.split(model)
-  sparse = rewards.countdown_reward_fn(tokenizer, problems, dense=False)
-  dense = rewards.countdown_reward_fn(tokenizer, problems, dense=config.reward.dense)
+  sparse = rewards.task_reward_fn(task, tokenizer, problems, dense=False)
+  dense = rewards.task_reward_fn(task, tokenizer, problems, dense=config.reward.dense)
   search = jax.jit(lambda p, t, l, i, k: rollouts.mcts_distill(
       graphdef, p, t, l, i, k, spec.rollout, spec.search, dense))
   plain_config = dataclasses.replace(spec.rollout, group_size=samples)
   sample = jax.jit(lambda p, t, l, i, k: rollouts.cispo(
       graphdef, p, t, l, i, k, plain_config, sparse))
   batch = 8
-  tokens, lengths = evaluation.encode_prompts(tokenizer, problems, config.task.prompt,
+  tokens, lengths = evaluation.encode_prompts(task, tokenizer, problems, config.task.prompt,
                                               config.task.prompt_width)
   totals = {"path_solved": [], "tree_solved": [], "sample_solved": [], "sample_pass": [],
             "distinct": [], "search_tokens": 0, "sample_tokens": 0}
@@ -106,20 +106,21 @@ def diagnose(config, model, tokenizer, problems, samples: int, seed: int = 0) ->
 
 
 def load(preset: str, overrides: list[str], model_dir: str, problems: int, run: str = ""):
-  """(config, model, tokenizer, the first `problems` train problems) for an experiment on a
+  """(config, task, model, tokenizer, the first `problems` train problems) for an experiment on a
   saved model (run: a training workdir whose latest checkpoint's params to use)."""
-  from jaxdistill import checkpointing, tokenization
+  from jaxdistill import checkpointing, tasks, tokenization
   from jaxdistill.configs import countdown as presets
   from jaxdistill.models import from_pretrained
-  from jaxdistill.tasks import countdown
   config = presets.apply_overrides(presets.get_config(preset), overrides)
   model = from_pretrained(model_dir)
   if run:
     model = checkpointing.latest_model(model, run)
   tokenizer = tokenization.load_tokenizer(model_dir)
-  train, _ = countdown.make_splits(config.task.data_seed, config.task.train_size,
-                                   config.task.test_size, count=config.task.numbers)
-  return config, model, tokenizer, train[:problems]
+  task = tasks.from_config(config)
+  with tempfile.TemporaryDirectory() as directory:  # the run's splits, regenerated
+    train, _ = task.splits(directory, config.task.data_seed, config.task.train_size,
+                           config.task.test_size)
+  return config, task, model, tokenizer, train[:problems]
 
 
 def write_result(path: str, result: dict) -> None:
@@ -132,9 +133,9 @@ def write_result(path: str, result: dict) -> None:
 def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
-  config, model, tokenizer, problems = load(FLAGS.preset, FLAGS.set, FLAGS.model,
+  config, task, model, tokenizer, problems = load(FLAGS.preset, FLAGS.set, FLAGS.model,
                                             FLAGS.problems)
-  result = diagnose(config, model, tokenizer, problems, FLAGS.samples)
+  result = diagnose(config, task, model, tokenizer, problems, FLAGS.samples)
   result["overrides"] = FLAGS.set
   print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in result.items()))

@@ -29,7 +29,7 @@ def method_grids(methods, learning_rates, per_method) -> dict[str, list[str]]:
       values = [float(r) for r in rates]
     except ValueError:
       values = []
-    # `v > 0` is False for nan, which `min(values) <= 0` let through; inf is refused too
+    # `v > 0` is False for nan, so nan is refused with the non-positive rates; inf too
     if (not values or not all(v > 0 and math.isfinite(v) for v in values)
         or len(set(values)) != len(values)):
       raise app.UsageError(f"--method_learning_rates={entry}: give distinct positive rates")

@@ -226,7 +226,7 @@ def fit_trunk(model, states: States, train, select_weight, steps: int, learning_
   return values_at(best, np.ones(len(states.reward), bool))
 
 
-def collect_states(config, model, tokenizer, problems, samples: int, max_states: int,
+def collect_states(config, task, model, tokenizer, problems, samples: int, max_states: int,
                    seed: int = 0) -> States:
   """Sample `samples` completions per problem and read the states of the module docstring."""
   import jax
@@ -235,12 +235,12 @@ def collect_states(config, model, tokenizer, problems, samples: int, max_states:
   from jaxdistill import evaluate as evaluation
   from jaxdistill import rewards
   from jaxdistill.rl import rollouts
-  from jaxdistill.train import spec_from_config
+  from jaxdistill import settings
   config.algo = "cispo"
-  spec = spec_from_config(config, tokenizer, model.config.vocab_size)
+  spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
   rollout = dataclasses.replace(spec.rollout, group_size=samples)
   graphdef, params = nnx.split(model)
-  reward_fn = rewards.countdown_reward_fn(tokenizer, problems, dense=False)
+  reward_fn = rewards.task_reward_fn(task, tokenizer, problems, dense=False)
   sample = jax.jit(lambda p, t, l, i, k: rollouts.cispo(graphdef, p, t, l, i, k, rollout,
                                                         reward_fn))
 
@@ -249,7 +249,7 @@ def collect_states(config, model, tokenizer, problems, samples: int, max_states:
     out = nnx.merge(graphdef, p)(tokens)
     return out.hidden, out.values
 
-  tokens, lengths = evaluation.encode_prompts(tokenizer, problems, config.task.prompt,
+  tokens, lengths = evaluation.encode_prompts(task, tokenizer, problems, config.task.prompt,
                                               config.task.prompt_width)
   batch = max(1, min(len(problems), 256 // samples))
   parts = {k: [] for k in ("features", "head", "reward", "completion", "problem", "bucket",
@@ -358,9 +358,9 @@ def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
   from jaxdistill.experiments import search_diagnostics
-  config, model, tokenizer, problems = search_diagnostics.load(
+  config, task, model, tokenizer, problems = search_diagnostics.load(
       FLAGS.preset, FLAGS.set, FLAGS.model, FLAGS.problems, FLAGS.run)
-  states = collect_states(config, model, tokenizer, problems, FLAGS.samples, FLAGS.states,
+  states = collect_states(config, task, model, tokenizer, problems, FLAGS.samples, FLAGS.states,
                           FLAGS.seed)
   result = probe(states, model.config.hidden_size, model.config.value_hidden_multiplier,
                  FLAGS.mlp_steps, FLAGS.seed, model, FLAGS.trunk_steps, FLAGS.trunk_lr)

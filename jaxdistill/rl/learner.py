@@ -28,35 +28,35 @@ from jaxdistill.rl import losses
 
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
-  """Hyper-parameters of the update (DESIGN §5 defaults)."""
+  """Hyper-parameters of the update (built from the run config by `settings.learner`)."""
 
-  policy_loss: str = "cispo"  # cispo | ppo
-  eps_high: float = 5.0  # CISPO weight cap
-  ppo_eps: float = 0.2
-  ppo_eps_high: float = 0.0  # PPO's upper clip (clip-higher); 0: ppo_eps
-  dual_clip: float = 0.0  # PPO dual clip c > 1 for negative advantages; 0: off
-  loss_aggregation: str = "sequence"  # sequence | token (see losses.token_weights)
+  policy_loss: str  # cispo | ppo
+  eps_high: float  # CISPO weight cap
+  ppo_eps: float
+  ppo_eps_high: float  # PPO's upper clip (clip-higher); 0: ppo_eps
+  dual_clip: float  # PPO dual clip c > 1 for negative advantages; 0: off
+  loss_aggregation: str  # sequence | token (see losses.token_weights)
   # the temperature the behaviour policy sampled at; the learner scores at it too
-  temperature: float = 1.0
-  logit_chunk: int = 1024  # positions whose [*, V] logits exist at once (0: all)
-  remat: bool = False  # recompute each layer in the backward pass (Qwen2Model remat)
-  value_coef: float = 1.0
+  temperature: float
+  logit_chunk: int  # positions whose [*, V] logits exist at once (0: all)
+  remat: bool  # recompute each layer in the backward pass (Qwen2Model remat)
+  value_coef: float
   # False: the value loss trains the value head only (stop-gradient on the trunk's hidden
   # state), so value regression cannot move the policy's features
-  value_trunk_grad: bool = True
-  kl_coef: float = 0.05
-  learning_rate: float = 5e-6
+  value_trunk_grad: bool
+  kl_coef: float
+  learning_rate: float
   # the value head's own rate (0: learning_rate). A rate small enough to keep the policy
   # from collapsing barely moves a freshly initialised head (Adam moves each weight by about
   # the rate per update), so its values stay near their start and guide nothing
-  value_learning_rate: float = 0.0
-  end_learning_rate: float = 0.0
-  warmup_steps: int = 0
-  decay_steps: int = 2048  # linear decay to end_learning_rate over this many updates
-  weight_decay: float = 0.0
-  clip_norm: float = 0.1
-  epochs: int = 1
-  minibatches: int = 1
+  value_learning_rate: float
+  end_learning_rate: float
+  warmup_steps: int
+  decay_steps: int  # linear decay to end_learning_rate over this many updates
+  weight_decay: float
+  clip_norm: float
+  epochs: int
+  minibatches: int
 
 
 @chex.dataclass(frozen=True)

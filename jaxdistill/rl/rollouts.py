@@ -43,13 +43,13 @@ class Trajectories:
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-  """Static settings shared by the producers."""
+  """Static settings shared by the producers (built by `settings.rollout`)."""
 
-  max_completion_tokens: int = 128
-  temperature: float = 0.8
-  top_p: float = 1.0
-  group_size: int = 16  # cispo samples per prompt
-  best_of: int = 64  # best_of_n samples per prompt
+  max_completion_tokens: int
+  temperature: float
+  top_p: float
+  group_size: int  # cispo samples per prompt
+  best_of: int  # best_of_n samples per prompt
   eos_id: int = 1
   pad_id: int = 0
 
@@ -78,8 +78,7 @@ def _group_samples(model, prompt_tokens, prompt_lengths, problems, keys, config,
   """`samples` completions of every prompt, with rewards: rows [B * samples]. Each prompt is
   prefilled once; its samples share that KV cache."""
   repeat = lambda x: jnp.repeat(x, samples, axis=0)
-  row_keys = jax.vmap(lambda k: jax.random.split(k, samples))(keys)
-  row_keys = row_keys.reshape((-1,) + row_keys.shape[2:])  # typed or raw keys
+  row_keys = sampling.split_per_row(keys, samples)
   out = sampling.sample_continuations(
       model, prompt_tokens, prompt_lengths, row_keys, samples=samples,
       max_new_tokens=config.max_completion_tokens, temperature=temperature, top_p=config.top_p,
@@ -121,22 +120,22 @@ def best_of_n(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
 
 @dataclasses.dataclass(frozen=True)
 class SearchSettings:
-  """Static search settings for mcts_distill."""
+  """Static search settings for mcts_distill (built by `settings.search`)."""
 
   lm: lm_expand.LMSearchConfig
-  num_iterations: int = 100
-  num_agents: int = 16
-  c_puct: float = 0.5
-  first_play_value: float = 0.0
-  virtual_loss: str = "visit"
-  root_selection: str = "puct"
+  num_iterations: int
+  num_agents: int
+  c_puct: float
+  first_play_value: float
+  virtual_loss: str
+  root_selection: str
   # path: the most-visited path | tree: the tree's trajectories | visits: AlphaZero's visit
   # distributions over the candidate steps of the path's nodes
-  targets: str = "path"
+  targets: str
   # tree / visits targets: learner rows per prompt (static; unused rows masked); visits:
   # tree_rows // K nodes of the path, K candidate rows each
-  tree_rows: int = 16
-  step_advantage: bool = True  # tree targets: add step-level advantages to the global ones
+  tree_rows: int
+  step_advantage: bool  # tree targets: add step-level advantages to the global ones
 
 
 def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,

@@ -44,11 +44,7 @@ def considered_visit_table(max_considered: int, num_simulations: int) -> np.ndar
 def completed_qvalues(tree: Tree, node, *, value_scale: float = 0.1,
                       maxvisit_init: float = 50.0, epsilon: float = 1e-8):
   """sigma(completed, rescaled Q) [K] of the children of `node`."""
-  children = tree.children[node]
-  child = jnp.maximum(children, 0)
-  visits = jnp.where(children >= 0, tree.visit_count[child], 0)
-  mean = jnp.where(visits > 0, tree.value_sum[child] / jnp.maximum(visits, 1), 0.0)
-  q = jnp.where(children >= 0, tree.reward[child] + tree.discount[child] * mean, 0.0)
+  visits, q = tree.child_visits(node), tree.qvalues(node)
   prior = jnp.maximum(jnp.finfo(jnp.float32).tiny, jax.nn.softmax(tree.prior_logits[node]))
   seen = visits > 0
   total = visits.sum()
@@ -70,9 +66,7 @@ def score_considered(considered_visit, gumbel, logits, qvalues, visits):
 
 def root_scores(tree: Tree, gumbel, table, num_considered: int):
   """Scores [K] at the root for the next simulation (pending agents count as visits)."""
-  children = tree.children[ROOT]
-  child = jnp.maximum(children, 0)
-  visits = jnp.where(children >= 0, tree.visit_count[child] + tree.pending[child], 0)
+  visits = tree.child_visits(ROOT, pending=True)
   simulation = jnp.minimum(visits.sum(), table.shape[1] - 1)
   considered = jnp.asarray(table)[num_considered, simulation]
   return score_considered(considered, gumbel, tree.prior_logits[ROOT],
@@ -81,8 +75,7 @@ def root_scores(tree: Tree, gumbel, table, num_considered: int):
 
 def root_action(tree: Tree, gumbel):
   """The action Gumbel search recommends at the root (among the most-visited considered)."""
-  children = tree.children[ROOT]
-  visits = jnp.where(children >= 0, tree.visit_count[jnp.maximum(children, 0)], 0)
+  visits = tree.child_visits(ROOT)
   scores = score_considered(visits.max(), gumbel, tree.prior_logits[ROOT],
                             completed_qvalues(tree, ROOT), visits)
   return jnp.argmax(scores).astype(jnp.int32)

@@ -61,17 +61,18 @@ class NodeState:
 
 @dataclasses.dataclass(frozen=True)
 class LMSearchConfig:
-  """Static settings of the LM expansion."""
+  """Static settings of the LM expansion (built by `settings.search`; the token ids and the
+  step end come from the tokenizer and the task)."""
 
-  num_children: int = 4  # K
-  max_step_tokens: int = 64  # L
-  max_path_tokens: int = 512  # P: prompt + steps
-  temperature: float = 0.8
-  length_normalized_prior: bool = False
-  dedup_children: bool = False
-  rollout_to_end: bool = False
-  max_rollout_tokens: int = 0  # R: rollout length cap (rollout_to_end)
-  branch_at: str = "step"  # step: candidates end at a step end | entropy (rollout_to_end)
+  num_children: int  # K
+  max_step_tokens: int  # L
+  max_path_tokens: int  # P: prompt + steps
+  temperature: float
+  length_normalized_prior: bool
+  dedup_children: bool
+  rollout_to_end: bool
+  max_rollout_tokens: int  # R: rollout length cap (rollout_to_end)
+  branch_at: str  # step: candidates end at a step end | entropy (rollout_to_end)
   step_end_id: int = 0  # a step-end token id, used when no step_end string is given
   eos_id: int = 1
   pad_id: int = 0
@@ -99,8 +100,7 @@ def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, r
   """Value, prior logits and K candidates of each row's path (terminal rows: the reward)."""
   rows = state.path_tokens.shape[0]
   k, steps = config.num_children, config.max_step_tokens
-  row_keys = jax.vmap(lambda key: jax.random.split(key, k))(keys)
-  row_keys = row_keys.reshape((rows * k,) + row_keys.shape[2:])  # typed or raw keys
+  row_keys = sampling.split_per_row(keys, k)
   rollout = config.rollout_to_end
   if config.branch_at not in ("step", "entropy"):
     raise ValueError(f"branch_at must be 'step' or 'entropy', got {config.branch_at!r}")

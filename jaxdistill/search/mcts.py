@@ -98,7 +98,7 @@ def most_visited_path(tree: Tree, max_length: int, root_actions=None):
     def step(carry, _):
       node, alive = carry
       children = tree.children[node]
-      visits = jnp.where(children >= 0, tree.visit_count[jnp.maximum(children, 0)], 0)
+      visits = tree.child_visits(node)
       action = jnp.argmax(visits).astype(jnp.int32)
       if root_action is not None:
         action = jnp.where(node == ROOT, root_action, action)

@@ -25,20 +25,16 @@ VIRTUAL_LOSS_KINDS = ("visit", "value")
 def edge_scores(tree: Tree, node, *, c_puct: float, first_play_value: float,
                 virtual_loss: str = "visit", virtual_loss_value: float = 1.0):
   """pUCT scores [K] of the edges of `node`."""
-  children = tree.children[node]  # [K]
-  taken = children >= 0
-  child = jnp.maximum(children, 0)
-  visits = jnp.where(taken, tree.visit_count[child], 0)
-  pending = jnp.where(taken, tree.pending[child], 0)
-  value_sum = jnp.where(taken, tree.value_sum[child], 0.0)
-  if virtual_loss == "value":
-    value_sum = value_sum - virtual_loss_value * pending
-    mean = value_sum / jnp.maximum(visits + pending, 1)
+  visits, pending = tree.child_visits(node), tree.child_pending(node)  # [K]
+  if virtual_loss == "value":  # agents in flight count as visits that returned a loss
+    children = tree.children[node]
+    child = jnp.maximum(children, 0)
+    value_sum = jnp.where(children >= 0, tree.value_sum[child], 0.0)
+    mean = (value_sum - virtual_loss_value * pending) / jnp.maximum(visits + pending, 1)
+    q = tree.reward[child] + tree.discount[child] * mean
     seen = visits + pending > 0
   else:
-    mean = value_sum / jnp.maximum(visits, 1)
-    seen = visits > 0
-  q = tree.reward[child] + tree.discount[child] * mean
+    q, seen = tree.qvalues(node), visits > 0
   q = jnp.where(seen, q, first_play_value)
   parent_visits = (tree.visit_count[node] + tree.pending[node]).astype(jnp.float32)
   logits = tree.prior_logits[node]

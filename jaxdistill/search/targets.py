@@ -38,12 +38,6 @@ class TreeRows:
   tree: jax.Array  # [M] int32 index of the row's tree
 
 
-def mean_values(tree: Tree):
-  """V(n) = value_sum / visits [B, N] (the node's own value before any visit)."""
-  return jnp.where(tree.visit_count > 0, tree.value_sum / jnp.maximum(tree.visit_count, 1),
-                   tree.raw_value)
-
-
 def tree_rows(tree: Tree, max_rows: int, rollout_to_end: bool, pad_id: int) -> TreeRows:
   """The trajectories of each tree (see the module docstring)."""
   emb = tree.embeddings
@@ -108,7 +102,7 @@ def step_advantages(tree: Tree, rows: TreeRows):
   Token t of a row lies on the step into some ancestor c of the row's node (the step's
   span is [path_length(parent c), path_length(c))) and gets V(c) - V(parent c); tokens
   after the node's own path (its rollout) get R - V(node); the prompt gets 0."""
-  values = mean_values(tree)  # [B, N]
+  values = tree.node_values()  # [B, N]
   emb = tree.embeddings
   capacity = tree.parent.shape[1]
   tree_index = rows.tree
@@ -194,7 +188,7 @@ def visit_rows(out, config: lm_expand.LMSearchConfig, depths: int):
         logprobs.reshape(batch * depths, k)).reshape(batch, depths, k)
   policy = jax.nn.softmax(logprobs, axis=-1)
   valid = used[..., None] & jnp.isfinite(logprobs)  # [B, D, K]
-  values = mean_values(tree)
+  values = tree.node_values()  # [B, N]
   children = tree.children[rows, nodes]  # [B, D, K]
   visited = children >= 0
   child_value = values[rows[..., None], jnp.maximum(children, 0)]

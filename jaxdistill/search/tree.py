@@ -74,12 +74,36 @@ class Tree:
   def num_actions(self) -> int:
     return self.children.shape[-1]
 
-  def child_visits(self, node):
-    """Visit counts [B, K] of the children of node ids [B] (0 for untaken edges)."""
-    rows = jnp.arange(self.batch_size)
-    children = self.children[rows, node]
-    visits = self.visit_count[rows[:, None], jnp.maximum(children, 0)]
+  # The methods below read one tree (fields [N, ...]): the search kernels are written for one
+  # tree and vmapped, as in mctx; batched callers vmap them too.
+
+  def child_visits(self, node, pending: bool = False):
+    """Visit counts [K] of the children of `node` (0 for untaken edges); with pending, the
+    agents still in flight through a child count as its visits."""
+    children = self.children[node]
+    child = jnp.maximum(children, 0)
+    visits = self.visit_count[child] + (self.pending[child] if pending else 0)
     return jnp.where(children >= 0, visits, 0)
+
+  def child_pending(self, node):
+    """Virtual visits [K] of agents in flight through each child of `node` (0 untaken)."""
+    children = self.children[node]
+    return jnp.where(children >= 0, self.pending[jnp.maximum(children, 0)], 0)
+
+  def qvalues(self, node):
+    """Q [K] of the edges of `node`: the edge's reward plus the discounted mean backed-up
+    value of its child; 0 for children without a completed visit."""
+    children = self.children[node]
+    child = jnp.maximum(children, 0)
+    visits = self.child_visits(node)
+    mean = self.value_sum[child] / jnp.maximum(visits, 1)
+    return jnp.where(visits > 0, self.reward[child] + self.discount[child] * mean, 0.0)
+
+  def node_values(self):
+    """V [N] of every node: its mean backed-up value, or its own evaluation before any
+    visit."""
+    return jnp.where(self.visit_count > 0, self.value_sum / jnp.maximum(self.visit_count, 1),
+                     self.raw_value)
 
 
 def init_tree(root: RootOutput, capacity: int) -> Tree:

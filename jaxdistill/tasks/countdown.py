@@ -17,6 +17,7 @@ import random
 from fractions import Fraction
 from typing import Iterable, Sequence
 
+from jaxdistill.tasks.base import Task
 from jaxdistill.tasks.expression import ExpressionError, evaluate_postfix, to_postfix, tokenize
 from jaxdistill.tasks.format import ASSISTANT, USER
 
@@ -41,6 +42,36 @@ class Problem:
 
   def to_json(self) -> str:
     return json.dumps({"numbers": list(self.numbers), "target": self.target})
+
+
+@dataclasses.dataclass(frozen=True)
+class Countdown(Task):
+  """Countdown as the engine's Task: `numbers` numbers in [1, 13] per problem. Compared and
+  hashed by value, so compiled programs keyed on a task are shared by equal ones."""
+
+  name = "countdown"
+  numbers: int = 4
+
+  @classmethod
+  def from_config(cls, section):
+    return cls(numbers=section.numbers)
+
+  def splits(self, directory, seed, train_size, test_size):
+    return cached_splits(directory, seed, train_size, test_size, self.numbers)
+
+  def prompt(self, problem, tokenizer, style):
+    if style == "chat":
+      return chat_prompt(tokenizer, problem.numbers, problem.target)
+    return compact_prompt(problem.numbers, problem.target)
+
+  def reward(self, completion, problem, dense):
+    return reward(completion, problem.numbers, problem.target, dense=dense)
+
+  def demonstration(self, problem):
+    return solution_steps(problem.numbers, problem.target)
+
+  def describe(self, problem):
+    return {"numbers": list(problem.numbers), "target": problem.target}
 
 
 # ----------------------------------------------------------------------------- generator

@@ -1,0 +1,119 @@
+"""The one source of settings: the run's ConfigDict (`jaxdistill/configs/`) turned into the
+frozen dataclasses each layer takes. Those dataclasses have no defaults for what the config
+sets, so a value lives in one place (the config file and its presets) and a layer that is
+handed settings cannot silently run on values of its own.
+
+Token ids and the step delimiter are not settings: they come from the tokenizer and the task
+(`iteration` reads them; the others take them as arguments)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxdistill import stopping, tokenization
+from jaxdistill.evaluate import EvalConfig
+from jaxdistill.rl import learner as learner_lib
+from jaxdistill.rl import rollouts
+from jaxdistill.search import lm_expand
+from jaxdistill.sft import SFTConfig
+
+METHODS = ("mcts_distill", "cispo", "best_of_n")
+
+
+@dataclasses.dataclass(frozen=True)
+class IterationSpec:
+  """Everything static about one training iteration."""
+
+  method: str
+  rollout: rollouts.RolloutConfig
+  search: rollouts.SearchSettings | None
+  learner: learner_lib.LearnerConfig
+  advantage: str
+  compute_dtype: str  # the dtype sampling and search compute in
+
+
+def learner(config) -> learner_lib.LearnerConfig:
+  """The update's settings (no tokenizer needed)."""
+  r, s, l = config.rollout, config.search, config.learner
+  # the learner scores tokens at the temperature they were sampled at (visit targets: at
+  # the prior's, temperature 1, against the current policy)
+  if config.algo != "mcts_distill":
+    temperature = r.temperature
+  else:
+    temperature = 1.0 if s.targets == "visits" else s.temperature
+  return learner_lib.LearnerConfig(
+      temperature=temperature, logit_chunk=l.logit_chunk, remat=l.remat,
+      loss_aggregation=l.loss_aggregation, ppo_eps_high=l.ppo_eps_high,
+      dual_clip=l.dual_clip,
+      policy_loss=l.policy_loss, eps_high=l.eps_high, ppo_eps=l.ppo_eps,
+      value_coef=l.value_coef, value_trunk_grad=l.value_trunk_grad, kl_coef=l.kl_coef,
+      learning_rate=l.learning_rate, value_learning_rate=l.value_learning_rate,
+      end_learning_rate=l.end_learning_rate, warmup_steps=l.warmup_steps,
+      decay_steps=l.decay_steps or config.train.num_iterations, weight_decay=l.weight_decay,
+      clip_norm=l.clip_norm, epochs=l.epochs, minibatches=l.minibatches)
+
+
+def rollout(config, eos_id: int = 1, pad_id: int = 0) -> rollouts.RolloutConfig:
+  """The trajectory producers' settings (token ids from the tokenizer)."""
+  r = config.rollout
+  return rollouts.RolloutConfig(
+      max_completion_tokens=r.max_completion_tokens, temperature=r.temperature, top_p=r.top_p,
+      group_size=r.group_size, best_of=r.best_of, eos_id=eos_id, pad_id=pad_id)
+
+
+def search(config, step_end: stopping.StopString | None = None, eos_id: int = 1,
+           pad_id: int = 0) -> rollouts.SearchSettings:
+  """The search's settings; step_end: the task's step delimiter as a stop string (None: the
+  shapes only, as the memory planner needs them)."""
+  s, r = config.search, config.rollout
+  lm = lm_expand.LMSearchConfig(
+      num_children=s.num_children, max_step_tokens=s.max_step_tokens,
+      max_path_tokens=s.max_path_tokens, temperature=s.temperature,
+      length_normalized_prior=s.length_normalized_prior, dedup_children=s.dedup_children,
+      rollout_to_end=s.rollout_to_end, branch_at=s.branch_at,
+      max_rollout_tokens=s.max_rollout_tokens or r.max_completion_tokens,
+      step_end=step_end, eos_id=eos_id, pad_id=pad_id)
+  return rollouts.SearchSettings(
+      lm=lm, num_iterations=s.num_iterations, num_agents=s.num_agents, c_puct=s.c_puct,
+      first_play_value=s.first_play_value, virtual_loss=s.virtual_loss,
+      root_selection=s.root_selection, targets=s.targets, tree_rows=s.tree_rows,
+      step_advantage=s.step_advantage)
+
+
+def evaluation(config) -> EvalConfig:
+  """mean@k settings (the `eval` and `task` sections)."""
+  e = config.eval
+  return EvalConfig(k=e.k, temperature=e.temperature, top_p=e.top_p,
+                    max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                    prompt_width=config.task.prompt_width)
+
+
+def warm_start(config) -> SFTConfig:
+  """The supervised warm start's settings."""
+  s = config.sft
+  return SFTConfig(steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate,
+                   warmup_steps=s.warmup_steps, sequence_length=s.sequence_length, seed=s.seed)
+
+
+def iteration(config, tokenizer=None, step_delimiter: str | None = None,
+              vocab_size: int | None = None) -> IterationSpec:
+  """The training iteration's settings. With a tokenizer (whose model has vocab_size logits,
+  which may exceed the tokenizer's ids) the step delimiter (the task's) becomes the search's
+  stop string; without one, only the shapes are right (the memory planner)."""
+  if config.algo not in METHODS:
+    raise ValueError(f"algo must be one of {METHODS}, got {config.algo!r}")
+  ids = (tokenization.special_ids(tokenizer) if tokenizer is not None
+         else tokenization.SpecialIds(pad_id=0, eos_id=1))
+  found = None
+  if config.algo == "mcts_distill":
+    # a step ends after the token that completes the delimiter, however it is tokenized
+    step_end = None
+    if tokenizer is not None:
+      if step_delimiter is None:
+        raise ValueError("a search over steps needs the task's step_delimiter")
+      step_end = stopping.stop_for(tokenizer, step_delimiter, vocab_size)
+    found = search(config, step_end, ids.eos_id, ids.pad_id)
+  return IterationSpec(method=config.algo, rollout=rollout(config, ids.eos_id, ids.pad_id),
+                       search=found, learner=learner(config),
+                       advantage="group" if config.algo == "cispo" else config.learner.advantage,
+                       compute_dtype=config.model.dtype)

@@ -1,0 +1,50 @@
+"""What the engine needs from a task: problems, their prompts, a verifier's reward and the
+text that ends a reasoning step (the search's node boundary). Training, evaluation, the warm
+start and the search see a task only through this interface and index problems by position,
+so a new task is one module under `jaxdistill/tasks/` plus an entry in `TASKS`."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Sequence
+
+from jaxdistill.tasks.format import STEP_END
+
+
+class Task(abc.ABC):
+  """A task. Problems are opaque to the engine: any object with `key()` (its identity, for
+  disjoint splits) that the task's own methods understand."""
+
+  name: str = "task"
+  # where a reasoning step ends: the search cuts candidate steps after it, however the
+  # tokenizer splits it (jaxdistill.stopping)
+  step_delimiter: str = STEP_END
+
+  @classmethod
+  def from_config(cls, section) -> "Task":
+    """The task of a config's `task` section (a task reads its own fields of it)."""
+    del section
+    return cls()
+
+  @abc.abstractmethod
+  def splits(self, directory: str, seed: int, train_size: int,
+             test_size: int) -> tuple[Sequence[Any], Sequence[Any]]:
+    """(train, test) problems, deterministic for `seed`, cached under `directory`."""
+
+  @abc.abstractmethod
+  def prompt(self, problem, tokenizer, style: str) -> str:
+    """The prompt text of a problem; style 'compact' (character tokenizer) or 'chat' (an
+    instruct tokenizer's chat template)."""
+
+  @abc.abstractmethod
+  def reward(self, completion: str, problem, dense: bool) -> float:
+    """The reward of generated text (only the completion, never the prompt): 1.0 solved;
+    sparse: else 0; dense: a graded score in [-1, 1)."""
+
+  def demonstration(self, problem) -> str | None:
+    """A solution in the step format, for the supervised warm start (None: unsolvable)."""
+    raise NotImplementedError(f"task {self.name!r} has no demonstrations for a warm start")
+
+  def describe(self, problem) -> dict:
+    """The problem as JSON-able fields (shown with answers)."""
+    return {"problem": str(problem)}
