@@ -66,7 +66,12 @@ def test_standard_error_with_problems_adds_the_spread_of_the_per_problem_differe
   # per-seed differences 0.125 and 0.0625; per problem, averaged over seeds: .25, 0, -.125, .25
   assert n == 2 and np.isclose(diff, 0.09375)
   assert np.isclose(se, np.std([0.125, 0.0625], ddof=1) / np.sqrt(2))
-  assert np.isclose(with_problems ** 2, se ** 2 + np.var([0.25, 0.0, -0.125, 0.25], ddof=1) / 4)
+  # differences [[.25, 0, 0, .25], [.25, 0, -.25, .25]]: MS_problem = 2 var(.25, 0, -.125, .25)
+  # = .0703125; residuals +-.03125 (six) and +-.09375 (two) over 3 df: MS_resid = .0078125;
+  # the problems' term (.0703125 - .0078125) / 8 = .0078125, below the biased .0087890625
+  assert np.isclose(with_problems ** 2, se ** 2 + 0.0078125)
+  assert np.isclose(report.problem_variance([[0.25, 0, 0, 0.25], [0.25, 0, -0.25, 0.25]]),
+                    0.0078125)
   # the flag past 2 SE uses the larger error: +9.4 is past 2 x 3.1 but not past 2 x 9.9
   rows = {r["method"]: r for r in report.summarize(records, 16, ["0.2", "0.8"])}
   line = report.markdown([rows["mcts_tree"]], 16, "h", ["0.2", "0.8"]).splitlines()[-1]

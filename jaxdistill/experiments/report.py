@@ -12,6 +12,19 @@ def mean_and_se(values) -> tuple[float, float]:
   return float(values.mean()), float(se)
 
 
+def problem_variance(table) -> float:
+  """The problems' share of the variance of the mean of a seeds x problems table of
+  differences, (MS_problem - MS_resid) / (S P) (two-way ANOVA, both factors random; 0 when
+  the estimate is negative)."""
+  table = np.asarray(table, np.float64)
+  seeds, problems = table.shape
+  by_problem = table.mean(0)
+  ms_problem = seeds * by_problem.var(ddof=1)
+  residual = table - table.mean(1, keepdims=True) - by_problem[None] + table.mean()
+  ms_resid = (residual ** 2).sum() / ((seeds - 1) * (problems - 1))
+  return max(ms_problem - ms_resid, 0.0) / (seeds * problems)
+
+
 def paired(records: list[dict], method: str, other: str, k: int, temperature: str):
   """(mean, standard error, n, standard error with problems) over seeds of method's mean@k
   minus other's, seed by seed.
@@ -19,8 +32,10 @@ def paired(records: list[dict], method: str, other: str, k: int, temperature: st
   The first standard error treats the test problems as fixed: every seed is scored on the
   same problems, so it says how sure we are of the difference on these problems. Where every
   run has per-problem scores ("per_problem", one set of k samples each), the last adds the
-  sampling of the problems: SE^2 + var_p(d_p) / P, with d_p problem p's difference averaged
-  over seeds (its variance also holds the k samples' noise, so this errs on the large side).
+  sampling of the problems, as in a two-way layout with seeds and problems both random:
+  SE^2 + (MS_problem - MS_resid) / (S P), from the S x P per-problem differences. (MS_problem
+  / (S P) alone, the spread of the problems' differences averaged over seeds, also holds the
+  seed x problem residual, which SE^2 already counts; the unbiased form subtracts it once.)
   None where the scores are missing or there is one seed (whose spread is unknown: the
   first is then nan)."""
   score = lambda r: r["test"][temperature][f"mean@{k}"]
@@ -33,9 +48,9 @@ def paired(records: list[dict], method: str, other: str, k: int, temperature: st
   mean, se = mean_and_se(diffs)
   with_problems = None
   if len(diffs) > 1 and all("per_problem" in r for s in seeds for r in (mine[s], theirs[s])):
-    per_problem = np.mean([np.subtract(mine[s]["per_problem"], theirs[s]["per_problem"])
-                           for s in seeds], axis=0)  # [problems]
-    with_problems = float(np.sqrt(se ** 2 + per_problem.var(ddof=1) / len(per_problem)))
+    table = np.array([np.subtract(mine[s]["per_problem"], theirs[s]["per_problem"])
+                      for s in seeds], np.float64)  # [S, P]
+    with_problems = float(np.sqrt(se ** 2 + problem_variance(table)))
   return mean, se, len(diffs), with_problems
 
 
