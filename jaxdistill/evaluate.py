@@ -8,7 +8,7 @@ import functools
 import jax
 import numpy as np
 
-from jaxdistill import sampling, tokenization
+from jaxdistill import sampling, streams, tokenization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,8 @@ def write_result(path: str, result: dict, **fields) -> None:
 def _problem_rewards(model, tokenizer, task, all_problems, indices, config: EvalConfig, seed: int,
                      prompt: str, progress=None):
   """Sparse rewards [len(indices), k] and the number of generated tokens. Sample j of problem
-  i is drawn with key (seed, i, j), whichever process evaluates it."""
+  i is drawn with the evaluation stream's key of seed folded with i and j, whichever process
+  evaluates it."""
   if not indices:
     return np.zeros((0, config.k), np.float32), 0
   problems = [all_problems[i] for i in indices]
@@ -94,10 +95,11 @@ def _problem_rewards(model, tokenizer, task, all_problems, indices, config: Eval
   pad = (-len(problems)) % per_call
   tokens = np.concatenate([tokens, np.repeat(tokens[:1], pad, 0)])
   lengths = np.concatenate([lengths, np.repeat(lengths[:1], pad, 0)])
-  base = jax.random.PRNGKey(seed)
+  base = streams.key(seed, "evaluation")
   fold = lambda key, i: jax.random.fold_in(key, i)
-  keys = np.asarray(jax.vmap(lambda i: jax.vmap(lambda j: fold(fold(base, i), j))(
-      np.arange(config.k, dtype=np.uint32)))(np.asarray(indices, np.uint32)))
+  keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.vmap(
+      lambda j: fold(fold(base, i), j))(np.arange(config.k, dtype=np.uint32)))(
+          np.asarray(indices, np.uint32))))  # raw key data: padded and sliced below
   keys = np.concatenate([keys, np.repeat(keys[:1], pad, 0)])  # [problems, k, 2]
   rewards = np.zeros((len(problems), config.k), np.float32)
   generated = 0
@@ -152,7 +154,7 @@ def searched_answers(model, tokenizer, task, problems, search, rollout, *, promp
   pad = (-len(problems)) % batch_size
   ids = np.concatenate([np.arange(len(problems)), np.zeros(pad, int)]).astype(np.int32)
   tokens, lengths = tokens[ids], lengths[ids]
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(ids)
+  keys = jax.vmap(lambda i: jax.random.fold_in(streams.key(seed, "search"), i))(ids)
   texts, generated = [], 0
   for start in range(0, len(ids), batch_size):
     part = slice(start, start + batch_size)
@@ -191,7 +193,7 @@ def answers(model, tokenizer, task, problems, config: EvalConfig, *, prompt: str
     ids = tokenization.special_ids(tokenizer)
     tokens, lengths = encode_prompts(task, tokenizer, problems, prompt, config.prompt_width)
     out = jax.device_get(sampling.generate(
-        _local_model(model), tokens, lengths, jax.random.key(seed),
+        _local_model(model), tokens, lengths, streams.key(seed, "evaluation"),
         max_new_tokens=config.max_new_tokens, temperature=config.temperature,
         top_p=config.top_p, stop_ids=(ids.eos_id,),
         pad_id=ids.pad_id))

@@ -59,8 +59,8 @@ def load_model_and_tokenizer(config, workdir: str):
 
 def check_writable(workdir: str) -> None:
   """UsageError unless a file can be written in workdir. The probe file's name is unique:
-  every process of a multi-host job probes the same (shared) workdir at once, and a shared
-  name let one process delete another's probe (seen in CI as 'not writable: No such file')."""
+  every process of a multi-host job probes the same (shared) workdir at once, and with a
+  shared name one process could delete another's probe."""
   try:
     handle, probe = tempfile.mkstemp(prefix=".write_test-", dir=workdir)
     try:
@@ -129,16 +129,11 @@ def run_job(config, workdir: str, mode: str) -> dict:
     raise UsageError("; ".join(found))
   model, tokenizer = load_model_and_tokenizer(config, workdir)
   task = tasks.from_config(config)
-  train_split, test_split = task.splits(
+  # validation: held out from the warm start and RL alike (learning rates and learning
+  # curves are read off it, never off the test split)
+  train_split, validation_split, test_split = task.splits(
       config.task.data_dir or os.path.join(workdir, "data"), config.task.data_seed,
-      config.task.train_size, config.task.test_size)
-  # validation: the last problems of the train split, which neither the warm start nor RL
-  # trains on (learning rates and learning curves are read off it, never off the test split)
-  validation = config.task.validation_size
-  if validation:
-    train_split, validation_split = train_split[:-validation], train_split[-validation:]
-  else:
-    validation_split = []
+      config.task.train_size, config.task.validation_size, config.task.test_size)
   if config.sft.steps and not config.model.path:
     from jaxdistill import sft
     model = sft.warm_start(
@@ -174,14 +169,16 @@ def run_job(config, workdir: str, mode: str) -> dict:
     spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
     result = evaluation.evaluate_with_search(
         model, tokenizer, task, test_split[:config.eval.num_problems], spec.search, spec.rollout,
-        prompt_width=config.task.prompt_width, prompt=config.task.prompt, seed=config.seed,
+        prompt_width=config.task.prompt_width, prompt=config.task.prompt,
+        seed=settings.evaluation_seed(config),
         dense=config.reward.dense)
     print(result)
     return result
   if mode == "eval":
     problems = validation_split if config.eval.split == "validation" else test_split
     result = evaluation.evaluate(model, tokenizer, task, problems[:config.eval.num_problems],
-                                 eval_config, seed=config.seed, prompt=config.task.prompt,
+                                 eval_config, seed=settings.evaluation_seed(config),
+                                 prompt=config.task.prompt,
                                  per_problem=True)
     if parallel.is_primary():
       print({key: value for key, value in result.items() if key != "per_problem"})

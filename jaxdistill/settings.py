@@ -88,6 +88,11 @@ def evaluation(config) -> EvalConfig:
                     prompt_width=config.task.prompt_width)
 
 
+def evaluation_seed(config) -> int:
+  """The evaluation stream's seed: eval.seed, or the run's seed where it is -1."""
+  return config.seed if config.eval.seed < 0 else config.eval.seed
+
+
 def warm_start(config) -> SFTConfig:
   """The supervised warm start's settings."""
   s = config.sft

@@ -100,7 +100,8 @@ def warm_start(model, tokenizer, task, problems, config: SFTConfig, directory: s
   marker = os.path.join(directory, "sft_done.json")
   digest = hashlib.sha256(json.dumps([task.describe(p) for p in problems])
                           .encode()).hexdigest()[:16]
-  settings = dataclasses.asdict(config) | {"task": task.name, "architecture": dataclasses.asdict(model.config),
+  settings = dataclasses.asdict(config) | {"task": task.name,
+                                "architecture": dataclasses.asdict(model.config),
                                            "problems": digest}
   settings = json.loads(json.dumps(settings, default=str))
   if os.path.exists(marker):

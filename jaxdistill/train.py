@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdistill import evaluate as evaluation
-from jaxdistill import parallel, rewards, runs, settings
+from jaxdistill import parallel, rewards, runs, settings, streams
 from jaxdistill.checkpointing import Checkpointer
 from jaxdistill.interrupts import GracefulStop
 from jaxdistill.metrics import MetricsLog, plot_run
@@ -204,8 +204,9 @@ def phase_flops(spec: settings.IterationSpec, prompts: int, prompt_width: int,
 
 
 def prompt_keys(seed: int, step: int, problem_ids):
-  """One key per prompt from (seed, step, problem id): independent of the device count."""
-  base = jax.random.fold_in(jax.random.key(seed), step)
+  """One key per prompt from the rollout stream, the step and the problem id: independent
+  of the device count."""
+  base = jax.random.fold_in(streams.key(seed, "rollout"), step)
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(problem_ids, jnp.uint32))
 
 
@@ -215,7 +216,9 @@ def _initial_state(model, spec: settings.IterationSpec, seed: int, mesh):
   graphdef, params = nnx.split(model)
   ref_params = compute_copy(jax.tree.map(jnp.copy, params), spec.compute_dtype)
   optimizer = learner.make_optimizer(spec.learner)
-  state = learner.init_state(params, optimizer, jax.random.PRNGKey(seed))
+  # the learner's stream, as raw key data: what the checkpoints hold
+  state = learner.init_state(params, optimizer,
+                             jax.random.key_data(streams.key(seed, "learner")))
   # global arrays: restored ones keep this sharding
   return graphdef, optimizer, parallel.replicate(state, mesh), parallel.replicate(ref_params,
                                                                                   mesh)
@@ -254,6 +257,7 @@ class _Evaluations:
     self.validation = list(validation_problems)
     self.log, self.workdir = log, workdir
     self.settings = settings.evaluation(config)
+    self.seed = settings.evaluation_seed(config)
 
   def run(self, step: int, params, problems, prefix: str, final: bool = False) -> dict:
     """final: the last evaluation of a split; its per-problem scores (each problem's mean
@@ -263,7 +267,7 @@ class _Evaluations:
     config = self.config
     policy = nnx.merge(self.graphdef, compute_copy(params, config.model.dtype))
     result = evaluation.evaluate(policy, self.tokenizer, self.task, problems, self.settings,
-                                 seed=config.seed, prompt=config.task.prompt,
+                                 seed=self.seed, prompt=config.task.prompt,
                                  per_problem=final)
     per_problem = result.pop("per_problem", None)
     self.log.write(step, {f"{prefix}_{k}": v for k, v in result.items()})
@@ -272,7 +276,7 @@ class _Evaluations:
         split = "validation" if prefix == "val" else "test"
         evaluation.write_result(os.path.join(self.workdir, f"{prefix}_after.json"), result,
                                 per_problem=per_problem, step=step, split=split,
-                                seed=config.seed, temperature=config.eval.temperature)
+                                seed=self.seed, temperature=config.eval.temperature)
       plot_run(self.log.rows(), config.eval.k, os.path.join(self.workdir, "eval.png"))
     return result
 

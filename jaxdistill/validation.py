@@ -88,8 +88,10 @@ def _schema() -> dict[str, Any]:
       "sft.steps": COUNT, "sft.batch_size": POSITIVE, "sft.learning_rate": RATE,
       "sft.warmup_steps": COUNT, "sft.sequence_length": Int(2), "sft.seed": COUNT,
       "sft.cache_dir": Text(),
-      "task.name": Choice(tuple(TASKS)), "task.data_seed": COUNT, "task.train_size": POSITIVE, "task.test_size": POSITIVE,
+      "task.name": Choice(tuple(TASKS)), "task.data_seed": COUNT, "task.train_size": POSITIVE,
+      "task.test_size": POSITIVE,
       "task.validation_size": COUNT, "task.numbers": Int(2, 6), "task.data_dir": Text(),
+      "task.data_path": Text(),
       "task.prompt": Choice(("compact", "chat")), "task.prompt_width": POSITIVE,
       "reward.dense": Bool(),
       "search.num_children": POSITIVE, "search.max_step_tokens": POSITIVE,
@@ -121,7 +123,7 @@ def _schema() -> dict[str, Any]:
       "train.checkpoint_every": POSITIVE, "train.keep": POSITIVE, "train.progress": Bool(),
       "train.token_budget": COUNT, "train.phase_timing": Bool(),
       "train.restart": Bool(), "train.max_skipped_updates": POSITIVE,
-      "eval.k": POSITIVE, "eval.temperature": TEMPERATURE, "eval.top_p": PROBABILITY,
+      "eval.k": POSITIVE, "eval.seed": Int(-1), "eval.temperature": TEMPERATURE, "eval.top_p": PROBABILITY,
       "eval.max_new_tokens": POSITIVE, "eval.batch_size": POSITIVE,
       "eval.num_problems": POSITIVE, "eval.every": COUNT, "eval.curve_problems": COUNT,
       "eval.split": Choice(("test", "validation")), "eval.at_start": Bool(),
@@ -185,9 +187,15 @@ def _cross_field(c) -> list[str]:
   if not sampling[1]:
     say(f"config field {sampling[0]}=0: training samples must be drawn at a temperature > 0 "
         "(the learner scores them at that temperature; 0 is greedy decoding)")
-  if c.task.validation_size >= c.task.train_size:
-    say(f"config field task.validation_size={c.task.validation_size}: must be smaller than "
-        f"task.train_size={c.task.train_size} (it is taken from the train split)")
+  from jaxdistill import tasks
+  if c.task.name in tasks.TASKS:
+    capacity = tasks.from_config(c).capacity()
+    sizes = c.task.train_size + c.task.validation_size + c.task.test_size
+    if capacity is not None and sizes > capacity:
+      say(f"config field task.train_size={c.task.train_size}: train + validation + test = "
+          f"{sizes} distinct problems, but the task has only {capacity}; at most "
+          f"{max(capacity - c.task.validation_size - c.task.test_size, 0)} with these "
+          "validation and test sizes")
   if c.eval.split == "validation" and not c.task.validation_size:
     say("config field eval.split='validation': needs task.validation_size >= 1")
   if not c.model.path:  # the locally built model

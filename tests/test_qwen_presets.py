@@ -62,7 +62,8 @@ def test_qwen_preset_in_bf16_moves_its_weights(qwen_checkpoint, tmp_path):
   _, start = nnx.split(model)
   start = jax.tree.map(np.asarray, start)  # train donates the state it is given
   train_split, test_split = countdown.make_splits(0, 300, 8, count=config.task.numbers)
-  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split, test_split, str(tmp_path),
+  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer,
+                        train_split, test_split, str(tmp_path),
                         mesh=parallel.make_mesh(1))
   assert summary["end_step"] == 3 and summary["last_metrics"]["skipped"] == 0
   moved = total = 0

@@ -125,7 +125,8 @@ def test_non_finite_updates_in_a_row_stop_the_run_resumably(tmp_path):
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
   one = parallel.make_mesh(1)
-  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split, test_split, str(tmp_path),
+  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer,
+                        train_split, test_split, str(tmp_path),
                         mesh=one)
   # step 1 skipped and checkpointed; step 2 the second in a row: stop, no checkpoint of it
   assert summary["stopped"]["exit_code"] == 1 and summary["stopped"]["step"] == 1
@@ -134,10 +135,37 @@ def test_non_finite_updates_in_a_row_stop_the_run_resumably(tmp_path):
   config.learner.learning_rate = 1e-3  # a rate value shapes nothing: the run resumes
   config.train.num_iterations = 2
   model, _ = main.load_model_and_tokenizer(config, str(tmp_path))
-  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split, test_split, str(tmp_path),
+  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer,
+                        train_split, test_split, str(tmp_path),
                         mesh=one)
   assert summary["start_step"] == 1 and summary["end_step"] == 2
   assert summary["last_metrics"]["skipped"] == 0
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2] and rows[1]["skipped"] == 0
   assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(summary["params"]))
+
+
+def test_the_evaluation_seed_changes_only_the_evaluations(tmp_path):
+  """Training draws from its own random streams: another eval.seed gives other evaluation
+  samples and the same training metrics and parameters, update for update."""
+  from jaxdistill import main, parallel, train
+  from jaxdistill.tasks import countdown
+  runs = {}
+  for eval_seed in (5, 6):
+    config = _config(train__num_iterations=2, eval__every=2, eval__at_start=True,
+                     eval__seed=eval_seed, train__prompts_per_iteration=2)
+    model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path / "model"))
+    train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
+    workdir = tmp_path / f"eval{eval_seed}"
+    summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer,
+                          train_split, test_split, str(workdir), mesh=parallel.make_mesh(1))
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    training = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows if "loss" in r]
+    evaluations = [r for r in rows if "eval_generated_tokens" in r]
+    runs[eval_seed] = training, evaluations, summary["params"]
+  assert len(runs[5][0]) == 2 and runs[5][0] == runs[6][0]
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(runs[5][2]),
+                                                  jax.tree.leaves(runs[6][2])))
+  assert len(runs[5][1]) == 2  # before and after, drawn with other samples
+  assert [r["eval_generated_tokens"] for r in runs[5][1]] != [
+      r["eval_generated_tokens"] for r in runs[6][1]]

@@ -47,7 +47,8 @@ def test_warm_start_lowers_the_loss_and_is_reused(tmp_path):
                                   sft_config(steps=1, batch_size=16, learning_rate=0.0,
                                                 sequence_length=112), progress=False)
   assert trained_loss < 0.8 * first_loss
-  again = sft.warm_start(init_model(config, seed=9), tokenizer, countdown.Countdown(), problems, settings,
+  again = sft.warm_start(init_model(config, seed=9), tokenizer, countdown.Countdown(), problems,
+                         settings,
                          str(tmp_path / "ws"), progress=False)
   tokens = jnp.arange(20, dtype=jnp.int32).reshape(2, 10) % len(tokenizer)
   np.testing.assert_array_equal(np.asarray(again(tokens).logits),
@@ -58,7 +59,8 @@ def test_a_cache_made_with_other_settings_is_not_reused(tmp_path, capsys):
   tokenizer, config = _tiny(tmp_path, layers=1)
   problems = countdown.generate(16, seed=4)
   first = sft_config(steps=2, batch_size=4, learning_rate=1e-2, sequence_length=112)
-  a = sft.warm_start(init_model(config), tokenizer, countdown.Countdown(), problems, first, str(tmp_path / "ws"),
+  a = sft.warm_start(init_model(config), tokenizer, countdown.Countdown(), problems, first,
+                     str(tmp_path / "ws"),
                      progress=False)
   b = sft.warm_start(init_model(config), tokenizer, countdown.Countdown(), problems,
                      sft_config(steps=3, batch_size=4, learning_rate=1e-2,

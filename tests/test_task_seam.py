@@ -31,10 +31,10 @@ class Echo(Task):
   def __init__(self):
     self.graded = []  # (problem, completion, dense, reward) in grading order
 
-  def splits(self, directory, seed, train_size, test_size):
-    rng = random.Random(seed)
-    return ([Digit(rng.randrange(10)) for _ in range(train_size)],
-            [Digit(rng.randrange(10)) for _ in range(test_size)])
+  def splits(self, directory, seed, train_size, validation_size, test_size):
+    rng = random.Random(seed)  # ten problems: a toy's splits repeat them
+    return tuple([Digit(rng.randrange(10)) for _ in range(size)]
+                 for size in (train_size, validation_size, test_size))
 
   def prompt(self, problem, tokenizer, style):
     return f"{USER}echo {problem.value}\n{ASSISTANT}"
@@ -70,7 +70,7 @@ def test_a_toy_task_trains_end_to_end(tmp_path, algo):
   config = _config(algo)
   task = Echo()
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
-  train_split, test_split = task.splits(str(tmp_path), 0, 64, 8)
+  train_split, _, test_split = task.splits(str(tmp_path), 0, 64, 0, 8)
   summary = train.train(config, task, model, tokenizer, train_split, test_split, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2] and summary["compiles"] == 1
@@ -95,7 +95,7 @@ def test_the_search_cuts_steps_at_the_tasks_delimiter(tmp_path):
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
   lm = spec.search.lm
-  problems, _ = task.splits(str(tmp_path), 1, 8, 1)
+  problems, _, _ = task.splits(str(tmp_path), 1, 8, 0, 1)
   tokens, lengths = evaluate.encode_prompts(task, tokenizer, problems, "compact",
                                             lm.max_path_tokens)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(3), i))(np.arange(8))

@@ -65,7 +65,8 @@ def test_five_iterations_compile_once_on_eight_devices(tmp_path, algo, search):
   config.algo = algo
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
-  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split, test_split, str(tmp_path))
+  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer,
+                        train_split, test_split, str(tmp_path))
   assert summary["compiles"] == 1  # the iteration function was compiled once for 5 calls
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
@@ -92,7 +93,8 @@ def test_phase_timing_runs_the_same_iteration_as_three_programs(tmp_path, algo):
     config.algo = algo
     workdir = tmp_path / str(timed)
     model, tokenizer = main.load_model_and_tokenizer(config, str(workdir))
-    summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split, test_split, str(workdir))
+    summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer,
+                          train_split, test_split, str(workdir))
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     results[timed] = (summary["params"], rows)
   for fused, timed in zip(results[False][1], results[True][1]):
@@ -123,7 +125,8 @@ def test_tree_targets_train_the_same_params_on_one_and_eight_devices(tmp_path):
   for devices in (1, 8):
     workdir = tmp_path / str(devices)
     model, tokenizer = main.load_model_and_tokenizer(config, str(workdir))
-    summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split, test_split, str(workdir),
+    summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer,
+                          train_split, test_split, str(workdir),
                           mesh=parallel.make_mesh(devices))
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     results[devices] = (jax.device_get(summary["params"]), rows)
@@ -168,6 +171,13 @@ def uninterrupted(tmp_path_factory):
   _main(workdir, *SIGNAL_RUN)
   with open(workdir / "metrics.jsonl") as f:
     assert not [key for line in f for key in json.loads(line) if key.startswith("eval_")]
+  # the run wrote its three splits: the configured sizes, distinct, disjoint
+  from jaxdistill.tasks import countdown
+  splits = [countdown.read_jsonl(workdir / "data" / f"{name}.jsonl")
+            for name in ("train", "validation", "test")]
+  assert [len(split) for split in splits] == [200, 16, 16]
+  keys = [p.key() for split in splits for p in split]
+  assert len(set(keys)) == len(keys)
   return workdir
 
 
@@ -253,7 +263,8 @@ def test_prompts_that_do_not_split_over_devices_are_refused(tmp_path):
   train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
   from jaxdistill.errors import UsageError
   with pytest.raises(UsageError, match="prompts_per_iteration=3 does not split over 8 devices"):
-    train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split, test_split, str(tmp_path))
+    train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split,
+                test_split, str(tmp_path))
 
 
 def test_unwritable_workdir(tmp_path):
@@ -273,7 +284,8 @@ def test_non_finite_loss_never_reaches_a_checkpoint(tmp_path):
                    learner__learning_rate=float("nan"))
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
-  train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split, test_split, str(tmp_path))
+  train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer, train_split,
+              test_split, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert all(r["skipped"] == 1 for r in rows)  # a NaN step is logged and skipped
   step, params, _ = _final_params(tmp_path)
@@ -324,7 +336,8 @@ def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   spec = settings.iteration(config, tokenizer, "</step>", model.config.vocab_size)
   problems = countdown.generate(5, seed=21)
-  run = lambda: evaluate.evaluate_with_search(model, tokenizer, countdown.Countdown(), problems, spec.search,
+  run = lambda: evaluate.evaluate_with_search(model, tokenizer, countdown.Countdown(), problems,
+                                              spec.search,
                                               spec.rollout, prompt_width=48, batch_size=4)
   first, second = run(), run()
   assert first == second
@@ -333,7 +346,8 @@ def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
   # other problems reuse the compiled search, whose reward callback now grades them
   compiled = evaluate._search_program.cache_info().misses
   others = countdown.generate(3, seed=22)
-  texts, _ = evaluate.searched_answers(model, tokenizer, countdown.Countdown(), others, spec.search, spec.rollout,
+  texts, _ = evaluate.searched_answers(model, tokenizer, countdown.Countdown(), others,
+                                       spec.search, spec.rollout,
                                        prompt_width=48, batch_size=4)
   assert len(texts) == 3 and evaluate._search_program.cache_info().misses == compiled
   program, current = evaluate._search_program(
@@ -346,7 +360,8 @@ def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
   replicated = nnx.merge(graphdef, parallel.replicate(params, parallel.make_mesh()))
   assert len(jax.tree.leaves(nnx.state(replicated))[0].sharding.device_set) == 8
   executables = program._cache_size()
-  again, _ = evaluate.searched_answers(replicated, tokenizer, countdown.Countdown(), others, spec.search,
+  again, _ = evaluate.searched_answers(replicated, tokenizer, countdown.Countdown(), others,
+                                       spec.search,
                                        spec.rollout, prompt_width=48, batch_size=4)
   assert again == texts and program._cache_size() == executables
 
@@ -358,7 +373,8 @@ def test_search_diagnostics_report_consistent_shares_and_budgets(tmp_path):
   config = _config()
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   problems = countdown.generate(8, seed=3, count=config.task.numbers)
-  result = search_diagnostics.diagnose(config, countdown.Countdown(config.task.numbers), model, tokenizer, problems, samples=3)
+  result = search_diagnostics.diagnose(config, countdown.Countdown(config.task.numbers), model,
+                                       tokenizer, problems, samples=3)
   assert result["problems"] == 8 and result["samples"] == 3
   for key in ("sample_solved", "sample_pass", "path_solved", "tree_solved"):
     assert 0.0 <= result[key] <= 1.0

@@ -78,7 +78,8 @@ def test_states_are_the_learner_states_of_real_completions(tmp_path):
       "rollout.max_completion_tokens=12", "sft.steps=0"])
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   problems, _ = countdown.make_splits(0, 40, 8, count=config.task.numbers)
-  states = value_probe.collect_states(config, countdown.Countdown(config.task.numbers), model, tokenizer, problems[:5], samples=3,
+  states = value_probe.collect_states(config, countdown.Countdown(config.task.numbers), model,
+                                      tokenizer, problems[:5], samples=3,
                                       max_states=4)
   completions = np.unique(states.completion)
   assert len(completions) == 15 and (states.bucket == 0).sum() == 15
@@ -86,7 +87,8 @@ def test_states_are_the_learner_states_of_real_completions(tmp_path):
   assert set(np.unique(states.reward)) <= {0.0, 1.0}
   assert np.isfinite(states.features).all() and states.features.shape[1] == 32
   assert np.bincount(states.completion).max() <= 4
-  tokens, lengths = evaluation.encode_prompts(countdown.Countdown(), tokenizer, problems[:5], config.task.prompt,
+  tokens, lengths = evaluation.encode_prompts(countdown.Countdown(), tokenizer, problems[:5],
+                                              config.task.prompt,
                                               config.task.prompt_width)
   out = model(jnp.asarray(tokens))
   expected = np.asarray(out.values)[np.arange(5), lengths - 1]

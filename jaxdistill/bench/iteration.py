@@ -81,7 +81,7 @@ def time_phases(shapes: str, algo: str, peak: float):
   task = tasks.from_config(config)
   with tempfile.TemporaryDirectory() as workdir:
     model, tokenizer = entry.load_model_and_tokenizer(config, workdir)
-    problems, _ = task.splits(workdir, 0, 512, 16)
+    problems, _, _ = task.splits(workdir, 0, 512, 0, 16)
   spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
   graphdef, params = nnx.split(model)
   optimizer = learner.make_optimizer(spec.learner)

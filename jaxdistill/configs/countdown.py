@@ -2,11 +2,12 @@
 
 tiny (default, CPU) and smoke use a small Qwen2-architecture model with the character
 tokenizer; qwen2.5-0.5b / qwen2.5-1.5b need --config.model.path to a local HF directory and
-default to the reference settings (DESIGN §7). Any field can be overridden on the command
+default to the reference's settings (`qwen` below). Any field can be overridden on the command
 line (--config.search.num_agents=8); unknown fields are errors.
 """
 
 import ml_collections
+
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
   """`path.to.field=value` strings (as after --config.) applied to `config` in place, the value
@@ -66,21 +67,26 @@ def base() -> ml_collections.ConfigDict:
   c.task = ml_collections.ConfigDict()
   c.task.name = "countdown"  # a key of jaxdistill.tasks.TASKS
   c.task.data_seed = 0
-  c.task.train_size = 20_000
+  # the three splits hold distinct problems (numbers and target) and share none. 3 numbers
+  # make 6,926 distinct problems, so train + validation + test stay below that
+  c.task.train_size = 4_000
   c.task.test_size = 820
   # numbers per problem, each in [1, 13]. The reference uses 4; the CPU presets use 3, which
-  # a 1M-parameter model learns in minutes (targets: median 21, p90 104, 89% <= 100)
+  # a 1M-parameter model learns in minutes (targets: median 21, p90 102, 90% <= 100)
   c.task.numbers = 3
-  # validation: the last problems of the train split, kept out of warm start and RL training
-  # (learning rates and learning curves are read off it)
+  # validation: held out from warm start and RL training alike (learning rates and learning
+  # curves are read off it, never off the test split)
   c.task.validation_size = 256
-  c.task.data_dir = ""  # '' -> WORKDIR/data (splits are generated once and cached there)
+  c.task.data_dir = ""  # '' -> WORKDIR/data: train.jsonl, validation.jsonl, test.jsonl
+  # '' -> problems from the generator; else a data file to carve the splits from: JSONL or
+  # parquet rows with `target` and `numbers`, `nums` (TinyZero) or `input` (the reference)
+  c.task.data_path = ""
   c.task.prompt = "compact"  # compact (character tokenizer) | chat (instruct tokenizers)
   c.task.prompt_width = 32  # prompt tokens (static shape): compact prompts of 3 numbers <= 32
 
   c.reward = ml_collections.ConfigDict()
   # training reward and search terminal values (eval is always sparse). dense: -1 invalid, a
-  # graded score for a wrong value, 1 solved (DESIGN §5, the qwen presets); sparse: 1 solved,
+  # graded score for a wrong value, 1 solved (the reference's; the qwen presets); sparse: 1 solved,
   # else 0. On tiny every method ends above the base model with the sparse reward and not
   # with the dense one, whose -1s make most of the signal large negative advantages
   # (docs/results.md, "The sparse reward")
@@ -163,6 +169,7 @@ def base() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.k = 16
+  c.eval.seed = -1  # the evaluation's own random stream (-1: the run's seed)
   c.eval.temperature = 0.2
   c.eval.top_p = 1.0
   c.eval.max_new_tokens = 64
@@ -200,7 +207,7 @@ def medium(c: ml_collections.ConfigDict) -> None:
   solution + EOS <= 113 (tests/test_validation.py checks them against the data)."""
   m = c.model
   m.hidden_size, m.intermediate_size, m.num_attention_heads = 512, 1536, 8
-  c.task.numbers, c.task.prompt_width = 4, 40
+  c.task.numbers, c.task.prompt_width, c.task.train_size = 4, 40, 20_000
   c.sft.sequence_length, c.sft.learning_rate = 116, 1e-3
   c.search.max_step_tokens, c.search.max_path_tokens = 28, 136
   c.rollout.max_completion_tokens = 96
@@ -208,10 +215,10 @@ def medium(c: ml_collections.ConfigDict) -> None:
 
 
 def qwen(c: ml_collections.ConfigDict) -> None:
-  """The reference's settings (DESIGN §7) for a Qwen2.5 instruct model from --config.model.path."""
+  """The reference's settings for a Qwen2.5 instruct model from --config.model.path."""
   c.sft.steps = 0  # the instruct model is the base
   c.model.dtype = "bfloat16"
-  c.task.numbers = 4
+  c.task.numbers, c.task.train_size = 4, 20_000  # the reference's 20,000 training problems
   c.task.prompt, c.task.prompt_width = "chat", 256
   c.search.max_step_tokens, c.search.max_path_tokens = 64, 512
   c.search.num_agents, c.search.num_iterations = 16, 100

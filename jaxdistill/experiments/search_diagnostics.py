@@ -118,8 +118,8 @@ def load(preset: str, overrides: list[str], model_dir: str, problems: int, run: 
   tokenizer = tokenization.load_tokenizer(model_dir)
   task = tasks.from_config(config)
   with tempfile.TemporaryDirectory() as directory:  # the run's splits, regenerated
-    train, _ = task.splits(directory, config.task.data_seed, config.task.train_size,
-                           config.task.test_size)
+    train, _, _ = task.splits(directory, config.task.data_seed, config.task.train_size,
+                              config.task.validation_size, config.task.test_size)
   return config, task, model, tokenizer, train[:problems]
 
 

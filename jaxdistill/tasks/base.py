@@ -27,9 +27,10 @@ class Task(abc.ABC):
     return cls()
 
   @abc.abstractmethod
-  def splits(self, directory: str, seed: int, train_size: int,
-             test_size: int) -> tuple[Sequence[Any], Sequence[Any]]:
-    """(train, test) problems, deterministic for `seed`, cached under `directory`."""
+  def splits(self, directory: str, seed: int, train_size: int, validation_size: int,
+             test_size: int) -> tuple[Sequence[Any], Sequence[Any], Sequence[Any]]:
+    """(train, validation, test) problems, deterministic for `seed`, disjoint by key and
+    without repeats, written to `directory` (train.jsonl, validation.jsonl, test.jsonl)."""
 
   @abc.abstractmethod
   def prompt(self, problem, tokenizer, style: str) -> str:
@@ -40,6 +41,11 @@ class Task(abc.ABC):
   def reward(self, completion: str, problem, dense: bool) -> float:
     """The reward of generated text (only the completion, never the prompt): 1.0 solved;
     sparse: else 0; dense: a graded score in [-1, 1)."""
+
+  def capacity(self) -> int | None:
+    """How many distinct problems the task can make (None: not known before reading its
+    data); the three splits together hold at most that many."""
+    return None
 
   def demonstration(self, problem) -> str | None:
     """A solution in the step format, for the supervised warm start (None: unsolvable)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ import random
 from fractions import Fraction
 from typing import Iterable, Sequence
 
+from jaxdistill.errors import UsageError
 from jaxdistill.tasks.base import Task
 from jaxdistill.tasks.expression import ExpressionError, evaluate_postfix, to_postfix, tokenize
 from jaxdistill.tasks.format import ASSISTANT, USER
@@ -51,13 +53,21 @@ class Countdown(Task):
 
   name = "countdown"
   numbers: int = 4
+  data_path: str = ""  # problems from this file (JSONL or parquet), not the generator
 
   @classmethod
   def from_config(cls, section):
-    return cls(numbers=section.numbers)
+    return cls(numbers=section.numbers, data_path=section.data_path)
 
-  def splits(self, directory, seed, train_size, test_size):
-    return cached_splits(directory, seed, train_size, test_size, self.numbers)
+  def splits(self, directory, seed, train_size, validation_size, test_size):
+    if self.data_path:
+      return file_splits(directory, self.data_path, seed, train_size, validation_size,
+                         test_size)
+    return cached_splits(directory, seed, train_size, validation_size, test_size,
+                         self.numbers)
+
+  def capacity(self):
+    return None if self.data_path else len(problem_space(self.numbers))
 
   def prompt(self, problem, tokenizer, style):
     if style == "chat":
@@ -102,44 +112,152 @@ def make_problem(rng: random.Random, count: int = 4, low: int = 1, high: int = 1
   return Problem(numbers, target)
 
 
+@functools.lru_cache(maxsize=8)
+def problem_space(count: int = 4, low: int = 1, high: int = 13) -> tuple[tuple, ...]:
+  """Every problem key (sorted numbers, target) the generator can produce: each multiset of
+  `count` numbers in [low, high] with each result of combining all of them by + - * / with
+  positive-integer intermediates (`_random_reduction`'s operations), sorted."""
+
+  @functools.lru_cache(maxsize=None)
+  def results(values: tuple) -> frozenset:
+    if len(values) == 1:
+      return frozenset(values)
+    found = set()
+    for i, j in itertools.combinations(range(len(values)), 2):
+      a, b = values[i], values[j]
+      rest = [v for k, v in enumerate(values) if k not in (i, j)]
+      combined = {a + b, a * b}
+      if a != b:
+        combined.add(abs(a - b))
+      if a % b == 0:
+        combined.add(a // b)
+      if b % a == 0:
+        combined.add(b // a)
+      for c in combined:
+        found |= results(tuple(sorted(rest + [c])))
+    return frozenset(found)
+
+  return tuple((numbers, target)
+               for numbers in itertools.combinations_with_replacement(range(low, high + 1),
+                                                                      count)
+               for target in sorted(results(numbers)))
+
+
+class SplitTooLarge(UsageError, ValueError):
+  """More distinct problems were asked for than the problem space holds."""
+
+
 def generate(n: int, seed: int, *, count: int = 4, low: int = 1, high: int = 13,
-             simulations: int = 64, exclude: Iterable[Problem] = ()) -> list[Problem]:
-  """n problems, deterministic for `seed`, none equal (by key) to one in `exclude`."""
+             simulations: int = 64, exclude: Iterable[Problem] = (),
+             name: str = "") -> list[Problem]:
+  """n distinct problems (by key), deterministic for `seed`, none equal to one in `exclude`.
+
+  Drawn by the generator (random numbers, the rarest result of random reductions as the
+  target); when fresh keys grow rare (500 draws in a row without one) the rest are drawn
+  uniformly from the problems of `problem_space` not yet taken, so that any size the
+  space can hold is reached in bounded time. A size it cannot hold raises SplitTooLarge,
+  naming the largest possible size."""
   rng = random.Random(seed)
   seen = {p.key() for p in exclude}
+  space = problem_space(count, low, high)
+  available = len(space) - len(seen)
+  if n > available:
+    split = f" for the {name} split" if name else ""
+    taken = f", {len(seen)} of them in other splits" if seen else ""
+    raise SplitTooLarge(
+        f"{n} distinct {count}-number problems asked{split}, but at most {available} are "
+        f"left: {count} numbers in [{low}, {high}] make {len(space)} distinct problems "
+        f"(numbers and target){taken}")
   problems = []
-  while len(problems) < n:
+  misses = 0
+  while len(problems) < n and misses < 500:
     problem = make_problem(rng, count, low, high, simulations)
-    if problem.key() not in seen:
+    if problem.key() in seen:
+      misses += 1
+    else:
       problems.append(problem)
+      seen.add(problem.key())
+      misses = 0
+  if len(problems) < n:  # the generator's distribution is skewed: finish uniformly
+    rest = [key for key in space if key not in seen]
+    for numbers, target in rng.sample(rest, n - len(problems)):
+      problems.append(Problem(tuple(rng.sample(numbers, len(numbers))), target))
   return problems
 
 
+def split_problems(seed: int, train_size: int, validation_size: int, test_size: int, *,
+                   count: int = 4, **kwargs) -> tuple[list[Problem], list[Problem],
+                                                      list[Problem]]:
+  """(train, validation, test): distinct problems, disjoint by key. The test split is drawn
+  first (seed), then validation (seed + 2), then train (seed + 1), each avoiding the ones
+  before it."""
+  test = generate(test_size, seed, count=count, name="test", **kwargs)
+  validation = generate(validation_size, seed + 2, count=count, exclude=test,
+                        name="validation", **kwargs)
+  train = generate(train_size, seed + 1, count=count, exclude=test + validation,
+                   name="train", **kwargs)
+  return train, validation, test
+
+
 def make_splits(seed: int = 0, train_size: int = 20_000, test_size: int = 820, **kwargs):
-  """(train, test): the test split first, then train problems that avoid every test key."""
-  test = generate(test_size, seed, **kwargs)
-  train = generate(train_size, seed + 1, exclude=test, **kwargs)
+  """(train, test) of `split_problems` without a validation split."""
+  train, _, test = split_problems(seed, train_size, 0, test_size, **kwargs)
   return train, test
+
+
+SPLITS = ("train", "validation", "test")
 
 
 def cached_splits(directory: str, seed: int = 0, train_size: int = 20_000,
-                  test_size: int = 820, count: int = 4) -> tuple[list[Problem], list[Problem]]:
-  """make_splits, written once as JSONL under directory and read back on later runs."""
-  name = f"countdown-{count}numbers-seed{seed}-train{train_size}-test{test_size}"
-  paths = [os.path.join(directory, name, f"{split}.jsonl") for split in ("train", "test")]
-  if all(os.path.exists(path) for path in paths):
-    return read_jsonl(paths[0]), read_jsonl(paths[1])
-  train, test = make_splits(seed, train_size, test_size, count=count)
-  os.makedirs(os.path.dirname(paths[0]), exist_ok=True)
-  for split, path in zip((train, test), paths):
+                  validation_size: int = 256, test_size: int = 820,
+                  count: int = 4) -> tuple[list[Problem], list[Problem], list[Problem]]:
+  """`split_problems`, written to directory/{train,validation,test}.jsonl (with the settings
+  that made them in splits.json) and read back by later runs with the same settings."""
+  settings = {"task": "countdown", "seed": seed, "train_size": train_size,
+              "validation_size": validation_size, "test_size": test_size, "numbers": count}
+  return _cached(directory, settings, lambda: split_problems(
+      seed, train_size, validation_size, test_size, count=count))
+
+
+def _cached(directory: str, settings: dict, make) -> tuple[list, list, list]:
+  """The three splits in directory when splits.json there holds `settings`; else `make()`,
+  written there (each file published whole, splits.json last)."""
+  record = os.path.join(directory, "splits.json")
+  paths = [os.path.join(directory, f"{split}.jsonl") for split in SPLITS]
+  if os.path.exists(record) and all(os.path.exists(path) for path in paths):
+    with open(record) as f:
+      if json.load(f) == settings:
+        return tuple(read_jsonl(path) for path in paths)
+  splits = make()
+  os.makedirs(directory, exist_ok=True)
+  for split, path in zip(splits, paths):
     partial = f"{path}.{os.getpid()}.partial"  # atomic publish: a killed run leaves no stub
     write_jsonl(split, partial)
     os.replace(partial, path)
-  return train, test
+  partial = f"{record}.{os.getpid()}.partial"
+  with open(partial, "w") as f:
+    json.dump(settings, f)
+  os.replace(partial, record)
+  return splits
+
+
+class DataError(UsageError, ValueError):
+  """A data file that cannot be read as Countdown problems."""
+
+
+def _problem(row: dict, where: str) -> Problem:
+  """A problem of one data row: `target` and the numbers as `numbers` (ours), `nums`
+  (TinyZero's Countdown rows) or `input` (the reference's dataset lines)."""
+  try:
+    key = next(k for k in ("numbers", "nums", "input") if k in row)
+    return Problem(tuple(int(x) for x in row[key]), int(row["target"]))
+  except (StopIteration, KeyError, TypeError, ValueError) as e:
+    raise DataError(f"{where}: not a Countdown problem (needs 'target' and 'numbers', "
+                    f"'nums' or 'input'; got {row!r:.80}: {e!r})") from None
 
 
 def read_jsonl(path: str) -> list[Problem]:
-  """Read `{"numbers": [...], "target": T}` or `{"nums": [...], "target": T}` lines."""
+  """Problems of a JSONL file, one object a line (see `_problem` for the fields)."""
   problems = []
   with open(path) as f:
     for line_no, line in enumerate(f, 1):
@@ -147,11 +265,56 @@ def read_jsonl(path: str) -> list[Problem]:
         continue
       try:
         row = json.loads(line)
-        numbers = row["numbers"] if "numbers" in row else row["nums"]
-        problems.append(Problem(tuple(int(x) for x in numbers), int(row["target"])))
-      except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}:{line_no}: not a Countdown problem ({e!r})") from None
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line_no}: not JSON ({e})") from None
+      problems.append(_problem(row, f"{path}:{line_no}"))
   return problems
+
+
+def read_problems(path: str) -> list[Problem]:
+  """Problems of a data file: JSONL, or parquet (TinyZero's Countdown files; needs the
+  `parquet` extra, pyarrow)."""
+  if not os.path.exists(path):
+    raise DataError(f"no data file {path!r}")
+  if not path.endswith(".parquet"):
+    return read_jsonl(path)
+  try:
+    import pyarrow.parquet as pq
+  except ImportError:
+    raise DataError(f"{path}: reading parquet needs pyarrow: pip install "
+                    "'jaxdistill[parquet]'") from None
+  rows = pq.read_table(path).to_pylist()
+  return [_problem(row, f"{path} row {i}") for i, row in enumerate(rows)]
+
+
+def file_splits(directory: str, path: str, seed: int, train_size: int, validation_size: int,
+                test_size: int) -> tuple[list[Problem], list[Problem], list[Problem]]:
+  """(train, validation, test) from a data file: its problems without repeats (by key, the
+  first occurrence kept), shuffled by `seed`, then test, validation and train carved in that
+  order; written to directory like `cached_splits`."""
+  stat = os.stat(path)
+  settings = {"task": "countdown", "data_path": os.path.abspath(path), "bytes": stat.st_size,
+              "modified": stat.st_mtime, "seed": seed, "train_size": train_size,
+              "validation_size": validation_size, "test_size": test_size}
+
+  def make():
+    distinct, seen = [], set()
+    for problem in read_problems(path):
+      if problem.key() not in seen:
+        seen.add(problem.key())
+        distinct.append(problem)
+    random.Random(seed).shuffle(distinct)
+    needed = train_size + validation_size + test_size
+    if needed > len(distinct):
+      raise SplitTooLarge(
+          f"{path} holds {len(distinct)} distinct problems, fewer than train + validation + "
+          f"test = {needed}: at most task.train_size="
+          f"{max(len(distinct) - validation_size - test_size, 0)} with these sizes")
+    test = distinct[:test_size]
+    validation = distinct[test_size:test_size + validation_size]
+    return distinct[test_size + validation_size:needed], validation, test
+
+  return _cached(directory, settings, make)
 
 
 def write_jsonl(problems: Iterable[Problem], path: str) -> None:
@@ -336,22 +499,22 @@ def _main(argv):
     for path in FLAGS.inspect:
       print(path, target_statistics(read_jsonl(path)))
     return
-  train, test = make_splits(FLAGS.seed, FLAGS.train_size, FLAGS.test_size,
-                            count=FLAGS.numbers)
-  os.makedirs(FLAGS.out, exist_ok=True)
-  for name, split in (("train", train), ("test", test)):
-    path = os.path.join(FLAGS.out, f"{name}.jsonl")
-    write_jsonl(split, path)
-    print(f"wrote {path}", target_statistics(split))
+  splits = cached_splits(FLAGS.out, FLAGS.seed, FLAGS.train_size, FLAGS.validation_size,
+                         FLAGS.test_size, count=FLAGS.numbers)
+  for name, split in zip(SPLITS, splits):
+    print(f"{os.path.join(FLAGS.out, name + '.jsonl')}: {len(split)} problems",
+          target_statistics(split) if split else "")
+  test = splits[-1]
   for p in test[:3]:
     print(p.numbers, p.target, "->", solve(p.numbers, p.target))
 
 
 if __name__ == "__main__":
   from absl import app, flags
-  flags.DEFINE_string("out", "data/countdown", "where train.jsonl and test.jsonl go")
+  flags.DEFINE_string("out", "data/countdown", "where train/validation/test.jsonl go")
   flags.DEFINE_integer("seed", 0, "generator seed")
   flags.DEFINE_integer("train_size", 20_000, "train problems")
+  flags.DEFINE_integer("validation_size", 256, "validation problems")
   flags.DEFINE_integer("test_size", 820, "held-out problems")
   flags.DEFINE_integer("numbers", 4, "numbers per problem (the tiny preset uses 3)")
   flags.DEFINE_multi_string("inspect", None, "print target statistics of these JSONL files")
