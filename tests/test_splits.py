@@ -95,3 +95,24 @@ def test_parquet_rows(tmp_path):
                     "nums": [list(p.numbers) for p in problems]})
   pq.write_table(table, tmp_path / "train.parquet")
   assert cd.read_problems(str(tmp_path / "train.parquet")) == problems
+
+
+def test_every_preset_s_splits_are_distinct_and_disjoint(tmp_path):
+  """The splits each preset's runs write (presets with the same task settings share them)."""
+  from jaxdistill import tasks
+  from jaxdistill.configs.countdown import PRESETS
+  seen = set()
+  for preset in PRESETS:
+    t = get_config(preset).task
+    settings = (t.numbers, t.data_seed, t.train_size, t.validation_size, t.test_size)
+    if settings in seen:
+      continue
+    seen.add(settings)
+    task = tasks.from_config(get_config(preset))
+    splits = task.splits(str(tmp_path / preset), t.data_seed, t.train_size, t.validation_size,
+                         t.test_size)
+    assert [len(s) for s in splits] == [t.train_size, t.validation_size, t.test_size]
+    keys = [p.key() for split in splits for p in split]
+    assert len(set(keys)) == len(keys), preset
+    assert all(len(p.numbers) == t.numbers for split in splits for p in split)
+  assert len(seen) == 3  # tiny, smoke, and the 4-number presets

@@ -135,13 +135,20 @@ def test_tree_targets_train_the_same_params_on_one_and_eight_devices(tmp_path):
       assert one[key] == eight[key], key
     np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-5)
   assert results[1][1][0]["trajectories"] < 8 * 6  # some rows held no trajectory
-  # rtol 1e-5, and for entries near 0 an absolute 1e-5 of one step (lr): a key bias has a
-  # gradient of exactly 0 in exact arithmetic (softmax ignores what is added to every
-  # score of a query), so its entries are Adam's normalised fp32 rounding noise, ~1e-8 here,
-  # which differs between reduction orders by a few 1e-12
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a),
-                                                       rtol=1e-5, atol=1e-5 * 1e-6),
-               results[1][0], results[8][0])
+  # every parameter to rtol 1e-5 but the key projections' biases: their gradient is exactly
+  # 0 in exact arithmetic (softmax ignores what is added to every score of a query), so what
+  # Adam makes of them is fp32 rounding noise normalised to up to one step (lr), and noise
+  # depends on the reduction order; nothing about the update can be read off them
+  one, eight = (jax.tree_util.tree_flatten_with_path(results[n][0])[0] for n in (1, 8))
+  compared = 0
+  for (path, a), (_, b) in zip(one, eight):
+    name = jax.tree_util.keystr(path)
+    if "k_proj" in name and "bias" in name:
+      assert np.abs(np.asarray(a)).max() <= 2 * 1e-6 * 1.01  # two steps of lr at most
+      continue
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, err_msg=name)
+    compared += 1
+  assert compared > 10
 
 
 def _final_params(workdir):

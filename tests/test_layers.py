@@ -1,0 +1,48 @@
+"""The package's import graph has no cycles, counting imports inside functions too (a
+module that imports from a layer above it closes one)."""
+
+import ast
+import os
+
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jaxdistill")
+
+
+def _graph():
+  modules = {}
+  for directory, _, files in os.walk(ROOT):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(directory, name)
+        module = os.path.relpath(path[:-3], os.path.dirname(ROOT)).replace(os.sep, ".")
+        modules[module.removesuffix(".__init__")] = path
+  graph = {}
+  for module, path in modules.items():
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxdistill"):
+        found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                  else node.module for a in node.names}
+      elif isinstance(node, ast.Import):
+        found |= {a.name for a in node.names if a.name.startswith("jaxdistill")}
+    graph[module] = {m for m in found if m in modules and m != module}
+  return graph
+
+
+def test_no_import_cycles():
+  graph = _graph()
+  assert "jaxdistill.train" in graph and "jaxdistill.settings" in graph["jaxdistill.train"]
+  state, cycles = {}, []
+
+  def visit(module, path):
+    state[module] = "open"
+    for other in sorted(graph[module]):
+      if state.get(other) == "open":
+        cycles.append(path[path.index(other):] + [module, other])
+      elif other not in state:
+        visit(other, path + [module])
+    state[module] = "done"
+
+  for module in sorted(graph):
+    if module not in state:
+      visit(module, [])
+  assert not cycles, cycles
