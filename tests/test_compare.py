@@ -172,62 +172,71 @@ def test_evaluation_key_sets_move_only_the_seed_and_pool_to_mean_at_k_times_sets
   assert np.isclose(rows["cispo"]["minus_base"][0], 0.2 - np.mean([0.12, 0.145]))
 
 
-def test_a_training_run_s_per_problem_scores_come_from_its_own_final_evaluation(tmp_path,
-                                                                                 monkeypatch):
-  """train_run takes the per-problem test scores the run's last evaluation wrote
-  (eval_after.json) instead of evaluating the checkpoint again; a run without them (trained
-  before they were kept) is evaluated."""
+def test_a_run_is_scored_on_validation_and_on_test_only_once_picked(tmp_path, monkeypatch):
+  """train_run scores a run on validation only (its own final evaluation, val_after.json, or
+  evaluated again for a run without it); with_test, called for picked rates alone, adds
+  mean@test_k on every test problem with its per-problem scores, and the reference's metric
+  from the run's own final evaluation of the first --reference_problems problems."""
   import types
   calls = []
+  keep = [True]
 
   def fake_run(workdir, overrides, mode="train"):
-    calls.append(mode)
+    calls.append((mode, [o for o in overrides
+                         if o.startswith(("eval.k=", "eval.num_problems=", "eval.split="))]))
     os.makedirs(workdir, exist_ok=True)
     if mode == "eval":
       with open(os.path.join(workdir, "eval_result.json"), "w") as f:
-        json.dump({"mean@16": 0.5, "pass@16": 0.5, "per_problem": [0.25, 0.75]}, f)
+        json.dump({"mean@4": 0.5, "pass@4": 0.75, "per_problem": [0.25, 0.75]}, f)
       return 0.0
     rows = [{"step": 1, "loss": 0.0, "generated_tokens": 60, "elapsed_s": 1.0, "reward": 0.1},
             {"step": 2, "loss": 0.0, "generated_tokens": 60, "elapsed_s": 2.0, "reward": 0.2},
-            {"step": 2, "eval_mean@16": 0.5, "eval_pass@16": 0.5},
+            {"step": 2, "eval_mean@16": 0.5, "eval_pass@16": 0.5, "eval_problems": 820},
             {"step": 2, "val_mean@16": 0.125}]
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
-    if keep:
-      with open(os.path.join(workdir, "eval_after.json"), "w") as f:
-        json.dump({"mean@16": 0.5, "step": 2, "temperature": temperature,
-                   "per_problem": [1.0, 0.0]}, f)
+    if keep[0]:
       with open(os.path.join(workdir, "val_after.json"), "w") as f:
-        json.dump({"mean@16": 0.125, "step": 2, "temperature": temperature,
+        json.dump({"mean@16": 0.125, "step": 2, "temperature": 0.2,
                    "per_problem": [0.0, 0.25]}, f)
     return 10.0
   monkeypatch.setattr(compare, "_run", fake_run)
   monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)
   monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
       workdir=str(tmp_path), token_budget=120, curve_points=1, temperatures=["0.2"],
-      eval_key_sets=1, problem_se=True, preset="tiny", set=[]))
-  keep, temperature = True, 0.2
+      eval_key_sets=1, preset="tiny", set=[], test_k=4, reference_problems=820))
   record = compare.train_run("cispo", 0, "1e-5", [], sweep=True)
-  assert record["per_problem"] == [1.0, 0.0] and calls == ["train"]
-  assert record["test"]["0.2"]["mean@16"] == 0.5 and record["validation"] == 0.125
-  assert record["validation_per_problem"] == [0.0, 0.25]  # a sweep run's, from val_after.json
-  assert "final_per_problem" not in record
-  keep = False  # noqa: F841  (read by fake_run)
-  record = compare.train_run("cispo", 1, "1e-5", [])
-  assert record["per_problem"] == [0.25, 0.75] and calls == ["train", "train", "eval"]
-  assert "validation_per_problem" not in record
+  assert calls == [("train", ["eval.num_problems=820"])]  # no test score yet
+  assert record["validation"] == 0.125 and record["validation_per_problem"] == [0.0, 0.25]
+  assert "test" not in record
+  record = compare.with_test(record, [])
+  assert calls[-1] == ("eval", ["eval.num_problems=820", "eval.split=test",
+                                "eval.num_problems=100000", "eval.k=4"])
+  assert record["test"] == {"0.2": {"mean@4": 0.5, "pass@4": 0.75}, "per_problem": [0.25, 0.75]}
+  assert record["reference"] == {"mean@16": 0.5, "pass@16": 0.5, "problems": 820}
+  keep[0] = False  # a run without val_after.json: its validation problems evaluated again
   calls.clear()
-  record = compare.train_run("cispo", 1, "1e-5", [], sweep=True)  # a run without val_after
-  assert record["validation_per_problem"] == [0.25, 0.75] and calls == ["eval"]
-  # a --set evaluation temperature is the runs' own: their final evaluation is the T=0.8 score
-  monkeypatch.setattr(compare.FLAGS, "temperatures", ["0.8", "0.2"])
-  monkeypatch.setattr(compare.FLAGS, "set", ["eval.temperature=0.8"])
-  assert compare._eval_temperature() == 0.8
-  calls.clear()
-  keep, temperature = True, 0.8  # noqa: F841
-  record = compare.train_run("cispo", 2, "1e-5", [])
-  assert calls == ["train", "eval"]  # T=0.2 evaluated, T=0.8 taken from the run
-  assert record["test"]["0.8"]["mean@16"] == 0.5 and record["per_problem"] == [1.0, 0.0]
+  record = compare.train_run("cispo", 1, "1e-5", [], sweep=True)
+  assert [mode for mode, _ in calls] == ["train", "eval"]
+  assert record["validation_per_problem"] == [0.25, 0.75]
+  assert "eval.split=validation" in calls[-1][1]
+
+
+def test_a_lead_of_either_sign_past_two_standard_errors_is_flagged():
+  """cispo ahead of a search method is flagged like the other way round; the reference's
+  mean@16 on its own problems gets its columns."""
+  records = []
+  for seed, (cispo, tree) in enumerate([(0.30, 0.20), (0.32, 0.21), (0.31, 0.22)]):
+    for method, score in (("cispo", cispo), ("mcts_tree", tree)):
+      records.append(_record(method, seed, score, lr=1e-5)
+                     | {"reference": {"mean@16": score / 2, "pass@16": score, "problems": 820}})
+  rows = {r["method"]: r for r in report.summarize(records, 16, ["0.2"])}
+  line = report.markdown([rows["mcts_tree"]], 16, "h", ["0.2"]).splitlines()[-1]
+  assert "| -10.0 ± 0.6 **(> 2 SE)** |" in line
+  assert "| 10.5% ± 0.5 | 21.0% |" in line  # reference mean@16 (mean ± std), pass@16
+  header = report.markdown([rows["mcts_tree"]], 16, "h", ["0.2"]).splitlines()[2]
+  assert "reference mean@16 (820 problems)" in header
+  assert header.count("|") == line.count("|")
 
 
 def test_the_default_token_budget_is_the_preset_s_own_search_run(monkeypatch):

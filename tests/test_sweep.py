@@ -43,10 +43,11 @@ def test_the_sweep_table_has_a_column_per_rate_any_method_tried():
   assert lines[8] == "cispo: the picked rate is the largest"
 
 
-def test_compare_keeps_the_rate_picked_on_the_first_seed_and_writes_the_sweep(
-    monkeypatch, tmp_path):
-  """compare.main with its jobs faked: each method's best validation rate on seed 0 is the one
-  its other seeds train at; a pick at a grid's end is flagged in the table; JSON has grids."""
+def test_compare_picks_the_rate_on_two_seeds_pooled_and_writes_the_sweep(monkeypatch,
+                                                                         tmp_path):
+  """compare.main with its jobs faked: each method's best validation rate, pooled over seeds
+  0 and 1, is the one seed 2 trains at; only the picked rate's runs get test scores; a pick
+  at a grid's end is flagged in the table; JSON has grids and per-problem test scores."""
   import json
   import types
   per_problem_noise = [0.25, -0.25, 0.0, 0.0]
@@ -58,35 +59,50 @@ def test_compare_keeps_the_rate_picked_on_the_first_seed_and_writes_the_sweep(
   def record(method, seed, lr, score):
     return {"method": method, "seed": seed, "lr": lr, "generated_tokens": 1000,
             "iterations": 4, "train_s": 1.0, "validation": score,
-            "curve": [(0, score), (1000, score)],
-            "test": {"0.2": {"mean@16": score, "pass@16": 2 * score}}}
+            "curve": [(0, score), (1000, score)]}
+
+  def with_test(record, common):
+    tested.append((record["method"], record["seed"], record["lr"]))
+    score = record["validation"]
+    return record | {"test": {"0.2": {"mean@4": score, "pass@4": 2 * score},
+                              "per_problem": [score, score]}}
 
   def train_run(method, seed, lr, common, sweep=False):
     calls.append((method, seed, lr))
-    assert sweep == (seed == 0)  # only the sweep's runs are scored problem by problem
+    assert sweep == (seed < 2)  # only the sweep's runs are scored problem by problem
     result = record(method, seed, float(lr), validation[method, lr] + 0.01 * seed)
     if sweep:  # 4 validation problems whose mean is the run's validation score
       result["validation_per_problem"] = [result["validation"] + d for d in per_problem_noise]
     return result
 
+  tested = []
   monkeypatch.setattr(compare, "train_run", train_run)
-  monkeypatch.setattr(compare, "base_run", lambda seed, common: dict(
-      record("base", seed, None, 0.14), generated_tokens=0, iterations=0, curve=[]))
+  monkeypatch.setattr(compare, "with_test", with_test)
+  monkeypatch.setattr(compare, "base_run", lambda seed, common: with_test(dict(
+      record("base", seed, None, 0.14), generated_tokens=0, iterations=0, curve=[]), common))
   monkeypatch.setattr(compare, "_k", lambda: 16)
   out = tmp_path / "table.md"
   monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
-      preset="tiny", set=[], methods=["base", "mcts_distill", "cispo"], seeds=["0", "1"],
-      learning_rates=["1e-5", "3e-5", "1e-4"],
+      preset="tiny", set=[], methods=["base", "mcts_distill", "cispo"], seeds=["0", "1", "2"],
+      pick_seeds=2, learning_rates=["1e-5", "3e-5", "1e-4"],
       method_learning_rates=["mcts_distill=3e-6,1e-5,3e-5"], token_budget=1000,
-      temperatures=["0.2"], eval_key_sets=1, workdir=str(tmp_path / "runs"), out=str(out)))
+      temperatures=["0.2"], eval_key_sets=1, workdir=str(tmp_path / "runs"), out=str(out),
+      test_k=4, test_problems=3000, validation_problems=1000, reference_problems=820))
   compare.main([])
-  assert calls == [("mcts_distill", 0, "3e-6"), ("mcts_distill", 0, "1e-5"),
-                   ("mcts_distill", 0, "3e-5"), ("mcts_distill", 1, "3e-6"),
-                   ("cispo", 0, "1e-5"), ("cispo", 0, "3e-5"), ("cispo", 0, "1e-4"),
-                   ("cispo", 1, "3e-5")]
+  assert calls == [(m, seed, lr) for m, lr in [("mcts_distill", "3e-6"),
+                                               ("mcts_distill", "1e-5"),
+                                               ("mcts_distill", "3e-5")] for seed in (0, 1)] + [
+      ("mcts_distill", 2, "3e-6")] + [(m, seed, lr) for m, lr in [
+          ("cispo", "1e-5"), ("cispo", "3e-5"), ("cispo", "1e-4")] for seed in (0, 1)] + [
+      ("cispo", 2, "3e-5")]
+  # test scores only for the base model and the picked rates, every seed
+  assert tested == [("base", s, None) for s in range(3)] + [
+      ("mcts_distill", s, 3e-6) for s in range(3)] + [("cispo", s, 3e-5) for s in range(3)]
   table = out.read_text()
-  assert "| mcts_distill | 15.0% | 14.2% | 14.1% | - |" in table
-  assert "| cispo | - | 14.6% | 15.5% | 15.1% |" in table
+  assert "Learning-rate sweep (seeds 0, 1 pooled, validation mean@16):" in table
+  # pooled over seeds 0 and 1 (seed s scores 0.01 s above the rate's value)
+  assert "| mcts_distill | 15.5% | 14.7% | 14.6% | - |" in table
+  assert "| cispo | - | 15.1% | 16.0% | 15.6% |" in table
   assert "mcts_distill: the picked rate is the smallest tried" in table
   # the per-problem differences are constant, so every lead is exact (standard error 0)
   assert ("mcts_distill: the picked 3e-06 leads 1e-05 by +0.8 ± 0.0, 3e-05 by +0.9 ± 0.0 "
@@ -100,6 +116,7 @@ def test_compare_keeps_the_rate_picked_on_the_first_seed_and_writes_the_sweep(
   assert leads[("mcts_distill", 3e-6)] is None
   assert abs(leads[("mcts_distill", 1e-5)] - 0.008) < 1e-12
   assert all("validation_per_problem" not in r for r in written["runs"])
+  assert all(len(r["test"]["per_problem"]) == 2 for r in written["runs"])
   assert (tmp_path / "table.png").exists()
 
 

@@ -1,21 +1,30 @@
 """Compare training methods at an equal budget of generated tokens, from one base model.
 
-    python -m jaxdistill.experiments.compare      # tiny preset: LR sweep, then 3 seeds each
+    python -m jaxdistill.experiments.compare      # tiny preset: LR sweep, then 5 seeds each
     python -m jaxdistill.experiments.compare --preset=medium   # 4 numbers, hidden 512 (GPU)
 
-1. The base model (one shared warm start) is scored per seed.
-2. Each method's generated tokens per iteration are measured by a 2-iteration probe, so
+The protocol, fixed before any run:
+1. Splits disjoint by content: `--test_problems` (3,000) distinct test problems,
+   `--validation_problems` (1,000) validation problems, the rest of the preset's train split
+   (cut to what the problem space still holds).
+2. The base model (one shared warm start) is scored per seed.
+3. Each method's generated tokens per iteration are measured by a 2-iteration probe, so
    that its learning rate decays to zero exactly as it reaches `--token_budget`.
-3. Learning rate: seed 0 at each of `--learning_rates` (or the method's own grid from
-   `--method_learning_rates`); the best final mean@k on the
-   validation split (the last problems of the train split, which no run trains on; never
-   the test split) is kept for the other seeds. Under the sweep table: the pick's lead over
-   each other rate with its standard error, paired problem by problem, and a warning when
-   the validation problems cannot tell the pick from another rate, or when the pick is an
-   end of its grid.
-4. Every run: `--curve_points` evaluations on the validation split during training (the
-   learning curve against generated tokens), then mean@k and pass@k on the held-out test
-   split at the reference temperature (0.2) and at 0.8, no search.
+4. Learning rate: the first `--pick_seeds` (2) seeds at each of `--learning_rates` (or the
+   method's own grid from `--method_learning_rates`); the best final validation mean@k,
+   pooled over those seeds, is frozen for the other seeds before any test number is read.
+   Under the sweep table: the pick's lead over each other rate with its standard error,
+   paired problem by problem, and a warning when the validation problems cannot tell the
+   pick from another rate, or when the pick is an end of its grid. Test scores of rates not
+   picked are never computed.
+5. Every run: `--curve_points` evaluations on the validation split during training (the
+   learning curve against generated tokens), then, no search: mean@`--test_k` (4) and
+   pass@`--test_k` on every test problem at each of `--temperatures` (the primary score, with
+   each problem's score kept), and the reference's metric, mean@16 and pass@16 on the first
+   `--reference_problems` (820), at the preset's evaluation temperature.
+6. Differences are paired by seed, with the standard error over seeds and the unbiased
+   two-way one that also counts the sampling of the test problems; a difference counts when
+   it exceeds twice the larger, whichever method leads.
 Stopping it (SIGTERM or Ctrl-C) lets the running job write a checkpoint; the same command
 then resumes the comparison where it stopped. Writes a markdown table with per-seed numbers and the paired difference of each method to
 cispo and to the base model (mean and standard error over seeds), the raw numbers (JSON)
@@ -68,9 +77,19 @@ def define_flags():
   flags.DEFINE_string("preset", "tiny", "config preset (countdown.py)")
   flags.DEFINE_list("methods", ["base", "mcts_distill", "mcts_tree", "cispo", "best_of_n"],
                     f"base and training methods ({', '.join(METHODS)})")
-  flags.DEFINE_list("seeds", ["0", "1", "2"], "RL seeds (the base model is the same for all)")
+  flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "RL seeds (the base model is the "
+                    "same for all)")
+  flags.DEFINE_integer("pick_seeds", 2, "the first seeds that try every learning rate; the "
+                       "rate is picked on their pooled validation score")
   flags.DEFINE_list("learning_rates", ["1e-5", "3e-5", "1e-4"], "learning rates tried on the "
-                    "first seed (one value: no sweep)")
+                    "first --pick_seeds seeds (one value: no sweep)")
+  flags.DEFINE_integer("test_problems", 3000, "distinct test problems (the primary score)")
+  flags.DEFINE_integer("test_k", 4, "samples per test problem of the primary score (mean@k's "
+                       "expectation does not depend on k: more problems shrink its largest "
+                       "error term)")
+  flags.DEFINE_integer("reference_problems", 820, "the first test problems scored with the "
+                       "reference's mean@16 / pass@16 (the preset's eval.k)")
+  flags.DEFINE_integer("validation_problems", 1000, "distinct validation problems")
   flags.DEFINE_multi_string("method_learning_rates", [], "a method's own grid in place of "
                             "--learning_rates, e.g. mcts_distill=3e-6,1e-5,3e-5 (repeat the "
                             "flag for more methods), for a method whose best rate lies outside "
@@ -85,11 +104,9 @@ def define_flags():
   flags.DEFINE_integer("eval_key_sets", 1, "independent sets of k samples per test problem at "
                        "the first temperature (mean@k pooled over them: mean@(k * sets)); more "
                        "sets shrink the evaluation noise in the paired differences")
-  flags.DEFINE_boolean("problem_se", True, "score every run's test problems one by one at "
-                       "the first temperature, so that the paired differences' standard error "
-                       "also counts the sampling of the test problems (all seeds share them)")
   flags.DEFINE_string("workdir", "runs/compare", "where runs go")
-  flags.DEFINE_string("out", "results/countdown_tiny.md", "markdown table (JSON and PNG beside)")
+  flags.DEFINE_string("out", "", "markdown table (JSON and PNG beside); '' -> "
+                      "results/countdown_<preset>.md")
   flags.DEFINE_multi_string("set", [], "extra config overrides for every run, e.g. "
                             "--set=search.num_agents=8")
 
@@ -162,24 +179,28 @@ def _cached(path: str, make):
 
 
 def evaluate(workdir: str, common: list[str], temperature: str, split: str = "test",
-             key_set: int = 0, per_problem: bool = False) -> dict:
-  """mean@k / pass@k of the run's latest checkpoint (or the base model) on a split; key_set
-  r > 0 draws the samples with seed + KEY_SET_STRIDE * r (an independent set of k per problem);
-  per_problem: with each problem's mean reward ("per_problem"). One cache per evaluation keeps
-  the per-problem scores, so asking for them does not evaluate again (a cache written before
-  they were recorded is evaluated again once)."""
+             key_set: int = 0, per_problem: bool = False, k: int | None = None,
+             problems: int = 100_000) -> dict:
+  """mean@k / pass@k of the run's latest checkpoint (or the base model) on the first
+  `problems` problems of a split (k: the preset's eval.k when None); key_set r > 0 draws the
+  samples with seed + KEY_SET_STRIDE * r (an independent set of k per problem); per_problem:
+  with each problem's mean reward ("per_problem"). One cache per evaluation keeps the
+  per-problem scores, so asking for them does not evaluate again (a cache written before they
+  were recorded is evaluated again once)."""
   if key_set:
     common = with_key_set(common, key_set)
+  settings = [f"eval.temperature={temperature}", f"eval.split={split}",
+              f"eval.num_problems={problems}"] + ([f"eval.k={k}"] if k else [])
 
   def make():
-    _run(workdir, common + [f"eval.temperature={temperature}", f"eval.split={split}",
-                            f"eval.num_problems={100_000}"], mode="eval")
+    _run(workdir, common + settings, mode="eval")
     with open(os.path.join(workdir, "eval_result.json")) as f:
       result = json.load(f)
     if per_problem and "per_problem" not in result:
       raise RuntimeError(f"{workdir}: the evaluation wrote no per-problem scores")
     return result
-  path = os.path.join(workdir, f"eval_{split}_t{temperature}"
+  path = os.path.join(workdir, f"eval_{split}_t{temperature}" + (f"_k{k}" if k else "")
+                      + (f"_n{problems}" if problems != 100_000 else "")
                       + (f"_keys{key_set}" if key_set else "") + ".json")
   result = _cached(path, make)
   if per_problem and "per_problem" not in result:  # cached before they were recorded
@@ -210,14 +231,20 @@ def pool_key_sets(results: list[dict], k: int) -> dict:
   return pooled | {"key_sets": [r[f"mean@{k}"] for r in results]}
 
 
-def scored(first: dict, workdir: str, overrides: list[str]) -> dict:
-  """The test score at the first temperature, pooled over --eval_key_sets sets of keys (first:
-  the set drawn with the run's own seed)."""
-  if FLAGS.eval_key_sets <= 1:
-    return first
-  extra = [evaluate(workdir, overrides, FLAGS.temperatures[0], key_set=r)
-           for r in range(1, FLAGS.eval_key_sets)]
-  return pool_key_sets([first] + extra, _k())
+def test_scores(workdir: str, overrides: list[str]) -> dict:
+  """The primary score: mean@test_k and pass@test_k on every test problem at each
+  temperature, the first one pooled over --eval_key_sets sets of keys (the first set drawn
+  with the run's own seed), and its per-problem scores ("per_problem", in the split's order,
+  the same in every run)."""
+  k, t0 = FLAGS.test_k, FLAGS.temperatures[0]
+  test = {t: evaluate(workdir, overrides, t, k=k, per_problem=t == t0)
+          for t in FLAGS.temperatures}
+  per_problem = test[t0].pop("per_problem")
+  if FLAGS.eval_key_sets > 1:
+    extra = [evaluate(workdir, overrides, t0, key_set=r, k=k)
+             for r in range(1, FLAGS.eval_key_sets)]
+    test[t0] = pool_key_sets([test[t0]] + extra, k)
+  return test | {"per_problem": per_problem}
 
 
 def tokens_per_iteration(method: str, common: list[str]) -> float:
@@ -262,18 +289,25 @@ def _final_per_problem(workdir: str, name: str, overrides: list[str], temperatur
   return evaluate(workdir, overrides, temperature, split, per_problem=True)["per_problem"]
 
 
-def train_run(method: str, seed: int, lr: str, common: list[str], sweep: bool = False) -> dict:
-  """One training run at the token budget, evaluated on validation and test; sweep: with
-  each validation problem's score ("validation_per_problem"), to pair rates of a sweep."""
-  name = f"{method}-lr{lr}-seed{seed}"
-  workdir = os.path.join(FLAGS.workdir, name)
-  per_iteration = tokens_per_iteration(method, common)
-  expected = max(1, round(FLAGS.token_budget / per_iteration))
+def _train_overrides(method: str, seed: int, lr: str, common: list[str]) -> list[str]:
+  """A training run's config overrides: its method, seed and rate, the learning rate decaying
+  to zero as the run reaches the token budget, its own final test evaluation on the first
+  --reference_problems problems (the reference's metric)."""
+  expected = max(1, round(FLAGS.token_budget / tokens_per_iteration(method, common)))
   every = max(1, expected // FLAGS.curve_points)
-  overrides = common + METHODS[method] + [
+  return common + METHODS[method] + [
       f"seed={seed}", f"learner.learning_rate={lr}", f"learner.decay_steps={expected}",
       f"train.num_iterations={3 * expected}", f"train.token_budget={FLAGS.token_budget}",
-      "eval.at_start=False", f"eval.every={every}", "train.checkpoint_every=1000000"]
+      "eval.at_start=False", f"eval.every={every}", "train.checkpoint_every=1000000",
+      f"eval.num_problems={FLAGS.reference_problems}"]
+
+
+def train_run(method: str, seed: int, lr: str, common: list[str], sweep: bool = False) -> dict:
+  """One training run at the token budget, scored on validation (its own final evaluation;
+  sweep: with each validation problem's score, "validation_per_problem", to pair the rates of
+  a sweep). No test score: `with_test` adds it once the rate is picked."""
+  workdir = os.path.join(FLAGS.workdir, f"{method}-lr{lr}-seed{seed}")
+  overrides = _train_overrides(method, seed, lr, common)
 
   def make():
     wall = _run(workdir, overrides)
@@ -296,35 +330,52 @@ def train_run(method: str, seed: int, lr: str, common: list[str], sweep: bool = 
             "curve": curve,
             "final_test": {key[len("eval_"):]: value for key, value in final.items()
                            if key.startswith("eval_")}}
-  record = _cached(os.path.join(workdir, "compare_run.json"), make)
-  # the run's own final evaluation is the test score at the preset's evaluation temperature
-  # (same problems and sample keys as --mode eval); other temperatures are evaluated here
-  reference = str(_eval_temperature())
-  record["test"] = {t: record["final_test"] if float(t) == float(reference)
-                    else evaluate(workdir, overrides, t) for t in FLAGS.temperatures}
-  t0 = FLAGS.temperatures[0]
-  record["test"][t0] = scored(record["test"][t0], workdir, overrides)
-  if FLAGS.problem_se:
-    record["per_problem"] = _final_per_problem(workdir, "eval_after.json", overrides, t0, "test")
+  record = _cached(os.path.join(workdir, "compare_run.json"), make) | {"lr_text": lr}
   if sweep:  # "validation" is the run's last val_ evaluation, at the reference temperature
-    record["validation_per_problem"] = _final_per_problem(workdir, "val_after.json", overrides,
-                                                          reference, "validation")
+    record["validation_per_problem"] = _final_per_problem(
+        workdir, "val_after.json", overrides, str(_eval_temperature()), "validation")
   return record
+
+
+def with_test(record: dict, common: list[str]) -> dict:
+  """A training run's record with its test scores (`test_scores`) and the reference's metric
+  ("reference": its own final evaluation on the first --reference_problems problems)."""
+  method, seed, lr = record["method"], record["seed"], record["lr_text"]
+  workdir = os.path.join(FLAGS.workdir, f"{method}-lr{lr}-seed{seed}")
+  overrides = _train_overrides(method, seed, lr, common)
+  return record | {"test": test_scores(workdir, overrides), "reference": record["final_test"]}
 
 
 def base_run(seed: int, common: list[str]) -> dict:
   """The shared base model, scored with this seed's evaluation samples."""
   workdir = os.path.join(FLAGS.workdir, f"base-seed{seed}")
   overrides = common + [f"seed={seed}"]
-  test = {t: evaluate(workdir, overrides, t) for t in FLAGS.temperatures}
-  t0 = FLAGS.temperatures[0]
-  test[t0] = scored(test[t0], workdir, overrides)
-  record = {"method": "base", "seed": seed, "generated_tokens": 0, "iterations": 0,
-            "validation": evaluate(workdir, overrides, t0, "validation")["mean@" + str(_k())],
-            "test": test}
-  if FLAGS.problem_se:
-    record["per_problem"] = evaluate(workdir, overrides, t0, per_problem=True)["per_problem"]
-  return record
+  reference = evaluate(workdir, overrides, str(_eval_temperature()),
+                       problems=FLAGS.reference_problems)
+  return {"method": "base", "seed": seed, "generated_tokens": 0, "iterations": 0,
+          "validation": evaluate(workdir, overrides, str(_eval_temperature()),
+                                 "validation")["mean@" + str(_k())],
+          "test": test_scores(workdir, overrides), "reference": reference}
+
+
+def split_overrides() -> list[str]:
+  """The protocol's splits: --test_problems and --validation_problems distinct problems, the
+  preset's train size cut to what the task's problem space still holds."""
+  from jaxdistill import tasks
+  config = _config()
+  train = config.task.train_size
+  capacity = tasks.from_config(config).capacity()
+  if capacity is not None:
+    train = min(train, capacity - FLAGS.test_problems - FLAGS.validation_problems)
+    if train < 1:
+      raise app.UsageError(f"{FLAGS.test_problems} test and {FLAGS.validation_problems} validation "
+                       f"problems leave no training problems of the {capacity} the task has")
+    if train < config.task.train_size:
+      print(f"train split: {train:,} problems (the preset's {config.task.train_size:,} do not "
+            f"fit beside {FLAGS.test_problems:,} test and {FLAGS.validation_problems:,} "
+            "validation problems)", flush=True)
+  return [f"task.test_size={FLAGS.test_problems}",
+          f"task.validation_size={FLAGS.validation_problems}", f"task.train_size={train}"]
 
 
 def _config():
@@ -355,10 +406,13 @@ def main(argv):
                                   or any(int(s) >= KEY_SET_STRIDE for s in FLAGS.seeds)):
     raise app.UsageError(f"--eval_key_sets draws evaluation seeds seed + {KEY_SET_STRIDE} r: "
                          f"give seeds below {KEY_SET_STRIDE} with --seeds, not --set=seed=")
+  if not 1 <= FLAGS.pick_seeds <= len(FLAGS.seeds):
+    raise app.UsageError(f"--pick_seeds must be in [1, {len(FLAGS.seeds)}] (the number of "
+                         f"--seeds), got {FLAGS.pick_seeds}")
   os.makedirs(FLAGS.workdir, exist_ok=True)
   common = [f"sft.cache_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'warm_start'))}",
             f"task.data_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'data'))}",
-            "train.progress=False"]
+            "train.progress=False", *split_overrides()]
   if FLAGS.token_budget < 0:
     raise app.UsageError(f"--token_budget must be >= 0, got {FLAGS.token_budget}")
   if not FLAGS.token_budget:
@@ -371,63 +425,77 @@ def main(argv):
     records += [base_run(seed, common) for seed in seeds]
   for method in (m for m in FLAGS.methods if m != "base"):
     swept = len(grids[method]) > 1  # rates to pair problem by problem on validation
-    tried = [train_run(method, seeds[0], lr, common, sweep=swept) for lr in grids[method]]
-    best = max(tried, key=lambda r: r["validation"])
+    pickers = seeds[:FLAGS.pick_seeds]
+    tried = {lr: [train_run(method, seed, lr, common, sweep=swept) for seed in pickers]
+             for lr in grids[method]}
+    pooled = [{"lr": runs[0]["lr"], "validation": float(np.mean([r["validation"] for r in runs])),
+               "validation_seeds": [r["validation"] for r in runs],
+               "per_problem": (np.mean([r["validation_per_problem"] for r in runs], axis=0)
+                               if swept else None)} for runs in tried.values()]
+    best = max(pooled, key=lambda r: r["validation"])  # frozen before any test score
+    best_lr = grids[method][pooled.index(best)]
     sweep[method] = f"{best['lr']:g}"
-    margins = (pick_margins([{"lr": r["lr"], "per_problem": r["validation_per_problem"]}
-                             for r in tried], best["lr"]) if swept else {})
-    sweep_runs += [{"method": r["method"], "lr": r["lr"], "validation": r["validation"]}
+    margins = pick_margins(pooled, best["lr"]) if swept else {}
+    sweep_runs += [{"method": method, "lr": r["lr"], "validation": r["validation"],
+                    "validation_seeds": r["validation_seeds"]}
                    | ({"pick_lead": margins[r["lr"]][0], "pick_lead_se": margins[r["lr"]][1]}
-                      if r["lr"] in margins else {}) for r in tried]
-    print(f"{method}: validation mean@{k} by learning rate "
-          + ", ".join(f"{r['lr']:g}: {100 * r['validation']:.1f}%" for r in tried)
+                      if r["lr"] in margins else {}) for r in pooled]
+    print(f"{method}: validation mean@{k} by learning rate (seeds {pickers} pooled) "
+          + ", ".join(f"{r['lr']:g}: {100 * r['validation']:.1f}%" for r in pooled)
           + f" -> {sweep[method]}", flush=True)
     if margins:
-      notes.append(margin_note(method, best["lr"], margins,
-                               len(best["validation_per_problem"])))
+      notes.append(margin_note(method, best["lr"], margins, len(best["per_problem"])))
       print(notes[-1], flush=True)
     edge = grid_edge(grids[method], best["lr"])
     if edge:
       notes.append(f"{method}: the picked rate is the {edge} tried; the best may lie beyond "
                    "it: extend its grid (--method_learning_rates).")
       print("warning: " + notes[-1], flush=True)
-    records.append(best)
-    records += [train_run(method, seed, grids[method][tried.index(best)], common)
-                for seed in seeds[1:]]
-  rows = summarize(records, k, FLAGS.temperatures)
-  problems = len(records[0].get("per_problem", [])) if records else 0
+    chosen = tried[best_lr] + [train_run(method, seed, best_lr, common)
+                               for seed in seeds[FLAGS.pick_seeds:]]
+    records += [with_test(r, common) for r in chosen]
+  rows = summarize(records, FLAGS.test_k, FLAGS.temperatures)
+  problems = len(records[0]["test"]["per_problem"]) if records else 0
+  test_k, pickers = FLAGS.test_k, seeds[:FLAGS.pick_seeds]
   header = (f"Countdown, preset `{FLAGS.preset}`, every training run samples "
             f"{FLAGS.token_budget:,} tokens from the same warm-started base model; test "
-            f"mean@{k} on the held-out problems, no search at evaluation; learning rate per "
-            f"method picked on seed {seeds[0]} from {', '.join(FLAGS.learning_rates)}"
+            f"mean@{test_k} on {problems:,} distinct held-out problems (and the reference's "
+            f"mean@{k} / pass@{k} on the first {FLAGS.reference_problems}), no search at "
+            f"evaluation; learning rate per method picked on seeds "
+            f"{', '.join(map(str, pickers))} pooled, from {', '.join(FLAGS.learning_rates)}"
             + "".join(f" ({m}: {', '.join(g)})" for m, g in grids.items()
                       if g != list(FLAGS.learning_rates))
             + " by "
-            f"validation mean@{k}; differences are paired by seed (mean ± standard error over "
+            f"validation mean@{k} on {FLAGS.validation_problems:,} problems, frozen before "
+            f"any test score; differences are paired by seed (mean ± standard error over "
             f"seeds, the test problems held fixed"
-            + (f"; 'with problems': counting the sampling of the {problems} test problems "
-               f"too, from one set of {k} samples per problem and run" if problems else "")
-            + ")."
+            + (f"; 'with problems': the unbiased two-way standard error that also counts the "
+               f"sampling of the {problems:,} test problems, from one set of {test_k} samples "
+               f"per problem and run" if problems else "")
+            + "); a difference is flagged past twice the larger, whichever method leads."
             + (f" At T={FLAGS.temperatures[0]} each run is scored on {FLAGS.eval_key_sets} "
-               f"independent sets of {k} samples per problem: mean@{k} and pass@{k} are "
-               f"averaged over the sets (mean@{k * FLAGS.eval_key_sets})."
+               f"independent sets of {test_k} samples per problem: mean@{test_k} and "
+               f"pass@{test_k} are averaged over the sets (mean@{test_k * FLAGS.eval_key_sets})."
                if FLAGS.eval_key_sets > 1 else "")
             + (f" Overrides: {', '.join(f'`{o}`' for o in FLAGS.set)}." if FLAGS.set else ""))
-  table = markdown(rows, k, header, FLAGS.temperatures)
-  table += sweep_table(grids, sweep_runs, k, seeds[0], notes)
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  with open(FLAGS.out, "w") as f:
+  table = markdown(rows, test_k, header, FLAGS.temperatures)
+  table += sweep_table(grids, sweep_runs, k, pickers, notes)
+  out = FLAGS.out or os.path.join("results", f"countdown_{FLAGS.preset}.md")
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out, "w") as f:
     f.write(table)
-  stem = os.path.splitext(FLAGS.out)[0]
+  stem = os.path.splitext(out)[0]
   with open(stem + ".json", "w") as f:
+    # each run's per-problem test scores stay (runs[].test.per_problem, the split's order)
     runs = [{key: value for key, value in r.items()
-             if key not in ("per_problem", "validation_per_problem")} for r in records]
+             if key not in ("validation_per_problem", "lr_text", "final_test")}
+            for r in records]
     json.dump({"budget": FLAGS.token_budget, "rows": rows, "runs": runs, "sweep": sweep,
                "sweep_runs": sweep_runs, "grids": grids, "methods": {m: METHODS[m] for m in sweep},
                "overrides": FLAGS.set}, f, indent=1)
-  plot(records, sweep, k, FLAGS.temperatures[0], stem + ".png")
+  plot(records, sweep, k, str(_eval_temperature()), stem + ".png")
   print(table)
-  print(f"wrote {FLAGS.out}, {stem}.json, {stem}.png")
+  print(f"wrote {out}, {stem}.json, {stem}.png")
 
 
 if __name__ == "__main__":

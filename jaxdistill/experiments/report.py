@@ -31,7 +31,8 @@ def paired(records: list[dict], method: str, other: str, k: int, temperature: st
 
   The first standard error treats the test problems as fixed: every seed is scored on the
   same problems, so it says how sure we are of the difference on these problems. Where every
-  run has per-problem scores ("per_problem", one set of k samples each), the last adds the
+  run has per-problem scores (its test's "per_problem", one set of k samples each, in the
+  same problem order in every run), the last adds the
   sampling of the problems, as in a two-way layout with seeds and problems both random:
   SE^2 + (MS_problem - MS_resid) / (S P), from the S x P per-problem differences. (MS_problem
   / (S P) alone, the spread of the problems' differences averaged over seeds, also holds the
@@ -47,8 +48,10 @@ def paired(records: list[dict], method: str, other: str, k: int, temperature: st
     return None
   mean, se = mean_and_se(diffs)
   with_problems = None
-  if len(diffs) > 1 and all("per_problem" in r for s in seeds for r in (mine[s], theirs[s])):
-    table = np.array([np.subtract(mine[s]["per_problem"], theirs[s]["per_problem"])
+  per_problem = lambda r: r["test"].get("per_problem", r.get("per_problem"))
+  if len(diffs) > 1 and all(per_problem(r) is not None for s in seeds
+                            for r in (mine[s], theirs[s])):
+    table = np.array([np.subtract(per_problem(mine[s]), per_problem(theirs[s]))
                       for s in seeds], np.float64)  # [S, P]
     with_problems = float(np.sqrt(se ** 2 + problem_variance(table)))
   return mean, se, len(diffs), with_problems
@@ -88,6 +91,13 @@ def summarize(records: list[dict], k: int, temperatures: list[str]) -> list[dict
       scores = np.array([r["test"][t][f"mean@{k}"] for r in mine])
       row[f"mean@{k}/T{t}"] = scores.tolist()
       row[f"pass@{k}/T{t}"] = float(np.mean([r["test"][t][f"pass@{k}"] for r in mine]))
+    if all("reference" in r for r in mine):  # the reference's metric: mean@K on its problems
+      reference = mine[0]["reference"]
+      big_k = next(key for key in reference if key.startswith("mean@"))[len("mean@"):]
+      row["reference"] = {"k": int(big_k), "problems": reference.get("problems"),
+                          "mean": [r["reference"][f"mean@{big_k}"] for r in mine],
+                          "pass": float(np.mean([r["reference"][f"pass@{big_k}"]
+                                                 for r in mine]))}
     if all(r.get("reward") for r in mine):  # training reward over the run, mean over seeds
       row["reward_quarters"] = np.mean([quarters(r["reward"]) for r in mine], axis=0).tolist()
     if all(r.get("value_target_var") and np.isfinite(r["value_target_var"]).all()
@@ -105,6 +115,7 @@ def summarize(records: list[dict], k: int, temperatures: list[str]) -> list[dict
 def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> str:
   """The table: a row per method, seeds listed, paired differences with standard errors."""
   t0, others = temperatures[0], temperatures[1:]  # others: a column pair each (none if one)
+  reference = [r["reference"] for r in rows if "reference" in r]  # its columns, if any
   pct = lambda xs: ", ".join(f"{100 * x:.1f}" for x in xs)
   stat = lambda xs: (f"{100 * np.mean(xs):.1f}% ± {100 * np.std(xs, ddof=1):.1f}"
                      if len(xs) > 1 else f"{100 * np.mean(xs):.1f}%")
@@ -116,14 +127,16 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
     se = d[1] if d[3] is None else max(d[1], d[3])
     return (f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f}"
             + ("" if d[3] is None else f" (± {100 * d[3]:.1f} with problems)")
-            + (" **(> 2 SE)**" if se > 0 and d[0] > 2 * se else ""))
+            + (" **(> 2 SE)**" if se > 0 and abs(d[0]) > 2 * se else ""))
   lines = [header, "",
            f"| method | lr | mean@{k} T={t0} (mean ± std) | per seed | minus cispo (± SE) | "
            f"minus base (± SE) | pass@{k} T={t0} | "
            + "".join(f"mean@{k} T={t} | pass@{k} T={t} | " for t in others)
+           + "".join(f"reference mean@{ref['k']} ({ref['problems']} problems) | "
+                     f"reference pass@{ref['k']} | " for ref in reference[:1])
            + "tokens | iterations | training time | training reward by quarter of the run | "
            "value head's explained variance by quarter |",
-           "|---" * (12 + 2 * len(others)) + "|"]
+           "|---" * (12 + 2 * len(others) + 2 * bool(reference)) + "|"]
   curve = lambda r, key="reward_quarters": (" → ".join(f"{x:+.2f}" for x in r[key])
                                             if key in r else "-")
   for r in rows:
@@ -132,7 +145,9 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
         f"{pct(r[f'mean@{k}/T{t0}'])} | {diff(r.get('minus_cispo'))} | "
         f"{diff(r.get('minus_base'))} | {100 * r[f'pass@{k}/T{t0}']:.1f}% | "
         + "".join(f"{stat(r[f'mean@{k}/T{t}'])} | {100 * r[f'pass@{k}/T{t}']:.1f}% | "
-                  for t in others) +
+                  for t in others)
+        + ("" if not reference else "- | - | " if "reference" not in r else
+           f"{stat(r['reference']['mean'])} | {100 * r['reference']['pass']:.1f}% | ") +
         f"{r['tokens']:,.0f} | {r['iterations']:.0f} | {r['train_s'] / 60:.1f} min | "
         f"{curve(r)} | {curve(r, 'value_explained_quarters')} |")
   return "\n".join(lines) + "\n"

@@ -56,13 +56,17 @@ def grid_edge(learning_rates, picked):
   return ""
 
 
-def sweep_table(grids: dict[str, list[str]], sweep_runs: list[dict], k: int, seed: int,
+def sweep_table(grids: dict[str, list[str]], sweep_runs: list[dict], k: int, seeds,
                 notes=()) -> str:
   """The markdown sweep table: a row per swept method (in `grids` order), a column per rate
   any of them tried (the union of the grids, ascending), '-' where a method did not try a
-  rate; `sweep_runs` are {'method', 'lr', 'validation'}; `notes` go under the table."""
+  rate; `sweep_runs` are {'method', 'lr', 'validation'} (validation pooled over `seeds`, an
+  int or a list); `notes` go under the table."""
   columns = sorted({float(lr) for rates in grids.values() for lr in rates})
-  lines = ["", f"Learning-rate sweep (seed {seed}, validation mean@{k}):", "",
+  who = (f"seed {seeds}" if isinstance(seeds, int) or len(seeds) == 1
+         else f"seeds {', '.join(map(str, seeds))} pooled")
+  who = who.replace("[", "").replace("]", "")
+  lines = ["", f"Learning-rate sweep ({who}, validation mean@{k}):", "",
            "| method | " + " | ".join(f"{lr:g}" for lr in columns) + " |",
            "|---|" + "---|" * len(columns)]
   for method in grids:
