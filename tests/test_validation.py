@@ -128,7 +128,7 @@ def test_overrides_as_the_scripts_take_them_reach_any_depth_and_keep_the_field_s
     presets.apply_overrides(config, ["eval.temperature"])
 
 
-@pytest.mark.parametrize("preset", ["tiny", "medium"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny4", "medium"])
 def test_the_locally_built_presets_shapes_hold_every_problem_of_their_size(preset, tmp_path):
   """Prompts, step lines, warm-start examples and whole answers of the preset's task.numbers
   fit its static shapes (a cut warm-start example teaches answers that never end; a too short
