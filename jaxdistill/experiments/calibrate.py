@@ -5,7 +5,7 @@ minority of the problems; the reference's instruct model solved 3.1% of 4-number
     python -m jaxdistill.experiments.calibrate --preset=tiny4 --steps=400,800,1600
 
 Each length is its own warm start (its own learning-rate schedule), cached in
-WORKDIR/ws-<steps> like a run's; the table and JSON give mean@k and pass@k at the preset's
+DIR/ws-<steps> like a run's; the table and JSON give mean@k and pass@k at the preset's
 evaluation settings on the first --problems test problems, and the warm start's seconds.
 """
 
@@ -20,7 +20,8 @@ flags.DEFINE_string("preset", "tiny4", "config preset (countdown.py)")
 flags.DEFINE_list("steps", ["400", "800", "1600"], "warm-start lengths to try")
 flags.DEFINE_integer("problems", 256, "test problems scored")
 flags.DEFINE_multi_string("set", [], "config overrides, e.g. --set=model.hidden_size=192")
-flags.DEFINE_string("workdir", "runs/calibrate", "where warm starts and splits go")
+flags.DEFINE_string("dir", "runs/calibrate", "where warm starts and splits go (not --workdir: "
+                    "jaxdistill.main, imported to build the model, defines that flag)")
 flags.DEFINE_string("out", "results/calibrate_tiny4.json", "JSON output")
 FLAGS = flags.FLAGS
 
@@ -54,7 +55,7 @@ def main(argv):
   config = presets.apply_overrides(presets.get_config(FLAGS.preset), FLAGS.set)
   rows = []
   for steps in map(int, FLAGS.steps):
-    rows.append(measure(config, steps, FLAGS.workdir, FLAGS.problems))
+    rows.append(measure(config, steps, FLAGS.dir, FLAGS.problems))
     print_table(rows[-1:], list(rows[-1]))
   print(f"\n{FLAGS.preset} {' '.join(FLAGS.set)}: base model by warm-start length")
   print_table(rows, list(rows[0]))

@@ -16,7 +16,8 @@ The protocol, fixed before any run:
    Under the sweep table: the pick's lead over each other rate with its standard error,
    paired problem by problem, and a warning when the validation problems cannot tell the
    pick from another rate, or when the pick is an end of its grid. Test scores of rates not
-   picked are never computed.
+   picked are never read (a run's own final evaluation of the first --reference_problems
+   test problems stays in its workdir; the test evaluations are run for picked rates only).
 5. Every run: `--curve_points` evaluations on the validation split during training (the
    learning curve against generated tokens), then, no search: mean@`--test_k` (4) and
    pass@`--test_k` on every test problem at each of `--temperatures` (the primary score, with
