@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxdistill import stopping, tokenization
+from typing import Any
+
+from jaxdistill import methods, stopping, tokenization
 from jaxdistill.evaluate import EvalConfig
 from jaxdistill.rl import learner as learner_lib
 from jaxdistill.rl import rollouts
 from jaxdistill.search import lm_expand
 from jaxdistill.sft import SFTConfig
 
-METHODS = ("mcts_distill", "cispo", "best_of_n")
+METHODS = tuple(methods.METHODS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,19 +32,14 @@ class IterationSpec:
   learner: learner_lib.LearnerConfig
   advantage: str
   compute_dtype: str  # the dtype sampling and search compute in
+  options: Any = None  # the method's own static settings (`Method.options`)
 
 
 def learner(config) -> learner_lib.LearnerConfig:
   """The update's settings (no tokenizer needed)."""
-  r, s, l = config.rollout, config.search, config.learner
-  # the learner scores tokens at the temperature they were sampled at (visit targets: at
-  # the prior's, temperature 1, against the current policy)
-  if config.algo != "mcts_distill":
-    temperature = r.temperature
-  else:
-    temperature = 1.0 if s.targets == "visits" else s.temperature
+  l = config.learner
   return learner_lib.LearnerConfig(
-      temperature=temperature, logit_chunk=l.logit_chunk, remat=l.remat,
+      temperature=methods.get(config.algo).learner_temperature(config), logit_chunk=l.logit_chunk, remat=l.remat,
       loss_aggregation=l.loss_aggregation, ppo_eps_high=l.ppo_eps_high,
       dual_clip=l.dual_clip,
       policy_loss=l.policy_loss, eps_high=l.eps_high, ppo_eps=l.ppo_eps,
@@ -105,12 +102,11 @@ def iteration(config, tokenizer=None, step_delimiter: str | None = None,
   """The training iteration's settings. With a tokenizer (whose model has vocab_size logits,
   which may exceed the tokenizer's ids) the step delimiter (the task's) becomes the search's
   stop string; without one, only the shapes are right (the memory planner)."""
-  if config.algo not in METHODS:
-    raise ValueError(f"algo must be one of {METHODS}, got {config.algo!r}")
+  method = methods.get(config.algo)
   ids = (tokenization.special_ids(tokenizer) if tokenizer is not None
          else tokenization.SpecialIds(pad_id=0, eos_id=1))
   found = None
-  if config.algo == "mcts_distill":
+  if method.searches:
     # a step ends after the token that completes the delimiter, however it is tokenized
     step_end = None
     if tokenizer is not None:
@@ -120,5 +116,5 @@ def iteration(config, tokenizer=None, step_delimiter: str | None = None,
     found = search(config, step_end, ids.eos_id, ids.pad_id)
   return IterationSpec(method=config.algo, rollout=rollout(config, ids.eos_id, ids.pad_id),
                        search=found, learner=learner(config),
-                       advantage="group" if config.algo == "cispo" else config.learner.advantage,
-                       compute_dtype=config.model.dtype)
+                       advantage=method.advantage(config), compute_dtype=config.model.dtype,
+                       options=method.options(config))

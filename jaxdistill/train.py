@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from jaxdistill import evaluate as evaluation
-from jaxdistill import parallel, rewards, runs, settings, streams
+from jaxdistill import methods, parallel, rewards, runs, settings, streams
 from jaxdistill.checkpointing import Checkpointer
 from jaxdistill.interrupts import GracefulStop
 from jaxdistill.metrics import MetricsLog, plot_run
@@ -34,7 +34,9 @@ def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, ad
 
   Forward passes only where needed: the value head for value-baseline advantages, the
   reference policy for the KL term, the current policy for rows without behaviour
-  log-probs (visit targets); none for group advantages without KL."""
+  log-probs (visit targets); none for group advantages without KL. advantage: group
+  (standardised within each prompt's group_size rows), group_mean (centred only),
+  reward_minus_value or gae; rows that bring advantages keep theirs."""
   tokens = traj.tokens
   positions = jnp.arange(tokens.shape[1] - 1)[None]
   # entry t predicts token t + 1: generated when prompt_length <= t + 1 < length
@@ -50,8 +52,9 @@ def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, ad
   ref_logprobs = None if ref_params is None or not config.kl_coef else scores(ref_params)
   if traj.advantages is not None:  # given by the producer (tree targets)
     advantages = traj.advantages * mask
-  elif advantage == "group":
-    advantages = losses.group_normalized(traj.reward, group_size)[:, None] * mask
+  elif advantage in ("group", "group_mean"):
+    advantages = losses.group_normalized(traj.reward, group_size,
+                                         std=advantage == "group")[:, None] * mask
   else:
     old_values = jax.lax.stop_gradient(learner.sequence_values(graphdef, params, tokens))
     if advantage == "gae":
@@ -65,18 +68,13 @@ def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, ad
 
 def _stages(graphdef, optimizer, spec: settings.IterationSpec, reward_fn, dense_reward_fn):
   """The iteration's three phases, per device: rollout, learner-batch assembly, update."""
+  method = methods.get(spec.method)
 
   def rollout(params, prompt_tokens, prompt_lengths, problems, keys):
     if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
       keys = jax.random.wrap_key_data(keys)  # fed as raw key data (multi-host feeding)
-    args = (graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec.rollout)
-    if spec.method == "mcts_distill":
-      traj, _ = rollouts.mcts_distill(*args, spec.search, reward_fn)
-    elif spec.method == "cispo":
-      traj = rollouts.cispo(*args, reward_fn)
-    else:
-      traj = rollouts.best_of_n(*args, reward_fn, dense_reward_fn)
-    return traj
+    return method.rollout(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
+                          spec, reward_fn, dense_reward_fn)
 
   def assemble(params, ref_params, traj):
     return assemble_batch(graphdef, params, ref_params, traj, spec.advantage,
@@ -183,10 +181,11 @@ def assemble_forwards(spec: settings.IterationSpec) -> int:
   """Forward passes `assemble_batch` runs over the learner batch: the reference policy's
   (KL), the current policy's (visit rows carry no behaviour log-probs) and the value
   head's (value-baseline advantages; tree targets bring their own)."""
-  visits = spec.method == "mcts_distill" and spec.search.targets == "visits"
-  tree = spec.method == "mcts_distill" and spec.search.targets == "tree"
-  return (int(spec.learner.kl_coef > 0) + int(visits)
-          + int(spec.advantage != "group" and not tree))
+  method = methods.get(spec.method)
+  value_baseline = (spec.advantage not in ("group", "group_mean")
+                    and not method.brings_advantages(spec))
+  return (int(spec.learner.kl_coef > 0) + int(method.scores_current_policy(spec))
+          + int(value_baseline))
 
 
 def phase_flops(spec: settings.IterationSpec, prompts: int, prompt_width: int,
@@ -194,11 +193,10 @@ def phase_flops(spec: settings.IterationSpec, prompts: int, prompt_width: int,
   """Forward-equivalent FLOPs of each phase for one iteration (static shapes, padding
   included): rollout = the positions the LM runs on; assemble = the forwards it runs
   (`assemble_forwards`); update = forward + backward (3 forwards) per gradient step."""
-  rows, width = rollouts.learner_shape(spec.method, prompts, prompt_width, spec.rollout,
-                                       spec.search)
+  method = methods.get(spec.method)
+  rows, width = method.learner_shape(prompts, prompt_width, spec)
   positions = rows * (width - 1)
-  return {"rollout": rollouts.forward_tokens(spec.method, prompts, prompt_width,
-                                             spec.rollout, spec.search) * flops_per_token,
+  return {"rollout": method.forward_tokens(prompts, prompt_width, spec) * flops_per_token,
           "assemble": assemble_forwards(spec) * positions * flops_per_token,
           "update": 3 * spec.learner.epochs * positions * flops_per_token}
 
@@ -335,8 +333,7 @@ def _iteration_cost(config, spec: settings.IterationSpec, model) -> dict:
   (static shapes, padding included) and forward FLOPs (at a mid-length context); with
   train.phase_timing, each phase's FLOPs too."""
   prompts, width = config.train.prompts_per_iteration, config.task.prompt_width
-  forward_tokens = rollouts.forward_tokens(spec.method, prompts, width, spec.rollout,
-                                           spec.search)
+  forward_tokens = methods.get(spec.method).forward_tokens(prompts, width, spec)
   context = width + spec.rollout.max_completion_tokens // 2
   flops_per_token = forward_flops_per_token(model.config, context)
   phases = (phase_flops(spec, prompts, width, flops_per_token)

@@ -74,11 +74,11 @@ RATE = Float(0.0, open_low=True)
 def _schema() -> dict[str, Any]:
   from jaxdistill.configs.countdown import PRESETS
   from jaxdistill.models.qwen2 import PRECISIONS
-  from jaxdistill.settings import METHODS
+  from jaxdistill.methods import METHODS
   from jaxdistill.tasks import TASKS
   return {
       "preset": Choice(tuple(PRESETS)), "seed": COUNT,
-      "algo": Choice(METHODS), "compile_cache_dir": Text(),
+      "algo": Choice(tuple(METHODS)), "compile_cache_dir": Text(),
       "model.path": Text(), "model.dtype": Choice(("float32", "bfloat16", "float16")),
       "model.param_dtype": Choice(("float32", "bfloat16", "float16")),
       "model.precision": Choice(PRECISIONS), "model.hidden_size": POSITIVE,
@@ -105,10 +105,15 @@ def _schema() -> dict[str, Any]:
       "search.branch_at": Choice(("step", "entropy")),
       "search.targets": Choice(("path", "tree", "visits")), "search.tree_rows": POSITIVE,
       "search.step_advantage": Bool(),
+      "deepsearch.trajectories": POSITIVE, "deepsearch.expansions": POSITIVE,
+      "deepsearch.max_depth": POSITIVE, "deepsearch.frontier_q": Float(0.0),
+      "deepsearch.frontier_entropy": Float(0.0), "deepsearch.frontier_depth": Float(0.0),
+      "deepsearch.backup_floor": Float(0.0, 1.0), "deepsearch.incomplete_reward": Float(-1.0, 0.0),
       "rollout.max_completion_tokens": POSITIVE, "rollout.temperature": TEMPERATURE,
       "rollout.top_p": PROBABILITY, "rollout.group_size": POSITIVE, "rollout.best_of": POSITIVE,
       "learner.policy_loss": Choice(("cispo", "ppo")),
       "learner.advantage": Choice(("reward_minus_value", "gae")),
+      "learner.advantage_std": Bool(),
       "learner.eps_high": RATE, "learner.ppo_eps": Float(0.0, 1.0, open_low=True),
       "learner.ppo_eps_high": Float(0.0), "learner.dual_clip": Float(0.0),
       "learner.loss_aggregation": Choice(("sequence", "token")), "learner.logit_chunk": COUNT,
@@ -163,7 +168,8 @@ def problems(config) -> list[str]:
 def _cross_field(c) -> list[str]:
   found = []
   say = lambda text: found.append(text)
-  searches = c.algo == "mcts_distill" or c.eval.test_time_search
+  from jaxdistill import methods
+  searches = methods.get(c.algo).searches or c.eval.test_time_search
   if searches and c.search.max_path_tokens < c.task.prompt_width + c.search.max_step_tokens:
     say(f"config field search.max_path_tokens={c.search.max_path_tokens}: must leave room for "
         f"a prompt and one step, >= task.prompt_width + search.max_step_tokens = "
@@ -171,19 +177,12 @@ def _cross_field(c) -> list[str]:
   if searches and c.search.branch_at == "entropy" and not c.search.rollout_to_end:
     say("config field search.branch_at='entropy': needs search.rollout_to_end=True (the "
         "branch point is read off each candidate's rollout)")
-  if (c.algo == "mcts_distill" and c.search.targets == "visits"
-      and c.search.tree_rows % c.search.num_children):
-    say(f"config field search.tree_rows={c.search.tree_rows}: visits targets take "
-        f"search.num_children={c.search.num_children} rows per node, so it must be a "
-        "multiple of it")
-  if c.algo == "cispo" and c.rollout.group_size < 2:
-    say(f"config field rollout.group_size={c.rollout.group_size}: cispo's group-relative "
-        "advantages need at least 2 samples per prompt")
+  method = methods.get(c.algo)
+  found += method.check(c)
   if c.learner.dual_clip and c.learner.dual_clip <= 1.0:
     say(f"config field learner.dual_clip={c.learner.dual_clip}: must be 0 (off) or > 1 (it "
         "bounds the loss of a negative advantage at dual_clip times the advantage)")
-  sampling = {"mcts_distill": ("search.temperature", c.search.temperature)}.get(
-      c.algo, ("rollout.temperature", c.rollout.temperature))
+  sampling = method.sampling_temperature(c)
   if not sampling[1]:
     say(f"config field {sampling[0]}=0: training samples must be drawn at a temperature > 0 "
         "(the learner scores them at that temperature; 0 is greedy decoding)")

@@ -46,3 +46,38 @@ def test_no_import_cycles():
     if module not in state:
       visit(module, [])
   assert not cycles, cycles
+
+
+def test_no_module_outside_the_methods_tests_a_method_name():
+  """A method is one module (jaxdistill/methods/): no other module compares anything with a
+  method's name (if-chains over config.algo), so adding a method touches no other file."""
+  from jaxdistill.methods import METHODS
+  names = set(METHODS)
+  assert {"mcts_distill", "cispo", "best_of_n", "deepsearch"} <= names
+  found = []
+  for module, path in _graph_paths().items():
+    if module.startswith("jaxdistill.methods"):
+      continue
+    for node in ast.walk(ast.parse(open(path).read())):
+      if isinstance(node, ast.Compare) and any(
+          "algo" in ast.unparse(o) or "method" in ast.unparse(o)
+          for o in [node.left, *node.comparators]):  # not the policy loss called cispo
+        operands = [node.left, *node.comparators]
+        constants = {o.value for o in operands if isinstance(o, ast.Constant)}
+        for o in operands:  # `x in ("cispo", ...)`
+          if isinstance(o, (ast.Tuple, ast.List, ast.Set)):
+            constants |= {e.value for e in o.elts if isinstance(e, ast.Constant)}
+        if constants & names:
+          found.append(f"{module}:{node.lineno}")
+  assert not found, found
+
+
+def _graph_paths():
+  paths = {}
+  for directory, _, files in os.walk(ROOT):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(directory, name)
+        module = os.path.relpath(path[:-3], os.path.dirname(ROOT)).replace(os.sep, ".")
+        paths[module.removesuffix(".__init__")] = path
+  return paths

@@ -71,10 +71,10 @@ def measured_matmul_flops() -> float:
 def time_phases(shapes: str, algo: str, peak: float):
   """Per-phase rows for one method."""
   from jaxdistill import main as entry
-  from jaxdistill import settings, tasks, train
+  from jaxdistill import methods, settings, tasks, train
   from jaxdistill.evaluate import encode_prompts
   from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
-  from jaxdistill.rl import learner, rollouts
+  from jaxdistill.rl import learner
   from jaxdistill import rewards
   import tempfile
   config = _config(shapes, algo)
@@ -88,13 +88,9 @@ def time_phases(shapes: str, algo: str, peak: float):
   state = learner.init_state(params, optimizer, jax.random.PRNGKey(0))
   ref_params = compute_copy(params, spec.compute_dtype)
   reward_fn = rewards.task_reward_fn(task, tokenizer, problems, dense=True)
-  args = lambda p, t, l, ids, keys: (graphdef, p, t, l, ids, keys, spec.rollout)
-  if algo == "mcts_distill":
-    produce = lambda *a: rollouts.mcts_distill(*args(*a), spec.search, reward_fn)[0]
-  elif algo == "cispo":
-    produce = lambda *a: rollouts.cispo(*args(*a), reward_fn)
-  else:
-    produce = lambda *a: rollouts.best_of_n(*args(*a), reward_fn, reward_fn)
+  method = methods.get(algo)
+  produce = lambda p, t, l, ids, keys: method.rollout(graphdef, p, t, l, ids, keys, spec,
+                                                      reward_fn, reward_fn)
   rollout = jax.jit(produce)
   assemble = jax.jit(lambda p, r, traj: train.assemble_batch(
       graphdef, p, r, traj, spec.advantage, spec.rollout.group_size, spec.learner))

@@ -9,7 +9,7 @@ chunked log-probs, backward, AdamW) is compiled from abstract shapes on the CPU 
 `memory_analysis()` of the compiled program is read: parameters, optimizer state and the
 batch come in as arguments, `temp` is everything the program allocates besides (activations
 kept for the backward, logits, gradients). The batch is the preset's learner batch
-(`rollouts.learner_shape`) split over --devices (data parallel: each device runs this
+(`Method.learner_shape`) split over --devices (data parallel: each device runs this
 program on its share of the rows, then gradients are summed). The architecture is the
 published Hugging Face config of the preset's model (`qwen2.ARCHITECTURES`), the vocabulary
 included, so logit_chunk 0 shows what [B, T, 151,936] fp32 log-probs cost.
@@ -64,9 +64,9 @@ def update_memory(config, algo: str, logit_chunk: int, devices: int,
   """One row: the compiled update's memory for the preset's per-device learner batch."""
   import dataclasses
 
-  from jaxdistill import settings
+  from jaxdistill import methods, settings
   from jaxdistill.models.qwen2 import ARCHITECTURES
-  from jaxdistill.rl import learner, rollouts
+  from jaxdistill.rl import learner
   config = config.copy_and_resolve_references()
   config.algo = algo
   arch = ARCHITECTURES[config.preset]
@@ -75,8 +75,7 @@ def update_memory(config, algo: str, logit_chunk: int, devices: int,
   if remat is not None:
     learner_config = dataclasses.replace(learner_config, remat=remat)
   prompts = config.train.prompts_per_iteration // devices
-  rows, width = rollouts.learner_shape(algo, prompts, config.task.prompt_width, spec.rollout,
-                                       spec.search)
+  rows, width = methods.get(algo).learner_shape(prompts, config.task.prompt_width, spec)
   graphdef, optimizer, state = abstract_state(arch, config, learner_config)
   f32 = lambda: jax.ShapeDtypeStruct((rows, width - 1), jnp.float32)
   batch = learner.LearnerBatch(

@@ -33,7 +33,7 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = "tiny"
   c.seed = 0
-  c.algo = "mcts_distill"  # mcts_distill | cispo | best_of_n
+  c.algo = "mcts_distill"  # mcts_distill | cispo | best_of_n | deepsearch (jaxdistill/methods/)
   # persistent compilation cache: '' -> $XDG_CACHE_HOME (or ~/.cache)/jaxdistill/xla,
   # 'none' -> off, else a directory (e.g. inside the workdir)
   c.compile_cache_dir = ""
@@ -117,6 +117,19 @@ def base() -> ml_collections.ConfigDict:
   c.search.tree_rows = 16  # tree/visits targets: learner rows per prompt (visits: K per node)
   c.search.step_advantage = True  # tree targets: step-level advantages besides global ones
 
+  # algo=deepsearch (DeepSearch, arXiv 2509.25454): the tree's width is search.num_children,
+  # a node one step (search.max_step_tokens, .max_path_tokens, .temperature as above)
+  c.deepsearch = ml_collections.ConfigDict()
+  c.deepsearch.trajectories = 8  # terminal paths harvested per prompt (learner rows)
+  c.deepsearch.expansions = 16  # expansion rounds at most per prompt
+  c.deepsearch.max_depth = 6  # steps; a node this deep is terminal (4 numbers: 4 steps)
+  # frontier score l1 * tanh(Q parent) + l2 * step NLL + l3 * sqrt(depth / max_depth)
+  c.deepsearch.frontier_q = 0.4
+  c.deepsearch.frontier_entropy = 0.0
+  c.deepsearch.frontier_depth = 0.01
+  c.deepsearch.backup_floor = 0.1  # the backup's depth weight never falls below this
+  c.deepsearch.incomplete_reward = -1.0  # outcome of a path that ended without an answer
+
   c.rollout = ml_collections.ConfigDict()
   c.rollout.max_completion_tokens = 64  # solutions of 3 numbers: at most 50 tokens
   c.rollout.temperature = 0.8
@@ -127,6 +140,8 @@ def base() -> ml_collections.ConfigDict:
   c.learner = ml_collections.ConfigDict()
   c.learner.policy_loss = "cispo"  # cispo | ppo
   c.learner.advantage = "reward_minus_value"  # reward_minus_value | gae (cispo: group)
+  # group advantages divided by the group's standard deviation (GRPO); False: mean-only
+  c.learner.advantage_std = True
   c.learner.eps_high = 5.0
   c.learner.ppo_eps = 0.2
   c.learner.ppo_eps_high = 0.0  # PPO's upper clip (clip-higher, DAPO 0.28); 0: ppo_eps

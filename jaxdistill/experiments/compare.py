@@ -46,14 +46,14 @@ import time
 import numpy as np
 from absl import app, flags
 
+from jaxdistill import methods as registry
 from jaxdistill.experiments.report import markdown, plot, summarize
 from jaxdistill.experiments.sweep import (grid_edge, margin_note, method_grids, pick_margins,
                                           sweep_table)
 from jaxdistill.metrics import write_json
 
-# method name -> config overrides (the comparison's variants of the three algorithms)
-METHODS = {
-    "mcts_distill": ["algo=mcts_distill"],
+# name -> config overrides: every registered method as configured, and variants of them
+METHODS = {name: [f"algo={name}"] for name in registry.METHODS} | {
     # identical candidate steps merged: cheaper trees, so more updates for the same tokens
     "mcts_dedup": ["algo=mcts_distill", "search.dedup_children=True"],
     "mcts_tree": ["algo=mcts_distill", "search.targets=tree", "search.rollout_to_end=True",
@@ -63,8 +63,11 @@ METHODS = {
     "mcts_visits": ["algo=mcts_distill", "search.targets=visits", "search.tree_rows=16"],
     # the value head at its own rate: at 1e-5 it stays worse than a constant (docs/results.md)
     "mcts_value_lr": ["algo=mcts_distill", "learner.value_learning_rate=1e-3"],
-    "cispo": ["algo=cispo"],
-    "best_of_n": ["algo=best_of_n"],
+    # DeepSearch with its own learner: PPO, clip-higher 0.2 / 0.28, dual clip 10, token-mean,
+    # no KL, mean-only advantages (its rows bring their own)
+    "deepsearch": ["algo=deepsearch", "learner.policy_loss=ppo", "learner.ppo_eps=0.2",
+                   "learner.ppo_eps_high=0.28", "learner.dual_clip=10.0",
+                   "learner.loss_aggregation=token", "learner.kl_coef=0.0"],
 }
 # mcts_tree, its children cut at the rollouts' most uncertain tokens (EPTree)
 METHODS["mcts_entropy"] = METHODS["mcts_tree"] + ["search.branch_at=entropy"]

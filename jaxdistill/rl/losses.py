@@ -133,8 +133,12 @@ def gae(rewards, old_values, mask, gamma: float = 1.0, lam: float = 0.95):
   return advantages, (advantages + old_values) * mask
 
 
-def group_normalized(rewards, group_size: int, eps: float = 1e-6):
-  """GRPO advantages [B]: rewards standardised within consecutive groups of group_size."""
+def group_normalized(rewards, group_size: int, eps: float = 1e-6, std: bool = True):
+  """GRPO advantages [B]: rewards standardised within consecutive groups of group_size;
+  std=False: only centred (mean-only, as Dr. GRPO and DeepSearch: a group whose rewards
+  barely differ is not blown up to unit scale)."""
   groups = rewards.reshape(-1, group_size)
-  normalized = (groups - groups.mean(-1, keepdims=True)) / (groups.std(-1, keepdims=True) + eps)
-  return normalized.reshape(rewards.shape)
+  centred = groups - groups.mean(-1, keepdims=True)
+  if std:
+    centred = centred / (groups.std(-1, keepdims=True) + eps)
+  return centred.reshape(rewards.shape)

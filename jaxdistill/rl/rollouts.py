@@ -192,35 +192,3 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
   return Trajectories(tokens=tokens, prompt_length=prompt_length, length=length, reward=reward,
                       group=problems.astype(jnp.int32), behaviour_logprobs=behaviour,
                       generated_tokens=searched + completion.lengths.sum()), out
-
-
-def forward_tokens(method: str, prompts: int, prompt_width: int, config: RolloutConfig,
-                   search: SearchSettings | None = None) -> int:
-  """Positions the LM processes for one batch of prompts (static shapes, padding included;
-  a prompt shared by several samples is prefilled once)."""
-  if method == "cispo":
-    return prompts * (prompt_width + config.group_size * config.max_completion_tokens)
-  if method == "best_of_n":
-    return prompts * (prompt_width + config.best_of * config.max_completion_tokens)
-  lm = search.lm
-  decoded = lm.max_rollout_tokens if lm.rollout_to_end else lm.max_step_tokens
-  per_expansion = lm.max_path_tokens + lm.num_children * decoded
-  expansions = prompts * (1 + search.num_iterations * search.num_agents)
-  completions = 0 if search.targets in ("tree", "visits") else prompts * (lm.max_path_tokens +
-                                                              config.max_completion_tokens)
-  return expansions * per_expansion + completions
-
-
-def learner_shape(method: str, prompts: int, prompt_width: int, config: RolloutConfig,
-                  search: SearchSettings | None = None) -> tuple[int, int]:
-  """(trajectories, tokens per trajectory) that one batch of prompts gives the learner."""
-  if method == "mcts_distill" and search.targets == "visits":
-    return prompts * (search.tree_rows // search.lm.num_children) * search.lm.num_children, (
-        search.lm.max_path_tokens)
-  if method == "mcts_distill" and search.targets == "tree":
-    return prompts * search.tree_rows, search.lm.max_path_tokens + lm_expand.rollout_width(
-        search.lm)
-  if method == "mcts_distill":
-    return prompts, search.lm.max_path_tokens + config.max_completion_tokens
-  rows = prompts * (config.group_size if method == "cispo" else 1)
-  return rows, prompt_width + config.max_completion_tokens

@@ -1,0 +1,198 @@
+"""DeepSearch's search (jaxdistill.search.deepsearch): its rules against hand-computed values
+on hand-built trees, then the batched search on a tiny random model (invariants, 1 vs 8
+devices)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from settings_for_tests import lm_search_config
+from jaxdistill.models import Qwen2Config, init_model
+from jaxdistill.search import deepsearch as ds
+
+SETTINGS = ds.DeepSearchSettings(trajectories=3, expansions=8, max_depth=4, frontier_q=0.4,
+                                 frontier_entropy=0.0, frontier_depth=0.01, backup_floor=0.1,
+                                 incomplete_reward=-1.0)
+
+
+def _tree(parents, depths, width=12, n=3, **fields):
+  """One hand-built tree (no batch axis): parents/depths of its nodes, the rest zero."""
+  nodes = len(parents)
+  pad = lambda values, fill, dtype: jnp.asarray(list(values) + [fill] * (width - nodes), dtype)
+  base = dict(parent=pad(parents, -1, jnp.int32), depth=pad(depths, 0, jnp.int32),
+              q=jnp.zeros(width), visits=jnp.zeros(width, jnp.int32),
+              terminal=jnp.zeros(width, bool), expanded=jnp.zeros(width, bool),
+              outcome=jnp.zeros(width), task_reward=jnp.zeros(width),
+              step_nll=jnp.zeros(width), path_nll=jnp.zeros(width),
+              path_tokens=jnp.zeros((width, 10), jnp.int32),
+              path_logprobs=jnp.zeros((width, 10)), path_length=jnp.zeros(width, jnp.int32),
+              num_nodes=jnp.asarray(nodes, jnp.int32), harvested=jnp.full(n, -1, jnp.int32),
+              num_harvested=jnp.asarray(0, jnp.int32), dive=jnp.asarray(-1, jnp.int32),
+              done=jnp.asarray(False), generated=jnp.asarray(0, jnp.int32))
+  for name, values in fields.items():
+    base[name] = pad(values, 0, base[name].dtype)
+  return ds.DeepTree(**base)
+
+
+def test_signed_update_never_turns_a_correct_node_negative():
+  q = jnp.asarray([0.0, 0.5, -0.3, 0.4, -0.2, 0.0])
+  r = jnp.asarray([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])
+  gamma = jnp.asarray([0.5, 0.5, 0.5, 1.0, 0.5, 0.25])
+  np.testing.assert_allclose(ds.signed_update(q, r, gamma),
+                             [0.5, 1.0, 0.5, 0.4, -0.7, -0.25], rtol=1e-6)
+
+
+def test_depth_weights():
+  np.testing.assert_allclose(ds.depth_weight(jnp.arange(4), 3, 0.1), [0.25, 0.5, 0.75, 1.0])
+  # 1 / 20 is below the floor
+  np.testing.assert_allclose(ds.depth_weight(jnp.asarray([0, 9]), 19, 0.1), [0.1, 0.5])
+
+
+def test_backup_along_a_path_hand_computed():
+  # root 0 - a 1 - b 2 - c 3 (a wrong terminal), and d 4 under b (a correct terminal)
+  tree = _tree([-1, 0, 1, 2, 2], [0, 1, 2, 3, 3])
+  tree = ds.backup(tree, 3, -1.0, SETTINGS)
+  np.testing.assert_allclose(tree.q[:5], [-0.25, -0.5, -0.75, -1.0, 0.0])
+  np.testing.assert_array_equal(tree.visits[:5], [1, 1, 1, 1, 0])
+  tree = ds.backup(tree, 4, 1.0, SETTINGS)  # a correct terminal overwrites the negatives
+  np.testing.assert_allclose(tree.q[:5], [0.25, 0.5, 0.75, -1.0, 1.0])
+  tree = ds.backup(tree, 3, -1.0, SETTINGS)  # on a correct path: they stay positive
+  np.testing.assert_allclose(tree.q[:5], [0.25, 0.5, 0.75, -2.0, 1.0])
+  np.testing.assert_array_equal(tree.visits[:5], [3, 3, 3, 2, 1])
+  unchanged = ds.backup(tree, -1, 1.0, SETTINGS)
+  np.testing.assert_array_equal(unchanged.q, tree.q)
+
+
+@pytest.mark.parametrize("terminal,correct,complete,nll,expected", [
+    ([1, 1, 0, 1], [0, 1, 0, 0], [1, 1, 0, 0], [0.1, 0.9, 0.0, 0.05], 1),  # correct first
+    ([1, 1, 0, 1], [0, 0, 0, 0], [1, 1, 0, 0], [0.1, 0.9, 0.0, 0.05], 0),  # confident wrong
+    ([0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0], [0.1, 0.9, 0.0, 0.05], 3),  # only incomplete
+    ([0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0.1, 0.9, 0.0, 0.05], -1),  # none
+    ([1, 1, 1, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0.5, 0.0, 0.2, 0.0], 2),  # the surer correct
+])
+def test_terminal_priority(terminal, correct, complete, nll, expected):
+  as_bool = lambda x: jnp.asarray(x, bool)
+  assert int(ds.terminal_choice(as_bool(terminal), as_bool(correct), as_bool(complete),
+                                jnp.asarray(nll))) == expected
+
+
+def test_frontier_argmax_hand_computed():
+  # root 0 (Q -0.25) with children a 1 (expanded, Q 0.3) and b 2; a's children c 3, d 4
+  # (terminal)
+  tree = _tree([-1, 0, 0, 1, 1], [0, 1, 1, 2, 2], q=[-0.5, 0.6, 0, 0, 0],
+               visits=[2, 2, 1, 1, 0], expanded=[True, True, False, False, False],
+               terminal=[False, False, False, False, True])
+  scores = ds.frontier_scores(tree, SETTINGS)
+  b = 0.4 * np.tanh(-0.25) + 0.01 * np.sqrt(1 / 4)
+  c = 0.4 * np.tanh(0.3) + 0.01 * np.sqrt(2 / 4)
+  np.testing.assert_allclose(scores[2:4], [b, c], rtol=1e-5)
+  assert np.all(np.isneginf(np.asarray(scores)[[0, 1, 4, 5, 6]]))
+  node, has = ds._select(tree, SETTINGS)
+  assert (int(node), bool(has)) == (3, True)
+  dived, _ = ds._select(tree.replace(dive=jnp.asarray(2, jnp.int32)), SETTINGS)
+  assert int(dived) == 2
+
+
+def test_tree_grpo_advantages_hand_computed():
+  # prompt of 3 tokens; a 1 (tokens 3-4, q 0.5); under a: b 2 (tokens 5-6, correct) and
+  # c 3 (tokens 5-7, incomplete, r -0.5); harvested b then c: baseline (1 - 0.5) / 2
+  tree = _tree([-1, 0, 1, 1], [0, 1, 2, 2], q=[0.0, 0.5, 1.0, -0.5],
+               terminal=[False, False, True, True], outcome=[0, 0, 1.0, -0.5],
+               path_length=[3, 5, 7, 8])
+  tree = tree.replace(harvested=jnp.asarray([2, 3, -1], jnp.int32),
+                      num_harvested=jnp.asarray(2, jnp.int32))
+  leaf, valid, advantages = ds.row_advantages(tree, SETTINGS)
+  np.testing.assert_array_equal(leaf[:2], [2, 3])
+  np.testing.assert_array_equal(valid, [True, True, False])
+  a, base = np.tanh(0.5), 0.25
+  np.testing.assert_allclose(advantages, [
+      [0, 0, 0, a - base, a - base, 1 - base, 1 - base, 0, 0, 0],
+      [0, 0, 0, a - base, a - base, -0.5 - base, -0.5 - base, -0.5 - base, 0, 0],
+      [0] * 10], rtol=1e-6, atol=1e-7)
+
+
+# --- the batched search on a tiny random model ---
+
+VOCAB, EOS, STEP_END, PAD = 24, 1, 2, 0
+LM = lm_search_config(num_children=3, max_step_tokens=4, max_path_tokens=22, temperature=1.0,
+                      step_end_id=STEP_END, eos_id=EOS, pad_id=PAD)
+MODEL = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2)
+
+
+def reward(tokens, problem):
+  """Correct when the answer's token sum has the problem's parity (about half the answers)."""
+  return float(int(np.sum(tokens)) % 2 == problem % 2)
+
+
+def _inputs(batch, seed=0):
+  rng = np.random.RandomState(seed)
+  lengths = rng.randint(2, 7, batch).astype(np.int32)
+  tokens = rng.randint(3, VOCAB, (batch, 6)).astype(np.int32)
+  tokens[np.arange(6)[None] >= lengths[:, None]] = PAD
+  keys = jax.random.key_data(jax.random.split(jax.random.key(1), batch))
+  return tokens, lengths, np.arange(batch, dtype=np.int32), keys
+
+
+def _search(graphdef, params, tokens, lengths, problems, keys):
+  return ds.search(nnx.merge(graphdef, params), LM, SETTINGS, tokens, lengths, problems,
+                   jax.random.wrap_key_data(keys), reward)
+
+
+@pytest.fixture(scope="module")
+def searched():
+  graphdef, params = nnx.split(init_model(MODEL, seed=3))
+  inputs = _inputs(8)
+  tree = jax.jit(_search, static_argnums=0)(graphdef, params, *inputs)
+  return graphdef, params, inputs, jax.device_get(tree)
+
+
+def test_search_invariants(searched):
+  """Every harvested node is a terminal that was backed up once; children extend their
+  parent's path; the generated count is the steps' tokens; an ancestor of a correct
+  harvested terminal has a positive value; the root's visits count the backups."""
+  _, _, (tokens, lengths, _, _), tree = searched
+  correct_seen = 0
+  for b in range(tokens.shape[0]):
+    count = int(tree.num_harvested[b])
+    assert 1 <= count <= SETTINGS.trajectories
+    leaves = tree.harvested[b, :count]
+    assert len(set(leaves.tolist())) == count and np.all(tree.terminal[b, leaves])
+    assert tree.visits[b, 0] == 1 + count
+    used = int(tree.num_nodes[b])
+    assert (used - 1) % LM.num_children == 0
+    steps = 0
+    for node in range(1, used):
+      parent = tree.parent[b, node]
+      start, end = tree.path_length[b, parent], tree.path_length[b, node]
+      np.testing.assert_array_equal(tree.path_tokens[b, node, :start],
+                                    tree.path_tokens[b, parent, :start])
+      assert tree.depth[b, node] == tree.depth[b, parent] + 1 <= SETTINGS.max_depth
+      steps += end - start
+    assert steps == tree.generated[b]
+    for leaf in leaves:
+      if tree.outcome[b, leaf] == 1.0:
+        correct_seen += 1
+        node = tree.parent[b, leaf]
+        while node >= 0:
+          assert tree.q[b, node] > 0
+          node = tree.parent[b, node]
+    assert tree.done[b]
+  assert correct_seen > 0
+
+
+def test_eight_devices_give_the_one_device_trees(searched):
+  graphdef, params, inputs, tree = searched
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  sharded = jax.jit(jax.shard_map(
+      lambda p, *rows: _search(graphdef, p, *rows), mesh=mesh,
+      in_specs=(P(),) + (P("data"),) * 4, out_specs=P("data")))
+  rows = [jax.device_put(x, NamedSharding(mesh, P("data"))) for x in inputs]
+  other = jax.device_get(sharded(params, *rows))
+  for name in ("parent", "q", "visits", "harvested", "num_harvested", "generated",
+               "path_tokens"):
+    np.testing.assert_allclose(getattr(other, name), getattr(tree, name), rtol=1e-6,
+                               err_msg=name)
