@@ -196,3 +196,24 @@ def test_eight_devices_give_the_one_device_trees(searched):
                "path_tokens"):
     np.testing.assert_allclose(getattr(other, name), getattr(tree, name), rtol=1e-6,
                                err_msg=name)
+
+
+def test_distinct_solutions_of_a_hand_built_tree():
+  """The diagnostic counts each correct completion once per tree, and the harvested ones
+  among them: nodes 2 and 3 hold the same correct text, 4 another (not harvested), 5 is
+  wrong."""
+  from jaxdistill.experiments.search_diagnostics import _deepsearch_solutions
+  tokens = np.zeros((1, 6, 8), np.int32)
+  tokens[0, :, :2] = 9  # the prompt
+  tokens[0, 2, 2:5] = tokens[0, 3, 2:5] = [3, 4, 5]
+  tokens[0, 4, 2:4] = [6, 7]
+  tokens[0, 5, 2:4] = [8, 8]
+  tree = ds.DeepTree(**{**_tree([-1, 0, 1, 1, 1, 1], [0, 1, 2, 2, 2, 2], width=6).__dict__,
+                        "path_tokens": tokens[0]})
+  batched = jax.tree.map(lambda x: np.asarray(x)[None], tree.replace(
+      terminal=jnp.asarray([0, 0, 1, 1, 1, 1], bool),
+      outcome=jnp.asarray([0, 0, 1.0, 1.0, 1.0, -1.0]),
+      path_length=jnp.asarray([2, 3, 5, 5, 4, 4], jnp.int32),
+      harvested=jnp.asarray([2, 3, 5], jnp.int32), num_harvested=jnp.asarray(3, jnp.int32)))
+  found, harvested = _deepsearch_solutions(batched, 0)
+  assert found == {(3, 4, 5), (6, 7)} and harvested == {(3, 4, 5)}

@@ -370,3 +370,15 @@ def test_value_trunk_grad_false_keeps_value_loss_out_of_the_trunk():
   for a, b in zip(jax.tree.leaves(grads(policy_only(False), batch)),
                   jax.tree.leaves(grads(policy_only(True), batch))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+
+
+def test_group_advantages_standardised_or_only_centred():
+  """Two groups of 3: GRPO's standardised advantages, and the mean-only ones (std=False)."""
+  from jaxdistill.rl import losses
+  rewards = jnp.asarray([1.0, 0.0, 0.0, 0.5, 0.5, 0.5])
+  centred = [2 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0]
+  np.testing.assert_allclose(losses.group_normalized(rewards, 3, std=False), centred,
+                             atol=1e-7)
+  std = np.std([1.0, 0.0, 0.0])
+  np.testing.assert_allclose(losses.group_normalized(rewards, 3),
+                             [c / (std + 1e-6) for c in centred[:3]] + [0.0] * 3, rtol=1e-5)

@@ -391,9 +391,18 @@ def test_search_diagnostics_report_consistent_shares_and_budgets(tmp_path):
   config = _config()
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   problems = countdown.generate(8, seed=3, count=config.task.numbers)
+  config.deepsearch.expansions, config.deepsearch.trajectories = 3, 2
   result = search_diagnostics.diagnose(config, countdown.Countdown(config.task.numbers), model,
-                                       tokenizer, problems, samples=3)
+                                       tokenizer, problems, samples=3, with_deepsearch=True)
   assert result["problems"] == 8 and result["samples"] == 3
+  # DeepSearch: at most E expansions of K steps of <= L tokens per problem
+  d, s = config.deepsearch, config.search
+  assert 0 < result["deepsearch_tokens_per_problem"] <= (d.expansions * s.num_children
+                                                         * s.max_step_tokens)
+  assert (result["deepsearch_harvested_distinct_solutions"]
+          <= result["deepsearch_tree_distinct_solutions"])
+  for source in ("mcts_tree", "samples", "deepsearch_tree"):
+    assert result[f"{source}_distinct_solutions_per_1k_tokens"] >= 0.0
   for key in ("sample_solved", "sample_pass", "path_solved", "tree_solved"):
     assert 0.0 <= result[key] <= 1.0
   assert result["sample_pass"] >= result["sample_solved"]  # any of 3 >= their mean

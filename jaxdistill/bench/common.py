@@ -46,3 +46,11 @@ def write_json(path: str, payload: dict) -> None:
   with open(path, "w") as f:
     json.dump({"machine": machine(), **payload}, f, indent=2)
   print(f"wrote {path}")
+
+
+def load_preset(spec: str):
+  """countdown.py's preset of 'countdown.py:PRESET' (the only config file with presets; the
+  file part is not read)."""
+  from jaxdistill.configs import countdown
+  preset = spec.split(":", 1)[1] if ":" in spec else ""
+  return countdown.get_config(preset)

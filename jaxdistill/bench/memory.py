@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from jaxdistill.bench.common import print_table, write_json
+from jaxdistill.bench.common import load_preset, print_table, write_json
 
 flags.DEFINE_string("config", "countdown.py:qwen2.5-0.5b", "config file and preset")
 flags.DEFINE_list("algos", ["mcts_distill", "cispo"], "methods whose learner batch to use")
@@ -36,14 +36,6 @@ flags.DEFINE_string("out", "bench_results/memory.json", "JSON output")
 FLAGS = flags.FLAGS
 
 GB = 1024 ** 3
-
-
-def load_preset(spec: str):
-  """countdown.py's preset of 'countdown.py:PRESET' (the only config file with presets; the
-  file part is not read)."""
-  from jaxdistill.configs import countdown
-  preset = spec.split(":", 1)[1] if ":" in spec else ""
-  return countdown.get_config(preset)
 
 
 def abstract_state(arch, config, learner_config):

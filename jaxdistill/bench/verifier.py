@@ -1,65 +1,51 @@
-"""Countdown verifier speed: completions graded per second on one core, worst-case latency.
+"""A task's verifier speed: completions graded per second on one core, worst-case latency.
 
-    python -m jaxdistill.bench.verifier
+    python -m jaxdistill.bench.verifier [--config countdown.py:PRESET]
 
-Typical completions are solver step solutions plus wrong and malformed variants; the
-adversarial set holds <= 2,000-character completions built to be slow (deep parentheses,
-1,000-digit literals, long operator chains, unicode). The issue's bound: < 10 ms each.
+Typical completions are the task's demonstrations (its solver's solutions) plus wrong and
+cut-off variants; the adversarial set is the task's `stress_completions` (<= 2,000
+characters built to be slow: deep parentheses, 1,000-digit literals, long operator chains,
+unicode). The bound the verifier is held to: < 10 ms each.
 """
 
 from __future__ import annotations
 
 import random
+import tempfile
 import time
 
 from absl import app, flags
 
-from jaxdistill.bench.common import print_table, write_json
-from jaxdistill.tasks import countdown
+from jaxdistill.bench.common import load_preset, print_table, write_json
 
+flags.DEFINE_string("config", "countdown.py:tiny4", "config file and preset (its task "
+                    "section picks the task)")
 flags.DEFINE_integer("problems", 2000, "problems in the typical set")
 flags.DEFINE_string("out", "bench_results/verifier.json", "JSON output")
 FLAGS = flags.FLAGS
 
 
-def typical_completions(n: int):
-  rng = random.Random(0)
+def typical_completions(task, problems, seed: int = 0):
+  """(completion, problem): each demonstration, one with a character changed, one cut."""
+  rng = random.Random(seed)
   rows = []
-  for p in countdown.generate(n, seed=5):
-    steps = countdown.solution_steps(p.numbers, p.target)
-    rows.append((steps, p))
-    rows.append((steps.replace("+", "*", 1), p))
-    rows.append((steps[: rng.randint(0, len(steps))], p))
+  for problem in problems:
+    text = task.demonstration(problem)
+    if text is None:
+      continue
+    at = rng.randrange(len(text))
+    rows.append((text, problem))
+    rows.append((text[:at] + ("*" if text[at] != "*" else "+") + text[at + 1:], problem))
+    rows.append((text[:rng.randint(0, len(text))], problem))
   return rows
 
 
-def adversarial_completions():
-  p = countdown.Problem((3, 5, 7, 2), 24)
-  a = lambda body: f"<answer>{body}</answer>"
-  bodies = [
-      "(" * 999 + "3" + ")" * 999,
-      "(" * 1990,
-      "9" * 1000 + "*" + "9" * 980,
-      "3" + "+3" * 990,
-      "3/" * 660 + "5",
-      "7" + "-(5" * 400 + ")" * 400,
-      "".join(chr(0x1F600 + i % 80) for i in range(1980)),
-      "²" * 1980,
-      "<answer>" * 180,
-      "3 " * 990,
-  ]
-  rows = [(a(b)[:2000], p) for b in bodies]
-  rows.append(("<answer>" * 250, p))
-  rows.append(("</answer>" * 222, p))
-  return rows
-
-
-def measure(rows):
+def measure(task, rows):
   latencies = []
   start = time.perf_counter()
-  for text, p in rows:
+  for text, problem in rows:
     t = time.perf_counter()
-    countdown.reward(text, p.numbers, p.target)
+    task.reward(text, problem, True)
     latencies.append(time.perf_counter() - t)
   total = time.perf_counter() - start
   latencies.sort()
@@ -70,10 +56,15 @@ def measure(rows):
 
 def main(argv):
   del argv
-  rows = [{"set": "typical", **measure(typical_completions(FLAGS.problems))},
-          {"set": "adversarial", **measure(adversarial_completions())}]
+  from jaxdistill import tasks
+  task = tasks.from_config(load_preset(FLAGS.config))
+  with tempfile.TemporaryDirectory() as directory:
+    problems, _, _ = task.splits(directory, 5, FLAGS.problems, 0, 1)
+  adversarial = [(text, problems[0]) for text in task.stress_completions(problems[0])]
+  rows = [{"set": "typical", **measure(task, typical_completions(task, problems))},
+          {"set": "adversarial", **measure(task, adversarial)}]
   print_table(rows, ["set", "completions", "per_second", "median_ms", "max_ms", "max_chars"])
-  write_json(FLAGS.out, {"rows": rows})
+  write_json(FLAGS.out, {"task": task.name, "rows": rows})
 
 
 if __name__ == "__main__":

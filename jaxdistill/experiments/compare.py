@@ -110,7 +110,7 @@ def define_flags():
                        "sets shrink the evaluation noise in the paired differences")
   flags.DEFINE_string("workdir", "runs/compare", "where runs go")
   flags.DEFINE_string("out", "", "markdown table (JSON and PNG beside); '' -> "
-                      "results/countdown_<preset>.md")
+                      "results/<task>_<preset>.md")
   flags.DEFINE_multi_string("set", [], "extra config overrides for every run, e.g. "
                             "--set=search.num_agents=8")
 
@@ -388,6 +388,11 @@ def _config():
   return presets.apply_overrides(presets.get_config(FLAGS.preset), FLAGS.set)
 
 
+def _task_name() -> str:
+  from jaxdistill import tasks
+  return tasks.from_config(_config()).name
+
+
 def _k() -> int:
   return _config().eval.k
 
@@ -461,7 +466,7 @@ def main(argv):
   rows = summarize(records, FLAGS.test_k, FLAGS.temperatures)
   problems = len(records[0]["test"]["per_problem"]) if records else 0
   test_k, pickers = FLAGS.test_k, seeds[:FLAGS.pick_seeds]
-  header = (f"Countdown, preset `{FLAGS.preset}`, every training run samples "
+  header = (f"{_task_name().capitalize()}, preset `{FLAGS.preset}`, every training run samples "
             f"{FLAGS.token_budget:,} tokens from the same warm-started base model; test "
             f"mean@{test_k} on {problems:,} distinct held-out problems (and the reference's "
             f"mean@{k} / pass@{k} on the first {FLAGS.reference_problems}), no search at "
@@ -484,7 +489,7 @@ def main(argv):
             + (f" Overrides: {', '.join(f'`{o}`' for o in FLAGS.set)}." if FLAGS.set else ""))
   table = markdown(rows, test_k, header, FLAGS.temperatures)
   table += sweep_table(grids, sweep_runs, k, pickers, notes)
-  out = FLAGS.out or os.path.join("results", f"countdown_{FLAGS.preset}.md")
+  out = FLAGS.out or os.path.join("results", f"{_task_name()}_{FLAGS.preset}.md")
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   with open(out, "w") as f:
     f.write(table)

@@ -13,7 +13,12 @@ On train problems, with the preset's search settings (plus overrides), reports:
   path goes there);
 - `*_per_1k_tokens`: those shares per 1,000 tokens generated for each problem;
 - `distinct_children`: distinct candidate steps per expanded node, out of K;
-- generated tokens per problem for search and for the samples.
+- generated tokens per problem for search and for the samples;
+- `distinct_solutions_per_1k_tokens` of the mcts_distill tree, DeepSearch's tree
+  (`--deepsearch`, with the config's deepsearch section) and the plain samples: distinct
+  correct completions (as token sequences, per problem) found per 1,000 tokens generated,
+  all problems pooled; for DeepSearch also those among its harvested trajectories (what
+  reaches its learner).
 Prints a table and writes JSON (`--out`).
 """
 
@@ -36,13 +41,33 @@ def define_flags():
   flags.DEFINE_multi_string("set", [], "config overrides, e.g. --set=search.num_iterations=16")
   flags.DEFINE_integer("problems", 64, "train problems to search")
   flags.DEFINE_integer("samples", 16, "plain samples per problem for sample_solved")
+  flags.DEFINE_bool("deepsearch", True, "also search with DeepSearch's tree")
   flags.DEFINE_string("out", "", "JSON output (default: print only)")
 
 
 FLAGS = flags.FLAGS
 
 
-def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int = 0) -> dict:
+def _generated(tokens, start, end) -> tuple:
+  return tuple(int(t) for t in tokens[start:end])
+
+
+def _deepsearch_solutions(tree, row: int) -> tuple[set, set]:
+  """(distinct correct completions among all terminals of DeepSearch tree `row`, those
+  among its harvested ones)."""
+  start = int(tree.path_length[row, 0])
+  found, harvested = set(), set()
+  chosen = set(tree.harvested[row, :tree.num_harvested[row]].tolist())
+  for node in np.nonzero(tree.terminal[row] & (tree.outcome[row] >= 1.0))[0]:
+    completion = _generated(tree.path_tokens[row, node], start, tree.path_length[row, node])
+    found.add(completion)
+    if node in chosen:
+      harvested.add(completion)
+  return found, harvested
+
+
+def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int = 0,
+             with_deepsearch: bool = False) -> dict:
   """The numbers of the module docstring for `problems` under `config`."""
   import jax
   from flax import nnx
@@ -60,11 +85,20 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
   plain_config = dataclasses.replace(spec.rollout, group_size=samples)
   sample = jax.jit(lambda p, t, l, i, k: rollouts.cispo(
       graphdef, p, t, l, i, k, plain_config, sparse))
+  if with_deepsearch:
+    from jaxdistill.methods import deepsearch as deepsearch_method
+    from jaxdistill.search import deepsearch
+    options = deepsearch_method.DeepSearch().options(config)
+    deep = jax.jit(lambda p, t, l, i, k: deepsearch.search(
+        nnx.merge(graphdef, p), spec.search.lm, options, t, l, i, k, sparse))
   batch = 8
   tokens, lengths = evaluation.encode_prompts(task, tokenizer, problems, config.task.prompt,
                                               config.task.prompt_width)
   totals = {"path_solved": [], "tree_solved": [], "sample_solved": [], "sample_pass": [],
-            "distinct": [], "search_tokens": 0, "sample_tokens": 0}
+            "distinct": [], "search_tokens": 0, "sample_tokens": 0,
+            "solutions": {"mcts_tree": 0, "samples": 0, "deepsearch_tree": 0,
+                          "deepsearch_harvested": 0}, "deepsearch_tokens": 0,
+            "deepsearch_solved": []}
   for start in range(0, len(problems) - batch + 1, batch):
     part = slice(start, start + batch)
     problem_ids = np.arange(start, start + batch, dtype=np.int32)
@@ -82,8 +116,33 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
         steps = {tuple(emb.candidate_tokens[row, node, k, :emb.candidate_lengths[row, node, k]])
                  for k in range(emb.candidate_tokens.shape[2])}
         totals["distinct"].append(len(steps))
+    for row in range(batch):
+      start = int(emb.prompt_length[row, 0])
+      found = set()
+      for node in np.nonzero(solved_nodes[row])[0]:
+        found.add(_generated(emb.path_tokens[row, node], start, emb.path_length[row, node]))
+      for node, k in zip(*np.nonzero(solved_rollouts[row, :, None]
+                                    & (emb.rollout_rewards[row] >= 1.0))):
+        path = _generated(emb.path_tokens[row, node], start, emb.path_length[row, node])
+        found.add(path + _generated(emb.rollout_tokens[row, node, k], 0,
+                                    emb.rollout_lengths[row, node, k]))
+      totals["solutions"]["mcts_tree"] += len(found)
     totals["search_tokens"] += int(traj.generated_tokens)
+    if with_deepsearch:
+      tree_ds = jax.device_get(deep(params, tokens[part], lengths[part], problem_ids, keys))
+      for row in range(batch):
+        found, harvested = _deepsearch_solutions(tree_ds, row)
+        totals["solutions"]["deepsearch_tree"] += len(found)
+        totals["solutions"]["deepsearch_harvested"] += len(harvested)
+        totals["deepsearch_solved"].append(bool(found))
+      totals["deepsearch_tokens"] += int(tree_ds.generated.sum())
     plain = jax.device_get(sample(params, tokens[part], lengths[part], problem_ids, keys))
+    rows = plain.tokens.reshape(batch, samples, -1)
+    for row in range(batch):
+      found = {_generated(rows[row, j], plain.prompt_length[row * samples],
+                          plain.length[row * samples + j])
+               for j in range(samples) if plain.reward[row * samples + j] >= 1.0}
+      totals["solutions"]["samples"] += len(found)
     totals["sample_solved"].extend(plain.reward.tolist())
     totals["sample_pass"].extend((plain.reward.reshape(batch, samples) >= 1.0).any(-1).tolist())
     totals["sample_tokens"] += int(plain.generated_tokens)
@@ -102,7 +161,24 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
                                        / max(totals["search_tokens"] / n, 1),
           "sample_pass_per_1k_tokens": 1000 * float(np.mean(totals["sample_pass"]))
                                        / max(totals["sample_tokens"] / n, 1),
-          "search_temperature": config.search.temperature}
+          "search_temperature": config.search.temperature} | _solution_rates(totals, n)
+
+
+def _solution_rates(totals: dict, n: int) -> dict:
+  """Distinct correct completions found, and per 1,000 generated tokens, of each source."""
+  tokens = {"mcts_tree": totals["search_tokens"], "samples": totals["sample_tokens"],
+            "deepsearch_tree": totals["deepsearch_tokens"],
+            "deepsearch_harvested": totals["deepsearch_tokens"]}
+  out = {}
+  for source, found in totals["solutions"].items():
+    if not tokens[source]:
+      continue
+    out[f"{source}_distinct_solutions"] = found
+    out[f"{source}_distinct_solutions_per_1k_tokens"] = 1000 * found / tokens[source]
+  if totals["deepsearch_tokens"]:
+    out["deepsearch_tokens_per_problem"] = totals["deepsearch_tokens"] / n
+    out["deepsearch_solved"] = float(np.mean(totals["deepsearch_solved"]))
+  return out
 
 
 def load(preset: str, overrides: list[str], model_dir: str, problems: int, run: str = ""):
@@ -135,7 +211,8 @@ def main(argv):
   sys.path.insert(0, os.getcwd())
   config, task, model, tokenizer, problems = load(FLAGS.preset, FLAGS.set, FLAGS.model,
                                             FLAGS.problems)
-  result = diagnose(config, task, model, tokenizer, problems, FLAGS.samples)
+  result = diagnose(config, task, model, tokenizer, problems, FLAGS.samples,
+                    with_deepsearch=FLAGS.deepsearch)
   result["overrides"] = FLAGS.set
   print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in result.items()))

@@ -11,6 +11,13 @@ from typing import Any, Sequence
 from jaxdistill.tasks.format import STEP_END
 
 
+# deep nesting, 1,000-digit literals, long operator chains, unicode, repeated markup
+STRESS_BODIES = (
+    "(" * 999 + "3" + ")" * 999, "(" * 1990, "9" * 1000 + "*" + "9" * 980, "3" + "+3" * 990,
+    "3/" * 660 + "5", "7" + "-(5" * 400 + ")" * 400,
+    "".join(chr(0x1F600 + i % 80) for i in range(1980)), "\u00b2" * 1980, "3 " * 990)
+
+
 class Task(abc.ABC):
   """A task. Problems are opaque to the engine: any object with `key()` (its identity, for
   disjoint splits) that the task's own methods understand."""
@@ -50,6 +57,13 @@ class Task(abc.ABC):
   def demonstration(self, problem) -> str | None:
     """A solution in the step format, for the supervised warm start (None: unsolvable)."""
     raise NotImplementedError(f"task {self.name!r} has no demonstrations for a warm start")
+
+  def stress_completions(self, problem) -> list[str]:
+    """Completions of <= 2,000 characters built to make the verifier slow (the verifier
+    benchmark's adversarial set); a task whose answers have a format of its own wraps them
+    in it."""
+    del problem
+    return [body[:2000] for body in STRESS_BODIES]
 
   def describe(self, problem) -> dict:
     """The problem as JSON-able fields (shown with answers)."""

@@ -16,7 +16,7 @@ import os
 from fractions import Fraction
 from typing import Sequence
 
-from jaxdistill.tasks.base import Task
+from jaxdistill.tasks.base import STRESS_BODIES, Task
 from jaxdistill.tasks.countdown_data import (  # noqa: F401  (the task's data interface)
     SPLITS, DataError, Problem, SplitTooLarge, cached_splits, file_splits, generate,
     make_problem, make_splits, problem_space, read_jsonl, read_problems, split_problems,
@@ -63,6 +63,11 @@ class Countdown(Task):
 
   def reward(self, completion, problem, dense):
     return reward(completion, problem.numbers, problem.target, dense=dense)
+
+  def stress_completions(self, problem):
+    # inside answer tags, where the parser works; and the tags themselves repeated
+    wrapped = [f"{ANSWER_START}{body}{ANSWER_END}"[:2000] for body in STRESS_BODIES]
+    return wrapped + [ANSWER_START * 180, ANSWER_START * 250, ANSWER_END * 222]
 
   def demonstration(self, problem):
     return solution_steps(problem.numbers, problem.target)
