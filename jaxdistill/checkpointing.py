@@ -57,27 +57,33 @@ def mismatches(saved, target) -> list[str]:
 
 
 class Checkpointer:
-  """Save / restore {'state': TrainState, 'data_position': int} under `directory`."""
+  """Save / restore {'state': TrainState, 'data_position': int} under `directory`, and
+  'schedule': a method's host state (fixed-shape numpy arrays) when it has one."""
 
   def __init__(self, directory: str, keep: int = 3):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def save(self, step: int, state, data_position: int) -> None:
+  def save(self, step: int, state, data_position: int, schedule=None) -> None:
     """Write checkpoint `step` and wait for it (a kill after this returns loses nothing)."""
     payload = {"state": state, "data_position": data_position}
+    if schedule is not None:
+      payload["schedule"] = schedule
     self.manager.save(step, args=ocp.args.StandardSave(payload))
     self.manager.wait_until_finished()
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def restore_latest(self, abstract_state):
-    """(step, state, data_position) of the newest readable checkpoint, None if there is
-    none at all; StateMismatch if it holds another state's arrays, NoReadableCheckpoint if
-    checkpoints exist and none can be read."""
+  def restore_latest(self, abstract_state, schedule=None):
+    """(step, state, data_position, schedule) of the newest readable checkpoint, None if
+    there is none at all; StateMismatch if it holds another state's arrays,
+    NoReadableCheckpoint if checkpoints exist and none can be read. schedule: the shapes of
+    a method's host state, restored as numpy arrays (None: none saved)."""
     target = {"state": abstract_state, "data_position": 0}
+    if schedule is not None:
+      target["schedule"] = schedule
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
 
     def restore(step):
@@ -101,7 +107,9 @@ class Checkpointer:
           "over would overwrite the run: move the directory aside or pass "
           "--config.train.restart=True")
     step, restored = found
-    return step, restored["state"], int(restored["data_position"])
+    saved = (None if schedule is None
+             else jax.tree.map(lambda x: jax.device_get(x), restored["schedule"]))
+    return step, restored["state"], int(restored["data_position"]), saved
 
   def restore_params(self, abstract_params):
     """(step, params) of the newest readable checkpoint, or None if none: the params alone,

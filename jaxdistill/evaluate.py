@@ -31,10 +31,13 @@ def encode_prompts(task, tokenizer, problems, prompt: str, width: int):
 
 
 def evaluate(model, tokenizer, task, problems, config: EvalConfig, seed: int = 0,
-             prompt: str = "compact", progress=None, per_problem: bool = False) -> dict:
+             prompt: str = "compact", progress=None, per_problem: bool = False,
+             stream_key=None) -> dict:
   """mean@k (mean sparse reward over k samples each) and pass@k (any of k correct); with
   per_problem, also each problem's mean reward over its k samples ("per_problem", in order),
-  from which a comparison can tell problem-sampling noise from seed noise.
+  from which a comparison can tell problem-sampling noise from seed noise. stream_key: the
+  samples' key in place of the seed's evaluation stream (another stream's use of the
+  evaluation, as DeepSearch's Pass1@k filter).
 
   With several processes (multi-host), each evaluates every process_count-th problem on its
   first local device and the per-problem rewards are gathered, so hosts split the work.
@@ -42,7 +45,8 @@ def evaluate(model, tokenizer, task, problems, config: EvalConfig, seed: int = 0
   count, index = jax.process_count(), jax.process_index()
   model = _local_model(model)
   mine = list(range(index, len(problems), count))
-  rewards, generated = _problem_rewards(model, tokenizer, task, problems, mine, config, seed,
+  base = streams.key(seed, "evaluation") if stream_key is None else stream_key
+  rewards, generated = _problem_rewards(model, tokenizer, task, problems, mine, config, base,
                                         prompt, progress)
   if count > 1:
     from jax.experimental import multihost_utils
@@ -79,11 +83,11 @@ def write_result(path: str, result: dict, **fields) -> None:
   write_json(path, result | fields)
 
 
-def _problem_rewards(model, tokenizer, task, all_problems, indices, config: EvalConfig, seed: int,
+def _problem_rewards(model, tokenizer, task, all_problems, indices, config: EvalConfig, base,
                      prompt: str, progress=None):
   """Sparse rewards [len(indices), k] and the number of generated tokens. Sample j of problem
-  i is drawn with the evaluation stream's key of seed folded with i and j, whichever process
-  evaluates it."""
+  i is drawn with the key `base` (the evaluation stream's) folded with i and j, whichever
+  process evaluates it."""
   if not indices:
     return np.zeros((0, config.k), np.float32), 0
   problems = [all_problems[i] for i in indices]
@@ -95,7 +99,6 @@ def _problem_rewards(model, tokenizer, task, all_problems, indices, config: Eval
   pad = (-len(problems)) % per_call
   tokens = np.concatenate([tokens, np.repeat(tokens[:1], pad, 0)])
   lengths = np.concatenate([lengths, np.repeat(lengths[:1], pad, 0)])
-  base = streams.key(seed, "evaluation")
   fold = lambda key, i: jax.random.fold_in(key, i)
   keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.vmap(
       lambda j: fold(fold(base, i), j))(np.arange(config.k, dtype=np.uint32)))(

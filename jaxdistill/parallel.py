@@ -71,6 +71,15 @@ def global_rows(mesh: Mesh, num_rows: int, rows_fn):
   return jax.tree.unflatten(treedef, arrays)
 
 
+def all_rows(tree):
+  """A pytree of arrays split over 'data' as numpy arrays holding every row on every
+  process (rows other hosts hold are gathered; one host just copies)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def barrier(name: str) -> None:
   """Every process waits here until all have arrived (nothing to wait for on one host)."""
   if jax.process_count() > 1:

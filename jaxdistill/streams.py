@@ -9,7 +9,7 @@ import zlib
 
 import jax
 
-NAMES = ("rollout", "learner", "evaluation", "search")
+NAMES = ("rollout", "learner", "evaluation", "search", "filter")
 
 
 def key(seed: int, name: str) -> jax.Array:

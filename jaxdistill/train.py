@@ -70,11 +70,11 @@ def _stages(graphdef, optimizer, spec: settings.IterationSpec, reward_fn, dense_
   """The iteration's three phases, per device: rollout, learner-batch assembly, update."""
   method = methods.get(spec.method)
 
-  def rollout(params, prompt_tokens, prompt_lengths, problems, keys):
+  def rollout(params, prompt_tokens, prompt_lengths, problems, keys, extras):
     if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
       keys = jax.random.wrap_key_data(keys)  # fed as raw key data (multi-host feeding)
     return method.rollout(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
-                          spec, reward_fn, dense_reward_fn)
+                          spec, reward_fn, dense_reward_fn, extras=extras or None)
 
   def assemble(params, ref_params, traj):
     return assemble_batch(graphdef, params, ref_params, traj, spec.advantage,
@@ -92,15 +92,29 @@ def _stages(graphdef, optimizer, spec: settings.IterationSpec, reward_fn, dense_
              "completion_tokens": mean(completion),
              "trajectories": jax.lax.psum(valid.sum(), parallel.DATA),
              "generated_tokens": jax.lax.psum(traj.generated_tokens.sum(), parallel.DATA)}
+    if traj.replayed is not None:  # rows from a buffer of solutions: generated earlier
+      stats["replayed"] = jax.lax.psum(traj.replayed.sum(), parallel.DATA)
     return state, metrics | stats
 
   return rollout, assemble, learn
 
 
+def learner_rows(traj: rollouts.Trajectories, wanted: bool) -> dict:
+  """The rows a method's schedule reads back on the host (`Method.schedule`), or none."""
+  if not wanted:
+    return {}
+  valid = jnp.ones_like(traj.reward, bool) if traj.valid is None else traj.valid
+  replayed = jnp.zeros_like(valid) if traj.replayed is None else traj.replayed
+  return {"tokens": traj.tokens, "prompt_length": traj.prompt_length, "length": traj.length,
+          "reward": traj.reward, "valid": valid, "replayed": replayed}
+
+
 class Program:
   """A jitted training iteration: `program(state, ref_params, prompts, lengths, problems,
-  keys) -> (state, metrics)`, and how often it was traced (`traces`: once per compilation;
-  more in steady state means a shape or dtype changed, a bug)."""
+  keys, extras) -> (state, metrics, rows)`, and how often it was traced (`traces`: once per
+  compilation; more in steady state means a shape or dtype changed, a bug). extras: the
+  per-prompt arrays of the method's schedule ({} without one); rows: the learner rows it
+  reads back ({} without one)."""
 
   def __init__(self, run, traces: list):
     self._run, self._traces = run, traces
@@ -114,27 +128,30 @@ class Program:
 
 
 def build_iteration(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
-                    dense_reward_fn, mesh) -> Program:
+                    dense_reward_fn, mesh, with_rows: bool = False) -> Program:
   """One program, jit(shard_map(iteration)): (state, ref_params, prompts, lengths, problems,
-  keys) -> (state, metrics). Prompts, problem ids and keys are split over 'data'."""
+  keys, extras) -> (state, metrics, rows). Prompts, problem ids, keys, extras and rows are
+  split over 'data'; with_rows: the learner rows come back (`learner_rows`)."""
   rollout, assemble, learn = _stages(graphdef, optimizer, spec, reward_fn, dense_reward_fn)
   traces = [0]
 
-  def per_device(state, ref_params, prompt_tokens, prompt_lengths, problems, keys):
+  def per_device(state, ref_params, prompt_tokens, prompt_lengths, problems, keys, extras):
     traces[0] += 1  # Python runs only while jit traces
     # sampling and search read a compute-dtype copy of the master weights, cast once here
     traj = rollout(compute_copy(state.params, spec.compute_dtype), prompt_tokens,
-                   prompt_lengths, problems, keys)
-    return learn(state, assemble(state.params, ref_params, traj), traj)
+                   prompt_lengths, problems, keys, extras)
+    state, metrics = learn(state, assemble(state.params, ref_params, traj), traj)
+    return state, metrics, learner_rows(traj, with_rows)
 
   data = P(parallel.DATA)
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), data, data, data, data),
-                          out_specs=(P(), P()))
+  sharded = jax.shard_map(per_device, mesh=mesh,
+                          in_specs=(P(), P(), data, data, data, data, data),
+                          out_specs=(P(), P(), data))
   return Program(jax.jit(sharded, donate_argnums=(0,)), traces)
 
 
 def build_phases(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
-                 dense_reward_fn, mesh) -> Program:
+                 dense_reward_fn, mesh, with_rows: bool = False) -> Program:
   """The same iteration as three jitted programs (rollout, assemble, learn), so that each
   phase can be timed on its own (`train.phase_timing`); same signature and results as
   `build_iteration` up to the fusion of the three."""
@@ -153,18 +170,20 @@ def build_phases(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
     return traj.replace(generated_tokens=traj.generated_tokens[None])
 
   rollout_jit = jax.jit(jax.shard_map(counted(0, rollout_rows), mesh=mesh,
-                                      in_specs=(P(), data, data, data, data), out_specs=data))
+                                      in_specs=(P(), data, data, data, data, data),
+                                      out_specs=data))
   assemble_jit = jax.jit(jax.shard_map(counted(1, assemble), mesh=mesh,
                                        in_specs=(P(), P(), data), out_specs=data))
   learn_jit = jax.jit(jax.shard_map(counted(2, learn), mesh=mesh, in_specs=(P(), data, data),
                                     out_specs=(P(), P())), donate_argnums=(0,))
 
-  def iteration(state, ref_params, prompt_tokens, prompt_lengths, problems, keys):
-    """(state, metrics) with `phase_s/<phase>`: each phase's seconds, device work included."""
+  def iteration(state, ref_params, prompt_tokens, prompt_lengths, problems, keys, extras):
+    """(state, metrics, rows) with `phase_s/<phase>`: each phase's seconds, device work
+    included."""
     seconds = {}
     started = time.perf_counter()
     traj = jax.block_until_ready(rollout_jit(state.params, prompt_tokens, prompt_lengths,
-                                             problems, keys))
+                                             problems, keys, extras))
     seconds["rollout"] = time.perf_counter() - started
     started = time.perf_counter()
     batch = jax.block_until_ready(assemble_jit(state.params, ref_params, traj))
@@ -172,7 +191,8 @@ def build_phases(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
     started = time.perf_counter()
     state, metrics = jax.block_until_ready(learn_jit(state, batch, traj))
     seconds["update"] = time.perf_counter() - started
-    return state, metrics | {f"phase_s/{name}": s for name, s in seconds.items()}
+    return (state, metrics | {f"phase_s/{name}": s for name, s in seconds.items()},
+            learner_rows(traj, with_rows))
 
   return Program(iteration, traces)
 
@@ -222,10 +242,10 @@ def _initial_state(model, spec: settings.IterationSpec, seed: int, mesh):
                                                                                   mesh)
 
 
-def _restore(config, workdir: str, state):
-  """(checkpointer, start step, state, data position): the run in workdir resumed, or moved
-  aside first (train.restart). Refuses, with nothing touched, when the saved state is
-  another config's (runs.check_resume)."""
+def _restore(config, workdir: str, state, schedule=None):
+  """(checkpointer, start step, state, data position): the run in workdir resumed (with the
+  method's schedule, when it has one), or moved aside first (train.restart). Refuses, with
+  nothing touched, when the saved state is another config's (runs.check_resume)."""
   if config.train.restart and parallel.is_primary():
     moved = runs.move_aside(workdir)
     if moved:
@@ -233,10 +253,13 @@ def _restore(config, workdir: str, state):
   parallel.barrier("restart")
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep)
   runs.check_resume(workdir, config, bool(checkpointer.steps()), announce=say)
-  restored = checkpointer.restore_latest(state)
+  extra = None if schedule is None else schedule.arrays()
+  restored = checkpointer.restore_latest(state, extra)
   start, data_position = 0, 0
   if restored is not None:
-    start, state, data_position = restored
+    start, state, data_position, extra = restored
+    if schedule is not None:
+      schedule.load(extra)
     say(f"resumed from checkpoint {start} (data position {data_position})")
   if parallel.is_primary():  # only once the state is restored: a refusal changes nothing
     runs.write_record(workdir, config)
@@ -308,12 +331,16 @@ class _Evaluations:
 
 
 def _feeder(config, task, tokenizer, train_problems, mesh):
-  """feed(step, data position) -> the iteration's prompt tokens, lengths, problem ids and
-  keys as global arrays; each process builds only its own rows."""
+  """feed(step, data position, ids=None, extras=None) -> the iteration's prompt tokens,
+  lengths, problem ids, keys and extras as global arrays; each process builds only its own
+  rows. ids: the problems a method's schedule picked (default: the next in data order);
+  extras: its per-prompt arrays."""
   prompts = config.train.prompts_per_iteration
 
-  def feed(step: int, data_position: int):
-    batch_ids = [(data_position + i) % len(train_problems) for i in range(prompts)]
+  def feed(step: int, data_position: int, ids=None, extras=None):
+    batch_ids = ids if ids is not None else [
+        (data_position + i) % len(train_problems) for i in range(prompts)]
+    extras = extras or {}
 
     def rows(lo, hi):  # only this host's prompts
       ids = batch_ids[lo:hi]
@@ -321,7 +348,8 @@ def _feeder(config, task, tokenizer, train_problems, mesh):
           task, tokenizer, [train_problems[i] for i in ids], config.task.prompt,
           config.task.prompt_width)
       keys = np.asarray(jax.random.key_data(prompt_keys(config.seed, step, ids)))
-      return tokens, lengths, np.asarray(ids, np.int32), keys
+      return (tokens, lengths, np.asarray(ids, np.int32), keys,
+              {name: value[lo:hi] for name, value in extras.items()})
 
     return parallel.global_rows(mesh, prompts, rows)
 
@@ -365,13 +393,16 @@ def train(config, task, model, tokenizer, train_problems, test_problems, workdir
   prompts = config.train.prompts_per_iteration
   parallel.check_divisible(prompts, mesh, "train.prompts_per_iteration")
   graphdef, optimizer, state, ref_params = _initial_state(model, spec, config.seed, mesh)
-  checkpointer, start, state, data_position = _restore(config, workdir, state)
+  method = methods.get(spec.method)
+  schedule = method.schedule(config, spec, task, tokenizer, train_problems)
+  checkpointer, start, state, data_position = _restore(config, workdir, state, schedule)
   log = MetricsLog(workdir, resume_step=start, enabled=parallel.is_primary(), announce=say)
 
   reward_fn = rewards.task_reward_fn(task, tokenizer, train_problems, dense=config.reward.dense)
   dense_fn = rewards.task_reward_fn(task, tokenizer, train_problems, dense=True)
   build = build_phases if config.train.phase_timing else build_iteration
-  iteration = build(graphdef, optimizer, spec, reward_fn, dense_fn, mesh)
+  iteration = build(graphdef, optimizer, spec, reward_fn, dense_fn, mesh,
+                    with_rows=schedule is not None)
   evaluations = _Evaluations(config, task, tokenizer, graphdef, test_problems,
                              validation_problems, log, workdir)
   feed = _feeder(config, task, tokenizer, train_problems, mesh)
@@ -392,9 +423,19 @@ def train(config, task, model, tokenizer, train_problems, test_problems, workdir
   skipped_in_a_row = 0
   with GracefulStop(announce=say) as stop:  # SIGTERM / Ctrl-C end the loop cleanly
     for step in bar:
-      state, metrics = iteration(state, ref_params, *feed(step, data_position))
+      ids, extras, planned = None, None, {}
+      if schedule is not None:  # the method picks the problems (and its rounds' filter)
+        policy = lambda: nnx.merge(graphdef, compute_copy(state.params, config.model.dtype))
+        ids, extras, planned = schedule.before(step, policy)
+      state, metrics, rows = iteration(state, ref_params,
+                                       *feed(step, data_position, ids, extras))
       data_position += prompts
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if schedule is not None:
+        schedule.after(ids, parallel.all_rows(rows))  # the same on every host
+        # what the schedule sampled (DeepSearch's filter) is generated too
+        metrics = metrics | planned
+        metrics["generated_tokens"] += planned.get("filter_tokens", 0.0)
       metrics |= _timing_metrics(metrics, cost["phases"])
       skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
       if metrics["skipped"]:
@@ -417,14 +458,15 @@ def train(config, task, model, tokenizer, train_problems, test_problems, workdir
         total = step + 1
         break
       saved = (step + 1) % config.train.checkpoint_every == 0 or done
+      extra = None if schedule is None else schedule.arrays()
       if saved:
-        checkpointer.save(step + 1, state, data_position)
+        checkpointer.save(step + 1, state, data_position, extra)
       if done:
         total = step + 1
         break
       if stop.agreed():  # SIGTERM / Ctrl-C: keep this iteration, resume from it later
         if not saved:
-          checkpointer.save(step + 1, state, data_position)
+          checkpointer.save(step + 1, state, data_position, extra)
         summary["stopped"] = {"signal": stop.name, "step": step + 1,
                               "exit_code": stop.exit_code}
         total = step + 1
@@ -436,4 +478,6 @@ def train(config, task, model, tokenizer, train_problems, test_problems, workdir
   summary |= {"end_step": total, "generated_tokens": generated, "last_metrics": metrics,
               "compiles": iteration.traces, "params": state.params,
               "data_position": data_position}
+  if schedule is not None:  # the method's host state as the last checkpoint holds it
+    summary["schedule"] = schedule.arrays()
   return summary

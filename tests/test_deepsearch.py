@@ -217,3 +217,143 @@ def test_distinct_solutions_of_a_hand_built_tree():
       harvested=jnp.asarray([2, 3, 5], jnp.int32), num_harvested=jnp.asarray(3, jnp.int32)))
   found, harvested = _deepsearch_solutions(batched, 0)
   assert found == {(3, 4, 5), (6, 7)} and harvested == {(3, 4, 5)}
+
+
+def test_replay_rows_replace_the_first_samples_and_cost_only_the_rest():
+  """Prompt 0 has 2 cached solutions (n = 3): its rows 0 and 1 are the prompt + each
+  solution (replayed, no tokens counted), row 2 a sample; prompt 1 has none (its rows are
+  computed, not counted: the search answers it). Advantages: outcome minus the prompt's
+  mean, on every position."""
+  from jaxdistill.methods.deepsearch import replay_rows
+  graphdef, params = nnx.split(init_model(MODEL, seed=3))
+  tokens, lengths, problems, keys = _inputs(2, seed=4)
+  n, width = SETTINGS.trajectories, LM.max_path_tokens
+  cached = np.zeros((2, n, width), np.int32)
+  cached[0, 0, :3] = [5, 7, EOS]
+  cached[0, 1, :4] = [6, 6, 7, EOS]
+  extras = {"cached": cached, "cached_lengths": np.asarray([[3, 4, 0], [0, 0, 0]], np.int32),
+            "cached_count": np.asarray([2, 0], np.int32)}
+  solved = lambda t, p: float(7 in t.tolist())
+  rows = jax.device_get(jax.jit(lambda p, t, l, i, k, e: replay_rows(
+      nnx.merge(graphdef, p), LM, SETTINGS, t, l, i, jax.random.wrap_key_data(k), e, solved))(
+          params, tokens, lengths, problems, keys, extras))
+  start = int(lengths[0])
+  for row, solution in ((0, [5, 7, EOS]), (1, [6, 6, 7, EOS])):
+    assert rows.tokens[row, start:start + len(solution)].tolist() == solution
+    assert rows.length[row] == start + len(solution) and rows.reward[row] == 1.0
+  np.testing.assert_array_equal(rows.replayed, [True, True, False, False, False, False])
+  assert rows.generated_tokens == rows.length[2] - start  # the one kept sample
+  completion = lambda r: rows.tokens[r, rows.prompt_length[r]:rows.length[r]].tolist()
+  outcome = []
+  for r in range(2 * n):
+    ended = completion(r)[-1:] == [EOS]
+    outcome.append(1.0 if rows.reward[r] >= 1 else (-1.0 if ended else -1.0))
+  outcome = np.asarray(outcome).reshape(2, n)
+  expected = (outcome - outcome.mean(-1, keepdims=True)).reshape(-1)
+  np.testing.assert_allclose(rows.advantages, np.broadcast_to(expected[:, None],
+                                                              rows.advantages.shape))
+
+
+def _rounds(monkeypatch, scores, capacity=2):
+  from jaxdistill import evaluate, settings
+  from jaxdistill.configs import countdown as presets
+  from jaxdistill.methods.deepsearch import Rounds
+  config = presets.apply_overrides(presets.get_config("smoke"), [
+      "algo=deepsearch", "train.prompts_per_iteration=4", "deepsearch.filter_pool=8",
+      "deepsearch.trajectories=2", "deepsearch.round_iterations=3",
+      f"deepsearch.replay_capacity={capacity}"])
+  calls = []
+
+  def fake(policy, tokenizer, task, problems, settings_, **kwargs):
+    calls.append(len(problems))
+    return {"per_problem": list(scores), "generated_tokens": 100}
+  monkeypatch.setattr(evaluate, "evaluate", fake)
+  rounds = Rounds(config, settings.iteration(config), None, None, list(range(10)))
+  return rounds, calls
+
+
+def test_the_filter_keeps_problems_at_or_below_the_threshold(monkeypatch):
+  rounds, calls = _rounds(monkeypatch, [0, 0.5, 0.25, 1, 0, 0.75, 0.25, 0])
+  ids, extras, metrics = rounds.before(0, lambda: None)
+  assert ids == [0, 2, 4, 6] and metrics["filter_kept"] == 5 and calls == [8]
+  assert metrics["filter_tokens"] == 100
+  ids, _, metrics = rounds.before(1, lambda: None)
+  assert ids == [7, 0, 2, 4] and metrics == {}  # the round goes on, no filter
+  rounds.before(2, lambda: None)
+  ids, _, metrics = rounds.before(3, lambda: None)  # a new round: the next pool (8, 9, 0..5)
+  assert calls == [8, 8] and ids == [8, 0, 2, 4]
+  assert not extras["cached_count"].any()
+
+
+def test_too_few_hard_problems_take_the_lowest_scores(monkeypatch):
+  rounds, _ = _rounds(monkeypatch, [1, 1, 1, 0.5, 1, 0.75, 1, 1])
+  ids, _, metrics = rounds.before(0, lambda: None)
+  assert ids == [0, 1, 3, 5] and metrics["filter_kept"] == 4
+
+
+def test_the_buffer_keeps_distinct_verified_solutions_oldest_problem_out(monkeypatch):
+  rounds, _ = _rounds(monkeypatch, [0] * 8, capacity=2)
+  ids, _, _ = rounds.before(0, lambda: None)  # [0, 1, 2, 3], n = 2 rows each
+  width = rounds.width
+  tokens = np.zeros((8, width), np.int32)
+  tokens[:, 2:4] = [[5, 1], [5, 1], [6, 1], [7, 1], [8, 1], [9, 1], [3, 1], [4, 1]]
+  rows = {"tokens": tokens, "prompt_length": np.full(8, 2), "length": np.full(8, 4),
+          "reward": np.asarray([1, 1, 1, 0, 1, 1, 1, 1.0]),
+          "valid": np.asarray([1, 1, 1, 1, 1, 1, 1, 0], bool),
+          "replayed": np.asarray([0, 0, 0, 0, 0, 0, 1, 0], bool)}
+  rounds.after(ids, rows)
+  s = rounds.state
+  # problem 0: [5, 1] once (its two rows agree); 1: [6, 1]; 2 evicts 0 (capacity 2); 3: the
+  # replayed row and the invalid one add nothing
+  assert sorted(s["buffer_problem"].tolist()) == [1, 2]
+  slot = s["buffer_problem"].tolist().index(2)
+  assert s["buffer_count"][slot] == 2
+  assert s["buffer_tokens"][slot, :2, :2].tolist() == [[8, 1], [9, 1]]
+  ids, extras, _ = rounds.before(1, lambda: None)  # [4, 5, 6, 7]: none buffered
+  assert not extras["cached_count"].any()
+  rounds.state["cursor"] = np.int32(0)
+  ids, extras, _ = rounds.before(2, lambda: None)  # [0, 1, 2, 3] again
+  np.testing.assert_array_equal(extras["cached_count"], [0, 1, 2, 0])
+  assert extras["cached"][2, 1, :2].tolist() == [9, 1]
+  assert extras["cached_lengths"][1].tolist() == [2, 0]
+
+
+def test_replay_and_rounds_survive_kill_9(tmp_path):
+  """A DeepSearch run with rounds and replay (tests/deepsearch_job.py), killed (SIGKILL)
+  after its checkpoint 3 and started again, ends with the parameters, the buffer and round
+  state, and the metrics rows of a run that was never interrupted; solutions were replayed."""
+  import json
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  job = os.path.join(os.path.dirname(os.path.abspath(__file__)), "deepsearch_job.py")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  run = lambda workdir, **kw: subprocess.Popen([sys.executable, job, str(workdir), "6"],
+                                              env=env, stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT, text=True, **kw)
+  whole, killed = tmp_path / "whole", tmp_path / "killed"
+  first = run(whole)
+  assert first.wait(timeout=600) == 0, first.stdout.read()[-3000:]
+  process = run(killed)
+  deadline = time.time() + 600
+  while not (killed / "checkpoints" / "3").is_dir() and process.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  assert not (killed / "final.npz").exists(), "the run ended before it was killed"
+  again = run(killed)
+  output = again.communicate(timeout=600)[0]
+  assert again.returncode == 0 and "resumed from checkpoint" in output, output[-3000:]
+  a, b = np.load(whole / "final.npz"), np.load(killed / "final.npz")
+  assert sorted(a.files) == sorted(b.files) and any(f.startswith("schedule_") for f in a.files)
+  for name in a.files:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+  rows = lambda d: [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+                    for line in open(d / "metrics.jsonl")]
+  assert rows(whole) == rows(killed)
+  assert sum(r.get("replayed", 0) for r in rows(whole)) > 0
+  assert a["schedule_buffer_count"].sum() > 0

@@ -31,7 +31,8 @@ def test_qwen_preset_runs_every_algorithm(qwen_checkpoint, tmp_path, algo):
   cmd = [sys.executable, "-m", "jaxdistill.main", "--config", "countdown.py:qwen2.5-0.5b",
          f"--config.model.path={qwen_checkpoint}", f"--workdir={tmp_path}",
          f"--config.algo={algo}", *SMALL, "--config.deepsearch.trajectories=2",
-         "--config.deepsearch.expansions=3"]
+         "--config.deepsearch.expansions=3", "--config.deepsearch.filter_pool=4",
+         "--config.deepsearch.round_iterations=1"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -94,7 +94,7 @@ def test_unreadable_checkpoints_fall_back_and_mismatched_ones_refuse(tmp_path):
   with pytest.raises(StateMismatch, match="params/v"):
     checkpointer.restore_latest(_tiny_state(extra=True))
   _corrupt(tmp_path / "checkpoints" / "2")
-  step, state, position = checkpointer.restore_latest(_tiny_state())
+  step, state, position, _ = checkpointer.restore_latest(_tiny_state())
   assert (step, position) == (1, 10) and float(state["params"]["b"][0]) == 2.0
   _corrupt(tmp_path / "checkpoints" / "1")
   with pytest.raises(NoReadableCheckpoint, match="none|no checkpoint"):

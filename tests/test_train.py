@@ -173,7 +173,8 @@ def _final_params(workdir):
   _, params = nnx.split(model)
   state = learner.init_state(params, learner.make_optimizer(learner_config()),
                              jax.random.PRNGKey(0))
-  step, state, position = Checkpointer(os.path.join(workdir, "checkpoints")).restore_latest(state)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  step, state, position, _ = checkpointer.restore_latest(state)
   return step, jax.tree.leaves(state.params), position
 
 

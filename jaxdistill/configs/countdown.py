@@ -129,6 +129,17 @@ def base() -> ml_collections.ConfigDict:
   c.deepsearch.frontier_depth = 0.01
   c.deepsearch.backup_floor = 0.1  # the backup's depth weight never falls below this
   c.deepsearch.incomplete_reward = -1.0  # outcome of a path that ended without an answer
+  # adaptive training: every round_iterations iterations (0: off, every prompt searched)
+  # score the next filter_pool training problems by Pass1@filter_k (plain samples at
+  # search.temperature) and train the round on those at or below filter_threshold
+  c.deepsearch.round_iterations = 16
+  c.deepsearch.filter_k = 4
+  c.deepsearch.filter_threshold = 0.25
+  c.deepsearch.filter_pool = 256
+  # verified solutions kept per problem; a buffered problem is not searched again: n plain
+  # samples, the first min(cached, n) of them replaced by its cached solutions
+  c.deepsearch.replay = True
+  c.deepsearch.replay_capacity = 1024  # problems in the buffer (the oldest make way)
 
   c.rollout = ml_collections.ConfigDict()
   c.rollout.max_completion_tokens = 64  # solutions of 3 numbers: at most 50 tokens

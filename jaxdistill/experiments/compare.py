@@ -252,12 +252,16 @@ def test_scores(workdir: str, overrides: list[str]) -> dict:
 
 
 def tokens_per_iteration(method: str, common: list[str]) -> float:
-  """Generated tokens per iteration of a method, from a 2-iteration probe of the base model."""
+  """Generated tokens per iteration of a method, from a probe of the base model (2
+  iterations, or what the method's cost needs: a whole DeepSearch round with its filter)."""
   probe = os.path.join(FLAGS.workdir, f"probe-{method}")
+  from jaxdistill.configs import countdown as presets
+  config = presets.apply_overrides(_config(), METHODS[method])
+  iterations = registry.get(config.algo).probe_iterations(config)
 
   def make():
-    _run(probe, common + METHODS[method] + ["train.num_iterations=2", "eval.every=0",
-                                            "eval.at_start=False"])
+    _run(probe, common + METHODS[method] + [f"train.num_iterations={iterations}",
+                                            "eval.every=0", "eval.at_start=False"])
     rows = [r for r in _metrics(probe) if "generated_tokens" in r]
     shutil.rmtree(os.path.join(probe, "checkpoints"), ignore_errors=True)
     return float(np.mean([r["generated_tokens"] for r in rows]))

@@ -88,7 +88,7 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
   if with_deepsearch:
     from jaxdistill.methods import deepsearch as deepsearch_method
     from jaxdistill.search import deepsearch
-    options = deepsearch_method.DeepSearch().options(config)
+    options = deepsearch_method.DeepSearch().options(config).search
     deep = jax.jit(lambda p, t, l, i, k: deepsearch.search(
         nnx.merge(graphdef, p), spec.search.lm, options, t, l, i, k, sparse))
   batch = 8

@@ -48,8 +48,9 @@ class Method:
     return None
 
   def rollout(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,
-              reward_fn, dense_reward_fn) -> Trajectories:
-    """Learner rows for a batch of prompts (per device, inside jit)."""
+              reward_fn, dense_reward_fn, extras=None) -> Trajectories:
+    """Learner rows for a batch of prompts (per device, inside jit); extras: the per-prompt
+    arrays its schedule feeds (None without one)."""
     raise NotImplementedError
 
   def forward_tokens(self, prompts: int, prompt_width: int, spec) -> int:
@@ -70,3 +71,21 @@ class Method:
     """Its rows carry no behaviour log-probs (the current policy's are computed)."""
     del spec
     return False
+
+  def probe_iterations(self, config) -> int:
+    """Iterations whose mean generated tokens stand for the method's (a comparison's probe
+    of its cost per iteration)."""
+    del config
+    return 2
+
+  def schedule(self, config, spec, task, tokenizer, train_problems):
+    """The method's state on the host between iterations, or None (prompts in data order).
+
+    A schedule has `before(step, policy) -> (problem ids, extras, metrics)`: the
+    iteration's problems, per-prompt arrays fed to `rollout` as `extras` (split over
+    devices like the prompts) and metrics to log (their `filter_tokens` count as generated
+    tokens); `after(ids, rows)`: the iteration's learner rows on the host (tokens,
+    prompt_length, length, reward, valid, replayed); `arrays()` / `load(arrays)`: its state
+    as fixed-shape numpy arrays, saved in every checkpoint."""
+    del config, spec, task, tokenizer, train_problems
+    return None

@@ -28,8 +28,8 @@ class MctsDistill(Method):
     return 1.0 if config.search.targets == "visits" else config.search.temperature
 
   def rollout(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,
-              reward_fn, dense_reward_fn):
-    del dense_reward_fn
+              reward_fn, dense_reward_fn, extras=None):
+    del dense_reward_fn, extras
     traj, _ = rollouts.mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems,
                                     keys, spec.rollout, spec.search, reward_fn)
     return traj

@@ -22,8 +22,8 @@ class Cispo(Method):
     return "group" if config.learner.advantage_std else "group_mean"
 
   def rollout(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,
-              reward_fn, dense_reward_fn):
-    del dense_reward_fn
+              reward_fn, dense_reward_fn, extras=None):
+    del dense_reward_fn, extras
     return rollouts.cispo(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
                           spec.rollout, reward_fn)
 
@@ -39,7 +39,8 @@ class BestOfN(Method):
   name = "best_of_n"
 
   def rollout(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,
-              reward_fn, dense_reward_fn):
+              reward_fn, dense_reward_fn, extras=None):
+    del extras
     return rollouts.best_of_n(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
                               spec.rollout, reward_fn, dense_reward_fn)
 

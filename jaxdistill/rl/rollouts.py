@@ -39,6 +39,8 @@ class Trajectories:
   # the iteration from the reward
   advantages: jax.Array | None = None
   valid: jax.Array | None = None  # [M] bool: rows that hold a trajectory (None: all)
+  # [M] bool: rows replayed from a buffer of verified solutions (generated earlier, not now)
+  replayed: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)

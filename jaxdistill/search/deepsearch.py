@@ -217,13 +217,16 @@ def _add_children(tree, node, active, children: dict, settings: DeepSearchSettin
 
 
 def search(model, lm: lm_expand.LMSearchConfig, settings: DeepSearchSettings, prompt_tokens,
-           prompt_lengths, problems, keys, reward_fn) -> DeepTree:
+           prompt_lengths, problems, keys, reward_fn, skip=None) -> DeepTree:
   """DeepSearch over reasoning steps for a batch of prompts (see the module docstring);
-  reward_fn: the task's sparse reward (1 for a correct answer)."""
+  reward_fn: the task's sparse reward (1 for a correct answer); skip [B] bool: prompts not
+  searched (their trees stay a root, generating nothing)."""
   width = lm.num_children
   batch = prompt_tokens.shape[0]
   tree = init_tree(prompt_tokens, prompt_lengths, settings, width, lm.max_path_tokens,
                    lm.pad_id)
+  if skip is not None:
+    tree = tree.replace(done=tree.done | skip)
   prompt_length = prompt_lengths.astype(jnp.int32)
   problem = problems.astype(jnp.int32)
   rows = jnp.arange(batch)
