@@ -351,6 +351,13 @@ def with_test(record: dict, common: list[str]) -> dict:
   method, seed, lr = record["method"], record["seed"], record["lr_text"]
   workdir = os.path.join(FLAGS.workdir, f"{method}-lr{lr}-seed{seed}")
   overrides = _train_overrides(method, seed, lr, common)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+    # `--mode=eval` without a checkpoint scores the initial model: a workdir whose record was
+    # kept (or copied from another machine) without its checkpoint would pass the base model
+    # off as the trained one
+    raise SystemExit(f"{workdir} holds a finished run's record but no checkpoint to score on "
+                     "test; remove its compare_run.json to train it again")
   return record | {"test": test_scores(workdir, overrides), "reference": record["final_test"]}
 
 
