@@ -329,6 +329,8 @@ def train_run(method: str, seed: int, lr: str, common: list[str], sweep: bool = 
     final = next(r for r in reversed(rows) if f"eval_mean@{k}" in r)  # at eval.temperature
     return {"method": method, "seed": seed, "lr": float(lr), "wall_s": wall,
             "iterations": len(train_rows), "generated_tokens": int(tokens[-1]),
+            # rows the learner got from a buffer of earlier verified solutions: no tokens
+            "replayed": int(sum(r.get("replayed", 0) for r in train_rows)),
             "train_s": float(train_rows[-1]["elapsed_s"]),
             "reward": [r["reward"] for r in train_rows],
             "value_loss": [r.get("value_loss", float("nan")) for r in train_rows],

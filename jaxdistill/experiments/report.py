@@ -86,6 +86,7 @@ def summarize(records: list[dict], k: int, temperatures: list[str]) -> list[dict
     row = {"method": method, "seeds": [r["seed"] for r in mine],
            "lr": mine[0].get("lr"), "tokens": float(np.mean([r["generated_tokens"] for r in mine])),
            "iterations": float(np.mean([r["iterations"] for r in mine])),
+           "replayed": float(np.mean([r.get("replayed", 0) for r in mine])),
            "train_s": float(np.mean([r.get("train_s", 0.0) for r in mine]))}
     for t in temperatures:
       scores = np.array([r["test"][t][f"mean@{k}"] for r in mine])
@@ -134,9 +135,9 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
            + "".join(f"mean@{k} T={t} | pass@{k} T={t} | " for t in others)
            + "".join(f"reference mean@{ref['k']} ({ref['problems']} problems) | "
                      f"reference pass@{ref['k']} | " for ref in reference[:1])
-           + "tokens | iterations | training time | training reward by quarter of the run | "
+           + "tokens | replayed solutions (no tokens) | iterations | training time | training reward by quarter of the run | "
            "value head's explained variance by quarter |",
-           "|---" * (12 + 2 * len(others) + 2 * bool(reference)) + "|"]
+           "|---" * (13 + 2 * len(others) + 2 * bool(reference)) + "|"]
   curve = lambda r, key="reward_quarters": (" → ".join(f"{x:+.2f}" for x in r[key])
                                             if key in r else "-")
   for r in rows:
@@ -148,7 +149,7 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
                   for t in others)
         + ("" if not reference else "- | - | " if "reference" not in r else
            f"{stat(r['reference']['mean'])} | {100 * r['reference']['pass']:.1f}% | ") +
-        f"{r['tokens']:,.0f} | {r['iterations']:.0f} | {r['train_s'] / 60:.1f} min | "
+        f"{r['tokens']:,.0f} | {r['replayed']:,.0f} | {r['iterations']:.0f} | {r['train_s'] / 60:.1f} min | "
         f"{curve(r)} | {curve(r, 'value_explained_quarters')} |")
   return "\n".join(lines) + "\n"
 
