@@ -97,6 +97,19 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(np.array(devices), (DATA,))
 
 
+def shard_map(fn, mesh: Mesh, in_specs, out_specs):
+  """jax.shard_map over the mesh with `check_vma=False`: the one boundary where per-device
+  code starts.
+
+  With the check on, every loop carry would have to be typed device-varying from its first
+  value, so each array a search or a decode starts from a constant (an empty tree, a token
+  buffer, a KV cache) would need to be derived from per-device data. The per-device code
+  here is written as for one device instead; the price is that jax no longer adds the psum
+  that the transpose of a replicated input implies: the learner sums its gradients itself
+  (`learner.gradients`)."""
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
 def check_divisible(count: int, mesh: Mesh, name: str) -> None:
   """Clear error when a batch does not split evenly over the 'data' axis."""
   devices = mesh.shape[DATA]

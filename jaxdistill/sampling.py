@@ -115,24 +115,20 @@ def decode(model: Qwen2Model, cache: KVCache, logits, value, row_keys, *, max_ne
   stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
   temperature = jnp.asarray(temperature, jnp.float32)
   top_p = jnp.asarray(top_p, jnp.float32)
-  # buffers derive from the logits (full_like), not constants: under shard_map the loop
-  # carry must be device-varying from the start
-  grid = jnp.broadcast_to(jnp.zeros_like(logits[:, :1], jnp.int32), (batch, max_new_tokens))
-  buffers = dict(
-      tokens=jnp.full_like(grid, pad_id),
-      logprobs=jnp.zeros_like(grid, jnp.float32),
-      sample_logprobs=jnp.zeros_like(grid, jnp.float32),
-      lengths=jnp.zeros_like(grid[:, 0]))
+  grid = lambda dtype: jnp.zeros((batch, max_new_tokens), dtype)
+  row = jnp.zeros((batch,), jnp.int32)
+  buffers = dict(tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
+                 logprobs=grid(jnp.float32), sample_logprobs=grid(jnp.float32), lengths=row)
   if with_values:
-    buffers["values"] = jnp.zeros_like(grid, jnp.float32)
+    buffers["values"] = grid(jnp.float32)
   if with_entropy:
-    buffers["entropies"] = jnp.zeros_like(grid, jnp.float32)
+    buffers["entropies"] = grid(jnp.float32)
   # automaton state of the stop string per row, and where it first completed
-  buffers["string_state"] = jnp.zeros_like(grid[:, 0])
-  buffers["string_end"] = jnp.zeros_like(grid[:, 0])
+  buffers["string_state"] = row
+  buffers["string_end"] = row
   if stop_string is not None:
     next_state, fires = jnp.asarray(stop_string.next_state), jnp.asarray(stop_string.fires)
-  done = jnp.zeros_like(grid[:, 0], bool)
+  done = jnp.zeros((batch,), bool)
 
   def cond(carry):
     step, _, _, _, done, _ = carry
@@ -199,8 +195,7 @@ def sample_continuations(model: Qwen2Model, prompt_tokens, prompt_lengths, row_k
     prefix, logits, value = prefill(model, prompt_tokens, prompt_lengths,
                                     prompt_tokens.shape[1], pad_id)
     logits, value = jnp.repeat(logits, samples, 0), jnp.repeat(value, samples, 0)
-    cache = KVCache.empty(model.config, logits.shape[0], max_new_tokens, model.dtype,
-                          like=value)
+    cache = KVCache.empty(model.config, logits.shape[0], max_new_tokens, model.dtype)
   return decode(model, cache, logits, value, row_keys, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_p=top_p, stop_ids=stop_ids, pad_id=pad_id,
                 with_values=with_values, prefix=prefix, stop_string=stop_string,

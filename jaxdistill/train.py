@@ -144,9 +144,8 @@ def build_iteration(graphdef, optimizer, spec: settings.IterationSpec, reward_fn
     return state, metrics, learner_rows(traj, with_rows)
 
   data = P(parallel.DATA)
-  sharded = jax.shard_map(per_device, mesh=mesh,
-                          in_specs=(P(), P(), data, data, data, data, data),
-                          out_specs=(P(), P(), data))
+  sharded = parallel.shard_map(per_device, mesh, in_specs=(P(), P(), data, data, data, data,
+                                                          data), out_specs=(P(), P(), data))
   return Program(jax.jit(sharded, donate_argnums=(0,)), traces)
 
 
@@ -169,13 +168,13 @@ def build_phases(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
     traj = rollout(compute_copy(params, spec.compute_dtype), *rows)
     return traj.replace(generated_tokens=traj.generated_tokens[None])
 
-  rollout_jit = jax.jit(jax.shard_map(counted(0, rollout_rows), mesh=mesh,
-                                      in_specs=(P(), data, data, data, data, data),
-                                      out_specs=data))
-  assemble_jit = jax.jit(jax.shard_map(counted(1, assemble), mesh=mesh,
-                                       in_specs=(P(), P(), data), out_specs=data))
-  learn_jit = jax.jit(jax.shard_map(counted(2, learn), mesh=mesh, in_specs=(P(), data, data),
-                                    out_specs=(P(), P())), donate_argnums=(0,))
+  rollout_jit = jax.jit(parallel.shard_map(counted(0, rollout_rows), mesh,
+                                           in_specs=(P(), data, data, data, data, data),
+                                           out_specs=data))
+  assemble_jit = jax.jit(parallel.shard_map(counted(1, assemble), mesh,
+                                            in_specs=(P(), P(), data), out_specs=data))
+  learn_jit = jax.jit(parallel.shard_map(counted(2, learn), mesh, in_specs=(P(), data, data),
+                                         out_specs=(P(), P())), donate_argnums=(0,))
 
   def iteration(state, ref_params, prompt_tokens, prompt_lengths, problems, keys, extras):
     """(state, metrics, rows) with `phase_s/<phase>`: each phase's seconds, device work

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from jaxdistill.experiments import compare, report
 
@@ -26,8 +27,11 @@ def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
     record["value_loss"] = [0.5, 0.5, 1.0, 3.0, 0.25, 0.25, 2.0, 2.0]
     record["value_target_var"] = [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0]
   records += [_record("mcts_tree", s, x, lr=1e-5) for s, x in enumerate([0.24, 0.26, 0.30])]
+  for record, replayed in zip(records[-3:], (2, 4, 6)):  # solutions from a replay buffer
+    record["replayed"] = replayed
   rows = {r["method"]: r for r in report.summarize(records, 16, ["0.2", "0.8"])}
   assert rows["cispo"]["mean@16/T0.2"] == [0.20, 0.21, 0.25]
+  assert rows["mcts_tree"]["replayed"] == 4.0 and rows["cispo"]["replayed"] == 0.0
   # mcts_tree - cispo by seed: 0.04, 0.05, 0.05
   diff, se, n, with_problems = rows["mcts_tree"]["minus_cispo"]
   assert n == 3 and np.isclose(diff, np.mean([0.04, 0.05, 0.05])) and with_problems is None
@@ -48,11 +52,12 @@ def test_summary_pairs_seeds_and_gives_the_standard_error_of_the_difference():
   assert "value_explained_quarters" not in rows["mcts_tree"] and tree.endswith("| - | - |")
   # every line has as many cells as the header; with one temperature (--temperatures=0.2) its
   # columns appear once, not a second time in the other temperature's place
-  for temperatures, cells in ((["0.2", "0.8"], 14), (["0.2"], 12)):
+  assert "| tokens | replayed solutions (no tokens) | iterations |" in table[2]
+  for temperatures, cells in ((["0.2", "0.8"], 15), (["0.2"], 13)):
     rows = report.summarize(records, 16, temperatures)
     table = report.markdown(rows, 16, "h", temperatures).splitlines()[2:]
     assert {line.count("|") - 1 for line in table} == {cells}
-    assert table[0].count("T=0.2") == 2 and table[0].count("T=0.8") == 2 * (cells == 14)
+    assert table[0].count("T=0.2") == 2 and table[0].count("T=0.8") == 2 * (cells == 15)
 
 
 def test_standard_error_with_problems_adds_the_spread_of_the_per_problem_differences():
@@ -195,6 +200,7 @@ def test_a_run_is_scored_on_validation_and_on_test_only_once_picked(tmp_path, mo
             {"step": 2, "val_mean@16": 0.125}]
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.makedirs(os.path.join(workdir, "checkpoints", "2"), exist_ok=True)
     if keep[0]:
       with open(os.path.join(workdir, "val_after.json"), "w") as f:
         json.dump({"mean@16": 0.125, "step": 2, "temperature": 0.2,
@@ -220,6 +226,46 @@ def test_a_run_is_scored_on_validation_and_on_test_only_once_picked(tmp_path, mo
   assert [mode for mode, _ in calls] == ["train", "eval"]
   assert record["validation_per_problem"] == [0.25, 0.75]
   assert "eval.split=validation" in calls[-1][1]
+
+
+def test_a_record_kept_without_its_checkpoint_is_trained_again_and_must_repeat(tmp_path,
+                                                                               monkeypatch):
+  """Records travel between machines without checkpoints; scoring such a run on test trains
+  it again (never evaluates the initial model in its place), and a run that does not repeat
+  its record stops the comparison."""
+  import shutil
+  import types
+  calls, validation = [], [0.125]
+
+  def fake_run(workdir, overrides, mode="train"):
+    calls.append(mode)
+    os.makedirs(workdir, exist_ok=True)
+    if mode == "eval":
+      with open(os.path.join(workdir, "eval_result.json"), "w") as f:
+        json.dump({"mean@4": 0.5, "pass@4": 0.75, "per_problem": [0.25, 0.75]}, f)
+      return 0.0
+    rows = [{"step": 1, "loss": 0.0, "generated_tokens": 60, "elapsed_s": 1.0, "reward": 0.1,
+             "replayed": 3},
+            {"step": 1, "eval_mean@16": 0.5, "eval_pass@16": 0.5, "eval_problems": 820},
+            {"step": 1, "val_mean@16": validation[0]}]
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.makedirs(os.path.join(workdir, "checkpoints", "1"), exist_ok=True)
+    return 10.0
+  monkeypatch.setattr(compare, "_run", fake_run)
+  monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)
+  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
+      workdir=str(tmp_path), token_budget=60, curve_points=1, temperatures=["0.2"],
+      eval_key_sets=1, preset="tiny", set=[], test_k=4, reference_problems=820))
+  record = compare.train_run("deepsearch", 0, "1e-5", [])
+  assert record["replayed"] == 3 and calls == ["train"]
+  shutil.rmtree(tmp_path / "deepsearch-lr1e-5-seed0" / "checkpoints")
+  tested = compare.with_test(record, [])
+  assert calls == ["train", "train", "eval"] and tested["test"]["0.2"]["mean@4"] == 0.5
+  shutil.rmtree(tmp_path / "deepsearch-lr1e-5-seed0" / "checkpoints")
+  validation[0] = 0.25  # the run no longer repeats itself
+  with pytest.raises(SystemExit, match="did not repeat itself"):
+    compare.with_test(record, [])
 
 
 def test_a_lead_of_either_sign_past_two_standard_errors_is_flagged():

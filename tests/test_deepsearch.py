@@ -10,6 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from settings_for_tests import lm_search_config
+from jaxdistill import parallel
 from jaxdistill.models import Qwen2Config, init_model
 from jaxdistill.search import deepsearch as ds
 
@@ -187,8 +188,8 @@ def test_search_invariants(searched):
 def test_eight_devices_give_the_one_device_trees(searched):
   graphdef, params, inputs, tree = searched
   mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
-  sharded = jax.jit(jax.shard_map(
-      lambda p, *rows: _search(graphdef, p, *rows), mesh=mesh,
+  sharded = jax.jit(parallel.shard_map(
+      lambda p, *rows: _search(graphdef, p, *rows), mesh,
       in_specs=(P(),) + (P("data"),) * 4, out_specs=P("data")))
   rows = [jax.device_put(x, NamedSharding(mesh, P("data"))) for x in inputs]
   other = jax.device_get(sharded(params, *rows))

@@ -8,6 +8,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from settings_for_tests import lm_search_config
+from jaxdistill import parallel
 from jaxdistill.models import Qwen2Config, init_model
 from jaxdistill.search import lm_expand, mcts
 
@@ -136,8 +137,8 @@ def test_eight_devices_give_token_identical_children():
   single = jax.jit(_run, static_argnums=(0, 5, 6))(graphdef, params, tokens, lengths, keys, 3, 2)
   mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
   run = lambda p, t, l, k: _run(graphdef, p, t, l, k, 3, 2)
-  sharded = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(P(), P("data"), P("data"),
-                                                             P("data")), out_specs=P("data")))
+  sharded = jax.jit(parallel.shard_map(run, mesh, in_specs=(P(), P("data"), P("data"), P("data")),
+                                             out_specs=P("data")))
   put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
   many = sharded(params, put(tokens), put(lengths), put(keys))
   np.testing.assert_array_equal(many.tree.embeddings.candidate_tokens,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdistill import parallel
 from jaxdistill.search import mcts
 from jaxdistill.search.tree import ExpandOutput, RootOutput
 
@@ -220,7 +221,7 @@ def test_sharded_search_equals_unsharded_and_has_no_collectives():
   mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
   keys = jax.random.split(jax.random.key(3), batch)
   run = lambda r, k: mcts.search(r, env.expand_fn, k, num_iterations=6, num_agents=4)
-  sharded = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=P("data"), out_specs=P("data")))
+  sharded = jax.jit(parallel.shard_map(run, mesh, in_specs=P("data"), out_specs=P("data")))
   root = jax.device_put(env.root(batch), NamedSharding(mesh, P("data")))
   keys_sharded = jax.device_put(keys, NamedSharding(mesh, P("data")))
   hlo = sharded.lower(root, keys_sharded).compile().as_text()

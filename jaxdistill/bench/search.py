@@ -24,6 +24,7 @@ from absl import app, flags
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdistill import parallel
 from jaxdistill.bench.common import best_time, print_table, write_json
 from jaxdistill.search import lm_expand, mcts
 from jaxdistill.search.tree import ExpandOutput, RootOutput
@@ -176,7 +177,7 @@ def collectives_check(batch=16):
   mesh = Mesh(np.array(devices), ("data",))
   root, expand_fn, _ = synthetic(batch * len(devices), 4)
   run = lambda r, k: mcts.search(r, expand_fn, k, num_iterations=8, num_agents=4)
-  sharded = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=P("data"), out_specs=P("data")))
+  sharded = jax.jit(parallel.shard_map(run, mesh, in_specs=P("data"), out_specs=P("data")))
   put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
   keys = jax.random.split(jax.random.key(0), batch * len(devices))
   hlo = sharded.lower(put(root), put(keys)).compile().as_text()

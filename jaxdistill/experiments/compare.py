@@ -347,19 +347,41 @@ def train_run(method: str, seed: int, lr: str, common: list[str], sweep: bool = 
   return record
 
 
+def _has_checkpoint(workdir: str) -> bool:
+  checkpoints = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
+
+
+def _train_again(record: dict, common: list[str]) -> dict:
+  """A finished run's record kept without its checkpoint (records are small enough to keep
+  in git between machines, checkpoints are not): train it again, and insist that the run
+  repeats itself, since its record already took part in picking the rate. `--mode=eval`
+  without a checkpoint would score the initial model as if it were the trained one."""
+  method, seed, lr = record["method"], record["seed"], record["lr_text"]
+  workdir = os.path.join(FLAGS.workdir, f"{method}-lr{lr}-seed{seed}")
+  print(f"{workdir}: no checkpoint beside the record; training it again", flush=True)
+  os.replace(os.path.join(workdir, "compare_run.json"),
+             os.path.join(workdir, "compare_run.before.json"))
+  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    os.remove(os.path.join(workdir, "metrics.jsonl"))
+  again = train_run(method, seed, lr, common)
+  if again["generated_tokens"] != record["generated_tokens"] or not np.isclose(
+      again["validation"], record["validation"], rtol=0, atol=1e-6):
+    raise SystemExit(f"{workdir}: trained again, the run did not repeat itself (tokens "
+                     f"{record['generated_tokens']} -> {again['generated_tokens']}, validation "
+                     f"{record['validation']} -> {again['validation']}); the comparison's "
+                     "records came from a different machine or code")
+  return record | {"lr_text": lr}
+
+
 def with_test(record: dict, common: list[str]) -> dict:
   """A training run's record with its test scores (`test_scores`) and the reference's metric
   ("reference": its own final evaluation on the first --reference_problems problems)."""
   method, seed, lr = record["method"], record["seed"], record["lr_text"]
   workdir = os.path.join(FLAGS.workdir, f"{method}-lr{lr}-seed{seed}")
   overrides = _train_overrides(method, seed, lr, common)
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):
-    # `--mode=eval` without a checkpoint scores the initial model: a workdir whose record was
-    # kept (or copied from another machine) without its checkpoint would pass the base model
-    # off as the trained one
-    raise SystemExit(f"{workdir} holds a finished run's record but no checkpoint to score on "
-                     "test; remove its compare_run.json to train it again")
+  if not _has_checkpoint(workdir):
+    record = _train_again(record, common)
   return record | {"test": test_scores(workdir, overrides), "reference": record["final_test"]}
 
 

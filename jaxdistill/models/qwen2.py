@@ -84,27 +84,15 @@ class KVCache:
   end: jax.Array  # [] int32: next slot to write
 
   @classmethod
-  def empty(cls, config: Qwen2Config, batch_size: int, num_slots: int, dtype=jnp.float32,
-            like=None):
-    """An all-empty cache for `batch_size` rows of `num_slots` slots.
-
-    like [batch_size]: derive the arrays from it, so that under shard_map the cache is
-    device-varying like the rows it serves (a loop that carries it then type-checks)."""
+  def empty(cls, config: Qwen2Config, batch_size: int, num_slots: int, dtype=jnp.float32):
+    """An all-empty cache for `batch_size` rows of `num_slots` slots."""
     heads, dim = config.num_key_value_heads, config.head_dim
-
-    def zeros(shape, dtype):
-      array = jnp.zeros(shape, dtype)
-      if like is None:
-        return array
-      anchor = jnp.zeros_like(like, dtype).reshape((batch_size,) + (1,) * (len(shape) - 1))
-      return (array | anchor) if array.dtype == bool else array + anchor
-
     layers = range(config.num_hidden_layers)
-    return cls(key_states=tuple(zeros((batch_size, heads, dim, num_slots), dtype)
+    return cls(key_states=tuple(jnp.zeros((batch_size, heads, dim, num_slots), dtype)
                                 for _ in layers),
-               value_states=tuple(zeros((batch_size, heads, num_slots, dim), dtype)
+               value_states=tuple(jnp.zeros((batch_size, heads, num_slots, dim), dtype)
                                   for _ in layers),
-               valid=zeros((batch_size, num_slots), bool), end=jnp.zeros((), jnp.int32))
+               valid=jnp.zeros((batch_size, num_slots), bool), end=jnp.zeros((), jnp.int32))
 
 
 @chex.dataclass(frozen=True)

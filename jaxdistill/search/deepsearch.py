@@ -20,8 +20,6 @@ once it has harvested `trajectories` terminals, when its frontier is empty, or a
 The harvested trajectories become learner rows with DeepSearch's "Tree-GRPO" advantages
 (`row_advantages`): every token of node j's step gets tanh(q_j), the terminal step its r,
 minus the mean r of the tree's harvested trajectories (no division by a standard deviation).
-
-Every loop carry derives from the prompts (device-varying under shard_map), as in tree.py.
 """
 
 from __future__ import annotations
@@ -133,25 +131,17 @@ def backup(tree, leaf, r, settings: DeepSearchSettings):
   return tree.replace(q=q, visits=visits)
 
 
-def _full(anchor, shape, value, dtype):
-  """jnp.full(shape, value) made device-varying like anchor [B] (shape starts with B)."""
-  zeros = jnp.zeros_like(anchor, dtype if dtype != jnp.bool_ else jnp.int32)
-  zeros = zeros.reshape(anchor.shape + (1,) * (len(shape) - 1))
-  out = jnp.full(shape, value, zeros.dtype) + zeros
-  return out.astype(dtype)
-
-
 def init_tree(prompt_tokens, prompt_lengths, settings: DeepSearchSettings, width: int,
               path_width: int, pad_id: int) -> DeepTree:
   """B trees holding only their root (the prompt), whose first round expands the root."""
   batch = prompt_tokens.shape[0]
   n = 1 + settings.expansions * width
-  anchor = prompt_lengths.astype(jnp.int32)
+  lengths = prompt_lengths.astype(jnp.int32)
   if prompt_tokens.shape[1] > path_width:
     raise ValueError(f"prompts of {prompt_tokens.shape[1]} tokens exceed max_path_tokens="
                      f"{path_width}")
-  nodes = lambda value, dtype: _full(anchor, (batch, n), value, dtype)
-  path = _full(anchor, (batch, n, path_width), pad_id, jnp.int32)
+  nodes = lambda value, dtype: jnp.full((batch, n), value, dtype)
+  path = jnp.full((batch, n, path_width), pad_id, jnp.int32)
   path = path.at[:, ROOT, :prompt_tokens.shape[1]].set(prompt_tokens.astype(jnp.int32))
   return DeepTree(
       parent=nodes(NO_NODE, jnp.int32), depth=nodes(0, jnp.int32), q=nodes(0.0, jnp.float32),
@@ -159,12 +149,12 @@ def init_tree(prompt_tokens, prompt_lengths, settings: DeepSearchSettings, width
       expanded=nodes(False, jnp.bool_), outcome=nodes(0.0, jnp.float32),
       task_reward=nodes(0.0, jnp.float32), step_nll=nodes(0.0, jnp.float32),
       path_nll=nodes(0.0, jnp.float32), path_tokens=path,
-      path_logprobs=_full(anchor, (batch, n, path_width), 0.0, jnp.float32),
-      path_length=nodes(0, jnp.int32).at[:, ROOT].set(anchor),
-      num_nodes=anchor * 0 + 1,
-      harvested=_full(anchor, (batch, settings.trajectories), NO_NODE, jnp.int32),
-      num_harvested=anchor * 0, dive=anchor * 0 + ROOT, done=anchor < 0,
-      generated=anchor * 0)
+      path_logprobs=jnp.zeros((batch, n, path_width), jnp.float32),
+      path_length=nodes(0, jnp.int32).at[:, ROOT].set(lengths),
+      num_nodes=jnp.ones((batch,), jnp.int32),
+      harvested=jnp.full((batch, settings.trajectories), NO_NODE, jnp.int32),
+      num_harvested=jnp.zeros((batch,), jnp.int32), dive=jnp.full((batch,), ROOT, jnp.int32),
+      done=jnp.zeros((batch,), bool), generated=jnp.zeros((batch,), jnp.int32))
 
 
 def _select(tree, settings: DeepSearchSettings):

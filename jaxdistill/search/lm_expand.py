@@ -191,7 +191,7 @@ def task_rewards(tokens, start, end, problems, reward_fn: RewardFn, rows=None):
   generated = (positions >= start[:, None]) & (positions < end[:, None])
   marked = jnp.where(generated, tokens, -1)  # -1: not generated
   if rows is None:
-    rows = jnp.ones_like(problems, bool)  # device-varying like problems (shard_map)
+    rows = jnp.ones(problems.shape, bool)
 
   def host(marked, problems, rows):
     rewards = np.zeros(marked.shape[0], np.float32)
@@ -201,9 +201,7 @@ def task_rewards(tokens, start, end, problems, reward_fn: RewardFn, rows=None):
 
   rewards = jax.pure_callback(host, jax.ShapeDtypeStruct(problems.shape, jnp.float32), marked,
                               problems, rows, vmap_method="sequential")
-  # a callback's result is not device-varying under shard_map; the rows it grades are, and
-  # loops that carry values derived from rewards (search trees) need them to be
-  return rewards + jnp.zeros_like(problems, jnp.float32)
+  return rewards
 
 
 def root_output(model, config: LMSearchConfig, prompt_tokens, prompt_lengths, problems,

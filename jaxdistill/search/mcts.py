@@ -109,7 +109,7 @@ def most_visited_path(tree: Tree, max_length: int, root_actions=None):
              jnp.where(moves, visits, 0))
       return (jnp.where(moves, child, node), moves), out
 
-    start = (jnp.full_like(tree.num_nodes, ROOT), tree.expanded[ROOT])  # device-varying
+    start = (jnp.full_like(tree.num_nodes, ROOT), tree.expanded[ROOT])
     _, (nodes, actions, visits, child_visits) = jax.lax.scan(step, start, None,
                                                              length=max_length)
     return nodes, actions, (nodes >= 0).sum().astype(jnp.int32), visits, child_visits

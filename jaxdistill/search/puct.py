@@ -89,8 +89,6 @@ def select(tree: Tree, root_scores=None, *, track_pending: bool = False, unroll:
     pending, action, grandchild = descend(pending, child)
     return pending, child, action, grandchild
 
-  # the root id comes from tree data, not a constant, so that under shard_map the loop
-  # carry is device-varying like everything else in it
   root = jnp.full_like(tree.num_nodes, ROOT)
   pending, action, child = descend(tree.pending, root, root_scores)
   pending, node, action, child = unrolled_while(cond, body, (pending, root, action, child),

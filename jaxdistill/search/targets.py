@@ -113,11 +113,8 @@ def step_advantages(tree: Tree, rows: TreeRows):
       chain, current = state
       chain = chain.at[depth - i].set(jnp.where(i <= depth, current, chain[depth - i]))
       return chain, jnp.where(i < depth, tree.parent[tree_id, current], current)
-    # anchored on tree data (depth): under shard_map the loop carry must be device-varying
-    # like the parents it reads (argsort's indices, hence `node`, are not)
-    anchor = jnp.zeros_like(depth)
-    chain = jnp.full((capacity,), NO_NODE, jnp.int32) + anchor
-    chain, _ = jax.lax.fori_loop(0, capacity, body, (chain, node + anchor))
+    chain = jnp.full((capacity,), NO_NODE, jnp.int32)
+    chain, _ = jax.lax.fori_loop(0, capacity, body, (chain, node))
     return jnp.where(jnp.arange(capacity) <= depth, chain, NO_NODE)
 
   chain = jax.vmap(ancestors)(tree_index, rows.node, node_depth)  # [M, N]

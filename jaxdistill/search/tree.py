@@ -110,19 +110,10 @@ def init_tree(root: RootOutput, capacity: int) -> Tree:
   """A tree of `capacity` nodes holding only the root (one visit, its own value)."""
   batch, num_actions = root.prior_logits.shape
   chex.assert_shape(root.value, (batch,))
-  # Every field derives from root data (full_like of an anchor), never from a constant:
-  # under shard_map a constant is not device-varying and loop carries would not type-check.
-  anchor = jnp.zeros_like(root.value, jnp.int32)  # [B]
-  node_anchor = jnp.broadcast_to(anchor[:, None], (batch, capacity))
-  nodes = lambda value, dtype: jnp.full_like(node_anchor, value, dtype)
-  edges = lambda value, dtype: jnp.full_like(
-      jnp.broadcast_to(node_anchor[:, :, None], (batch, capacity, num_actions)), value, dtype)
+  nodes = lambda value, dtype: jnp.full((batch, capacity), value, dtype)
+  edges = lambda value, dtype: jnp.full((batch, capacity, num_actions), value, dtype)
   def node_array(x):  # [B, ...] -> [B, N, ...] holding x at the root
-    array = jnp.zeros_like(jnp.broadcast_to(x[:, None], (batch, capacity) + x.shape[1:]))
-    zero = jnp.broadcast_to(node_anchor.reshape(node_anchor.shape + (1,) * (x.ndim - 1)),
-                            array.shape).astype(x.dtype)
-    array = (array | zero) if x.dtype == bool else array + zero  # varying even if x is not
-    return array.at[:, ROOT].set(x)
+    return jnp.zeros((batch, capacity) + x.shape[1:], x.dtype).at[:, ROOT].set(x)
 
   embeddings = jax.tree.map(node_array, root.embedding)
   value = root.value.astype(jnp.float32)
@@ -141,5 +132,5 @@ def init_tree(root: RootOutput, capacity: int) -> Tree:
       children=edges(NO_NODE, jnp.int32),
       prior_logits=edges(0.0, jnp.float32).at[:, ROOT].set(root.prior_logits.astype(jnp.float32)),
       embeddings=embeddings,
-      num_nodes=anchor + 1,
+      num_nodes=jnp.ones((batch,), jnp.int32),
   )
