@@ -209,7 +209,8 @@ def test_a_run_is_scored_on_validation_and_on_test_only_once_picked(tmp_path, mo
   monkeypatch.setattr(compare, "_run", fake_run)
   monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)
   monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
-      workdir=str(tmp_path), token_budget=120, curve_points=1, temperatures=["0.2"],
+      workdir=str(tmp_path), equal="tokens", token_budget=120, curve_points=1,
+      temperatures=["0.2"],
       eval_key_sets=1, preset="tiny", set=[], test_k=4, reference_problems=820))
   record = compare.train_run("cispo", 0, "1e-5", [], sweep=True)
   assert calls == [("train", ["eval.num_problems=820"])]  # no test score yet
@@ -255,7 +256,8 @@ def test_a_record_kept_without_its_checkpoint_is_trained_again_and_must_repeat(t
   monkeypatch.setattr(compare, "_run", fake_run)
   monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)
   monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
-      workdir=str(tmp_path), token_budget=60, curve_points=1, temperatures=["0.2"],
+      workdir=str(tmp_path), equal="tokens", token_budget=60, curve_points=1,
+      temperatures=["0.2"],
       eval_key_sets=1, preset="tiny", set=[], test_k=4, reference_problems=820))
   record = compare.train_run("deepsearch", 0, "1e-5", [])
   assert record["replayed"] == 3 and calls == ["train"]
@@ -266,6 +268,28 @@ def test_a_record_kept_without_its_checkpoint_is_trained_again_and_must_repeat(t
   validation[0] = 0.25  # the run no longer repeats itself
   with pytest.raises(SystemExit, match="did not repeat itself"):
     compare.with_test(record, [])
+
+
+def test_equal_updates_gives_every_run_the_preset_s_iterations_in_workdirs_of_their_own(
+    tmp_path, monkeypatch):
+  """--equal=updates (the reference's protocol): no token budget, the preset's iterations and
+  a decay over them; at equal tokens the iterations follow the method's probe."""
+  import types
+  monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 100.0)
+  flags = dict(workdir=str(tmp_path), token_budget=1000, curve_points=5, preset="tiny4",
+               set=[], reference_problems=820)
+  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(equal="updates", **flags))
+  iterations = compare._config().train.num_iterations
+  updates = compare._train_overrides("cispo", 0, "1e-5", [])
+  assert f"train.num_iterations={iterations}" in updates
+  assert f"learner.decay_steps={iterations}" in updates
+  assert not any(o.startswith("train.token_budget=") for o in updates)
+  assert compare._run_dir("cispo", 0, "1e-5").endswith("cispo-lr1e-5-seed0-updates")
+  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(equal="tokens", **flags))
+  tokens = compare._train_overrides("cispo", 0, "1e-5", [])
+  assert {"train.token_budget=1000", "learner.decay_steps=10", "train.num_iterations=30"} <= set(
+      tokens)
+  assert compare._run_dir("cispo", 0, "1e-5").endswith("cispo-lr1e-5-seed0")
 
 
 def test_a_lead_of_either_sign_past_two_standard_errors_is_flagged():

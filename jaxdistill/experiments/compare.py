@@ -2,6 +2,8 @@
 
     python -m jaxdistill.experiments.compare      # tiny preset: LR sweep, then 5 seeds each
     python -m jaxdistill.experiments.compare --preset=medium   # 4 numbers, hidden 512 (GPU)
+    python -m jaxdistill.experiments.compare --preset=tiny4 --equal=updates \
+        --method_learning_rates=cispo=1e-5 ...   # the reference's protocol, rates frozen
 
 The protocol, fixed before any run:
 1. Splits disjoint by content: `--test_problems` (3,000) distinct test problems,
@@ -9,7 +11,12 @@ The protocol, fixed before any run:
    (cut to what the problem space still holds).
 2. The base model (one shared warm start) is scored per seed.
 3. Each method's generated tokens per iteration are measured by a 2-iteration probe, so
-   that its learning rate decays to zero exactly as it reaches `--token_budget`.
+   that its learning rate decays to zero exactly as it reaches `--token_budget`. With
+   `--equal=updates` (the reference's table, not compute-matched) every run instead makes
+   the preset's train.num_iterations updates of train.prompts_per_iteration prompts, each
+   method at its own per-prompt budget; those runs have workdirs of their own (`-updates`)
+   and the same warm start, splits and base-model scores. Their rates can be frozen at
+   the equal-token table's picks (one rate per method in `--method_learning_rates`).
 4. Learning rate: the first `--pick_seeds` (2) seeds at each of `--learning_rates` (or the
    method's own grid from `--method_learning_rates`); the best final validation mean@k,
    pooled over those seeds, is frozen for the other seeds before any test number is read.
@@ -98,6 +105,11 @@ def define_flags():
                             "--learning_rates, e.g. mcts_distill=3e-6,1e-5,3e-5 (repeat the "
                             "flag for more methods), for a method whose best rate lies outside "
                             "the common grid")
+  flags.DEFINE_enum("equal", "tokens", ["tokens", "updates"], "what every training run gets "
+                    "the same of: generated tokens (`--token_budget`), or the reference's own "
+                    "protocol, the preset's prompts and updates (train.num_iterations x "
+                    "train.prompts_per_iteration), each method at its natural per-prompt "
+                    "budget and its tokens reported; a run of one is never reused by the other")
   flags.DEFINE_integer("token_budget", 0, "generated tokens per training run; 0: what the "
                        "preset's own mcts_distill run samples (1,422,558 on tiny, measured; "
                        "other presets: its 2-iteration probe's tokens per iteration x "
@@ -299,22 +311,33 @@ def _final_per_problem(workdir: str, name: str, overrides: list[str], temperatur
 
 def _train_overrides(method: str, seed: int, lr: str, common: list[str]) -> list[str]:
   """A training run's config overrides: its method, seed and rate, the learning rate decaying
-  to zero as the run reaches the token budget, its own final test evaluation on the first
-  --reference_problems problems (the reference's metric)."""
-  expected = max(1, round(FLAGS.token_budget / tokens_per_iteration(method, common)))
+  to zero as the run reaches the token budget (--equal=updates: the preset's iterations),
+  its own final test evaluation on the first --reference_problems problems (the reference's
+  metric)."""
+  if FLAGS.equal == "updates":
+    expected = _config().train.num_iterations
+    budget = [f"train.num_iterations={expected}"]
+  else:
+    expected = max(1, round(FLAGS.token_budget / tokens_per_iteration(method, common)))
+    budget = [f"train.num_iterations={3 * expected}", f"train.token_budget={FLAGS.token_budget}"]
   every = max(1, expected // FLAGS.curve_points)
   return common + METHODS[method] + [
       f"seed={seed}", f"learner.learning_rate={lr}", f"learner.decay_steps={expected}",
-      f"train.num_iterations={3 * expected}", f"train.token_budget={FLAGS.token_budget}",
-      "eval.at_start=False", f"eval.every={every}", "train.checkpoint_every=1000000",
+      *budget, "eval.at_start=False", f"eval.every={every}", "train.checkpoint_every=1000000",
       f"eval.num_problems={FLAGS.reference_problems}"]
+
+
+def _run_dir(method: str, seed: int, lr: str) -> str:
+  """A training run's workdir (runs at equal updates apart from those at equal tokens)."""
+  suffix = "-updates" if FLAGS.equal == "updates" else ""
+  return os.path.join(FLAGS.workdir, f"{method}-lr{lr}-seed{seed}{suffix}")
 
 
 def train_run(method: str, seed: int, lr: str, common: list[str], sweep: bool = False) -> dict:
   """One training run at the token budget, scored on validation (its own final evaluation;
   sweep: with each validation problem's score, "validation_per_problem", to pair the rates of
   a sweep). No test score: `with_test` adds it once the rate is picked."""
-  workdir = os.path.join(FLAGS.workdir, f"{method}-lr{lr}-seed{seed}")
+  workdir = _run_dir(method, seed, lr)
   overrides = _train_overrides(method, seed, lr, common)
 
   def make():
@@ -358,7 +381,7 @@ def _train_again(record: dict, common: list[str]) -> dict:
   repeats itself, since its record already took part in picking the rate. `--mode=eval`
   without a checkpoint would score the initial model as if it were the trained one."""
   method, seed, lr = record["method"], record["seed"], record["lr_text"]
-  workdir = os.path.join(FLAGS.workdir, f"{method}-lr{lr}-seed{seed}")
+  workdir = _run_dir(method, seed, lr)
   print(f"{workdir}: no checkpoint beside the record; training it again", flush=True)
   os.replace(os.path.join(workdir, "compare_run.json"),
              os.path.join(workdir, "compare_run.before.json"))
@@ -378,7 +401,7 @@ def with_test(record: dict, common: list[str]) -> dict:
   """A training run's record with its test scores (`test_scores`) and the reference's metric
   ("reference": its own final evaluation on the first --reference_problems problems)."""
   method, seed, lr = record["method"], record["seed"], record["lr_text"]
-  workdir = os.path.join(FLAGS.workdir, f"{method}-lr{lr}-seed{seed}")
+  workdir = _run_dir(method, seed, lr)
   overrides = _train_overrides(method, seed, lr, common)
   if not _has_checkpoint(workdir):
     record = _train_again(record, common)
@@ -459,7 +482,9 @@ def main(argv):
             "train.progress=False", *split_overrides()]
   if FLAGS.token_budget < 0:
     raise app.UsageError(f"--token_budget must be >= 0, got {FLAGS.token_budget}")
-  if not FLAGS.token_budget:
+  if FLAGS.equal == "updates":
+    FLAGS.token_budget = 0  # each method's own tokens: a column of the table
+  elif not FLAGS.token_budget:
     FLAGS.token_budget = default_budget(common)
     print(f"token budget: {FLAGS.token_budget:,} generated tokens per training run", flush=True)
   seeds = [int(s) for s in FLAGS.seeds]
@@ -501,8 +526,14 @@ def main(argv):
   rows = summarize(records, FLAGS.test_k, FLAGS.temperatures)
   problems = len(records[0]["test"]["per_problem"]) if records else 0
   test_k, pickers = FLAGS.test_k, seeds[:FLAGS.pick_seeds]
-  header = (f"{_task_name().capitalize()}, preset `{FLAGS.preset}`, every training run samples "
-            f"{FLAGS.token_budget:,} tokens from the same warm-started base model; test "
+  config = _config()
+  budget = (f"every training run samples {FLAGS.token_budget:,} tokens" if FLAGS.equal == "tokens"
+            else f"the reference's protocol, not compute-matched: every training run gets the "
+                 f"same {config.train.num_iterations} updates of "
+                 f"{config.train.prompts_per_iteration} prompts, each method at its natural "
+                 f"per-prompt budget (its tokens in the table)")
+  header = (f"{_task_name().capitalize()}, preset `{FLAGS.preset}`, {budget}, "
+            f"from the same warm-started base model; test "
             f"mean@{test_k} on {problems:,} distinct held-out problems (and the reference's "
             f"mean@{k} / pass@{k} on the first {FLAGS.reference_problems}), no search at "
             f"evaluation; learning rate per method picked on seeds "
@@ -534,7 +565,7 @@ def main(argv):
     runs = [{key: value for key, value in r.items()
              if key not in ("validation_per_problem", "lr_text", "final_test")}
             for r in records]
-    json.dump({"budget": FLAGS.token_budget, "rows": rows, "runs": runs, "sweep": sweep,
+    json.dump({"equal": FLAGS.equal, "budget": FLAGS.token_budget, "rows": rows, "runs": runs, "sweep": sweep,
                "sweep_runs": sweep_runs, "grids": grids, "methods": {m: METHODS[m] for m in sweep},
                "overrides": FLAGS.set}, f, indent=1)
   plot(records, sweep, k, str(_eval_temperature()), stem + ".png")
