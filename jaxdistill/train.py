@@ -365,8 +365,8 @@ def _iteration_cost(config, spec: settings.IterationSpec, model) -> dict:
   flops_per_token = forward_flops_per_token(model.config, context)
   phases = (phase_flops(spec, prompts, width, flops_per_token)
             if config.train.phase_timing else {})
-  return {"forward_tokens": forward_tokens,
-          "forward_flops": forward_tokens * flops_per_token, "phases": phases}
+  return {"forward_tokens": forward_tokens, "flops_per_token": flops_per_token,
+          "phases": phases}
 
 
 def _timing_metrics(metrics: dict, phases: dict) -> dict:
@@ -432,16 +432,17 @@ def train(config, task, model, tokenizer, train_problems, test_problems, workdir
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if schedule is not None:
         schedule.after(ids, parallel.all_rows(rows))  # the same on every host
-        # what the schedule sampled (DeepSearch's filter) is generated too
+        # what the schedule sampled (DeepSearch's filter) is generated and computed too
         metrics = metrics | planned
         metrics["generated_tokens"] += planned.get("filter_tokens", 0.0)
+      forward = cost["forward_tokens"] + metrics.get("filter_forward_tokens", 0.0)
       metrics |= _timing_metrics(metrics, cost["phases"])
       skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] else 0
       if metrics["skipped"]:
         say(f"warning: step {step + 1}: non-finite loss or gradient; update skipped")
       log.write(step + 1, metrics | {"elapsed_s": time.perf_counter() - started,
-                                     "forward_tokens": cost["forward_tokens"],
-                                     "forward_flops": cost["forward_flops"]})
+                                     "forward_tokens": forward,
+                                     "forward_flops": forward * cost["flops_per_token"]})
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", reward=f"{metrics['reward']:.2f}")
       generated += metrics["generated_tokens"]
       done = step + 1 == total or (budget and generated >= budget)

@@ -243,7 +243,10 @@ class Rounds:
     s["hard_count"], s["cursor"] = np.asarray(len(kept), np.int32), np.asarray(0, np.int32)
     s["round_end"] = np.asarray(step + self.options.round_iterations, np.int32)
     s["pool_position"] = np.asarray((start + pool) % len(self.train), np.int32)
+    sampled = self.filter_settings  # each problem's prompt once, then k samples' decode
+    forward = pool * (sampled.prompt_width + sampled.k * sampled.max_new_tokens)
     return {"filter_tokens": float(result["generated_tokens"]),
+            "filter_forward_tokens": float(forward),
             "filter_kept": float(hard.sum()), "filter_pass": float(scores.mean())}
 
   def before(self, step: int, policy) -> tuple[list[int], dict, dict]:

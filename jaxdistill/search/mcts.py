@@ -105,7 +105,7 @@ def most_visited_path(tree: Tree, max_length: int, root_actions=None):
       moves = alive & (visits[action] > 0)
       child = jnp.where(moves, children[action], NO_NODE)
       out = (child, jnp.where(moves, action, NO_NODE),
-             jnp.where(moves, tree.visit_count[jnp.maximum(child, 0)], 0),
+             jnp.where(moves, visits[action], 0),
              jnp.where(moves, visits, 0))
       return (jnp.where(moves, child, node), moves), out
 
