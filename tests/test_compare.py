@@ -177,41 +177,52 @@ def test_evaluation_key_sets_move_only_the_seed_and_pool_to_mean_at_k_times_sets
   assert np.isclose(rows["cispo"]["minus_base"][0], 0.2 - np.mean([0.12, 0.145]))
 
 
+def _fake_job(workdir, mode, rows, step):
+  """What a `jaxdistill.main` job leaves in its workdir: --mode eval its result, a training
+  run its metrics rows and a checkpoint at `step`."""
+  os.makedirs(workdir, exist_ok=True)
+  if mode == "eval":
+    with open(os.path.join(workdir, "eval_result.json"), "w") as f:
+      json.dump({"mean@4": 0.5, "pass@4": 0.75, "per_problem": [0.25, 0.75]}, f)
+    return 0.0
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.makedirs(os.path.join(workdir, "checkpoints", str(step)), exist_ok=True)
+  return 10.0
+
+
+def _flags(tmp_path, token_budget):
+  import types
+  return types.SimpleNamespace(
+      workdir=str(tmp_path), equal="tokens", token_budget=token_budget, curve_points=1,
+      temperatures=["0.2"], eval_key_sets=1, preset="tiny", set=[], test_k=4,
+      reference_problems=820)
+
+
 def test_a_run_is_scored_on_validation_and_on_test_only_once_picked(tmp_path, monkeypatch):
   """train_run scores a run on validation only (its own final evaluation, val_after.json, or
   evaluated again for a run without it); with_test, called for picked rates alone, adds
   mean@test_k on every test problem with its per-problem scores, and the reference's metric
   from the run's own final evaluation of the first --reference_problems problems."""
-  import types
   calls = []
   keep = [True]
+  rows = [{"step": 1, "loss": 0.0, "generated_tokens": 60, "elapsed_s": 1.0, "reward": 0.1},
+          {"step": 2, "loss": 0.0, "generated_tokens": 60, "elapsed_s": 2.0, "reward": 0.2},
+          {"step": 2, "eval_mean@16": 0.5, "eval_pass@16": 0.5, "eval_problems": 820},
+          {"step": 2, "val_mean@16": 0.125}]
 
   def fake_run(workdir, overrides, mode="train"):
     calls.append((mode, [o for o in overrides
                          if o.startswith(("eval.k=", "eval.num_problems=", "eval.split="))]))
-    os.makedirs(workdir, exist_ok=True)
-    if mode == "eval":
-      with open(os.path.join(workdir, "eval_result.json"), "w") as f:
-        json.dump({"mean@4": 0.5, "pass@4": 0.75, "per_problem": [0.25, 0.75]}, f)
-      return 0.0
-    rows = [{"step": 1, "loss": 0.0, "generated_tokens": 60, "elapsed_s": 1.0, "reward": 0.1},
-            {"step": 2, "loss": 0.0, "generated_tokens": 60, "elapsed_s": 2.0, "reward": 0.2},
-            {"step": 2, "eval_mean@16": 0.5, "eval_pass@16": 0.5, "eval_problems": 820},
-            {"step": 2, "val_mean@16": 0.125}]
-    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.makedirs(os.path.join(workdir, "checkpoints", "2"), exist_ok=True)
-    if keep[0]:
+    seconds = _fake_job(workdir, mode, rows, step=2)
+    if mode == "train" and keep[0]:
       with open(os.path.join(workdir, "val_after.json"), "w") as f:
         json.dump({"mean@16": 0.125, "step": 2, "temperature": 0.2,
                    "per_problem": [0.0, 0.25]}, f)
-    return 10.0
+    return seconds
   monkeypatch.setattr(compare, "_run", fake_run)
   monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)
-  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
-      workdir=str(tmp_path), equal="tokens", token_budget=120, curve_points=1,
-      temperatures=["0.2"],
-      eval_key_sets=1, preset="tiny", set=[], test_k=4, reference_problems=820))
+  monkeypatch.setattr(compare, "FLAGS", _flags(tmp_path, token_budget=120))
   record = compare.train_run("cispo", 0, "1e-5", [], sweep=True)
   assert calls == [("train", ["eval.num_problems=820"])]  # no test score yet
   assert record["validation"] == 0.125 and record["validation_per_problem"] == [0.0, 0.25]
@@ -235,30 +246,18 @@ def test_a_record_kept_without_its_checkpoint_is_trained_again_and_must_repeat(t
   it again (never evaluates the initial model in its place), and a run that does not repeat
   its record stops the comparison."""
   import shutil
-  import types
   calls, validation = [], [0.125]
 
   def fake_run(workdir, overrides, mode="train"):
     calls.append(mode)
-    os.makedirs(workdir, exist_ok=True)
-    if mode == "eval":
-      with open(os.path.join(workdir, "eval_result.json"), "w") as f:
-        json.dump({"mean@4": 0.5, "pass@4": 0.75, "per_problem": [0.25, 0.75]}, f)
-      return 0.0
     rows = [{"step": 1, "loss": 0.0, "generated_tokens": 60, "elapsed_s": 1.0, "reward": 0.1,
              "replayed": 3},
             {"step": 1, "eval_mean@16": 0.5, "eval_pass@16": 0.5, "eval_problems": 820},
             {"step": 1, "val_mean@16": validation[0]}]
-    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.makedirs(os.path.join(workdir, "checkpoints", "1"), exist_ok=True)
-    return 10.0
+    return _fake_job(workdir, mode, rows, step=1)
   monkeypatch.setattr(compare, "_run", fake_run)
   monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)
-  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
-      workdir=str(tmp_path), equal="tokens", token_budget=60, curve_points=1,
-      temperatures=["0.2"],
-      eval_key_sets=1, preset="tiny", set=[], test_k=4, reference_problems=820))
+  monkeypatch.setattr(compare, "FLAGS", _flags(tmp_path, token_budget=60))
   record = compare.train_run("deepsearch", 0, "1e-5", [])
   assert record["replayed"] == 3 and calls == ["train"]
   shutil.rmtree(tmp_path / "deepsearch-lr1e-5-seed0" / "checkpoints")
