@@ -5,7 +5,10 @@
 
 --mode train (default): evaluate, train with config.algo, evaluate, print base vs trained;
 --mode eval: mean@k of the latest checkpoint (or the initial model);
---mode sample: print a few held-out problems with sampled answers.
+--mode sample: print a few held-out problems with sampled answers;
+--mode export --out DIR: the latest checkpoint as a Hugging Face directory (weights in the
+  compute dtype, the tokenizer, the value head beside them), whatever devices and
+  `parallel.fsdp` the run trained with.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from jaxdistill.errors import UsageError  # printed in one line, exit 2 (see err
 _CONFIG = config_flags.DEFINE_config_file("config", None, "countdown.py[:preset], or a path to "
                                           "a config file", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (default runs/<preset>-<algo>)")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "what to run")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "export"], "what to run")
+flags.DEFINE_string("out", None, "--mode export: the directory to write")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -163,6 +167,8 @@ def run_job(config, workdir: str, mode: str) -> dict:
     return summary
   eval_config = settings.evaluation(config)
   model = _restore_params(model, workdir)
+  if mode == "export":
+    return _export(model, tokenizer, FLAGS.out)
   if mode == "eval" and config.eval.test_time_search:
     with config.unlocked():
       config.algo = "mcts_distill"
@@ -193,6 +199,18 @@ def _restore_params(model, workdir):
   (checkpoints none of which is readable: NoReadableCheckpoint, a UsageError)."""
   from jaxdistill import checkpointing
   return checkpointing.latest_model(model, workdir)
+
+
+def _export(model, tokenizer, out: str) -> dict:
+  """Write the model (the latest checkpoint's params) and tokenizer to `out`."""
+  from jaxdistill import parallel
+  from jaxdistill.models import save_pretrained
+  if parallel.is_primary():
+    save_pretrained(model, out)
+    tokenizer.save_pretrained(out)
+    print(f"exported to {out}")
+  parallel.barrier("export")
+  return {"out": out}
 
 
 def _sample(model, tokenizer, task, problems, eval_config, prompt):
@@ -228,6 +246,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from jaxdistill import validation
   found = validation.problems(config)  # the whole config, before any work
+  if FLAGS.mode == "export" and not FLAGS.out:
+    found.append("--mode export needs --out=DIR, the directory to write")
   if found:
     for line in found:
       print(f"error: {line}", file=sys.stderr)

@@ -18,7 +18,7 @@ from jaxdistill import methods, parallel, rewards, runs, settings, streams
 from jaxdistill.checkpointing import Checkpointer
 from jaxdistill.interrupts import GracefulStop
 from jaxdistill.metrics import MetricsLog, plot_run
-from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
+from jaxdistill.models.qwen2 import compute_copy, compute_dtype_of, forward_flops_per_token
 from jaxdistill.rl import learner, losses, rollouts
 
 def say(text: str) -> None:
@@ -66,7 +66,34 @@ def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, ad
                               ref_logprobs=ref_logprobs)
 
 
-def _stages(graphdef, optimizer, spec: settings.IterationSpec, reward_fn, dense_reward_fn):
+class Layout:
+  """Where the training state lives on the mesh: `state` and `ref` are the PartitionSpecs
+  of the TrainState and the reference params (split over 'fsdp' by `parallel.shard_dim`,
+  or all repeated), `fsdp` how per-device code reads them whole (None: it holds them whole).
+  `whole(params)`: the compute-dtype weights a forward pass reads."""
+
+  def __init__(self, state, ref_params, mesh, compute_dtype):
+    size = parallel.fsdp_size(mesh)
+    self.state = parallel.state_specs(state, size)
+    self.ref = parallel.state_specs(ref_params, size)
+    self.compute_dtype = compute_dtype
+    self.fsdp = None if size == 1 else parallel.Fsdp(
+        state.params, size,
+        dtype=lambda path, leaf: compute_dtype_of(path, leaf, compute_dtype))
+
+  def whole(self, params):
+    """The weights sampling, search and scoring read, cast once per iteration (gathered
+    once per iteration from the shards under fsdp)."""
+    if self.fsdp is None:
+      return compute_copy(params, self.compute_dtype)
+    return self.fsdp.gather(params)
+
+  def whole_ref(self, ref_params):
+    return ref_params if self.fsdp is None else self.fsdp.gather(ref_params)
+
+
+def _stages(graphdef, optimizer, spec: settings.IterationSpec, reward_fn, dense_reward_fn,
+            layout: Layout):
   """The iteration's three phases, per device: rollout, learner-batch assembly, update."""
   method = methods.get(spec.method)
 
@@ -77,23 +104,27 @@ def _stages(graphdef, optimizer, spec: settings.IterationSpec, reward_fn, dense_
                           spec, reward_fn, dense_reward_fn, extras=extras or None)
 
   def assemble(params, ref_params, traj):
+    """params: the master weights (whole) or, under fsdp, the gathered compute copy (the
+    same numbers: the body casts its weights to the compute dtype where it reads them)."""
     return assemble_batch(graphdef, params, ref_params, traj, spec.advantage,
                           spec.rollout.group_size, spec.learner)
 
   def learn(state, batch, traj):
     state, metrics = learner.update(state, batch, graphdef=graphdef, optimizer=optimizer,
-                                    config=spec.learner, axis_name=parallel.DATA)
+                                    config=spec.learner, axis_name=parallel.ROWS,
+                                    fsdp=layout.fsdp)
+    rows = parallel.ROWS
     completion = (traj.length - traj.prompt_length).astype(jnp.float32)
     valid = (jnp.ones_like(traj.reward) if traj.valid is None
              else traj.valid.astype(jnp.float32))
-    mean = lambda x: jax.lax.psum((x * valid).sum(), parallel.DATA) / jnp.maximum(
-        jax.lax.psum(valid.sum(), parallel.DATA), 1.0)  # over the rows holding trajectories
+    mean = lambda x: jax.lax.psum((x * valid).sum(), rows) / jnp.maximum(
+        jax.lax.psum(valid.sum(), rows), 1.0)  # over the rows holding trajectories
     stats = {"reward": mean(traj.reward), "solved": mean((traj.reward >= 1.0)),
              "completion_tokens": mean(completion),
-             "trajectories": jax.lax.psum(valid.sum(), parallel.DATA),
-             "generated_tokens": jax.lax.psum(traj.generated_tokens.sum(), parallel.DATA)}
+             "trajectories": jax.lax.psum(valid.sum(), rows),
+             "generated_tokens": jax.lax.psum(traj.generated_tokens.sum(), rows)}
     if traj.replayed is not None:  # rows from a buffer of solutions: generated earlier
-      stats["replayed"] = jax.lax.psum(traj.replayed.sum(), parallel.DATA)
+      stats["replayed"] = jax.lax.psum(traj.replayed.sum(), rows)
     return state, metrics | stats
 
   return rollout, assemble, learn
@@ -116,8 +147,11 @@ class Program:
   per-prompt arrays of the method's schedule ({} without one); rows: the learner rows it
   reads back ({} without one)."""
 
-  def __init__(self, run, traces: list):
+  def __init__(self, run, traces: list, phases=None):
     self._run, self._traces = run, traces
+    # the jitted programs it runs (one fused, or rollout / assemble / update), for the
+    # memory planner to lower from abstract shapes
+    self.phases = phases or {"iteration": run}
 
   def __call__(self, *args):
     return self._run(*args)
@@ -128,34 +162,39 @@ class Program:
 
 
 def build_iteration(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
-                    dense_reward_fn, mesh, with_rows: bool = False) -> Program:
+                    dense_reward_fn, mesh, layout: Layout, with_rows: bool = False) -> Program:
   """One program, jit(shard_map(iteration)): (state, ref_params, prompts, lengths, problems,
   keys, extras) -> (state, metrics, rows). Prompts, problem ids, keys, extras and rows are
-  split over 'data'; with_rows: the learner rows come back (`learner_rows`)."""
-  rollout, assemble, learn = _stages(graphdef, optimizer, spec, reward_fn, dense_reward_fn)
+  split over every device; state and ref_params as `layout` says; with_rows: the learner
+  rows come back (`learner_rows`)."""
+  rollout, assemble, learn = _stages(graphdef, optimizer, spec, reward_fn, dense_reward_fn,
+                                     layout)
   traces = [0]
 
   def per_device(state, ref_params, prompt_tokens, prompt_lengths, problems, keys, extras):
     traces[0] += 1  # Python runs only while jit traces
-    # sampling and search read a compute-dtype copy of the master weights, cast once here
-    traj = rollout(compute_copy(state.params, spec.compute_dtype), prompt_tokens,
-                   prompt_lengths, problems, keys, extras)
-    state, metrics = learn(state, assemble(state.params, ref_params, traj), traj)
+    # sampling and search read a compute-dtype copy of the master weights, made once here
+    policy = layout.whole(state.params)
+    traj = rollout(policy, prompt_tokens, prompt_lengths, problems, keys, extras)
+    current = state.params if layout.fsdp is None else policy
+    state, metrics = learn(state, assemble(current, layout.whole_ref(ref_params), traj), traj)
     return state, metrics, learner_rows(traj, with_rows)
 
-  data = P(parallel.DATA)
-  sharded = parallel.shard_map(per_device, mesh, in_specs=(P(), P(), data, data, data, data,
-                                                          data), out_specs=(P(), P(), data))
+  data = P(parallel.ROWS)
+  sharded = parallel.shard_map(
+      per_device, mesh, in_specs=(layout.state, layout.ref, data, data, data, data, data),
+      out_specs=(layout.state, P(), data))
   return Program(jax.jit(sharded, donate_argnums=(0,)), traces)
 
 
 def build_phases(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
-                 dense_reward_fn, mesh, with_rows: bool = False) -> Program:
+                 dense_reward_fn, mesh, layout: Layout, with_rows: bool = False) -> Program:
   """The same iteration as three jitted programs (rollout, assemble, learn), so that each
   phase can be timed on its own (`train.phase_timing`); same signature and results as
   `build_iteration` up to the fusion of the three."""
-  rollout, assemble, learn = _stages(graphdef, optimizer, spec, reward_fn, dense_reward_fn)
-  data = P(parallel.DATA)
+  rollout, assemble, learn = _stages(graphdef, optimizer, spec, reward_fn, dense_reward_fn,
+                                     layout)
+  data = P(parallel.ROWS)
   traces = [0, 0, 0]
 
   def counted(index, fn):
@@ -165,16 +204,23 @@ def build_phases(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
     return traced
 
   def rollout_rows(params, *rows):  # the per-device token count as a [1] row, to shard
-    traj = rollout(compute_copy(params, spec.compute_dtype), *rows)
+    traj = rollout(layout.whole(params), *rows)
     return traj.replace(generated_tokens=traj.generated_tokens[None])
 
+  def assemble_whole(params, ref_params, traj):
+    current = params if layout.fsdp is None else layout.whole(params)
+    return assemble(current, layout.whole_ref(ref_params), traj)
+
+  params_spec = layout.state.params
   rollout_jit = jax.jit(parallel.shard_map(counted(0, rollout_rows), mesh,
-                                           in_specs=(P(), data, data, data, data, data),
+                                           in_specs=(params_spec, data, data, data, data, data),
                                            out_specs=data))
-  assemble_jit = jax.jit(parallel.shard_map(counted(1, assemble), mesh,
-                                            in_specs=(P(), P(), data), out_specs=data))
-  learn_jit = jax.jit(parallel.shard_map(counted(2, learn), mesh, in_specs=(P(), data, data),
-                                         out_specs=(P(), P())), donate_argnums=(0,))
+  assemble_jit = jax.jit(parallel.shard_map(counted(1, assemble_whole), mesh,
+                                            in_specs=(params_spec, layout.ref, data),
+                                            out_specs=data))
+  learn_jit = jax.jit(parallel.shard_map(counted(2, learn), mesh,
+                                         in_specs=(layout.state, data, data),
+                                         out_specs=(layout.state, P())), donate_argnums=(0,))
 
   def iteration(state, ref_params, prompt_tokens, prompt_lengths, problems, keys, extras):
     """(state, metrics, rows) with `phase_s/<phase>`: each phase's seconds, device work
@@ -193,7 +239,8 @@ def build_phases(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
     return (state, metrics | {f"phase_s/{name}": s for name, s in seconds.items()},
             learner_rows(traj, with_rows))
 
-  return Program(iteration, traces)
+  return Program(iteration, traces, {"rollout": rollout_jit, "assemble": assemble_jit,
+                                     "update": learn_jit})
 
 
 def assemble_forwards(spec: settings.IterationSpec) -> int:
@@ -228,17 +275,22 @@ def prompt_keys(seed: int, step: int, problem_ids):
 
 
 def _initial_state(model, spec: settings.IterationSpec, seed: int, mesh):
-  """(graphdef, optimizer, state, ref_params): the train state and the frozen initial policy
-  (the KL reference, kept in the compute dtype it is read in), replicated over the mesh."""
+  """(graphdef, optimizer, state, ref_params, layout): the train state and the frozen
+  initial policy (the KL reference, kept in the compute dtype it is read in), placed on the
+  mesh as the layout says (repeated, or split over 'fsdp')."""
   graphdef, params = nnx.split(model)
   ref_params = compute_copy(jax.tree.map(jnp.copy, params), spec.compute_dtype)
-  optimizer = learner.make_optimizer(spec.learner)
   # the learner's stream, as raw key data: what the checkpoints hold
-  state = learner.init_state(params, optimizer,
-                             jax.random.key_data(streams.key(seed, "learner")))
+  key = jax.random.key_data(streams.key(seed, "learner"))
+  abstract = jax.eval_shape(lambda p: learner.init_state(
+      p, learner.make_optimizer(spec.learner), key), params)
+  layout = Layout(abstract, ref_params, mesh, spec.compute_dtype)
+  optimizer = learner.make_optimizer(
+      spec.learner, square_norm=None if layout.fsdp is None else layout.fsdp.square_norm)
+  state = learner.init_state(params, optimizer, key)
   # global arrays: restored ones keep this sharding
-  return graphdef, optimizer, parallel.replicate(state, mesh), parallel.replicate(ref_params,
-                                                                                  mesh)
+  return (graphdef, optimizer, parallel.replicate(state, mesh, layout.state),
+          parallel.replicate(ref_params, mesh, layout.ref), layout)
 
 
 def _restore(config, workdir: str, state, schedule=None):
@@ -388,10 +440,14 @@ def train(config, task, model, tokenizer, train_problems, test_problems, workdir
   eval.curve_problems validation problems (curve_*): the learning curve, from the start's.
   mesh: the devices to run on (default: all of them, `parallel.make_mesh()`)."""
   spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
-  mesh = mesh or parallel.make_mesh()
+  mesh = mesh or parallel.make_mesh(fsdp=config.parallel.fsdp)
+  if parallel.fsdp_size(mesh) != config.parallel.fsdp:
+    raise ValueError(f"the mesh splits parameters over {parallel.fsdp_size(mesh)} devices, "
+                     f"the config over parallel.fsdp={config.parallel.fsdp}")
   prompts = config.train.prompts_per_iteration
   parallel.check_divisible(prompts, mesh, "train.prompts_per_iteration")
-  graphdef, optimizer, state, ref_params = _initial_state(model, spec, config.seed, mesh)
+  graphdef, optimizer, state, ref_params, layout = _initial_state(model, spec, config.seed,
+                                                                  mesh)
   method = methods.get(spec.method)
   schedule = method.schedule(config, spec, task, tokenizer, train_problems)
   checkpointer, start, state, data_position = _restore(config, workdir, state, schedule)
@@ -400,7 +456,7 @@ def train(config, task, model, tokenizer, train_problems, test_problems, workdir
   reward_fn = rewards.task_reward_fn(task, tokenizer, train_problems, dense=config.reward.dense)
   dense_fn = rewards.task_reward_fn(task, tokenizer, train_problems, dense=True)
   build = build_phases if config.train.phase_timing else build_iteration
-  iteration = build(graphdef, optimizer, spec, reward_fn, dense_fn, mesh,
+  iteration = build(graphdef, optimizer, spec, reward_fn, dense_fn, mesh, layout,
                     with_rows=schedule is not None)
   evaluations = _Evaluations(config, task, tokenizer, graphdef, test_problems,
                              validation_problems, log, workdir)

@@ -131,6 +131,7 @@ def _schema() -> dict[str, Any]:
       "train.checkpoint_every": POSITIVE, "train.keep": POSITIVE, "train.progress": Bool(),
       "train.token_budget": COUNT, "train.phase_timing": Bool(),
       "train.restart": Bool(), "train.max_skipped_updates": POSITIVE,
+      "parallel.fsdp": POSITIVE,
       "eval.k": POSITIVE, "eval.seed": Int(-1), "eval.temperature": TEMPERATURE, "eval.top_p": PROBABILITY,
       "eval.max_new_tokens": POSITIVE, "eval.batch_size": POSITIVE,
       "eval.num_problems": POSITIVE, "eval.every": COUNT, "eval.curve_problems": COUNT,
@@ -218,7 +219,11 @@ def _cross_field(c) -> list[str]:
 def device_problems(config, num_devices: int) -> list[str]:
   """Rules that need the device count (after multi-host start-up, before any work)."""
   prompts = config.train.prompts_per_iteration
+  found = []
   if prompts % num_devices:
-    return [f"config field train.prompts_per_iteration={prompts}: must be a multiple of the "
-            f"{num_devices} devices it is split over"]
-  return []
+    found.append(f"config field train.prompts_per_iteration={prompts}: must be a multiple of "
+                 f"the {num_devices} devices it is split over")
+  if num_devices % config.parallel.fsdp:
+    found.append(f"config field parallel.fsdp={config.parallel.fsdp}: must divide the "
+                 f"{num_devices} devices (parameters are split over groups of that many)")
+  return found

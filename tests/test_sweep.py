@@ -87,7 +87,8 @@ def test_compare_picks_the_rate_on_two_seeds_pooled_and_writes_the_sweep(monkeyp
       pick_seeds=2, learning_rates=["1e-5", "3e-5", "1e-4"],
       method_learning_rates=["mcts_distill=3e-6,1e-5,3e-5"], token_budget=1000,
       temperatures=["0.2"], eval_key_sets=1, workdir=str(tmp_path / "runs"), out=str(out),
-      test_k=4, test_problems=3000, validation_problems=1000, reference_problems=820))
+      test_k=4, test_problems=3000, validation_problems=1000, reference_problems=820,
+      equal="tokens"))
   compare.main([])
   assert calls == [(m, seed, lr) for m, lr in [("mcts_distill", "3e-6"),
                                                ("mcts_distill", "1e-5"),

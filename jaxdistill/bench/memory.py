@@ -1,22 +1,33 @@
-"""What the update needs in one device's memory at real Qwen2.5 shapes, without weights.
+"""What a training run needs in one device's memory at real Qwen2.5 shapes, without weights.
 
-    python -m jaxdistill.bench.memory [--config countdown.py:qwen2.5-0.5b]
-        [--algos mcts_distill,cispo] [--logit_chunks 0,1024] [--remat preset,false]
-        [--devices 1]
+    python -m jaxdistill.bench.memory --config countdown.py:qwen2.5-7b --devices 8 \
+        [--fsdp 8] [--device_memory_gb 80] [--algos mcts_distill,cispo] [--breakdown]
+    python -m jaxdistill.bench.memory --learner_table [--logit_chunks 0,1024]
+        [--remat preset,false]
 
-For each method and `learner.logit_chunk` the learner's update (`learner.update`: forward,
-chunked log-probs, backward, AdamW) is compiled from abstract shapes on the CPU and XLA's
-`memory_analysis()` of the compiled program is read: parameters, optimizer state and the
-batch come in as arguments, `temp` is everything the program allocates besides (activations
-kept for the backward, logits, gradients). The batch is the preset's learner batch
-(`Method.learner_shape`) split over --devices (data parallel: each device runs this
-program on its share of the rows, then gradients are summed). The architecture is the
-published Hugging Face config of the preset's model (`qwen2.ARCHITECTURES`), the vocabulary
-included, so logit_chunk 0 shows what [B, T, 151,936] fp32 log-probs cost.
+The planner (default) builds the preset's training iteration (search or sampling, learner-batch
+assembly, update: `train.build_iteration`, the program a run compiles) for --devices fake CPU
+devices with parameters, gradients and Adam moments split over --fsdp of them
+(`parallel.fsdp`), compiles it from abstract shapes (no weights are made) and reads XLA's
+`memory_analysis()` of the compiled per-device program: peak = arguments + outputs - aliased
++ temporaries. The per-device bytes of parameters, optimizer state, gradients and the KL
+reference follow from the layout; with --breakdown the three phases are compiled on their own
+too (`train.build_phases`, `train.phase_timing=True`): the rollout's temporaries are the
+search's tree, its KV caches and the gathered compute-dtype weights, the update's are the
+gradients, activations and temporaries. A run fits when the fused program's peak is under
+--device_memory_gb. The architecture is the preset's published Hugging Face config
+(`qwen2.ARCHITECTURES`), vocabulary included. These are the CPU compiler's numbers: an
+accelerator's compiler schedules (and so overlaps) buffers its own way, so leave a margin.
+
+--learner_table compiles the update alone (`learner.update`) for each `learner.logit_chunk`
+and `learner.remat`, for the preset's per-device learner batch: what chunked log-probs and
+rematerialisation save.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import jax
@@ -31,7 +42,11 @@ flags.DEFINE_string("config", "countdown.py:qwen2.5-0.5b", "config file and pres
 flags.DEFINE_list("algos", ["mcts_distill", "cispo"], "methods whose learner batch to use")
 flags.DEFINE_list("logit_chunks", ["0", "1024"], "learner.logit_chunk values (0: unchunked)")
 flags.DEFINE_list("remat", ["preset"], "learner.remat values: preset | true | false")
-flags.DEFINE_integer("devices", 1, "data-parallel devices the preset's prompts split over")
+flags.DEFINE_integer("devices", 1, "devices the preset's prompts split over")
+flags.DEFINE_integer("fsdp", 1, "devices parameters and optimizer state are split over")
+flags.DEFINE_float("device_memory_gb", 80.0, "one device's memory (GiB), for 'fits'")
+flags.DEFINE_bool("breakdown", False, "also compile the rollout, assembly and update alone")
+flags.DEFINE_bool("learner_table", False, "compile the update alone per logit_chunk and remat")
 flags.DEFINE_string("out", "bench_results/memory.json", "JSON output")
 FLAGS = flags.FLAGS
 
@@ -94,6 +109,101 @@ def update_memory(config, algo: str, logit_chunk: int, devices: int,
           "compile_s": seconds}
 
 
+def _bytes(tree, specs=None, fsdp: int = 1) -> int:
+  """Per-device bytes of a tree of arrays, leaves whose spec splits them counted 1/fsdp."""
+  from jax.sharding import PartitionSpec as P
+  leaves = jax.tree.leaves(tree)
+  split = ([False] * len(leaves) if specs is None else
+           [spec != P() for spec in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))])
+  return sum(int(np.prod(x.shape)) * x.dtype.itemsize // (fsdp if s else 1)
+             for x, s in zip(leaves, split))
+
+
+def _abstract(tree, mesh, specs):
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  return jax.tree.map(lambda x, spec: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                           sharding=NamedSharding(mesh, spec)),
+                      tree, specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def _rows(tree, mesh):
+  """tree's leaves as split over every device (a batch's layout)."""
+  from jax.sharding import PartitionSpec as P
+  from jaxdistill import parallel
+  return _abstract(tree, mesh, jax.tree.map(lambda _: P(parallel.ROWS), tree))
+
+
+def _peak(compiled) -> tuple[float, float]:
+  """(peak, temporaries) in bytes of a compiled program, per device."""
+  memory = compiled.memory_analysis()
+  peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+          - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+  return peak, memory.temp_size_in_bytes
+
+
+def iteration_memory(config, algo: str, devices: int, fsdp: int, breakdown: bool = False,
+                     device_memory_gb: float = 80.0) -> dict:
+  """One row of the planner: the training iteration of `config` with `algo` compiled for
+  `devices` devices, parameters split over `fsdp` of them."""
+  from jaxdistill import methods, parallel, settings, train
+  from jaxdistill.models.qwen2 import ARCHITECTURES, compute_copy, init_model
+  from jaxdistill.rl import learner
+  config = config.copy_and_resolve_references()
+  config.algo, config.parallel.fsdp = algo, fsdp
+  from jaxdistill.methods.base import Method
+  if type(methods.get(algo)).schedule is not Method.schedule:
+    raise app.UsageError(f"{algo} picks its problems on the host between iterations; the "
+                         "planner builds only methods without a schedule")
+  arch = ARCHITECTURES[config.preset]
+  spec = settings.iteration(config)  # shapes only: no tokenizer
+  mesh = parallel.make_mesh(devices, fsdp=fsdp)
+  dtype, param_dtype = jnp.dtype(config.model.dtype), jnp.dtype(config.model.param_dtype)
+  model = nnx.eval_shape(lambda: init_model(arch, dtype=dtype, param_dtype=param_dtype,
+                                            precision=config.model.precision))
+  graphdef, params = nnx.split(model)
+  ref_params = jax.eval_shape(lambda p: compute_copy(p, dtype), params)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  state = jax.eval_shape(lambda p, k: learner.init_state(
+      p, learner.make_optimizer(spec.learner), k), params, key)
+  layout = train.Layout(state, ref_params, mesh, spec.compute_dtype)
+  optimizer = learner.make_optimizer(
+      spec.learner, square_norm=None if layout.fsdp is None else layout.fsdp.square_norm)
+  reward = lambda tokens, problem: 0.0  # never called: the program is compiled, not run
+  prompts, width = config.train.prompts_per_iteration, config.task.prompt_width
+  feed = _rows((jax.ShapeDtypeStruct((prompts, width), jnp.int32),
+                jax.ShapeDtypeStruct((prompts,), jnp.int32),
+                jax.ShapeDtypeStruct((prompts,), jnp.int32),
+                jax.ShapeDtypeStruct((prompts, 2), jnp.uint32)), mesh)
+  state_in = _abstract(state, mesh, layout.state)
+  ref_in = _abstract(ref_params, mesh, layout.ref)
+  row = {"algo": algo, "devices": devices, "fsdp": fsdp,
+         "params_gb": _bytes(state.params, layout.state.params, fsdp) / GB,
+         "opt_state_gb": _bytes(state.opt_state, layout.state.opt_state, fsdp) / GB,
+         "grads_gb": _bytes(state.params, layout.state.params, fsdp) / GB,
+         "ref_gb": _bytes(ref_params, layout.ref, fsdp) / GB}
+  started = time.perf_counter()
+  fused = train.build_iteration(graphdef, optimizer, spec, reward, reward, mesh, layout)
+  peak, temp = _peak(fused.phases["iteration"].lower(state_in, ref_in, *feed, {}).compile())
+  row |= {"iteration_temp_gb": temp / GB, "peak_gb": peak / GB}
+  if breakdown:
+    phases = train.build_phases(graphdef, optimizer, spec, reward, reward, mesh, layout).phases
+    rollout_args = (state_in.params, *feed, {})
+    traj = _rows(jax.eval_shape(phases["rollout"], *rollout_args), mesh)
+    batch = _rows(jax.eval_shape(phases["assemble"], state_in.params, ref_in, traj), mesh)
+    for name, args in (("rollout", rollout_args), ("assemble", (state_in.params, ref_in, traj)),
+                       ("update", (state_in, batch, traj))):
+      phase_peak, phase_temp = _peak(phases[name].lower(*args).compile())
+      row |= {f"{name}_temp_gb": phase_temp / GB, f"{name}_peak_gb": phase_peak / GB}
+  row |= {"fits": bool(row["peak_gb"] <= device_memory_gb),
+          "compile_s": time.perf_counter() - started}
+  return row
+
+
+PLAN_COLUMNS = ["algo", "devices", "fsdp", "params_gb", "opt_state_gb", "grads_gb", "ref_gb",
+                "rollout_temp_gb", "update_temp_gb", "iteration_temp_gb", "peak_gb", "fits",
+                "compile_s"]
+
+
 def main(argv):
   del argv
   config = load_preset(FLAGS.config)
@@ -103,6 +213,31 @@ def main(argv):
   if config.train.prompts_per_iteration % FLAGS.devices:
     raise app.UsageError(f"{config.train.prompts_per_iteration} prompts do not split over "
                          f"{FLAGS.devices} devices")
+  if FLAGS.fsdp < 1 or FLAGS.devices % FLAGS.fsdp:
+    raise app.UsageError(f"--fsdp={FLAGS.fsdp} must divide --devices={FLAGS.devices}")
+  if jax.device_count() < FLAGS.devices:  # fake CPU devices exist only from start-up
+    if jax.default_backend() != "cpu" or os.environ.get("_JAXDISTILL_PLANNER_CHILD"):
+      raise app.UsageError(f"--devices={FLAGS.devices}: only {jax.device_count()} "
+                           f"{jax.default_backend()} devices here")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", _JAXDISTILL_PLANNER_CHILD="1",
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                          f" --xla_force_host_platform_device_count={FLAGS.devices}").strip())
+    os.execve(sys.executable, [sys.executable, "-m", "jaxdistill.bench.memory",
+                               *sys.argv[1:]], env)
+  if not FLAGS.learner_table:
+    rows = []
+    for algo in FLAGS.algos:
+      rows.append(iteration_memory(config, algo, FLAGS.devices, FLAGS.fsdp, FLAGS.breakdown,
+                                   FLAGS.device_memory_gb))
+      print_table(rows[-1:], [c for c in PLAN_COLUMNS if c in rows[-1]])
+    print(f"\n{config.preset}: {config.train.prompts_per_iteration} prompts over "
+          f"{FLAGS.devices} device(s), parameters split over {FLAGS.fsdp}; per-device GiB of "
+          f"the compiled iteration; fits: peak <= {FLAGS.device_memory_gb:g} GiB")
+    print_table(rows, [c for c in PLAN_COLUMNS if any(c in r for r in rows)])
+    write_json(FLAGS.out, {"config": FLAGS.config, "devices": FLAGS.devices,
+                           "fsdp": FLAGS.fsdp, "device_memory_gb": FLAGS.device_memory_gb,
+                           "rows": rows})
+    return
   rows = []
   remats = [None if r == "preset" else r.lower() in ("1", "true") for r in FLAGS.remat]
   for algo in FLAGS.algos:

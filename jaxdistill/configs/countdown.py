@@ -193,6 +193,14 @@ def base() -> ml_collections.ConfigDict:
   c.train.restart = False
   c.train.max_skipped_updates = 8  # non-finite updates in a row that stop the run
 
+  c.parallel = ml_collections.ConfigDict()
+  # devices each parameter, its gradient and its Adam moments are split over (1: every
+  # device holds them whole); it must divide the device count. Prompts are split over all
+  # devices either way. Larger: less memory per device, an all-gather of the compute-dtype
+  # weights per iteration and a reduce-scatter of the gradients per update
+  # (docs/design.md, "Sharded parameters"; what fits: python -m jaxdistill.bench.memory)
+  c.parallel.fsdp = 1
+
   c.eval = ml_collections.ConfigDict()
   c.eval.k = 16
   c.eval.seed = -1  # the evaluation's own random stream (-1: the run's seed)
@@ -272,8 +280,16 @@ def qwen(c: ml_collections.ConfigDict) -> None:
   c.eval.max_new_tokens, c.eval.every, c.eval.batch_size = 512, 48, 256
 
 
+def qwen_7b(c: ml_collections.ConfigDict) -> None:
+  """The reference's settings for Qwen2.5-7B-Instruct: parameters, gradients and Adam
+  moments split over 8 devices (about 16 bytes per parameter, 120 GB, do not fit one 80 GB
+  accelerator; split over 8 the iteration peaks near NN GB: docs/benchmarks.md)."""
+  qwen(c)
+  c.parallel.fsdp = 8
+
+
 PRESETS = {"tiny": tiny, "smoke": smoke, "tiny4": tiny4, "medium": medium,
-           "qwen2.5-0.5b": qwen, "qwen2.5-1.5b": qwen}
+           "qwen2.5-0.5b": qwen, "qwen2.5-1.5b": qwen, "qwen2.5-7b": qwen_7b}
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:

@@ -69,6 +69,9 @@ ARCHITECTURES = {
     "qwen2.5-1.5b": Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
                                 num_hidden_layers=28, num_attention_heads=12,
                                 num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-7b": Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                              num_hidden_layers=28, num_attention_heads=28,
+                              num_key_value_heads=4, tie_word_embeddings=False),
 }
 
 
@@ -438,15 +441,20 @@ def compute_copy(params, dtype):
   """The params a forward pass in compute dtype reads, cast once: every floating leaf of the
   body in `dtype`, the value head (fp32 by design) as it is. Sampling and search run on this
   copy, made once per iteration, instead of casting the master weights at every step."""
-  dtype = jnp.dtype(dtype)
-
   def cast(path, x):
-    in_value_head = any(getattr(k, "key", None) == "value_head" for k in path)
-    if in_value_head or not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
-      return x
-    return x.astype(dtype)
+    target = compute_dtype_of(path, x, dtype)
+    return x if x.dtype == target else x.astype(target)
 
   return jax.tree_util.tree_map_with_path(cast, params)
+
+
+def compute_dtype_of(path, leaf, dtype):
+  """The dtype a forward pass in compute dtype reads the param at `path` in: `dtype` for
+  the body's floating params, its own for the value head's and for integers."""
+  in_value_head = any(getattr(k, "key", None) == "value_head" for k in path)
+  if in_value_head or not jnp.issubdtype(leaf.dtype, jnp.floating):
+    return leaf.dtype
+  return jnp.dtype(dtype)
 
 
 def num_params(model: nnx.Module) -> int:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxdistill import parallel
 from jaxdistill.rl import losses
 
 
@@ -81,9 +82,11 @@ class LearnerBatch:
   ref_logprobs: jax.Array | None = None  # [B, T] float32 frozen reference (None: no KL)
 
 
-def make_optimizer(config: LearnerConfig) -> optax.GradientTransformation:
+def make_optimizer(config: LearnerConfig, square_norm=None) -> optax.GradientTransformation:
   """Global-norm clip, then AdamW with warm-up and linear decay; with a value_learning_rate,
-  the value head's parameters get that peak rate (same schedule shape, same clip)."""
+  the value head's parameters get that peak rate (same schedule shape, same clip).
+  square_norm: the squared global norm of a tree of gradients, for gradients split over
+  devices (`parallel.Fsdp.square_norm`); None: the tree holds whole gradients."""
   def adamw(peak: float):  # the end rate in proportion: end_learning_rate at learning_rate
     end = (config.end_learning_rate if peak == config.learning_rate
            else config.end_learning_rate * peak / config.learning_rate)
@@ -94,12 +97,25 @@ def make_optimizer(config: LearnerConfig) -> optax.GradientTransformation:
         peak, end, max(config.decay_steps, 1))
     return optax.adamw(schedule, weight_decay=config.weight_decay)
 
-  clip = optax.clip_by_global_norm(config.clip_norm)
+  clip = (optax.clip_by_global_norm(config.clip_norm) if square_norm is None
+          else _clip_by_split_norm(config.clip_norm, square_norm))
   if not config.value_learning_rate or config.value_learning_rate == config.learning_rate:
     return optax.chain(clip, adamw(config.learning_rate))
   return optax.chain(clip, optax.multi_transform(
       {"policy": adamw(config.learning_rate), "value": adamw(config.value_learning_rate)},
       _value_head_labels))
+
+
+def _clip_by_split_norm(max_norm: float, square_norm) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm (the same arithmetic and the same empty state, so
+  checkpoints do not depend on the layout) with the norm taken over every device's shards."""
+  def update(updates, state, params=None):
+    del params
+    norm = jnp.sqrt(square_norm(updates))
+    trigger = norm < max_norm
+    clip = lambda t: jax.lax.select(trigger, t, (t / norm.astype(t.dtype)) * max_norm)
+    return jax.tree.map(clip, updates), state
+  return optax.GradientTransformation(optax.init_empty_state, update)
 
 
 def _value_head_labels(params):
@@ -180,8 +196,8 @@ def _as_device_varying(tree, axis_name: str):
   replicated input is already psum-ed over the axis (the transpose of the implicit
   broadcast); made varying, each device gets its own gradient and one psum adds them."""
   if hasattr(jax.lax, "pcast"):
-    return jax.lax.pcast(tree, (axis_name,), to="varying")
-  return jax.lax.pvary(tree, (axis_name,))
+    return jax.lax.pcast(tree, _axes(axis_name), to="varying")
+  return jax.lax.pvary(tree, _axes(axis_name))
 
 
 def _all_finite(tree):
@@ -189,9 +205,12 @@ def _all_finite(tree):
 
 
 def gradients(params, graphdef, batch: LearnerBatch, config: LearnerConfig,
-              axis_name: str | None = None):
+              axis_name: str | tuple | None = None, fsdp=None):
   """(gradients, metrics) of the batch's loss; inside shard_map the batch is every device's
-  rows together: counts and gradients are summed over `axis_name`."""
+  rows together: counts and gradients are summed over `axis_name` (the axes rows are split
+  over). fsdp (`parallel.Fsdp`): params are this device's shards, gathered whole for the
+  loss; their gradients come back reduce-scattered over its axis and are summed over the
+  others."""
   total = (lambda x: jax.lax.psum(x, axis_name)) if axis_name else (lambda x: x)
   counts = total(jnp.stack([losses.normaliser(batch.mask, config.loss_aggregation),
                             losses.normaliser(batch.mask, "token"),
@@ -200,9 +219,16 @@ def gradients(params, graphdef, batch: LearnerBatch, config: LearnerConfig,
   token_weights = losses.token_weights(batch.mask, "token", counts[1])
   if axis_name is not None:
     params = _as_device_varying(params, axis_name)
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, graphdef, batch, config, weights, token_weights)
-  grads, metrics = total((grads, metrics))
+  whole = (lambda p: p) if fsdp is None else fsdp.gather
+  (_, metrics), grads = jax.value_and_grad(
+      lambda p, *args: loss_fn(whole(p), *args), has_aux=True)(
+          params, graphdef, batch, config, weights, token_weights)
+  metrics = total(metrics)
+  if fsdp is None:
+    grads = total(grads)
+  elif axis_name is not None:  # the gather's transpose summed them over 'fsdp' already
+    others = tuple(a for a in _axes(axis_name) if a != parallel.FSDP)
+    grads = jax.lax.psum(grads, others) if others else grads
   # the returns' variance over the whole batch's sequences, unbiased: about the value_loss of
   # a head that knows their mean and nothing else (the batch's own mean would flatter such a
   # head by 1/n with n sequences), so that 1 - value_loss / value_target_var is the value
@@ -213,9 +239,15 @@ def gradients(params, graphdef, batch: LearnerBatch, config: LearnerConfig,
   return grads, metrics | {"value_target_var": spread}
 
 
+def _axes(axis_name) -> tuple:
+  return tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
+
+
 def update(state: TrainState, batch: LearnerBatch, *, graphdef, optimizer, config: LearnerConfig,
-           axis_name: str | None = None):
-  """epochs x minibatches gradient steps on batch; returns (state, metrics of the last)."""
+           axis_name: str | tuple | None = None, fsdp=None):
+  """epochs x minibatches gradient steps on batch; returns (state, metrics of the last).
+  fsdp (`parallel.Fsdp`): state holds this device's shards of params and optimizer state
+  (the optimizer built with its `square_norm`)."""
   rows = batch.tokens.shape[0]
   if rows % config.minibatches:
     raise ValueError(f"{rows} rows do not split into {config.minibatches} minibatches")
@@ -224,13 +256,17 @@ def update(state: TrainState, batch: LearnerBatch, *, graphdef, optimizer, confi
   def step(carry, indices):
     params, opt_state, skipped = carry
     minibatch = jax.tree.map(lambda x: x[indices], batch)
-    grads, metrics = gradients(params, graphdef, minibatch, config, axis_name)
+    grads, metrics = gradients(params, graphdef, minibatch, config, axis_name, fsdp)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     # the step must be finite end to end: loss, gradients and the params it produces
     finite = _all_finite(grads) & jnp.isfinite(metrics["loss"]) & _all_finite(new_params)
+    if fsdp is not None:  # every shard's check: the whole group keeps or skips the step
+      finite = fsdp.all_true(finite)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    metrics = metrics | {"grad_norm": optax.tree.norm(grads)}
+    norm = (optax.tree.norm(grads) if fsdp is None
+            else jnp.sqrt(fsdp.square_norm(grads)))
+    metrics = metrics | {"grad_norm": norm}
     return (keep(new_params, params), keep(new_opt_state, opt_state),
             skipped + (~finite).astype(jnp.int32)), metrics
 

@@ -1,0 +1,122 @@
+"""Parameters, gradients and Adam moments split over 8 devices (parallel.fsdp=8): the same
+training as every device holding them whole, checkpoints that move between the two layouts,
+and an export from a split run."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from test_train import _config
+
+
+def _train(config, workdir, fsdp, **overrides):
+  from jaxdistill import main, parallel, train
+  from jaxdistill.tasks import countdown
+  config = config.copy_and_resolve_references()
+  config.parallel.fsdp = fsdp
+  for key, value in overrides.items():
+    section, field = key.split("__")
+    config[section][field] = value
+  model, tokenizer = main.load_model_and_tokenizer(config, str(workdir))
+  train_split, test_split = countdown.make_splits(0, 200, 16, count=config.task.numbers)
+  summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer,
+                        train_split, test_split, str(workdir),
+                        mesh=parallel.make_mesh(8, fsdp=fsdp))
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  return summary, rows
+
+
+def _split_eighths(tree, whole_shapes):
+  """Leaves split over the 8 devices, each device's shard 1/8 of the whole (large ones)."""
+  split = 0
+  for leaf, shape in zip(jax.tree.leaves(tree), whole_shapes, strict=True):
+    if len(shape) < 2:
+      continue
+    shards = leaf.addressable_shards
+    assert len(shards) == 8
+    assert all(s.data.size * 8 == int(np.prod(shape)) for s in shards), shape
+    split += 1
+  return split
+
+
+@pytest.mark.parametrize("algo", ["mcts_distill", "cispo"])
+def test_fsdp_trains_the_same_metrics_and_params_as_replicated(tmp_path, algo):
+  """2 iterations on 8 devices with parameters split over all 8 give the same metrics and
+  parameters as with every device holding them (rtol 1e-5); each device holds 1/8 of every
+  matrix and of its Adam moments."""
+  from jaxdistill import main, parallel, settings, train
+  config = _config(train__num_iterations=2, train__checkpoint_every=2,
+                   learner__learning_rate=1e-4)
+  config.algo = algo
+  results = {}
+  for fsdp in (1, 8):
+    summary, rows = _train(config, tmp_path / str(fsdp), fsdp)
+    results[fsdp] = (summary, rows)
+  for one, eight in zip(results[1][1], results[8][1]):
+    assert one["step"] == eight["step"]
+    for key in ("reward", "trajectories", "generated_tokens"):
+      assert one[key] == eight[key], key
+    for key in ("loss", "policy_loss", "value_loss", "kl", "grad_norm"):
+      np.testing.assert_allclose(eight[key], one[key], rtol=1e-5, atol=1e-8, err_msg=key)
+  params = {n: jax.tree_util.tree_flatten_with_path(results[n][0]["params"])[0] for n in (1, 8)}
+  for (path, a), (_, b) in zip(params[1], params[8]):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-9,
+                               err_msg=jax.tree_util.keystr(path))
+  whole = [x.shape for x in jax.tree.leaves(results[1][0]["params"])]
+  assert _split_eighths(results[8][0]["params"], whole) > 10
+  # the optimizer state as training holds it (the same layout goes in and comes out)
+  model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path / "8"))
+  spec = settings.iteration(config, tokenizer, "\n", model.config.vocab_size)
+  _, _, state, _, layout = train._initial_state(model, spec, 0, parallel.make_mesh(8, fsdp=8))
+  adam = state.opt_state[-1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
+  for moment in (adam.mu, adam.nu):
+    assert _split_eighths(moment, whole) > 10
+  assert layout.fsdp is not None
+
+
+def test_fsdp_checkpoints_restore_across_layouts_and_export(tmp_path):
+  """A run split over 8 devices resumes with every device holding the whole state, and that
+  run's checkpoint resumes split again; the checkpoint restores into either layout with the
+  same values, and `--mode export` writes a directory transformers loads with its weights."""
+  import torch
+  from transformers import AutoModelForCausalLM
+
+  from jaxdistill import main, parallel, settings, train
+  from jaxdistill.checkpointing import Checkpointer
+  from test_train import _main
+  config = _config(train__num_iterations=2, train__checkpoint_every=1)
+  config.algo = "cispo"
+  workdir = tmp_path / "run"
+  first, _ = _train(config, workdir, 8)
+  model, tokenizer = main.load_model_and_tokenizer(config, str(workdir))
+  spec = settings.iteration(config, tokenizer, "\n", model.config.vocab_size)
+  restored = {}
+  for fsdp in (1, 8):
+    _, _, state, _, _ = train._initial_state(model, spec, 0, parallel.make_mesh(8, fsdp=fsdp))
+    checkpointer = Checkpointer(str(workdir / "checkpoints"))
+    step, restored[fsdp], _, _ = checkpointer.restore_latest(state)
+    checkpointer.close()
+    assert step == 2
+  assert restored[1].params["embed_tokens"]["embedding"].sharding.is_fully_replicated
+  assert not restored[8].params["embed_tokens"]["embedding"].sharding.is_fully_replicated
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               jax.device_get(restored[1]), jax.device_get(restored[8]))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               jax.device_get(restored[8].params), jax.device_get(first["params"]))
+  replicated, _ = _train(config, workdir, 1, train__num_iterations=3)
+  assert (replicated["start_step"], replicated["end_step"]) == (2, 3)
+  split, rows = _train(config, workdir, 8, train__num_iterations=4)
+  assert (split["start_step"], split["end_step"]) == (3, 4)
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+  out = tmp_path / "export"  # a process of one device reads the split run's checkpoint
+  _main(workdir, "--config.algo=cispo", "--mode=export", f"--out={out}")
+  exported = AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32)
+  trained = jax.device_get(split["params"])
+  np.testing.assert_array_equal(exported.model.embed_tokens.weight.detach().numpy(),
+                                np.asarray(trained["embed_tokens"]["embedding"]))
+  np.testing.assert_array_equal(
+      exported.model.layers[1].mlp.up_proj.weight.detach().numpy(),
+      np.asarray(trained["layers"][1]["mlp"]["up_proj"]["kernel"]).T)
