@@ -283,7 +283,7 @@ def qwen(c: ml_collections.ConfigDict) -> None:
 def qwen_7b(c: ml_collections.ConfigDict) -> None:
   """The reference's settings for Qwen2.5-7B-Instruct: parameters, gradients and Adam
   moments split over 8 devices (about 16 bytes per parameter, 120 GB, do not fit one 80 GB
-  accelerator; split over 8 the iteration peaks near NN GB: docs/benchmarks.md)."""
+  accelerator). What the iteration needs per device: docs/benchmarks.md (the planner)."""
   qwen(c)
   c.parallel.fsdp = 8
 
