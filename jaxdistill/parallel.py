@@ -147,7 +147,6 @@ class Fsdp:
   shapes pick the split dimensions), used with their local shards."""
 
   def __init__(self, params, fsdp: int, dtype=None):
-    self.size = fsdp
     self.dims = jax.tree.map(lambda x: shard_dim(_shape(x), fsdp), params)
     self.dtype = dtype  # dtype(path, leaf): the dtype each whole weight is gathered in
 
@@ -163,12 +162,11 @@ class Fsdp:
 
   def square_norm(self, tree):
     """The squared global norm of a tree of shards (repeated leaves counted once)."""
-    split = [jnp.sum(jnp.square(x.astype(jnp.float32)))
-             for x, d in zip(jax.tree.leaves(tree), jax.tree.leaves(self.dims)) if d >= 0]
-    whole = [jnp.sum(jnp.square(x.astype(jnp.float32)))
-             for x, d in zip(jax.tree.leaves(tree), jax.tree.leaves(self.dims)) if d < 0]
-    total = lambda parts: sum(parts, jnp.zeros((), jnp.float32))
-    return jax.lax.psum(total(split), FSDP) + total(whole)
+    split = whole = jnp.zeros((), jnp.float32)
+    for x, dim in zip(jax.tree.leaves(tree), jax.tree.leaves(self.dims), strict=True):
+      square = jnp.sum(jnp.square(x.astype(jnp.float32)))
+      split, whole = (split + square, whole) if dim >= 0 else (split, whole + square)
+    return jax.lax.psum(split, FSDP) + whole
 
   def all_true(self, flag):
     """flag on every device of the group (a check over shards must agree everywhere)."""
