@@ -149,16 +149,31 @@ class Fsdp:
   def __init__(self, params, fsdp: int, dtype=None):
     self.dims = jax.tree.map(lambda x: shard_dim(_shape(x), fsdp), params)
     self.dtype = dtype  # dtype(path, leaf): the dtype each whole weight is gathered in
+    self.prefix = ()  # where these params sit in the tree `dtype` sees (`part`)
 
-  def gather(self, params):
+  def gather(self, params, keep=()):
     """Whole weights from this device's shards, each in `dtype(path, leaf)` (e.g. the
     compute dtype of the body): cast before the gather, so that only compute-dtype bytes
     travel and stay; the gradient goes back in float32 (each device's share summed in
-    float32, as replicated training sums its gradients)."""
+    float32, as replicated training sums its gradients). Leaves under the top-level keys
+    in `keep` stay shards: their reader gathers them itself (the model's layer loop, one
+    layer at a time, through `part`)."""
     def one(path, shard, dim):
-      target = shard.dtype if self.dtype is None else jnp.dtype(self.dtype(path, shard))
+      if path and getattr(path[0], "key", None) in keep:
+        return shard
+      target = (shard.dtype if self.dtype is None
+                else jnp.dtype(self.dtype(self.prefix + path, shard)))
       return _gather(shard, dim, target)
     return jax.tree_util.tree_map_with_path(one, params, self.dims)
+
+  def part(self, *keys) -> "Fsdp":
+    """The Fsdp of the sub-tree params[keys[0]][keys[1]]... (e.g. ("layers", 0): one
+    decoder layer, whose gather serves every layer of the same shapes)."""
+    part = object.__new__(Fsdp)
+    part.dims = functools.reduce(lambda tree, key: tree[key], keys, self.dims)
+    part.dtype = self.dtype
+    part.prefix = self.prefix + tuple(jax.tree_util.DictKey(key) for key in keys)
+    return part
 
   def square_norm(self, tree):
     """The squared global norm of a tree of shards (repeated leaves counted once)."""

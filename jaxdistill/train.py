@@ -17,79 +17,17 @@ from jaxdistill import evaluate as evaluation
 from jaxdistill import methods, parallel, rewards, runs, settings, streams
 from jaxdistill.checkpointing import Checkpointer
 from jaxdistill.interrupts import GracefulStop
+from jaxdistill.layout import Layout
 from jaxdistill.metrics import MetricsLog, plot_run
-from jaxdistill.models.qwen2 import compute_copy, compute_dtype_of, forward_flops_per_token
-from jaxdistill.rl import learner, losses, rollouts
+from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
+from jaxdistill.rl import learner, rollouts
+from jaxdistill.rl.batch import assemble_batch
+
 
 def say(text: str) -> None:
   """Print on the primary process only (one line per event, not one per host)."""
   if parallel.is_primary():
     print(text)
-
-
-def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, advantage: str,
-                   group_size: int, config: learner.LearnerConfig) -> learner.LearnerBatch:
-  """The learner batch of trajectories: mask, advantages and returns, the behaviour
-  log-probs the sampler recorded, and the reference's log-probs (ref_params None: no KL).
-
-  Forward passes only where needed: the value head for value-baseline advantages, the
-  reference policy for the KL term, the current policy for rows without behaviour
-  log-probs (visit targets); none for group advantages without KL. advantage: group
-  (standardised within each prompt's group_size rows), group_mean (centred only),
-  reward_minus_value or gae; rows that bring advantages keep theirs."""
-  tokens = traj.tokens
-  positions = jnp.arange(tokens.shape[1] - 1)[None]
-  # entry t predicts token t + 1: generated when prompt_length <= t + 1 < length
-  mask = ((positions + 1 >= traj.prompt_length[:, None]) &
-          (positions + 1 < traj.length[:, None])).astype(jnp.float32)
-  scores = lambda p: jax.lax.stop_gradient(learner.sequence_logprobs(
-      graphdef, p, tokens, temperature=config.temperature, chunk_size=config.logit_chunk,
-      with_values=False)[0])
-  if traj.behaviour_logprobs is None:
-    old_logprobs = scores(params)
-  else:
-    old_logprobs = traj.behaviour_logprobs * mask
-  ref_logprobs = None if ref_params is None or not config.kl_coef else scores(ref_params)
-  if traj.advantages is not None:  # given by the producer (tree targets)
-    advantages = traj.advantages * mask
-  elif advantage in ("group", "group_mean"):
-    advantages = losses.group_normalized(traj.reward, group_size,
-                                         std=advantage == "group")[:, None] * mask
-  else:
-    old_values = jax.lax.stop_gradient(learner.sequence_values(graphdef, params, tokens))
-    if advantage == "gae":
-      advantages, _ = losses.gae(traj.reward, old_values, mask)
-    else:
-      advantages = losses.reward_minus_value(traj.reward, old_values, mask)
-  return learner.LearnerBatch(tokens=tokens, mask=mask, advantages=advantages,
-                              returns=traj.reward[:, None] * mask, old_logprobs=old_logprobs,
-                              ref_logprobs=ref_logprobs)
-
-
-class Layout:
-  """Where the training state lives on the mesh: `state` and `ref` are the PartitionSpecs
-  of the TrainState and the reference params (split over 'fsdp' by `parallel.shard_dim`,
-  or all repeated), `fsdp` how per-device code reads them whole (None: it holds them whole).
-  `whole(params)`: the compute-dtype weights a forward pass reads."""
-
-  def __init__(self, state, ref_params, mesh, compute_dtype):
-    size = parallel.fsdp_size(mesh)
-    self.state = parallel.state_specs(state, size)
-    self.ref = parallel.state_specs(ref_params, size)
-    self.compute_dtype = compute_dtype
-    self.fsdp = None if size == 1 else parallel.Fsdp(
-        state.params, size,
-        dtype=lambda path, leaf: compute_dtype_of(path, leaf, compute_dtype))
-
-  def whole(self, params):
-    """The weights sampling, search and scoring read, cast once per iteration (gathered
-    once per iteration from the shards under fsdp)."""
-    if self.fsdp is None:
-      return compute_copy(params, self.compute_dtype)
-    return self.fsdp.gather(params)
-
-  def whole_ref(self, ref_params):
-    return ref_params if self.fsdp is None else self.fsdp.gather(ref_params)
 
 
 def _stages(graphdef, optimizer, spec: settings.IterationSpec, reward_fn, dense_reward_fn,

@@ -2,8 +2,9 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+import xla_env  # tests/ is on sys.path (pytest prepends the conftest's directory)
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_env.flags(8)).strip()
 # CPU by default; a user who picks an accelerator for the suite (JAX_PLATFORMS=cuda or tpu)
 # keeps the CPU platform beside it, which host callbacks (the Countdown rewards) need
 _platforms = os.environ.get("JAX_PLATFORMS") or "cpu"

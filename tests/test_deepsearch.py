@@ -10,6 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from settings_for_tests import lm_search_config
+import xla_env
 from jaxdistill import parallel
 from jaxdistill.models import Qwen2Config, init_model
 from jaxdistill.search import deepsearch as ds
@@ -330,7 +331,7 @@ def test_replay_and_rounds_survive_kill_9(tmp_path):
   import sys
   import time
   job = os.path.join(os.path.dirname(os.path.abspath(__file__)), "deepsearch_job.py")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = xla_env.env(1)
   run = lambda workdir, **kw: subprocess.Popen([sys.executable, job, str(workdir), "6"],
                                               env=env, stdout=subprocess.PIPE,
                                               stderr=subprocess.STDOUT, text=True, **kw)

@@ -41,14 +41,15 @@ def _split_eighths(tree, whole_shapes):
   return split
 
 
-@pytest.mark.parametrize("algo", ["mcts_distill", "cispo"])
-def test_fsdp_trains_the_same_metrics_and_params_as_replicated(tmp_path, algo):
+@pytest.mark.parametrize("algo,remat", [("mcts_distill", False), ("cispo", True)])
+def test_fsdp_trains_the_same_metrics_and_params_as_replicated(tmp_path, algo, remat):
   """2 iterations on 8 devices with parameters split over all 8 give the same metrics and
   parameters as with every device holding them (rtol 1e-5); each device holds 1/8 of every
-  matrix and of its Adam moments."""
+  matrix and of its Adam moments. With remat the update gathers one layer at a time inside
+  the layer loop; without, the whole model before it."""
   from jaxdistill import main, parallel, settings, train
   config = _config(train__num_iterations=2, train__checkpoint_every=2,
-                   learner__learning_rate=1e-4)
+                   learner__learning_rate=1e-4, learner__remat=remat)
   config.algo = algo
   results = {}
   for fsdp in (1, 8):

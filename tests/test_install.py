@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import xla_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -41,7 +43,7 @@ def test_wheel_install_runs_the_cli_from_an_unrelated_directory(tmp_path):
   assert not os.path.exists(os.path.join(os.path.dirname(package), "configs"))  # no top-level
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = xla_env.env(1)
   env.pop("PYTHONPATH", None)
   run = subprocess.run(
       [python, "-m", "jaxdistill.main", "--config", "countdown.py:smoke",

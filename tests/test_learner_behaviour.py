@@ -15,7 +15,7 @@ from jaxdistill.models import Qwen2Config, init_model
 from jaxdistill.models.qwen2 import compute_copy
 from jaxdistill.rl import learner
 from jaxdistill.rl.rollouts import Trajectories, _concat
-from jaxdistill.train import assemble_batch
+from jaxdistill.rl.batch import assemble_batch
 
 CONFIG = Qwen2Config(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2)

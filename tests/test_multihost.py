@@ -13,6 +13,8 @@ import time
 import numpy as np
 import pytest
 
+import xla_env
+
 from test_train import ROOT, TINY, _final_params
 
 
@@ -56,8 +58,7 @@ def _command(workdir, iterations=4):
 
 
 def _env():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = xla_env.env(8, JAX_PLATFORMS="cpu")
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(name, None)
   return env
@@ -68,7 +69,7 @@ def _two_processes(workdir):
   port = _free_port()
   processes = []
   for process_id in range(2):
-    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(_env(), XLA_FLAGS=xla_env.flags(4),
                JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(process_id))
     processes.append(subprocess.Popen(_command(workdir), cwd=ROOT, env=env,

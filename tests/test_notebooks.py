@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+import xla_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -15,7 +17,7 @@ def _execute(name, tmp_path, monkeypatch):
   from nbclient import NotebookClient
   monkeypatch.setenv("JAXDISTILL_NOTEBOOK_BUDGET", "tiny")
   # the kernel sees the one CPU device of a notebook runtime, not the suite's 8 fake ones
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  monkeypatch.setenv("XLA_FLAGS", xla_env.flags(1))
   notebook = nbformat.read(os.path.join(ROOT, "notebooks", f"{name}.ipynb"), as_version=4)
   NotebookClient(notebook, timeout=900, kernel_name="python3",
                  resources={"metadata": {"path": str(tmp_path)}}).execute()

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import xla_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--config.task.prompt_width=160", "--config.search.num_agents=2",
          "--config.search.num_iterations=2", "--config.search.max_step_tokens=16",
@@ -33,7 +35,7 @@ def test_qwen_preset_runs_every_algorithm(qwen_checkpoint, tmp_path, algo):
          f"--config.algo={algo}", *SMALL, "--config.deepsearch.trajectories=2",
          "--config.deepsearch.expansions=3", "--config.deepsearch.filter_pool=4",
          "--config.deepsearch.round_iterations=1"]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = xla_env.env(1)
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]

@@ -41,7 +41,7 @@ def test_a_resume_that_would_mix_runs_refuses_and_others_resume(tmp_path):
                    *change, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     field = change[0].split("=")[0][len("--config."):]
-    assert f"error: " in result.stderr and field in result.stderr
+    assert "error: " in result.stderr and field in result.stderr
     assert "Traceback" not in result.stderr
     assert _snapshot(tmp_path) == before  # nothing touched
   # a run from before config.json: the checkpoint's own arrays tell, and nothing is written

@@ -5,12 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from hypothesis import given, settings, strategies as st
 
 from jaxdistill import stopping, tokenization
-from jaxdistill.models import Qwen2Config, init_model
-from jaxdistill.sampling import generate
 
 STEP_END = tokenization.STEP_END
 

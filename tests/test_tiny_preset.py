@@ -4,18 +4,18 @@ checkpoint reloads, and a second run reuses the cached warm start and data."""
 
 import json
 import math
-import os
 import subprocess
 import sys
 
 from configs import countdown as presets
 from test_train import ROOT
+import xla_env
 
 
 def _run(workdir, *extra):
   cmd = [sys.executable, "-m", "jaxdistill.main", "--config", "configs/countdown.py:smoke",
          f"--workdir={workdir}", "--config.train.progress=False", *extra]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = xla_env.env(1)
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   return result.stdout

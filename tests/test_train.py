@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from settings_for_tests import learner_config
+import xla_env
 from jaxdistill.configs import countdown as presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +39,7 @@ def _config(**overrides):
 def _main(workdir, *extra, check=True, **kwargs):
   cmd = [sys.executable, "-m", "jaxdistill.main", "--config", "configs/countdown.py:smoke",
          f"--workdir={workdir}", *TINY, *extra]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = xla_env.env(1)
   if kwargs.get("popen"):
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

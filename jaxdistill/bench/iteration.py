@@ -74,8 +74,9 @@ def time_phases(shapes: str, algo: str, peak: float):
   from jaxdistill import methods, settings, tasks, train
   from jaxdistill.evaluate import encode_prompts
   from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
-  from jaxdistill.rl import learner
   from jaxdistill import rewards
+  from jaxdistill.rl import learner
+  from jaxdistill.rl.batch import assemble_batch
   import tempfile
   config = _config(shapes, algo)
   task = tasks.from_config(config)
@@ -92,7 +93,7 @@ def time_phases(shapes: str, algo: str, peak: float):
   produce = lambda p, t, l, ids, keys: method.rollout(graphdef, p, t, l, ids, keys, spec,
                                                       reward_fn, reward_fn)
   rollout = jax.jit(produce)
-  assemble = jax.jit(lambda p, r, traj: train.assemble_batch(
+  assemble = jax.jit(lambda p, r, traj: assemble_batch(
       graphdef, p, r, traj, spec.advantage, spec.rollout.group_size, spec.learner))
   update = jax.jit(lambda s, b: learner.update(s, b, graphdef=graphdef, optimizer=optimizer,
                                                config=spec.learner))

@@ -15,7 +15,8 @@ reference follow from the layout; with --breakdown the three phases are compiled
 too (`train.build_phases`, `train.phase_timing=True`): the rollout's temporaries are the
 search's tree, its KV caches and the gathered compute-dtype weights, the update's are the
 gradients, activations and temporaries. A run fits when the fused program's peak is under
---device_memory_gb. The architecture is the preset's published Hugging Face config
+--device_memory_gb; a layout whose state (parameters, Adam, gradients, KL reference) alone
+exceeds it is reported so without compiling. The architecture is the preset's published Hugging Face config
 (`qwen2.ARCHITECTURES`), vocabulary included. These are the CPU compiler's numbers: an
 accelerator's compiler schedules (and so overlaps) buffers its own way, so leave a margin.
 
@@ -146,6 +147,7 @@ def iteration_memory(config, algo: str, devices: int, fsdp: int, breakdown: bool
   """One row of the planner: the training iteration of `config` with `algo` compiled for
   `devices` devices, parameters split over `fsdp` of them."""
   from jaxdistill import methods, parallel, settings, train
+  from jaxdistill.layout import Layout
   from jaxdistill.models.qwen2 import ARCHITECTURES, compute_copy, init_model
   from jaxdistill.rl import learner
   config = config.copy_and_resolve_references()
@@ -165,7 +167,7 @@ def iteration_memory(config, algo: str, devices: int, fsdp: int, breakdown: bool
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
   state = jax.eval_shape(lambda p, k: learner.init_state(
       p, learner.make_optimizer(spec.learner), k), params, key)
-  layout = train.Layout(state, ref_params, mesh, spec.compute_dtype)
+  layout = Layout(state, ref_params, mesh, spec.compute_dtype)
   optimizer = learner.make_optimizer(
       spec.learner, square_norm=None if layout.fsdp is None else layout.fsdp.square_norm)
   reward = lambda tokens, problem: 0.0  # never called: the program is compiled, not run
@@ -181,6 +183,9 @@ def iteration_memory(config, algo: str, devices: int, fsdp: int, breakdown: bool
          "opt_state_gb": _bytes(state.opt_state, layout.state.opt_state, fsdp) / GB,
          "grads_gb": _bytes(state.params, layout.state.params, fsdp) / GB,
          "ref_gb": _bytes(ref_params, layout.ref, fsdp) / GB}
+  row["state_gb"] = sum(row[k] for k in ("params_gb", "opt_state_gb", "grads_gb", "ref_gb"))
+  if row["state_gb"] > device_memory_gb:  # no compile can change that: say so in seconds
+    return row | {"fits": False, "note": "the state alone does not fit; not compiled"}
   started = time.perf_counter()
   fused = train.build_iteration(graphdef, optimizer, spec, reward, reward, mesh, layout)
   peak, temp = _peak(fused.phases["iteration"].lower(state_in, ref_in, *feed, {}).compile())
@@ -200,8 +205,8 @@ def iteration_memory(config, algo: str, devices: int, fsdp: int, breakdown: bool
 
 
 PLAN_COLUMNS = ["algo", "devices", "fsdp", "params_gb", "opt_state_gb", "grads_gb", "ref_gb",
-                "rollout_temp_gb", "update_temp_gb", "iteration_temp_gb", "peak_gb", "fits",
-                "compile_s"]
+                "state_gb", "rollout_temp_gb", "assemble_temp_gb", "update_temp_gb",
+                "iteration_temp_gb", "peak_gb", "fits", "compile_s", "note"]
 
 
 def main(argv):

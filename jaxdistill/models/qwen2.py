@@ -270,6 +270,9 @@ class ValueHead(nnx.Module):
     return jnp.tanh(self.out(h)[..., 0])
 
 
+LAYERS = "layers"  # the key of the decoder layers in a Qwen2Model's state (`self.layers`)
+
+
 class Qwen2Model(nnx.Module):
   """Qwen2 causal LM plus value head. `model(tokens)` -> ModelOutput(logits, values, ...).
 
@@ -340,7 +343,8 @@ class Qwen2Model(nnx.Module):
   def __call__(self, tokens, *, positions=None, attention_mask=None,
                cache: KVCache | None = None, last_only: bool = False,
                compute_values: bool = True, compute_logits: bool = True,
-               prefix: KVCache | None = None, remat: bool = False) -> ModelOutput:
+               prefix: KVCache | None = None, remat: bool = False,
+               layer_weights=None) -> ModelOutput:
     """Forward tokens [B, T] int32; with a cache they are written at slots end..end+T-1.
 
     attention_mask [B, T] (1 = real token) marks padding among these tokens; positions
@@ -355,8 +359,14 @@ class Qwen2Model(nnx.Module):
     the rest, so the activations kept grow with layers x B x T x H, not with the MLP's width
     or the [B, heads, T, T] attention of every layer (about a third more update compute;
     `_rematerialised_layers`).
+    layer_weights (remat only): applied to each layer's weights inside the layer loop, e.g.
+    `parallel.Fsdp.gather` when the model holds this device's shards of its layers
+    (`LAYERS`): one layer's whole weights exist at a time, and each layer's gradient leaves
+    the loop already reduced to its shards.
     """
     chex.assert_rank(tokens, 2)
+    if layer_weights is not None and not (remat and cache is None):
+      raise ValueError("layer_weights needs remat=True and no cache")
     batch, length = tokens.shape
     if attention_mask is None:
       attention_mask = jnp.ones((batch, length), bool)
@@ -389,7 +399,7 @@ class Qwen2Model(nnx.Module):
     x = self.embed_tokens(tokens)
     new_keys, new_values = [], []
     if remat and cache is None:
-      x = self._rematerialised_layers(x, cos, sin, mask)
+      x = self._rematerialised_layers(x, cos, sin, mask, layer_weights or (lambda w: w))
     else:
       for i, layer in enumerate(self.layers):
         past = None if cache is None else (cache.key_states[i], cache.value_states[i], start)
@@ -411,19 +421,20 @@ class Qwen2Model(nnx.Module):
     return ModelOutput(logits=logits, values=values, hidden=hidden, cache=new_cache)
 
 
-  def _rematerialised_layers(self, x, cos, sin, mask):
+  def _rematerialised_layers(self, x, cos, sin, mask, layer_weights):
     """The decoder layers as a scan over their stacked weights whose body is
     rematerialised: the backward pass, a loop too, keeps each layer's input [B, T, H] and
     recomputes one layer at a time. (Unrolled layers under jax.checkpoint leave the
     scheduler free to recompute every layer before the backward starts, which XLA's CPU
     backend does: memory_analysis showed no saving.) The stacked copy of the weights costs
-    one model's parameters in memory; their layout on disk and in checkpoints is unchanged."""
+    one model's parameters in memory (of the shards, under fsdp); their layout on disk and in
+    checkpoints is unchanged."""
     graphdef = nnx.graphdef(self.layers[0])
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
                            *[nnx.state(layer) for layer in self.layers])
 
     def body(h, weights):
-      out, _ = nnx.merge(graphdef, weights)(h, cos, sin, mask, None)
+      out, _ = nnx.merge(graphdef, layer_weights(weights))(h, cos, sin, mask, None)
       return out, None
 
     x, _ = jax.lax.scan(jax.checkpoint(body), x, stacked)

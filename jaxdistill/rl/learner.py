@@ -15,6 +15,7 @@ and is counted in the metrics (`skipped`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import chex
@@ -24,6 +25,7 @@ import optax
 from flax import nnx
 
 from jaxdistill import parallel
+from jaxdistill.models.qwen2 import LAYERS
 from jaxdistill.rl import losses
 
 
@@ -133,14 +135,16 @@ def init_state(params, optimizer: optax.GradientTransformation, rng) -> TrainSta
 
 def sequence_logprobs(graphdef, params, tokens, value_trunk_grad: bool = True, *,
                       temperature: float = 1.0, chunk_size: int = 1024,
-                      with_values: bool = True, remat: bool = False):
+                      with_values: bool = True, remat: bool = False, layer_weights=None):
   """(log pi_T of each next token [B, T], values [B, T] or None) for tokens [B, T + 1], pi_T
   the policy at `temperature`; log-probs in chunks of chunk_size positions (no [B, T, V]).
 
-  value_trunk_grad=False: the values' gradient stops at the final hidden state."""
+  value_trunk_grad=False: the values' gradient stops at the final hidden state.
+  layer_weights: see `Qwen2Model.__call__` (params' layers are shards it gathers)."""
   model = nnx.merge(graphdef, params)
   out = model(tokens[:, :-1], compute_logits=False,
-              compute_values=with_values and value_trunk_grad, remat=remat)
+              compute_values=with_values and value_trunk_grad, remat=remat,
+              layer_weights=layer_weights)
   taken = model.token_logprobs(out.hidden, tokens[:, 1:], temperature=temperature,
                                chunk_size=chunk_size)
   if not with_values or value_trunk_grad:
@@ -166,12 +170,13 @@ def _policy_per_token(logprobs, batch: LearnerBatch, config: LearnerConfig):
 
 
 def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerConfig, weights,
-            token_weights):
+            token_weights, layer_weights=None):
   """This device's share of the total loss, and of each metric: weighted sums whose sum over
   devices is the batch mean (weights: the loss's aggregation; token_weights: per token)."""
   logprobs, values = sequence_logprobs(graphdef, params, batch.tokens, config.value_trunk_grad,
                                        temperature=config.temperature,
-                                       chunk_size=config.logit_chunk, remat=config.remat)
+                                       chunk_size=config.logit_chunk, remat=config.remat,
+                                       layer_weights=layer_weights)
   total = lambda per_token, w=weights: (per_token * w).sum()
   policy = total(_policy_per_token(logprobs, batch, config))
   value = total(jnp.square(values - batch.returns))
@@ -219,9 +224,14 @@ def gradients(params, graphdef, batch: LearnerBatch, config: LearnerConfig,
   token_weights = losses.token_weights(batch.mask, "token", counts[1])
   if axis_name is not None:
     params = _as_device_varying(params, axis_name)
-  whole = (lambda p: p) if fsdp is None else fsdp.gather
+  whole, layer_weights = (lambda p: p), None
+  if fsdp is not None and config.remat:  # the layer loop gathers one layer at a time
+    whole = functools.partial(fsdp.gather, keep=(LAYERS,))
+    layer_weights = fsdp.part(LAYERS, 0).gather
+  elif fsdp is not None:
+    whole = fsdp.gather
   (_, metrics), grads = jax.value_and_grad(
-      lambda p, *args: loss_fn(whole(p), *args), has_aux=True)(
+      lambda p, *args: loss_fn(whole(p), *args, layer_weights), has_aux=True)(
           params, graphdef, batch, config, weights, token_weights)
   metrics = total(metrics)
   if fsdp is None:
