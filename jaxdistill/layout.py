@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jaxdistill import parallel
-from jaxdistill.models.qwen2 import compute_copy, compute_dtype_of
+from jaxdistill.models.qwen2 import LAYERS, compute_copy, compute_dtype_of
 
 
 class Layout:
@@ -28,5 +28,12 @@ class Layout:
       return compute_copy(params, self.compute_dtype)
     return self.fsdp.gather(params)
 
-  def whole_ref(self, ref_params):
-    return ref_params if self.fsdp is None else self.fsdp.gather(ref_params)
+  def read_ref(self, ref_params):
+    """(params, layer_weights) a forward pass of the KL reference takes: under fsdp all but
+    the decoder layers gathered, and the gather the layer loop applies to each layer (the
+    reference is only scored, once per iteration: no whole copy of it is needed beside the
+    policy's)."""
+    if self.fsdp is None:
+      return ref_params, None
+    return (self.fsdp.gather(ref_params, keep=(LAYERS,)),
+            self.fsdp.part(LAYERS, 0).gather)

@@ -43,9 +43,11 @@ def _stages(graphdef, optimizer, spec: settings.IterationSpec, reward_fn, dense_
 
   def assemble(params, ref_params, traj):
     """params: the master weights (whole) or, under fsdp, the gathered compute copy (the
-    same numbers: the body casts its weights to the compute dtype where it reads them)."""
+    same numbers: the body casts its weights to the compute dtype where it reads them);
+    ref_params as the layout holds them."""
+    ref_params, ref_layer_weights = layout.read_ref(ref_params)
     return assemble_batch(graphdef, params, ref_params, traj, spec.advantage,
-                          spec.rollout.group_size, spec.learner)
+                          spec.rollout.group_size, spec.learner, ref_layer_weights)
 
   def learn(state, batch, traj):
     state, metrics = learner.update(state, batch, graphdef=graphdef, optimizer=optimizer,
@@ -115,7 +117,7 @@ def build_iteration(graphdef, optimizer, spec: settings.IterationSpec, reward_fn
     policy = layout.whole(state.params)
     traj = rollout(policy, prompt_tokens, prompt_lengths, problems, keys, extras)
     current = state.params if layout.fsdp is None else policy
-    state, metrics = learn(state, assemble(current, layout.whole_ref(ref_params), traj), traj)
+    state, metrics = learn(state, assemble(current, ref_params, traj), traj)
     return state, metrics, learner_rows(traj, with_rows)
 
   data = P(parallel.ROWS)
@@ -147,7 +149,7 @@ def build_phases(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
 
   def assemble_whole(params, ref_params, traj):
     current = params if layout.fsdp is None else layout.whole(params)
-    return assemble(current, layout.whole_ref(ref_params), traj)
+    return assemble(current, ref_params, traj)
 
   params_spec = layout.state.params
   rollout_jit = jax.jit(parallel.shard_map(counted(0, rollout_rows), mesh,

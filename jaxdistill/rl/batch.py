@@ -10,7 +10,8 @@ from jaxdistill.rl import learner, losses, rollouts
 
 
 def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, advantage: str,
-                   group_size: int, config: learner.LearnerConfig) -> learner.LearnerBatch:
+                   group_size: int, config: learner.LearnerConfig,
+                   ref_layer_weights=None) -> learner.LearnerBatch:
   """The learner batch of trajectories: mask, advantages and returns, the behaviour
   log-probs the sampler recorded, and the reference's log-probs (ref_params None: no KL).
 
@@ -18,20 +19,23 @@ def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, ad
   reference policy for the KL term, the current policy for rows without behaviour
   log-probs (visit targets); none for group advantages without KL. advantage: group
   (standardised within each prompt's group_size rows), group_mean (centred only),
-  reward_minus_value or gae; rows that bring advantages keep theirs."""
+  reward_minus_value or gae; rows that bring advantages keep theirs. ref_layer_weights:
+  ref_params' decoder layers are this device's shards, which it gathers one layer at a time
+  (`Qwen2Model(..., layer_weights=)`), so no whole copy of the reference is ever held."""
   tokens = traj.tokens
   positions = jnp.arange(tokens.shape[1] - 1)[None]
   # entry t predicts token t + 1: generated when prompt_length <= t + 1 < length
   mask = ((positions + 1 >= traj.prompt_length[:, None]) &
           (positions + 1 < traj.length[:, None])).astype(jnp.float32)
-  scores = lambda p: jax.lax.stop_gradient(learner.sequence_logprobs(
+  scores = lambda p, layer_weights=None: jax.lax.stop_gradient(learner.sequence_logprobs(
       graphdef, p, tokens, temperature=config.temperature, chunk_size=config.logit_chunk,
-      with_values=False)[0])
+      with_values=False, remat=layer_weights is not None, layer_weights=layer_weights)[0])
   if traj.behaviour_logprobs is None:
     old_logprobs = scores(params)
   else:
     old_logprobs = traj.behaviour_logprobs * mask
-  ref_logprobs = None if ref_params is None or not config.kl_coef else scores(ref_params)
+  ref_logprobs = (None if ref_params is None or not config.kl_coef
+                  else scores(ref_params, ref_layer_weights))
   if traj.advantages is not None:  # given by the producer (tree targets)
     advantages = traj.advantages * mask
   elif advantage in ("group", "group_mean"):
