@@ -16,8 +16,8 @@ too (`train.build_phases`, `train.phase_timing=True`): the rollout's temporaries
 search's tree, its KV caches and the gathered compute-dtype weights, the update's are the
 gradients, activations and temporaries. A run fits when the fused program's peak is under
 --device_memory_gb; a layout whose state (parameters, Adam, gradients, KL reference) alone
-exceeds it is reported so without compiling. The architecture is the preset's published Hugging Face config
-(`qwen2.ARCHITECTURES`), vocabulary included. These are the CPU compiler's numbers: an
+exceeds it is reported so without compiling. The architecture is the preset's published
+Hugging Face config (`qwen2.ARCHITECTURES`), vocabulary included. These are the CPU compiler's numbers: an
 accelerator's compiler schedules (and so overlaps) buffers its own way, so leave a margin.
 
 --learner_table compiles the update alone (`learner.update`) for each `learner.logit_chunk`
