@@ -35,5 +35,4 @@ class Layout:
     policy's)."""
     if self.fsdp is None:
       return ref_params, None
-    return (self.fsdp.gather(ref_params, keep=(LAYERS,)),
-            self.fsdp.part(LAYERS, 0).gather)
+    return self.fsdp.by_layer(ref_params, LAYERS)

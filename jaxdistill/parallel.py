@@ -166,6 +166,12 @@ class Fsdp:
       return _gather(shard, dim, target)
     return jax.tree_util.tree_map_with_path(one, params, self.dims)
 
+  def by_layer(self, params, layers: str):
+    """(params gathered but params[layers], the gather of one of params[layers]'s stacked
+    layers): what a layer loop that gathers each layer as it reaches it takes (the
+    model's `layer_weights`)."""
+    return self.gather(params, keep=(layers,)), self.part(layers, 0).gather
+
   def part(self, *keys) -> "Fsdp":
     """The Fsdp of the sub-tree params[keys[0]][keys[1]]... (e.g. ("layers", 0): one
     decoder layer, whose gather serves every layer of the same shapes)."""

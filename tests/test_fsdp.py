@@ -121,3 +121,45 @@ def test_fsdp_checkpoints_restore_across_layouts_and_export(tmp_path):
   np.testing.assert_array_equal(
       exported.model.layers[1].mlp.up_proj.weight.detach().numpy(),
       np.asarray(trained["layers"][1]["mlp"]["up_proj"]["kernel"]).T)
+
+
+def test_memory_planner_splits_state_and_rollout_at_a_tiny_shape():
+  """bench.memory's row for a tiny Qwen2 model at the qwen preset's dtypes: the state's
+  bytes follow the layout (1/2 per device with fsdp=2), the rollout's KV cache is the largest
+  LM call's slots x (keys + values of every layer), and the tree, cache and weights that the
+  shapes give fit inside the compiled rollout's temporaries."""
+  from jaxdistill.bench.memory import GB, iteration_memory
+  from jaxdistill.configs.countdown import get_config
+  from jaxdistill.models.qwen2 import Qwen2Config
+  arch = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     tie_word_embeddings=True)
+  c = get_config("qwen2.5-0.5b")  # bf16 compute, fp32 master weights, remat
+  c.train.prompts_per_iteration, c.task.prompt_width = 4, 16
+  c.search.max_step_tokens, c.search.max_path_tokens = 8, 48
+  c.search.num_agents, c.search.num_iterations = 2, 2
+  c.rollout.max_completion_tokens = 32
+  row = iteration_memory(c, "mcts_distill", devices=2, fsdp=2, breakdown=True, arch=arch,
+                         device_memory_gb=2e-3)
+  # a device smaller than the replicated state: refused from the layout, not compiled
+  whole = iteration_memory(c, "mcts_distill", devices=2, fsdp=1, arch=arch,
+                           device_memory_gb=1e-6)
+  assert whole["fits"] is False and "peak_gb" not in whole and "not compiled" in whole["note"]
+  for key in ("params_gb", "opt_state_gb", "grads_gb"):  # the matrices split in half
+    assert whole[key] / 2 <= row[key] < 0.6 * whole[key], key
+  assert row["state_gb"] == pytest.approx(
+      row["params_gb"] + row["opt_state_gb"] + row["grads_gb"] + row["ref_gb"])
+  assert row["state_gb"] < 2e-3 < row["peak_gb"] and row["fits"] is False
+  # 2 prompts per device; the largest call: an expansion of 2 agents' leaves, each a path
+  # of 48 slots and K=4 children of 8 step tokens (the completion call: 2 x (48 + 32))
+  s = c.search
+  slots = 2 * s.num_agents * (s.max_path_tokens + s.num_children * s.max_step_tokens)
+  assert slots > 2 * (s.max_path_tokens + c.rollout.max_completion_tokens)
+  per_slot = 2 * arch.num_hidden_layers * arch.num_key_value_heads * arch.head_dim * 2 + 1
+  assert row["kv_cache_gb"] * GB == slots * per_slot + 4  # bf16 keys, values; valid; end
+  assert row["tree_gb"] > 0 and row["rollout_weights_gb"] > 0
+  assert (row["tree_gb"] + row["kv_cache_gb"] + row["rollout_weights_gb"]
+          <= row["rollout_temp_gb"])
+  assert row["rollout_other_gb"] == pytest.approx(row["rollout_temp_gb"] - row["tree_gb"]
+                                                  - row["kv_cache_gb"]
+                                                  - row["rollout_weights_gb"])

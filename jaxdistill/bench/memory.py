@@ -12,9 +12,11 @@ devices with parameters, gradients and Adam moments split over --fsdp of them
 `memory_analysis()` of the compiled per-device program: peak = arguments + outputs - aliased
 + temporaries. The per-device bytes of parameters, optimizer state, gradients and the KL
 reference follow from the layout; with --breakdown the three phases are compiled on their own
-too (`train.build_phases`, `train.phase_timing=True`): the rollout's temporaries are the
-search's tree, its KV caches and the gathered compute-dtype weights, the update's are the
-gradients, activations and temporaries. A run fits when the fused program's peak is under
+too (`train.build_phases`, `train.phase_timing=True`), and the rollout's temporaries are
+split by what holds them, from shapes: the search's tree (`Method.search_tree`, traced), the
+KV cache of its largest LM call (`Method.kv_slots`), the compute-dtype weights it reads, and
+the rest of the compiled total (logits, sampling and search scratch); the update's
+temporaries are its gradients, activations and scratch. A run fits when the fused program's peak is under
 --device_memory_gb; a layout whose state (parameters, Adam, gradients, KL reference) alone
 exceeds it is reported so without compiling. The architecture is the preset's published
 Hugging Face config (`qwen2.ARCHITECTURES`), vocabulary included. These are the CPU compiler's numbers: an
@@ -39,16 +41,22 @@ from flax import nnx
 
 from jaxdistill.bench.common import load_preset, print_table, write_json
 
-flags.DEFINE_string("config", "countdown.py:qwen2.5-0.5b", "config file and preset")
-flags.DEFINE_list("algos", ["mcts_distill", "cispo"], "methods whose learner batch to use")
-flags.DEFINE_list("logit_chunks", ["0", "1024"], "learner.logit_chunk values (0: unchunked)")
-flags.DEFINE_list("remat", ["preset"], "learner.remat values: preset | true | false")
-flags.DEFINE_integer("devices", 1, "devices the preset's prompts split over")
-flags.DEFINE_integer("fsdp", 1, "devices parameters and optimizer state are split over")
-flags.DEFINE_float("device_memory_gb", 80.0, "one device's memory (GiB), for 'fits'")
-flags.DEFINE_bool("breakdown", False, "also compile the rollout, assembly and update alone")
-flags.DEFINE_bool("learner_table", False, "compile the update alone per logit_chunk and remat")
-flags.DEFINE_string("out", "bench_results/memory.json", "JSON output")
+
+def define_flags():
+  """The command's flags (defined only when it runs: the planner's functions are imported
+  beside other commands' flags, e.g. by the tests)."""
+  flags.DEFINE_string("config", "countdown.py:qwen2.5-0.5b", "config file and preset")
+  flags.DEFINE_list("algos", ["mcts_distill", "cispo"], "methods whose learner batch to use")
+  flags.DEFINE_list("logit_chunks", ["0", "1024"], "learner.logit_chunk values (0: unchunked)")
+  flags.DEFINE_list("remat", ["preset"], "learner.remat values: preset | true | false")
+  flags.DEFINE_integer("devices", 1, "devices the preset's prompts split over")
+  flags.DEFINE_integer("fsdp", 1, "devices parameters and optimizer state are split over")
+  flags.DEFINE_float("device_memory_gb", 80.0, "one device's memory (GiB), for 'fits'")
+  flags.DEFINE_bool("breakdown", False, "also compile the rollout, assembly and update alone")
+  flags.DEFINE_bool("learner_table", False, "compile the update alone per logit_chunk and remat")
+  flags.DEFINE_string("out", "bench_results/memory.json", "JSON output")
+
+
 FLAGS = flags.FLAGS
 
 GB = 1024 ** 3
@@ -142,10 +150,37 @@ def _peak(compiled) -> tuple[float, float]:
   return peak, memory.temp_size_in_bytes
 
 
+def rollout_buffers(graphdef, params, arch, config, algo: str, spec, devices: int,
+                    fsdp: int) -> dict:
+  """Per-device bytes of what the rollout phase holds, from shapes alone: the search's tree
+  (`Method.search_tree`, traced), the KV cache of its largest LM call (`Method.kv_slots`
+  slots) and the compute-dtype weights it reads (a gathered copy under fsdp, a cast copy
+  when they are stored in another dtype)."""
+  from jaxdistill import methods
+  from jaxdistill.models.qwen2 import KVCache, compute_copy
+  method = methods.get(algo)
+  dtype = jnp.dtype(config.model.dtype)
+  prompts, width = config.train.prompts_per_iteration // devices, config.task.prompt_width
+  whole = jax.eval_shape(lambda p: compute_copy(p, dtype), params)
+  copied = [w for w, p in zip(jax.tree.leaves(whole), jax.tree.leaves(params))
+            if fsdp > 1 or w.dtype != p.dtype]
+  i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+  tree = jax.eval_shape(
+      lambda p, tokens, lengths, problems, keys: method.search_tree(
+          graphdef, p, tokens, lengths, problems, keys, spec, lambda *_: 0.0),
+      whole, i32(prompts, width), i32(prompts), i32(prompts),
+      jax.eval_shape(lambda: jax.random.split(jax.random.key(0), prompts)))
+  slots = method.kv_slots(prompts, width, spec)
+  cache = jax.eval_shape(lambda: KVCache.empty(arch, 1, slots, dtype))
+  return {"tree_gb": _bytes(tree) / GB, "kv_cache_gb": _bytes(cache) / GB,
+          "rollout_weights_gb": _bytes(copied) / GB}
+
+
 def iteration_memory(config, algo: str, devices: int, fsdp: int, breakdown: bool = False,
-                     device_memory_gb: float = 80.0) -> dict:
+                     device_memory_gb: float = 80.0, arch=None) -> dict:
   """One row of the planner: the training iteration of `config` with `algo` compiled for
-  `devices` devices, parameters split over `fsdp` of them."""
+  `devices` devices, parameters split over `fsdp` of them; arch: the model's Qwen2Config
+  (default: the preset's published one)."""
   from jaxdistill import methods, parallel, settings, train
   from jaxdistill.layout import Layout
   from jaxdistill.models.qwen2 import ARCHITECTURES, compute_copy, init_model
@@ -156,7 +191,7 @@ def iteration_memory(config, algo: str, devices: int, fsdp: int, breakdown: bool
   if type(methods.get(algo)).schedule is not Method.schedule:
     raise app.UsageError(f"{algo} picks its problems on the host between iterations; the "
                          "planner builds only methods without a schedule")
-  arch = ARCHITECTURES[config.preset]
+  arch = arch or ARCHITECTURES[config.preset]
   spec = settings.iteration(config)  # shapes only: no tokenizer
   mesh = parallel.make_mesh(devices, fsdp=fsdp)
   dtype, param_dtype = jnp.dtype(config.model.dtype), jnp.dtype(config.model.param_dtype)
@@ -175,7 +210,7 @@ def iteration_memory(config, algo: str, devices: int, fsdp: int, breakdown: bool
   feed = _rows((jax.ShapeDtypeStruct((prompts, width), jnp.int32),
                 jax.ShapeDtypeStruct((prompts,), jnp.int32),
                 jax.ShapeDtypeStruct((prompts,), jnp.int32),
-                jax.ShapeDtypeStruct((prompts, 2), jnp.uint32)), mesh)
+                jax.eval_shape(lambda: jax.random.split(jax.random.key(0), prompts))), mesh)
   state_in = _abstract(state, mesh, layout.state)
   ref_in = _abstract(ref_params, mesh, layout.ref)
   row = {"algo": algo, "devices": devices, "fsdp": fsdp,
@@ -199,13 +234,19 @@ def iteration_memory(config, algo: str, devices: int, fsdp: int, breakdown: bool
                        ("update", (state_in, batch, traj))):
       phase_peak, phase_temp = _peak(phases[name].lower(*args).compile())
       row |= {f"{name}_temp_gb": phase_temp / GB, f"{name}_peak_gb": phase_peak / GB}
+    # the rollout's temporaries split by what holds them; the rest (logits, sampling and
+    # search scratch) is what the compiled total leaves
+    row |= rollout_buffers(graphdef, params, arch, config, algo, spec, devices, fsdp)
+    row["rollout_other_gb"] = row["rollout_temp_gb"] - sum(
+        row[k] for k in ("tree_gb", "kv_cache_gb", "rollout_weights_gb"))
   row |= {"fits": bool(row["peak_gb"] <= device_memory_gb),
           "compile_s": time.perf_counter() - started}
   return row
 
 
 PLAN_COLUMNS = ["algo", "devices", "fsdp", "params_gb", "opt_state_gb", "grads_gb", "ref_gb",
-                "state_gb", "rollout_temp_gb", "assemble_temp_gb", "update_temp_gb",
+                "state_gb", "tree_gb", "kv_cache_gb", "rollout_weights_gb", "rollout_other_gb",
+                "rollout_temp_gb", "assemble_temp_gb", "update_temp_gb",
                 "iteration_temp_gb", "peak_gb", "fits", "compile_s", "note"]
 
 
@@ -259,4 +300,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

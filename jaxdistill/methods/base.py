@@ -58,6 +58,18 @@ class Method:
     included; a prompt shared by several samples is prefilled once)."""
     raise NotImplementedError
 
+  def kv_slots(self, prompts: int, prompt_width: int, spec) -> int:
+    """KV-cache slots (each a position's keys and values in every layer) of the largest
+    single LM call of one rollout: the cache it holds at once (the memory planner)."""
+    raise NotImplementedError
+
+  def search_tree(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,
+                  reward_fn, extras=None):
+    """The tree its search keeps for a batch of prompts (per device, traced for its shapes
+    by the memory planner), or None: a method that does not search."""
+    del graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec, reward_fn, extras
+    return None
+
   def learner_shape(self, prompts: int, prompt_width: int, spec) -> tuple[int, int]:
     """(trajectories, tokens per trajectory) that one batch of prompts gives the learner."""
     raise NotImplementedError

@@ -74,20 +74,17 @@ class DeepSearch(Method):
   def rollout(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,
               reward_fn, dense_reward_fn, extras=None):
     del dense_reward_fn
-    model = nnx.merge(graphdef, params)
     options, lm = spec.options, spec.search.lm
-    cached = None if not options.replay else extras["cached_count"] > 0
-    tree = deepsearch.search(model, lm, options.search, prompt_tokens, prompt_lengths,
-                             problems, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys),
-                             reward_fn, skip=cached)
+    tree = self.search_tree(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
+                            spec, reward_fn, extras)
     searched = tree_trajectories(tree, options.search, problems)
     if not options.replay:
       return searched
-    replayed = replay_rows(model, lm, options.search, prompt_tokens, prompt_lengths, problems,
+    replayed = replay_rows(nnx.merge(graphdef, params), lm, options.search, prompt_tokens, prompt_lengths, problems,
                            jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys), extras,
                            reward_fn)
     n = options.search.trajectories
-    pick = jnp.repeat(cached, n)
+    pick = jnp.repeat(extras["cached_count"] > 0, n)
     choose = lambda a, b: jnp.where(pick.reshape(pick.shape + (1,) * (a.ndim - 1)), a, b)
     # cached solutions were sampled by an older policy: every row's "old" log-probs are the
     # current policy's (assemble computes them), as verl's actor recomputes them
@@ -108,6 +105,21 @@ class DeepSearch(Method):
     plain = (prompts * lm.max_path_tokens * (1 + options.search.trajectories)
              if options.replay else 0)  # the n samples, and the extra scoring forward
     return search + plain
+
+  def kv_slots(self, prompts, prompt_width, spec):
+    lm, options = spec.search.lm, spec.options
+    expansion = prompts * (lm.max_path_tokens + lm.num_children * lm.max_step_tokens)
+    plain = (prompts * (prompt_width + options.search.trajectories
+                        * (lm.max_path_tokens - prompt_width)) if options.replay else 0)
+    return max(expansion, plain)
+
+  def search_tree(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,
+                  reward_fn, extras=None):
+    cached = None if not spec.options.replay else extras["cached_count"] > 0
+    return deepsearch.search(nnx.merge(graphdef, params), spec.search.lm, spec.options.search,
+                             prompt_tokens, prompt_lengths, problems,
+                             jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), reward_fn,
+                             skip=cached)
 
   def learner_shape(self, prompts, prompt_width, spec):
     return prompts * spec.options.search.trajectories, spec.search.lm.max_path_tokens

@@ -43,6 +43,21 @@ class MctsDistill(Method):
                    else prompts * (lm.max_path_tokens + spec.rollout.max_completion_tokens))
     return expansions * per_expansion + completions
 
+  def kv_slots(self, prompts, prompt_width, spec):
+    search, lm = spec.search, spec.search.lm
+    decoded = lm.max_rollout_tokens if lm.rollout_to_end else lm.max_step_tokens
+    # one expansion call evaluates every agent's leaf (the root call: one node per tree)
+    expansion = prompts * search.num_agents * (lm.max_path_tokens + lm.num_children * decoded)
+    completion = (0 if search.targets in ("tree", "visits")
+                  else prompts * (lm.max_path_tokens + spec.rollout.max_completion_tokens))
+    return max(expansion, completion)
+
+  def search_tree(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,
+                  reward_fn, extras=None):
+    del extras
+    return rollouts.mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems,
+                                 keys, spec.rollout, spec.search, reward_fn)[1].tree
+
   def learner_shape(self, prompts, prompt_width, spec):
     search, lm = spec.search, spec.search.lm
     if search.targets == "visits":

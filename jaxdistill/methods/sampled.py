@@ -31,6 +31,9 @@ class Cispo(Method):
     r = spec.rollout
     return prompts * (prompt_width + r.group_size * r.max_completion_tokens)
 
+  def kv_slots(self, prompts, prompt_width, spec):
+    return self.forward_tokens(prompts, prompt_width, spec)  # one call: the group's samples
+
   def learner_shape(self, prompts, prompt_width, spec):
     return prompts * spec.rollout.group_size, prompt_width + spec.rollout.max_completion_tokens
 
@@ -47,6 +50,9 @@ class BestOfN(Method):
   def forward_tokens(self, prompts, prompt_width, spec):
     r = spec.rollout
     return prompts * (prompt_width + r.best_of * r.max_completion_tokens)
+
+  def kv_slots(self, prompts, prompt_width, spec):
+    return self.forward_tokens(prompts, prompt_width, spec)  # one call: the N samples
 
   def learner_shape(self, prompts, prompt_width, spec):
     return prompts, prompt_width + spec.rollout.max_completion_tokens

@@ -15,7 +15,6 @@ and is counted in the metrics (`skipped`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import chex
@@ -224,15 +223,19 @@ def gradients(params, graphdef, batch: LearnerBatch, config: LearnerConfig,
   token_weights = losses.token_weights(batch.mask, "token", counts[1])
   if axis_name is not None:
     params = _as_device_varying(params, axis_name)
-  whole, layer_weights = (lambda p: p), None
-  if fsdp is not None and config.remat:  # the layer loop gathers one layer at a time
-    whole = functools.partial(fsdp.gather, keep=(LAYERS,))
-    layer_weights = fsdp.part(LAYERS, 0).gather
-  elif fsdp is not None:
-    whole = fsdp.gather
-  (_, metrics), grads = jax.value_and_grad(
-      lambda p, *args: loss_fn(whole(p), *args, layer_weights), has_aux=True)(
-          params, graphdef, batch, config, weights, token_weights)
+  if fsdp is None:
+    read = lambda p: (p, None)
+  elif config.remat:  # the layer loop gathers one layer at a time
+    read = lambda p: fsdp.by_layer(p, LAYERS)
+  else:
+    read = lambda p: (fsdp.gather(p), None)
+
+  def loss_of(p, *args):
+    whole, layer_weights = read(p)
+    return loss_fn(whole, *args, layer_weights)
+
+  (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(
+      params, graphdef, batch, config, weights, token_weights)
   metrics = total(metrics)
   if fsdp is None:
     grads = total(grads)
