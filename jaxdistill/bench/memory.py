@@ -16,11 +16,12 @@ too (`train.build_phases`, `train.phase_timing=True`), and the rollout's tempora
 split by what holds them, from shapes: the search's tree (`Method.search_tree`, traced), the
 KV cache of its largest LM call (`Method.kv_slots`), the compute-dtype weights it reads, and
 the rest of the compiled total (logits, sampling and search scratch); the update's
-temporaries are its gradients, activations and scratch. A run fits when the fused program's peak is under
---device_memory_gb; a layout whose state (parameters, Adam, gradients, KL reference) alone
-exceeds it is reported so without compiling. The architecture is the preset's published
-Hugging Face config (`qwen2.ARCHITECTURES`), vocabulary included. These are the CPU compiler's numbers: an
-accelerator's compiler schedules (and so overlaps) buffers its own way, so leave a margin.
+temporaries are its gradients, activations and scratch. A run fits when the fused program's
+peak is under --device_memory_gb; a layout whose state (parameters, Adam, gradients, KL
+reference) alone exceeds it is reported so without compiling. The architecture is the
+preset's published Hugging Face config (`qwen2.ARCHITECTURES`), vocabulary included. These
+are the CPU compiler's numbers (it runs bf16 collectives and dots in fp32): an accelerator's
+compiler schedules (and so overlaps) buffers its own way, so leave a margin.
 
 --learner_table compiles the update alone (`learner.update`) for each `learner.logit_chunk`
 and `learner.remat`, for the preset's per-device learner batch: what chunked log-probs and
@@ -210,7 +211,7 @@ def iteration_memory(config, algo: str, devices: int, fsdp: int, breakdown: bool
   feed = _rows((jax.ShapeDtypeStruct((prompts, width), jnp.int32),
                 jax.ShapeDtypeStruct((prompts,), jnp.int32),
                 jax.ShapeDtypeStruct((prompts,), jnp.int32),
-                jax.eval_shape(lambda: jax.random.split(jax.random.key(0), prompts))), mesh)
+                jax.ShapeDtypeStruct((prompts, 2), jnp.uint32)), mesh)  # raw key data, as fed
   state_in = _abstract(state, mesh, layout.state)
   ref_in = _abstract(ref_params, mesh, layout.ref)
   row = {"algo": algo, "devices": devices, "fsdp": fsdp,

@@ -80,7 +80,8 @@ class DeepSearch(Method):
     searched = tree_trajectories(tree, options.search, problems)
     if not options.replay:
       return searched
-    replayed = replay_rows(nnx.merge(graphdef, params), lm, options.search, prompt_tokens, prompt_lengths, problems,
+    replayed = replay_rows(nnx.merge(graphdef, params), lm, options.search, prompt_tokens,
+                           prompt_lengths, problems,
                            jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys), extras,
                            reward_fn)
     n = options.search.trajectories
