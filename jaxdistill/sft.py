@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxdistill import parallel, tokenization
+from jaxdistill import parallel, runs, tokenization
 from jaxdistill.models import from_pretrained, save_pretrained
 from jaxdistill.rl.learner import sequence_logprobs
 
@@ -94,30 +94,50 @@ def train_sft(model, tokenizer, task, problems, config: SFTConfig, progress: boo
   return nnx.merge(graphdef, params), float(loss)
 
 
+def _marked_settings(directory: str) -> dict | None:
+  """The settings a complete warm start in `directory` was made with, or None."""
+  marker = os.path.join(directory, "sft_done.json")
+  if not os.path.exists(marker):
+    return None
+  with open(marker) as f:
+    return json.load(f).get("settings")
+
+
 def warm_start(model, tokenizer, task, problems, config: SFTConfig, directory: str,
                progress: bool = True):
-  """The warm-started model: read from `directory` if cached, else trained and saved there."""
-  marker = os.path.join(directory, "sft_done.json")
+  """The warm-started model: read from `directory` if cached, else trained and saved there.
+
+  A directory holding a warm start made with other settings (a cache that several runs or
+  a comparison share) is never overwritten: this one is read from, or trained into,
+  `directory/settings-<digest of its settings>`."""
   digest = hashlib.sha256(json.dumps([task.describe(p) for p in problems])
                           .encode()).hexdigest()[:16]
   settings = dataclasses.asdict(config) | {"task": task.name,
                                 "architecture": dataclasses.asdict(model.config),
                                            "problems": digest}
   settings = json.loads(json.dumps(settings, default=str))
-  if os.path.exists(marker):
-    with open(marker) as f:
-      cached = json.load(f)
-    if cached.get("settings") == settings:
-      print(f"warm start: reusing {directory}")
-      return from_pretrained(directory, dtype=model.dtype, param_dtype=model.param_dtype,
+  own = os.path.join(directory, "settings-" + hashlib.sha256(
+      json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12])
+  held = _marked_settings(directory)
+  for candidate, made_with in ((directory, held), (own, _marked_settings(own))):
+    if made_with == settings:
+      print(f"warm start: reusing {candidate}")
+      return from_pretrained(candidate, dtype=model.dtype, param_dtype=model.param_dtype,
                              precision=model.precision_name)
-    print(f"warm start: {directory} was made with other settings; training a new one")
-    os.remove(marker)
+  target = directory
+  if held is not None:
+    target = own
+    old, new = runs.flatten(held), runs.flatten(settings)
+    changed = [f"{field}: {old.get(field, '(absent)')!r} -> {new.get(field, '(absent)')!r}"
+               for field in sorted(set(old) | set(new)) if old.get(field) != new.get(field)]
+    print(f"warm start: {directory} holds one made with other settings "
+          f"({'; '.join(changed)}); kept, and this run's is {target}")
   model, loss = train_sft(model, tokenizer, task, problems, config, progress)
   if parallel.is_primary():  # every process trains the same model; one writes it
-    save_pretrained(model, directory)
-    tokenizer.save_pretrained(directory)
+    marker = os.path.join(target, "sft_done.json")
+    save_pretrained(model, target)
+    tokenizer.save_pretrained(target)
     with open(marker, "w") as f:  # written last: its presence means the directory is complete
       json.dump({"settings": settings, "final_loss": loss}, f)
-    print(f"warm start: {config.steps} steps, final loss {loss:.3f}, saved to {directory}")
+    print(f"warm start: {config.steps} steps, final loss {loss:.3f}, saved to {target}")
   return model

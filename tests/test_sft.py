@@ -55,19 +55,31 @@ def test_warm_start_lowers_the_loss_and_is_reused(tmp_path):
                                 np.asarray(model(tokens).logits))
 
 
-def test_a_cache_made_with_other_settings_is_not_reused(tmp_path, capsys):
+def test_a_cache_made_with_other_settings_is_not_reused_nor_overwritten(tmp_path, capsys):
+  """A shared cache keeps the warm start it holds: one made with other settings goes beside
+  it (in a settings-<digest> directory), and each is reused by the settings that made it."""
   tokenizer, config = _tiny(tmp_path, layers=1)
   problems = countdown.generate(16, seed=4)
   first = sft_config(steps=2, batch_size=4, learning_rate=1e-2, sequence_length=112)
-  a = sft.warm_start(init_model(config), tokenizer, countdown.Countdown(), problems, first,
-                     str(tmp_path / "ws"),
-                     progress=False)
-  b = sft.warm_start(init_model(config), tokenizer, countdown.Countdown(), problems,
-                     sft_config(steps=3, batch_size=4, learning_rate=1e-2,
-                                   sequence_length=112), str(tmp_path / "ws"), progress=False)
-  assert "other settings" in capsys.readouterr().out
+  second = sft_config(steps=3, batch_size=4, learning_rate=1e-2, sequence_length=112)
+  start = lambda settings: sft.warm_start(init_model(config, seed=9), tokenizer,
+                                          countdown.Countdown(), problems, settings,
+                                          str(tmp_path / "ws"), progress=False)
+  a = start(first)
+  kept = (tmp_path / "ws" / "model.safetensors").read_bytes()
+  capsys.readouterr()
+  b = start(second)
+  out = capsys.readouterr().out
+  assert "other settings (steps: 2 -> 3)" in out and "kept" in out
+  assert (tmp_path / "ws" / "model.safetensors").read_bytes() == kept
   tokens = jnp.arange(20, dtype=jnp.int32).reshape(2, 10) % len(tokenizer)
-  assert not np.allclose(np.asarray(a(tokens).logits), np.asarray(b(tokens).logits))
+  logits = lambda model: np.asarray(model(tokens).logits)
+  assert not np.allclose(logits(a), logits(b))
+  for settings, model in ((first, a), (second, b)):  # each read back, nothing trained
+    again = start(settings)
+    assert "reusing" in capsys.readouterr().out
+    np.testing.assert_array_equal(logits(again), logits(model))
+  assert len([p for p in (tmp_path / "ws").iterdir() if p.name.startswith("settings-")]) == 1
 
 
 def test_an_example_longer_than_the_sequence_is_refused_not_cut(tmp_path):
