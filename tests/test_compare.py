@@ -196,7 +196,7 @@ def _flags(tmp_path, token_budget):
   return types.SimpleNamespace(
       workdir=str(tmp_path), equal="tokens", token_budget=token_budget, curve_points=1,
       temperatures=["0.2"], eval_key_sets=1, preset="tiny", set=[], test_k=4,
-      reference_problems=820)
+      reference_problems=820, jobs=1)
 
 
 def test_a_run_is_scored_on_validation_and_on_test_only_once_picked(tmp_path, monkeypatch):
@@ -323,3 +323,75 @@ def test_the_default_token_budget_is_the_preset_s_own_search_run(monkeypatch):
   monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
       preset="medium", set=["train.num_iterations=10"]))
   assert compare.default_budget([]) == 10_005
+
+
+def test_status_counts_the_protocol_s_runs_from_the_records_alone(tmp_path, monkeypatch,
+                                                                   capsys):
+  """--status runs no job: each method's finished training runs out of its grid x picking
+  seeds plus the other seeds at its pick, and the pick once the sweep is complete (pooled
+  validation, as the comparison picks it); a record at a rate not picked does not count."""
+  flags = _flags(tmp_path, token_budget=120)
+  for name, value in dict(methods=["base", "cispo", "mcts_distill"], seeds=["0", "1", "2"],
+                          pick_seeds=2, learning_rates=["1e-5", "3e-5"],
+                          method_learning_rates=[], status=True).items():
+    setattr(flags, name, value)
+  monkeypatch.setattr(compare, "FLAGS", flags)
+  monkeypatch.setattr(compare, "_run", lambda *args, **kwargs: pytest.fail("ran a job"))
+  # cispo pooled over seeds 0, 1: 1e-5 at 0.15, 3e-5 at 0.2 -> 3e-5
+  for method, lr, seed, validation in [("cispo", "1e-5", 0, 0.1), ("cispo", "1e-5", 1, 0.2),
+                                       ("cispo", "3e-5", 0, 0.3), ("cispo", "3e-5", 1, 0.1),
+                                       ("cispo", "3e-5", 2, 0.2), ("cispo", "1e-5", 2, 0.5),
+                                       ("mcts_distill", "1e-5", 0, 0.1)]:
+    workdir = compare._run_dir(method, seed, lr)
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "compare_run.json"), "w") as f:
+      json.dump({"validation": validation, "wall_s": 120.0}, f)
+  compare.main([])
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[-3:] == [
+      f"{tmp_path}: 6 of 10 training runs finished",
+      "cispo: 5/5 training runs, rate picked: 3e-05, 2 min per training job",
+      "mcts_distill: 1/5 training runs, rate not picked yet (from 1e-5, 3e-5), 2 min per "
+      "training job"]
+
+
+@pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda pid: ())(0)) < 2,
+                    reason="pins jobs to 2 CPU cores")
+def test_jobs_side_by_side_are_pinned_to_a_core_each_and_all_stop_cleanly(tmp_path):
+  """--jobs=2: two jobs run at once, each on a core of its own; SIGTERM to the comparison
+  reaches both, which finish their work (here: write a file), the queued third never starts,
+  and the comparison exits 0 without going on."""
+  import subprocess
+  import sys
+  job = tmp_path / "job.py"
+  job.write_text(
+      "import os, signal, sys, time\n"
+      "stop = []\n"
+      "signal.signal(signal.SIGTERM, lambda *a: stop.append(1))\n"
+      f"base = {str(tmp_path)!r} + '/' + sys.argv[1]\n"
+      "open(base + '.started', 'w').write(repr(sorted(os.sched_getaffinity(0))))\n"
+      "while not stop: time.sleep(0.01)\n"
+      "time.sleep(0.5)  # the rest of the iteration, then the checkpoint\n"
+      "open(base + '.checkpoint', 'w').close()\n")
+  parent = subprocess.Popen([sys.executable, "-c", (
+      "import os, signal, sys, time\n"
+      "from jaxdistill.experiments import jobs as layer\n"
+      "pool = layer.Pool(2)\n"
+      f"jobs = [pool.submit(layer.run_command, [sys.executable, {str(job)!r}, str(i)])\n"
+      "        for i in range(3)]\n"
+      f"jobs.append(pool.submit(open, {str(tmp_path / 'queued_ran')!r}, 'w'))\n"
+      f"while not all(os.path.exists(os.path.join({str(tmp_path)!r}, f'{{i}}.started'))\n"
+      "               for i in range(2)):\n"
+      "  time.sleep(0.01)\n"
+      "os.kill(os.getpid(), signal.SIGTERM)\n"
+      "pool.result(jobs[0])\n"
+      f"open({str(tmp_path / 'went_on')!r}, 'w').close()\n")], stdout=subprocess.PIPE,
+      text=True)
+  output = parent.communicate(timeout=120)[0]
+  assert parent.returncode == 0 and "run the same command to resume" in output
+  cores = [eval((tmp_path / f"{i}.started").read_text()) for i in range(2)]
+  assert all(len(c) == 1 for c in cores) and cores[0] != cores[1]  # one core each, not shared
+  assert all((tmp_path / f"{i}.checkpoint").exists() for i in range(2))  # waited for, not killed
+  assert not (tmp_path / "2.started").exists()  # nothing starts after a stop
+  assert not (tmp_path / "queued_ran").exists()  # queued work is not even called
+  assert not (tmp_path / "went_on").exists()

@@ -81,6 +81,7 @@ def test_compare_picks_the_rate_on_two_seeds_pooled_and_writes_the_sweep(monkeyp
   monkeypatch.setattr(compare, "base_run", lambda seed, common: with_test(dict(
       record("base", seed, None, 0.14), generated_tokens=0, iterations=0, curve=[]), common))
   monkeypatch.setattr(compare, "_k", lambda: 16)
+  monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 100.0)
   out = tmp_path / "table.md"
   monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
       preset="tiny", set=[], methods=["base", "mcts_distill", "cispo"], seeds=["0", "1", "2"],
@@ -88,14 +89,15 @@ def test_compare_picks_the_rate_on_two_seeds_pooled_and_writes_the_sweep(monkeyp
       method_learning_rates=["mcts_distill=3e-6,1e-5,3e-5"], token_budget=1000,
       temperatures=["0.2"], eval_key_sets=1, workdir=str(tmp_path / "runs"), out=str(out),
       test_k=4, test_problems=3000, validation_problems=1000, reference_problems=820,
-      equal="tokens"))
+      equal="tokens", status=False, jobs=1))
   compare.main([])
+  # every sweep first (no run of one waits on another), then each method's other seeds at
+  # its pick
   assert calls == [(m, seed, lr) for m, lr in [("mcts_distill", "3e-6"),
                                                ("mcts_distill", "1e-5"),
                                                ("mcts_distill", "3e-5")] for seed in (0, 1)] + [
-      ("mcts_distill", 2, "3e-6")] + [(m, seed, lr) for m, lr in [
-          ("cispo", "1e-5"), ("cispo", "3e-5"), ("cispo", "1e-4")] for seed in (0, 1)] + [
-      ("cispo", 2, "3e-5")]
+      (m, seed, lr) for m, lr in [("cispo", "1e-5"), ("cispo", "3e-5"), ("cispo", "1e-4")]
+      for seed in (0, 1)] + [("mcts_distill", 2, "3e-6"), ("cispo", 2, "3e-5")]
   # test scores only for the base model and the picked rates, every seed
   assert tested == [("base", s, None) for s in range(3)] + [
       ("mcts_distill", s, 3e-6) for s in range(3)] + [("cispo", s, 3e-5) for s in range(3)]

@@ -34,10 +34,11 @@ The protocol, fixed before any run:
    two-way one that also counts the sampling of the test problems; a difference counts when
    it exceeds twice the larger, whichever method leads.
 Stopping it (SIGTERM or Ctrl-C) lets the running job write a checkpoint; the same command
-then resumes the comparison where it stopped. Writes a markdown table with per-seed numbers and the paired difference of each method to
-cispo and to the base model (mean and standard error over seeds), the raw numbers (JSON)
-and a plot of the learning curves (PNG). Every run is a `jaxdistill.main` job in
-`WORKDIR/<name>`, resumable: finished runs are read back, not repeated.
+then resumes the comparison where it stopped. Writes a markdown table with per-seed numbers
+and the paired difference of each method to cispo and to the base model (mean and standard
+error over seeds), the raw numbers (JSON) and a plot of the learning curves (PNG). Every run
+is a `jaxdistill.main` job in `WORKDIR/<name>`, resumable: finished runs are read back, not
+repeated.
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 
@@ -54,9 +53,9 @@ import numpy as np
 from absl import app, flags
 
 from jaxdistill import methods as registry
+from jaxdistill.experiments.jobs import Pool, check_stopped, run_command
 from jaxdistill.experiments.report import markdown, plot, summarize
-from jaxdistill.experiments.sweep import (grid_edge, margin_note, method_grids, pick_margins,
-                                          sweep_table)
+from jaxdistill.experiments.sweep import best_rate, method_grids, pick_rate, sweep_table
 from jaxdistill.metrics import write_json
 
 # name -> config overrides: every registered method as configured, and variants of them
@@ -120,6 +119,12 @@ def define_flags():
   flags.DEFINE_integer("eval_key_sets", 1, "independent sets of k samples per test problem at "
                        "the first temperature (mean@k pooled over them: mean@(k * sets)); more "
                        "sets shrink the evaluation noise in the paired differences")
+  flags.DEFINE_integer("jobs", 1, "jobs run side by side, each pinned to a CPU core of its "
+                       "own (Linux; 1: one job at a time, free to use every core). A job on "
+                       "one core computes in one thread, which moves a run's numbers in the "
+                       "last bits: keep one setting for the whole of a comparison")
+  flags.DEFINE_bool("status", False, "print how far the protocol's runs are, from the records "
+                    "in --workdir (no job is run, no test score read), and exit")
   flags.DEFINE_string("workdir", "runs/compare", "where runs go")
   flags.DEFINE_string("out", "", "markdown table (JSON and PNG beside); '' -> "
                       "results/<task>_<preset>.md")
@@ -135,52 +140,22 @@ def _metrics(workdir: str) -> list[dict]:
   return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
 
 
-def run_command(cmd: list[str]) -> int:
-  """Run one job and wait for it; stopping the comparison stops the job cleanly.
-
-  SIGTERM is passed on to the job and Ctrl-C reaches it anyway (same process group): the job
-  finishes its iteration and writes a checkpoint (see jaxdistill.interrupts), and this
-  process waits for that, then exits (0 after SIGTERM, 130 after Ctrl-C) instead of taking
-  the stopped job for a finished one. Running the same comparison again resumes it."""
-  process = subprocess.Popen(cmd)
-  received = []
-
-  def forward(signum, frame):
-    del frame
-    received.append(signum)
-    process.send_signal(signum)
-
-  previous = signal.signal(signal.SIGTERM, forward)
-  try:
-    try:
-      code = process.wait()
-    except KeyboardInterrupt:
-      received.append(signal.SIGINT)
-      print("interrupted: waiting for the job to write its checkpoint (Ctrl-C again to abort)",
-            flush=True)
-      try:
-        code = process.wait()
-      except KeyboardInterrupt:
-        process.kill()
-        raise
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-  if received:
-    print("comparison stopped; run the same command to resume it", flush=True)
-    sys.exit(0 if received[0] == signal.SIGTERM else 130)
-  return code
-
-
 def _run(workdir: str, overrides: list[str], mode: str = "train") -> float:
-  """One jaxdistill.main job; returns its wall time in seconds."""
+  """One jaxdistill.main job; returns its wall time in seconds. With --jobs > 1 its output
+  goes to WORKDIR/job.log (jobs run side by side)."""
+  check_stopped()  # a job after a stop: not announced, no workdir made
   cmd = [sys.executable, "-m", "jaxdistill.main", "--config", f"countdown.py:{FLAGS.preset}",
          f"--workdir={workdir}", f"--mode={mode}",
          *[f"--config.{o}" for o in overrides + FLAGS.set]]
-  print("$", " ".join(cmd), flush=True)
+  log = os.path.join(workdir, "job.log") if FLAGS.jobs > 1 else None
+  if log:
+    os.makedirs(workdir, exist_ok=True)
+  print("$", " ".join(cmd) + (f" >> {log}" if log else ""), flush=True)
   started = time.perf_counter()
-  code = run_command(cmd)
+  code = run_command(cmd, log)
   if code:
-    raise SystemExit(f"run failed (exit {code}): {' '.join(cmd)}")
+    raise SystemExit(f"run failed (exit {code}): {' '.join(cmd)}"
+                     + (f"; its output: {log}" if log else ""))
   return time.perf_counter() - started
 
 
@@ -370,6 +345,41 @@ def train_run(method: str, seed: int, lr: str, common: list[str], sweep: bool = 
   return record
 
 
+def _record(method: str, seed: int, lr: str) -> dict | None:
+  """A finished training run's record, or None."""
+  path = os.path.join(_run_dir(method, seed, lr), "compare_run.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def progress(methods: list[str], grids: dict[str, list[str]],
+             seeds: list[int]) -> tuple[int, int, list[str]]:
+  """How far the protocol's training runs are, from the records in --workdir alone (no job
+  is run, no test score read): (finished, in all, one line per method: its runs, the rate it
+  picked once its sweep is complete, the mean wall time of its training jobs so far)."""
+  pickers, rest = seeds[:FLAGS.pick_seeds], seeds[FLAGS.pick_seeds:]
+  finished = total = 0
+  lines = []
+  for method in (m for m in methods if m != "base"):
+    grid = grids[method]
+    sweep = {lr: [_record(method, seed, lr) for seed in pickers] for lr in grid}
+    kept = [r for runs in sweep.values() for r in runs if r]
+    picked = None
+    if len(kept) == len(grid) * len(pickers):
+      picked = best_rate(sweep)
+      kept += [r for r in (_record(method, seed, picked) for seed in rest) if r]
+    runs = len(grid) * len(pickers) + len(rest)
+    finished, total = finished + len(kept), total + runs
+    lines.append(f"{method}: {len(kept)}/{runs} training runs, "
+                 + (f"rate picked: {float(picked):g}" if picked else
+                    f"rate not picked yet (from {', '.join(grid)})")
+                 + (f", {np.mean([r['wall_s'] for r in kept]) / 60:.0f} min per training job"
+                    if kept else ""))
+  return finished, total, lines
+
+
 def _has_checkpoint(workdir: str) -> bool:
   checkpoints = os.path.join(workdir, "checkpoints")
   return os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
@@ -460,6 +470,38 @@ def _eval_temperature() -> float:
   return _config().eval.temperature
 
 
+def _header(grids: dict[str, list[str]], problems: int, pickers: list[int], k: int) -> str:
+  """The table's first paragraph: the protocol the runs followed, from the flags."""
+  test_k = FLAGS.test_k
+  config = _config()
+  budget = (f"every training run samples {FLAGS.token_budget:,} tokens" if FLAGS.equal == "tokens"
+            else f"the reference's protocol, not compute-matched: every training run gets the "
+                 f"same {config.train.num_iterations} updates of "
+                 f"{config.train.prompts_per_iteration} prompts, each method at its natural "
+                 f"per-prompt budget (its tokens in the table)")
+  return (f"{_task_name().capitalize()}, preset `{FLAGS.preset}`, {budget}, "
+          f"from the same warm-started base model; test "
+          f"mean@{test_k} on {problems:,} distinct held-out problems (and the reference's "
+          f"mean@{k} / pass@{k} on the first {FLAGS.reference_problems}), no search at "
+          f"evaluation; learning rate per method picked on seeds "
+          f"{', '.join(map(str, pickers))} pooled, from {', '.join(FLAGS.learning_rates)}"
+          + "".join(f" ({m}: {', '.join(g)})" for m, g in grids.items()
+                    if g != list(FLAGS.learning_rates))
+          + " by "
+          f"validation mean@{k} on {FLAGS.validation_problems:,} problems, frozen before "
+          f"any test score; differences are paired by seed (mean ± standard error over "
+          f"seeds, the test problems held fixed"
+          + (f"; 'with problems': the unbiased two-way standard error that also counts the "
+             f"sampling of the {problems:,} test problems, from one set of {test_k} samples "
+             f"per problem and run" if problems else "")
+          + "); a difference is flagged past twice the larger, whichever method leads."
+          + (f" At T={FLAGS.temperatures[0]} each run is scored on {FLAGS.eval_key_sets} "
+             f"independent sets of {test_k} samples per problem: mean@{test_k} and "
+             f"pass@{test_k} are averaged over the sets (mean@{test_k * FLAGS.eval_key_sets})."
+             if FLAGS.eval_key_sets > 1 else "")
+          + (f" Overrides: {', '.join(f'`{o}`' for o in FLAGS.set)}." if FLAGS.set else ""))
+
+
 def main(argv):
   del argv
   k = _k()
@@ -473,86 +515,90 @@ def main(argv):
                                   or any(int(s) >= KEY_SET_STRIDE for s in FLAGS.seeds)):
     raise app.UsageError(f"--eval_key_sets draws evaluation seeds seed + {KEY_SET_STRIDE} r: "
                          f"give seeds below {KEY_SET_STRIDE} with --seeds, not --set=seed=")
+  if FLAGS.jobs < 1:
+    raise app.UsageError(f"--jobs must be at least 1, got {FLAGS.jobs}")
   if not 1 <= FLAGS.pick_seeds <= len(FLAGS.seeds):
     raise app.UsageError(f"--pick_seeds must be in [1, {len(FLAGS.seeds)}] (the number of "
                          f"--seeds), got {FLAGS.pick_seeds}")
+  seeds = [int(s) for s in FLAGS.seeds]
+  grids = method_grids(FLAGS.methods, FLAGS.learning_rates, FLAGS.method_learning_rates)
+  finished, total, lines = progress(FLAGS.methods, grids, seeds)
+  print("\n".join([f"{FLAGS.workdir}: {finished} of {total} training runs finished"] + lines),
+        flush=True)
+  if FLAGS.status:
+    return
+
   os.makedirs(FLAGS.workdir, exist_ok=True)
   common = [f"sft.cache_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'warm_start'))}",
             f"task.data_dir={os.path.abspath(os.path.join(FLAGS.workdir, 'data'))}",
             "train.progress=False", *split_overrides()]
   if FLAGS.token_budget < 0:
     raise app.UsageError(f"--token_budget must be >= 0, got {FLAGS.token_budget}")
+  pool = Pool(FLAGS.jobs)
+  try:
+    records, sweep, sweep_runs, notes = _protocol(pool, common, seeds, grids, k)
+  finally:
+    pool.close()
+  _write(records, sweep, sweep_runs, notes, seeds, grids, k)
+
+
+def _protocol(pool: Pool, common: list[str], seeds: list[int], grids: dict[str, list[str]],
+              k: int) -> tuple[list[dict], dict, list[dict], list[str]]:
+  """Every run of the protocol, side by side on the pool where they do not wait on each
+  other: (the records with test scores, each method's picked rate, the sweep's rows, the
+  notes under its table)."""
+  if FLAGS.jobs > 1:  # the splits and the warm start every job reads, written by one job
+    _run(os.path.join(FLAGS.workdir, "prepare"),
+         common + ["seed=0", "eval.num_problems=1", "eval.k=1"], mode="eval")
   if FLAGS.equal == "updates":
     FLAGS.token_budget = 0  # each method's own tokens: a column of the table
   elif not FLAGS.token_budget:
     FLAGS.token_budget = default_budget(common)
     print(f"token budget: {FLAGS.token_budget:,} generated tokens per training run", flush=True)
-  seeds = [int(s) for s in FLAGS.seeds]
-  grids = method_grids(FLAGS.methods, FLAGS.learning_rates, FLAGS.method_learning_rates)
-  records, sweep, sweep_runs, notes = [], {}, [], []
-  if "base" in FLAGS.methods:
-    records += [base_run(seed, common) for seed in seeds]
-  for method in (m for m in FLAGS.methods if m != "base"):
-    swept = len(grids[method]) > 1  # rates to pair problem by problem on validation
-    pickers = seeds[:FLAGS.pick_seeds]
-    tried = {lr: [train_run(method, seed, lr, common, sweep=swept) for seed in pickers]
-             for lr in grids[method]}
-    pooled = [{"lr": runs[0]["lr"], "validation": float(np.mean([r["validation"] for r in runs])),
-               "validation_seeds": [r["validation"] for r in runs],
-               "per_problem": (np.mean([r["validation_per_problem"] for r in runs], axis=0)
-                               if swept else None)} for runs in tried.values()]
-    best = max(pooled, key=lambda r: r["validation"])  # frozen before any test score
-    best_lr = grids[method][pooled.index(best)]
-    sweep[method] = f"{best['lr']:g}"
-    margins = pick_margins(pooled, best["lr"]) if swept else {}
-    sweep_runs += [{"method": method, "lr": r["lr"], "validation": r["validation"],
-                    "validation_seeds": r["validation_seeds"]}
-                   | ({"pick_lead": margins[r["lr"]][0], "pick_lead_se": margins[r["lr"]][1]}
-                      if r["lr"] in margins else {}) for r in pooled]
-    print(f"{method}: validation mean@{k} by learning rate (seeds {pickers} pooled) "
-          + ", ".join(f"{r['lr']:g}: {100 * r['validation']:.1f}%" for r in pooled)
-          + f" -> {sweep[method]}", flush=True)
-    if margins:
-      notes.append(margin_note(method, best["lr"], margins, len(best["per_problem"])))
-      print(notes[-1], flush=True)
-    edge = grid_edge(grids[method], best["lr"])
-    if edge:
-      notes.append(f"{method}: the picked rate is the {edge} tried; the best may lie beyond "
-                   "it: extend its grid (--method_learning_rates).")
-      print("warning: " + notes[-1], flush=True)
-    chosen = tried[best_lr] + [train_run(method, seed, best_lr, common)
-                               for seed in seeds[FLAGS.pick_seeds:]]
-    records += [with_test(r, common) for r in chosen]
+
+  def run(method, seed, lr, sweep=False):
+    """train_run, announced with how far the protocol is when it is not finished yet."""
+    if _record(method, seed, lr) is None:
+      done, total, _ = progress(FLAGS.methods, grids, seeds)
+      print(f"training run: {method}, lr {lr}, seed {seed} ({done} of {total} finished)",
+            flush=True)
+    return train_run(method, seed, lr, common, sweep=sweep)
+
+  def run_and_test(method, seed, lr):
+    return with_test(run(method, seed, lr), common)
+
+  # Jobs that do not wait on each other go to the pool at once: the probes, then the base
+  # model's scores and every method's sweep; a method's other seeds and its test scores
+  # follow its pick, which needs its whole sweep.
+  trained = [m for m in FLAGS.methods if m != "base"]
+  pickers, others = seeds[:FLAGS.pick_seeds], seeds[FLAGS.pick_seeds:]
+  sweep, sweep_runs, notes, tested = {}, [], [], {}
+  if FLAGS.equal == "tokens":
+    for probe in [pool.submit(tokens_per_iteration, m, common) for m in trained]:
+      pool.result(probe)
+  base = [pool.submit(base_run, seed, common) for seed in seeds] if "base" in FLAGS.methods else []
+  sweeps = {m: {lr: [pool.submit(run, m, seed, lr, len(grids[m]) > 1) for seed in pickers]
+                for lr in grids[m]} for m in trained}
+  for method in trained:
+    tried = {lr: [pool.result(f) for f in runs] for lr, runs in sweeps[method].items()}
+    best_lr, rate_rows, method_notes = pick_rate(method, grids[method], tried, k, pickers)
+    sweep[method] = f"{float(best_lr):g}"
+    sweep_runs += rate_rows
+    notes += method_notes
+    tested[method] = ([pool.submit(with_test, r, common) for r in tried[best_lr]]
+                      + [pool.submit(run_and_test, method, seed, best_lr) for seed in others])
+  records = ([pool.result(f) for f in base]
+             + [pool.result(f) for method in trained for f in tested[method]])
+  return records, sweep, sweep_runs, notes
+
+
+def _write(records: list[dict], sweep: dict, sweep_runs: list[dict], notes: list[str],
+           seeds: list[int], grids: dict[str, list[str]], k: int) -> None:
+  """The table (markdown), the raw numbers (JSON) and the learning curves (PNG)."""
   rows = summarize(records, FLAGS.test_k, FLAGS.temperatures)
   problems = len(records[0]["test"]["per_problem"]) if records else 0
   test_k, pickers = FLAGS.test_k, seeds[:FLAGS.pick_seeds]
-  config = _config()
-  budget = (f"every training run samples {FLAGS.token_budget:,} tokens" if FLAGS.equal == "tokens"
-            else f"the reference's protocol, not compute-matched: every training run gets the "
-                 f"same {config.train.num_iterations} updates of "
-                 f"{config.train.prompts_per_iteration} prompts, each method at its natural "
-                 f"per-prompt budget (its tokens in the table)")
-  header = (f"{_task_name().capitalize()}, preset `{FLAGS.preset}`, {budget}, "
-            f"from the same warm-started base model; test "
-            f"mean@{test_k} on {problems:,} distinct held-out problems (and the reference's "
-            f"mean@{k} / pass@{k} on the first {FLAGS.reference_problems}), no search at "
-            f"evaluation; learning rate per method picked on seeds "
-            f"{', '.join(map(str, pickers))} pooled, from {', '.join(FLAGS.learning_rates)}"
-            + "".join(f" ({m}: {', '.join(g)})" for m, g in grids.items()
-                      if g != list(FLAGS.learning_rates))
-            + " by "
-            f"validation mean@{k} on {FLAGS.validation_problems:,} problems, frozen before "
-            f"any test score; differences are paired by seed (mean ± standard error over "
-            f"seeds, the test problems held fixed"
-            + (f"; 'with problems': the unbiased two-way standard error that also counts the "
-               f"sampling of the {problems:,} test problems, from one set of {test_k} samples "
-               f"per problem and run" if problems else "")
-            + "); a difference is flagged past twice the larger, whichever method leads."
-            + (f" At T={FLAGS.temperatures[0]} each run is scored on {FLAGS.eval_key_sets} "
-               f"independent sets of {test_k} samples per problem: mean@{test_k} and "
-               f"pass@{test_k} are averaged over the sets (mean@{test_k * FLAGS.eval_key_sets})."
-               if FLAGS.eval_key_sets > 1 else "")
-            + (f" Overrides: {', '.join(f'`{o}`' for o in FLAGS.set)}." if FLAGS.set else ""))
+  header = _header(grids, problems, pickers, k)
   table = markdown(rows, test_k, header, FLAGS.temperatures)
   table += sweep_table(grids, sweep_runs, k, pickers, notes)
   out = FLAGS.out or os.path.join("results", f"{_task_name()}_{FLAGS.preset}.md")
@@ -565,9 +611,9 @@ def main(argv):
     runs = [{key: value for key, value in r.items()
              if key not in ("validation_per_problem", "lr_text", "final_test")}
             for r in records]
-    json.dump({"equal": FLAGS.equal, "budget": FLAGS.token_budget, "rows": rows, "runs": runs, "sweep": sweep,
-               "sweep_runs": sweep_runs, "grids": grids, "methods": {m: METHODS[m] for m in sweep},
-               "overrides": FLAGS.set}, f, indent=1)
+    json.dump({"equal": FLAGS.equal, "budget": FLAGS.token_budget, "rows": rows, "runs": runs,
+               "sweep": sweep, "sweep_runs": sweep_runs, "grids": grids,
+               "methods": {m: METHODS[m] for m in sweep}, "overrides": FLAGS.set}, f, indent=1)
   plot(records, sweep, k, str(_eval_temperature()), stem + ".png")
   print(table)
   print(f"wrote {out}, {stem}.json, {stem}.png")

@@ -135,8 +135,8 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
            + "".join(f"mean@{k} T={t} | pass@{k} T={t} | " for t in others)
            + "".join(f"reference mean@{ref['k']} ({ref['problems']} problems) | "
                      f"reference pass@{ref['k']} | " for ref in reference[:1])
-           + "tokens | replayed solutions (no tokens) | iterations | training time | training reward by quarter of the run | "
-           "value head's explained variance by quarter |",
+           + "tokens | replayed solutions (no tokens) | iterations | training time | "
+           "training reward by quarter of the run | value head's explained variance by quarter |",
            "|---" * (13 + 2 * len(others) + 2 * bool(reference)) + "|"]
   curve = lambda r, key="reward_quarters": (" → ".join(f"{x:+.2f}" for x in r[key])
                                             if key in r else "-")
@@ -149,8 +149,8 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
                   for t in others)
         + ("" if not reference else "- | - | " if "reference" not in r else
            f"{stat(r['reference']['mean'])} | {100 * r['reference']['pass']:.1f}% | ") +
-        f"{r['tokens']:,.0f} | {r['replayed']:,.0f} | {r['iterations']:.0f} | {r['train_s'] / 60:.1f} min | "
-        f"{curve(r)} | {curve(r, 'value_explained_quarters')} |")
+        f"{r['tokens']:,.0f} | {r['replayed']:,.0f} | {r['iterations']:.0f} | "
+        f"{r['train_s'] / 60:.1f} min | {curve(r)} | {curve(r, 'value_explained_quarters')} |")
   return "\n".join(lines) + "\n"
 
 

@@ -113,3 +113,44 @@ def margin_note(method: str, picked: float, margins: dict[float, tuple[float, fl
              "validation problems cannot tell these rates apart (a larger "
              "task.validation_size can)")
   return note + "."
+
+
+def best_rate(tried: dict[str, list[dict]]) -> str:
+  """The rate (its text) whose runs have the best mean validation score, the first of equals:
+  the comparison's pick, frozen before any test score is read. tried: {rate text: the
+  picking seeds' run records, each with "validation"}."""
+  return max(tried, key=lambda lr: float(np.mean([r["validation"] for r in tried[lr]])))
+
+
+def pick_rate(method: str, grid: list[str], tried: dict[str, list[dict]], k: int,
+              pickers: list[int]) -> tuple[str, list[dict], list[str]]:
+  """A method's learning rate, picked on the validation score pooled over its picking seeds
+  (frozen before any test score is read): (the grid's text of the pick, the sweep table's row
+  of each rate, notes for under the table). tried: {rate text: the picking seeds' run
+  records}, each with "validation" and, where the grid has more than one rate,
+  "validation_per_problem" (to pair the rates problem by problem). Prints the sweep's line,
+  the pick's margins and, as a warning, a pick at an end of its grid."""
+  swept = len(grid) > 1
+  pooled = [{"lr": runs[0]["lr"], "validation": float(np.mean([r["validation"] for r in runs])),
+             "validation_seeds": [r["validation"] for r in runs],
+             "per_problem": (np.mean([r["validation_per_problem"] for r in runs], axis=0)
+                             if swept else None)} for runs in tried.values()]
+  best = pooled[list(tried).index(best_rate(tried))]
+  margins = pick_margins(pooled, best["lr"]) if swept else {}
+  rows = [{"method": method, "lr": r["lr"], "validation": r["validation"],
+           "validation_seeds": r["validation_seeds"]}
+          | ({"pick_lead": margins[r["lr"]][0], "pick_lead_se": margins[r["lr"]][1]}
+             if r["lr"] in margins else {}) for r in pooled]
+  print(f"{method}: validation mean@{k} by learning rate (seeds {pickers} pooled) "
+        + ", ".join(f"{r['lr']:g}: {100 * r['validation']:.1f}%" for r in pooled)
+        + f" -> {best['lr']:g}", flush=True)
+  notes = []
+  if margins:
+    notes.append(margin_note(method, best["lr"], margins, len(best["per_problem"])))
+    print(notes[-1], flush=True)
+  edge = grid_edge(grid, best["lr"])
+  if edge:
+    notes.append(f"{method}: the picked rate is the {edge} tried; the best may lie beyond "
+                 "it: extend its grid (--method_learning_rates).")
+    print("warning: " + notes[-1], flush=True)
+  return best_rate(tried), rows, notes

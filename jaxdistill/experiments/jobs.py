@@ -1,0 +1,152 @@
+"""Jobs of a comparison run one at a time or side by side, each pinned to a CPU core of its
+own, and stopped cleanly: a stop (SIGTERM, Ctrl-C) reaches every running job, which
+finishes its iteration and writes its checkpoint; no queued job starts after it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+
+from absl import app
+
+
+class Stopped(Exception):
+  """The comparison was stopped (SIGTERM or Ctrl-C): its jobs wrote their checkpoints."""
+
+
+_RUNNING = set()  # the jobs running now (subprocess.Popen)
+_STOPS = []  # the signals that stopped the comparison, first first
+_CORES = None  # with --jobs > 1: a queue of the CPU cores free to pin a job to
+
+
+def _forward(signum, frame):
+  """A stop: passed on to every running job (which finishes its iteration and writes a
+  checkpoint); no job starts after it."""
+  del frame
+  _STOPS.append(signum)
+  for process in list(_RUNNING):
+    process.send_signal(signum)
+
+
+def _exit_stopped():
+  print("comparison stopped; run the same command to resume it", flush=True)
+  sys.exit(0 if _STOPS[0] == signal.SIGTERM else 130)
+
+
+def run_command(cmd: list[str], log: str | None = None) -> int:
+  """Run one job and wait for it; stopping the comparison stops the job cleanly.
+
+  SIGTERM is passed on to the job and Ctrl-C reaches it anyway (same process group): the job
+  finishes its iteration and writes a checkpoint (see jaxdistill.interrupts), and the
+  comparison waits for that, then exits (0 after SIGTERM, 130 after Ctrl-C) instead of
+  taking the stopped job for a finished one; in a worker thread the stop is raised as
+  `Stopped` for the main thread to exit on. Running the same comparison again resumes it.
+  With --jobs > 1 the job is pinned to a free CPU core and its output goes to `log`."""
+  main_thread = threading.current_thread() is threading.main_thread()
+  core = _CORES.get() if _CORES is not None else None
+  try:
+    if _STOPS:
+      raise Stopped()
+    pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
+    output = open(log, "a") if log else None
+    process = subprocess.Popen(cmd, preexec_fn=pin, stdout=output,
+                               stderr=subprocess.STDOUT if output else None)
+    _RUNNING.add(process)
+    if _STOPS:  # stopped while it started
+      process.send_signal(_STOPS[0])
+    previous = signal.signal(signal.SIGTERM, _forward) if main_thread else None
+    try:
+      try:
+        code = process.wait()
+      except KeyboardInterrupt:
+        _STOPS.append(signal.SIGINT)
+        print("interrupted: waiting for the job to write its checkpoint (Ctrl-C again to "
+              "abort)", flush=True)
+        try:
+          code = process.wait()
+        except KeyboardInterrupt:
+          process.kill()
+          raise
+    finally:
+      if main_thread:
+        signal.signal(signal.SIGTERM, previous)
+      _RUNNING.discard(process)
+      if output:
+        output.close()
+  finally:
+    if core is not None:
+      _CORES.put(core)
+  if _STOPS:
+    if main_thread:
+      _exit_stopped()
+    raise Stopped()
+  return code
+
+
+def check_stopped():
+  """Raises Stopped once the comparison has been stopped: work queued before the stop does
+  not start (nor announce itself, nor make its workdir)."""
+  if _STOPS:
+    raise Stopped()
+
+
+def _unless_stopped(fn, *args, **kwargs):
+  check_stopped()
+  return fn(*args, **kwargs)
+
+
+class Pool:
+  """--jobs worker threads, each running one job at a time (`run_command`), driven from the
+  main thread: it submits work, waits for results, and on a stop lets every running job
+  write its checkpoint before the comparison exits."""
+
+  def __init__(self, jobs: int):
+    global _CORES
+    if jobs > 1:
+      cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+      if len(cores) < jobs:
+        raise app.UsageError(f"--jobs={jobs} pins each job to its own CPU core; this process "
+                             f"may use {len(cores) or 'no'} core(s) it can pin to")
+      _CORES = queue.Queue()
+      for core in cores[:jobs]:
+        _CORES.put(core)
+    self.executor = concurrent.futures.ThreadPoolExecutor(jobs)
+    self.previous = signal.signal(signal.SIGTERM, _forward)
+
+  def submit(self, fn, *args, **kwargs) -> concurrent.futures.Future:
+    """fn(*args, **kwargs) on a worker, unless the comparison has been stopped by then."""
+    return self.executor.submit(_unless_stopped, fn, *args, **kwargs)
+
+  def result(self, future: concurrent.futures.Future):
+    """The future's value; a stop, or a failed job once the running ones have finished,
+    ends the comparison."""
+    try:
+      concurrent.futures.wait([future])
+    except KeyboardInterrupt:
+      _STOPS.append(signal.SIGINT)  # Ctrl-C reached the jobs too (a second one aborts them)
+      print("interrupted: waiting for the running jobs to write their checkpoints (Ctrl-C "
+            "again to abort)", flush=True)
+      try:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+      except KeyboardInterrupt:
+        for process in list(_RUNNING):
+          process.kill()
+        raise
+    if _STOPS or isinstance(future.exception(), Stopped):
+      self.executor.shutdown(wait=True, cancel_futures=True)
+      _exit_stopped()
+    if future.exception() is not None:  # a failed job: the others checkpoint and stop
+      _forward(signal.SIGTERM, None)
+      self.executor.shutdown(wait=True, cancel_futures=True)
+    return future.result()
+
+  def close(self):
+    global _CORES
+    self.executor.shutdown(wait=True)
+    signal.signal(signal.SIGTERM, self.previous)
+    _CORES = None
