@@ -240,16 +240,18 @@ def test_a_run_is_scored_on_validation_and_on_test_only_once_picked(tmp_path, mo
   assert "eval.split=validation" in calls[-1][1]
 
 
-def test_a_record_kept_without_its_checkpoint_is_trained_again_and_must_repeat(tmp_path,
-                                                                               monkeypatch):
-  """Records travel between machines without checkpoints; scoring such a run on test trains
-  it again (never evaluates the initial model in its place), and a run that does not repeat
-  its record stops the comparison."""
+def test_a_picked_run_without_its_checkpoint_is_scored_from_its_cache_or_trained_again(
+    tmp_path, monkeypatch):
+  """Records travel between machines without checkpoints. Scoring such a run on test reads
+  its cached evaluations; without them it trains the run again in `<run>-again` (never
+  evaluates the initial model in its place) and scores that one, whose record is the row's
+  and says whether it repeated the first. The first record, which the pick read, is never
+  touched, and a second run scored once is not trained a third time."""
   import shutil
   calls, validation = [], [0.125]
 
   def fake_run(workdir, overrides, mode="train"):
-    calls.append(mode)
+    calls.append((mode, os.path.basename(workdir)))
     rows = [{"step": 1, "loss": 0.0, "generated_tokens": 60, "elapsed_s": 1.0, "reward": 0.1,
              "replayed": 3},
             {"step": 1, "eval_mean@16": 0.5, "eval_pass@16": 0.5, "eval_problems": 820},
@@ -258,15 +260,45 @@ def test_a_record_kept_without_its_checkpoint_is_trained_again_and_must_repeat(t
   monkeypatch.setattr(compare, "_run", fake_run)
   monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)
   monkeypatch.setattr(compare, "FLAGS", _flags(tmp_path, token_budget=60))
+  first = tmp_path / "deepsearch-lr1e-5-seed0"
+  again = tmp_path / "deepsearch-lr1e-5-seed0-again"
   record = compare.train_run("deepsearch", 0, "1e-5", [])
-  assert record["replayed"] == 3 and calls == ["train"]
-  shutil.rmtree(tmp_path / "deepsearch-lr1e-5-seed0" / "checkpoints")
+  assert record["replayed"] == 3 and calls == [("train", first.name)]
+  picked_on = (first / "compare_run.json").read_bytes()
+  shutil.rmtree(first / "checkpoints")
   tested = compare.with_test(record, [])
-  assert calls == ["train", "train", "eval"] and tested["test"]["0.2"]["mean@4"] == 0.5
-  shutil.rmtree(tmp_path / "deepsearch-lr1e-5-seed0" / "checkpoints")
-  validation[0] = 0.25  # the run no longer repeats itself
-  with pytest.raises(SystemExit, match="did not repeat itself"):
-    compare.with_test(record, [])
+  assert calls[1:] == [("train", again.name), ("eval", again.name)]
+  assert tested["test"]["0.2"]["mean@4"] == 0.5
+  assert tested["trained_again"] == {"repeated": True, "first_validation": 0.125,
+                                     "first_generated_tokens": 60}
+  assert (first / "compare_run.json").read_bytes() == picked_on
+  # the second run's checkpoint gone too: its cached scores are read, nothing runs
+  shutil.rmtree(again / "checkpoints")
+  calls.clear()
+  read_back = compare.with_test(record, [])
+  assert calls == [] and read_back["test"] == tested["test"]
+  assert read_back["trained_again"] == tested["trained_again"]
+  # ... but where they were not all made, it is trained once more
+  os.remove(again / "eval_test_t0.2_k4.json")
+  assert compare.with_test(record, [])["test"] == tested["test"]
+  assert calls == [("train", again.name), ("eval", again.name)]
+
+  # another machine: the second run differs; its row is its own, the pick's record stays
+  validation[0] = 0.25
+  shutil.rmtree(again)  # (the first run's checkpoint is gone since the start)
+  tested = compare.with_test(record, [])
+  assert tested["validation"] == 0.25 and tested["trained_again"]["repeated"] is False
+  assert tested["trained_again"]["first_validation"] == 0.125
+  assert (first / "compare_run.json").read_bytes() == picked_on
+  assert compare._record("deepsearch", 0, "1e-5")["validation"] == 0.125
+
+  # a run scored on this machine keeps its scores when its checkpoint is gone
+  validation[0] = 0.125
+  other = compare.train_run("deepsearch", 1, "1e-5", [])
+  compare.with_test(other, [])
+  shutil.rmtree(tmp_path / "deepsearch-lr1e-5-seed1" / "checkpoints")
+  calls.clear()
+  assert "trained_again" not in compare.with_test(other, []) and calls == []
 
 
 def test_equal_updates_gives_every_run_the_preset_s_iterations_in_workdirs_of_their_own(

@@ -38,7 +38,9 @@ then resumes the comparison where it stopped. Writes a markdown table with per-s
 and the paired difference of each method to cispo and to the base model (mean and standard
 error over seeds), the raw numbers (JSON) and a plot of the learning curves (PNG). Every run
 is a `jaxdistill.main` job in `WORKDIR/<name>`, resumable: finished runs are read back, not
-repeated.
+repeated. A picked run whose checkpoint is gone (records travel between machines in git,
+checkpoints do not) is scored from its cached test evaluations or else trained again in
+`WORKDIR/<name>-again`; the record its rate was picked on is never touched.
 """
 
 from __future__ import annotations
@@ -159,6 +161,11 @@ def _run(workdir: str, overrides: list[str], mode: str = "train") -> float:
   return time.perf_counter() - started
 
 
+def _read(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
 def _cached(path: str, make):
   """JSON at path, or make() written there (last, so its presence means complete)."""
   if os.path.exists(path):
@@ -169,15 +176,19 @@ def _cached(path: str, make):
   return value
 
 
+class NotCached(Exception):
+  """An evaluation asked of its cache alone (`cached_only`) that is not there."""
+
+
 def evaluate(workdir: str, common: list[str], temperature: str, split: str = "test",
              key_set: int = 0, per_problem: bool = False, k: int | None = None,
-             problems: int = 100_000) -> dict:
+             problems: int = 100_000, cached_only: bool = False) -> dict:
   """mean@k / pass@k of the run's latest checkpoint (or the base model) on the first
   `problems` problems of a split (k: the preset's eval.k when None); key_set r > 0 draws the
   samples with seed + KEY_SET_STRIDE * r (an independent set of k per problem); per_problem:
   with each problem's mean reward ("per_problem"). One cache per evaluation keeps the
   per-problem scores, so asking for them does not evaluate again (a cache written before they
-  were recorded is evaluated again once)."""
+  were recorded is evaluated again once). cached_only: NotCached where it would evaluate."""
   if key_set:
     common = with_key_set(common, key_set)
   settings = [f"eval.temperature={temperature}", f"eval.split={split}",
@@ -193,6 +204,9 @@ def evaluate(workdir: str, common: list[str], temperature: str, split: str = "te
   path = os.path.join(workdir, f"eval_{split}_t{temperature}" + (f"_k{k}" if k else "")
                       + (f"_n{problems}" if problems != 100_000 else "")
                       + (f"_keys{key_set}" if key_set else "") + ".json")
+  if cached_only and not (os.path.exists(path) and (not per_problem
+                                                     or "per_problem" in _read(path))):
+    raise NotCached(path)
   result = _cached(path, make)
   if per_problem and "per_problem" not in result:  # cached before they were recorded
     os.remove(path)
@@ -222,17 +236,17 @@ def pool_key_sets(results: list[dict], k: int) -> dict:
   return pooled | {"key_sets": [r[f"mean@{k}"] for r in results]}
 
 
-def test_scores(workdir: str, overrides: list[str]) -> dict:
+def test_scores(workdir: str, overrides: list[str], cached_only: bool = False) -> dict:
   """The primary score: mean@test_k and pass@test_k on every test problem at each
   temperature, the first one pooled over --eval_key_sets sets of keys (the first set drawn
   with the run's own seed), and its per-problem scores ("per_problem", in the split's order,
-  the same in every run)."""
+  the same in every run). cached_only: NotCached unless every one of them is cached."""
   k, t0 = FLAGS.test_k, FLAGS.temperatures[0]
-  test = {t: evaluate(workdir, overrides, t, k=k, per_problem=t == t0)
+  test = {t: evaluate(workdir, overrides, t, k=k, per_problem=t == t0, cached_only=cached_only)
           for t in FLAGS.temperatures}
   per_problem = test[t0].pop("per_problem")
   if FLAGS.eval_key_sets > 1:
-    extra = [evaluate(workdir, overrides, t0, key_set=r, k=k)
+    extra = [evaluate(workdir, overrides, t0, key_set=r, k=k, cached_only=cached_only)
              for r in range(1, FLAGS.eval_key_sets)]
     test[t0] = pool_key_sets([test[t0]] + extra, k)
   return test | {"per_problem": per_problem}
@@ -308,11 +322,13 @@ def _run_dir(method: str, seed: int, lr: str) -> str:
   return os.path.join(FLAGS.workdir, f"{method}-lr{lr}-seed{seed}{suffix}")
 
 
-def train_run(method: str, seed: int, lr: str, common: list[str], sweep: bool = False) -> dict:
+def train_run(method: str, seed: int, lr: str, common: list[str], sweep: bool = False,
+              workdir: str | None = None) -> dict:
   """One training run at the token budget, scored on validation (its own final evaluation;
   sweep: with each validation problem's score, "validation_per_problem", to pair the rates of
-  a sweep). No test score: `with_test` adds it once the rate is picked."""
-  workdir = _run_dir(method, seed, lr)
+  a sweep). No test score: `with_test` adds it once the rate is picked. workdir: in place of
+  the run's own (`_run_dir`)."""
+  workdir = workdir or _run_dir(method, seed, lr)
   overrides = _train_overrides(method, seed, lr, common)
 
   def make():
@@ -385,37 +401,58 @@ def _has_checkpoint(workdir: str) -> bool:
   return os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
 
 
-def _train_again(record: dict, common: list[str]) -> dict:
-  """A finished run's record kept without its checkpoint (records are small enough to keep
-  in git between machines, checkpoints are not): train it again, and insist that the run
-  repeats itself, since its record already took part in picking the rate. `--mode=eval`
-  without a checkpoint would score the initial model as if it were the trained one."""
+def _trained_again(record: dict, common: list[str]) -> dict:
+  """The record of a finished run trained again in a workdir of its own (`<run>-again`), for
+  a run whose checkpoint is gone and whose test scores were not all made: records travel in
+  git between machines, checkpoints do not, and `--mode=eval` without a checkpoint would
+  score the initial model as if it were the trained one. Same configuration and seed; on
+  another machine its numbers differ in the last bits, and so in time its samples: the
+  record says whether it repeated the first ("trained_again"). The first run's record, which
+  took part in picking the rate, is never touched, so the pick cannot move."""
   method, seed, lr = record["method"], record["seed"], record["lr_text"]
-  workdir = _run_dir(method, seed, lr)
-  print(f"{workdir}: no checkpoint beside the record; training it again", flush=True)
-  os.replace(os.path.join(workdir, "compare_run.json"),
-             os.path.join(workdir, "compare_run.before.json"))
-  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-    os.remove(os.path.join(workdir, "metrics.jsonl"))
-  again = train_run(method, seed, lr, common)
-  if again["generated_tokens"] != record["generated_tokens"] or not np.isclose(
-      again["validation"], record["validation"], rtol=0, atol=1e-6):
-    raise SystemExit(f"{workdir}: trained again, the run did not repeat itself (tokens "
-                     f"{record['generated_tokens']} -> {again['generated_tokens']}, validation "
-                     f"{record['validation']} -> {again['validation']}); the comparison's "
-                     "records came from a different machine or code")
-  return record | {"lr_text": lr}
+  first = _run_dir(method, seed, lr)
+  again = first + "-again"
+  path = os.path.join(again, "compare_run.json")
+  if os.path.exists(path) and not _has_checkpoint(again):
+    try:  # scored already (its scores are read back); else its checkpoint is gone too
+      test_scores(again, _train_overrides(method, seed, lr, common), cached_only=True)
+    except NotCached:
+      for name in ("compare_run.json", "metrics.jsonl"):
+        os.remove(os.path.join(again, name))
+  if not os.path.exists(path):
+    print(f"{first}: no checkpoint beside the record; training it again in {again} for its "
+          "test scores", flush=True)
+  run = train_run(method, seed, lr, common, workdir=again)
+  repeated = bool(run["generated_tokens"] == record["generated_tokens"] and np.isclose(
+      run["validation"], record["validation"], rtol=0, atol=1e-6))
+  if not repeated:
+    print(f"{again}: trained again, the run differs from its first (tokens "
+          f"{record['generated_tokens']} -> {run['generated_tokens']}, validation "
+          f"{record['validation']:.4f} -> {run['validation']:.4f}; another machine's last "
+          "bits): its own scores are the table's", flush=True)
+  return run | {"lr_text": lr, "trained_again": {
+      "repeated": repeated, "first_validation": record["validation"],
+      "first_generated_tokens": record["generated_tokens"]}}
 
 
 def with_test(record: dict, common: list[str]) -> dict:
   """A training run's record with its test scores (`test_scores`) and the reference's metric
-  ("reference": its own final evaluation on the first --reference_problems problems)."""
+  ("reference": its own final evaluation on the first --reference_problems problems). A run
+  whose checkpoint is gone is scored from its cached evaluations, or else trained again
+  (`_trained_again`), whose record, scores and curve are then the row's."""
   method, seed, lr = record["method"], record["seed"], record["lr_text"]
   workdir = _run_dir(method, seed, lr)
   overrides = _train_overrides(method, seed, lr, common)
-  if not _has_checkpoint(workdir):
-    record = _train_again(record, common)
-  return record | {"test": test_scores(workdir, overrides), "reference": record["final_test"]}
+  if not os.path.exists(os.path.join(workdir + "-again", "compare_run.json")):
+    try:
+      return record | {"test": test_scores(workdir, overrides,
+                                           cached_only=not _has_checkpoint(workdir)),
+                       "reference": record["final_test"]}
+    except NotCached:
+      pass
+  run = _trained_again(record, common)
+  return run | {"test": test_scores(workdir + "-again", overrides),
+                "reference": run["final_test"]}
 
 
 def base_run(seed: int, common: list[str]) -> dict:
@@ -589,6 +626,17 @@ def _protocol(pool: Pool, common: list[str], seeds: list[int], grids: dict[str, 
                       + [pool.submit(run_and_test, method, seed, best_lr) for seed in others])
   records = ([pool.result(f) for f in base]
              + [pool.result(f) for method in trained for f in tested[method]])
+  for r in records:
+    again = r.get("trained_again")
+    if again:
+      notes.append(
+          f"{r['method']} seed {r['seed']} (lr {r['lr']:g}): its checkpoint did not travel "
+          "with its record; trained again for its test scores, " + (
+              "it repeated itself." if again["repeated"] else
+              f"on another machine: validation {100 * again['first_validation']:.1f}% -> "
+              f"{100 * r['validation']:.1f}%, generated tokens "
+              f"{again['first_generated_tokens']:,} -> {r['generated_tokens']:,}; its row is "
+              "the second run's (the pick stays the first's)."))
   return records, sweep, sweep_runs, notes
 
 
