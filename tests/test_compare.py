@@ -427,3 +427,24 @@ def test_jobs_side_by_side_are_pinned_to_a_core_each_and_all_stop_cleanly(tmp_pa
   assert not (tmp_path / "2.started").exists()  # nothing starts after a stop
   assert not (tmp_path / "queued_ran").exists()  # queued work is not even called
   assert not (tmp_path / "went_on").exists()
+
+
+def test_the_pool_runs_queued_work_by_priority_then_in_order():
+  """A picked rate's test scores (priority -1) start before the sweeps queued earlier, while
+  the machine still has the runs' checkpoints; equal priorities keep their order."""
+  import threading
+
+  from jaxdistill.experiments import jobs
+  gate, order = threading.Event(), []
+  pool = jobs.Pool(1)
+  try:
+    busy = pool.submit(gate.wait)  # holds the one worker while the rest is queued
+    queued = [pool.submit(order.append, name, priority=priority) for name, priority in
+              [("sweep a", 0), ("sweep b", 0), ("test x", -1), ("sweep c", 0), ("test y", -1)]]
+    gate.set()
+    pool.result(busy)
+    for future in queued:
+      pool.result(future)
+  finally:
+    pool.close()
+  assert order == ["test x", "test y", "sweep a", "sweep b", "sweep c"]

@@ -606,7 +606,7 @@ def _protocol(pool: Pool, common: list[str], seeds: list[int], grids: dict[str, 
 
   # Jobs that do not wait on each other go to the pool at once: the probes, then the base
   # model's scores and every method's sweep; a method's other seeds and its test scores
-  # follow its pick, which needs its whole sweep.
+  # follow its pick, which needs its whole sweep (its picked runs' test scores go first).
   trained = [m for m in FLAGS.methods if m != "base"]
   pickers, others = seeds[:FLAGS.pick_seeds], seeds[FLAGS.pick_seeds:]
   sweep, sweep_runs, notes, tested = {}, [], [], {}
@@ -622,7 +622,9 @@ def _protocol(pool: Pool, common: list[str], seeds: list[int], grids: dict[str, 
     sweep[method] = f"{float(best_lr):g}"
     sweep_runs += rate_rows
     notes += method_notes
-    tested[method] = ([pool.submit(with_test, r, common) for r in tried[best_lr]]
+    # first in the queue: scored while this machine still has their checkpoints, which do
+    # not travel between machines (else they are trained again)
+    tested[method] = ([pool.submit(with_test, r, common, priority=-1) for r in tried[best_lr]]
                       + [pool.submit(run_and_test, method, seed, best_lr) for seed in others])
   records = ([pool.result(f) for f in base]
              + [pool.result(f) for method in trained for f in tested[method]])

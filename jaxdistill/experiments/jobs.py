@@ -5,6 +5,8 @@ finishes its iteration and writes its checkpoint; no queued job starts after it.
 from __future__ import annotations
 
 import concurrent.futures
+import heapq
+import itertools
 import os
 import queue
 import signal
@@ -100,10 +102,62 @@ def _unless_stopped(fn, *args, **kwargs):
   return fn(*args, **kwargs)
 
 
+class _Executor:
+  """Worker threads that take work by priority (lower first), then in the order submitted;
+  `shutdown` as concurrent.futures.ThreadPoolExecutor's."""
+
+  def __init__(self, workers: int):
+    self._queue, self._order = [], itertools.count()
+    self._ready = threading.Condition()
+    self._closed = False
+    self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+    for thread in self._threads:
+      thread.start()
+
+  def submit(self, priority: int, fn, *args, **kwargs) -> concurrent.futures.Future:
+    future = concurrent.futures.Future()
+    with self._ready:
+      if self._closed:
+        raise RuntimeError("work submitted after shutdown")
+      heapq.heappush(self._queue, (priority, next(self._order), future, fn, args, kwargs))
+      self._ready.notify()
+    return future
+
+  def _work(self):
+    while True:
+      with self._ready:
+        while not self._queue and not self._closed:
+          self._ready.wait()
+        if not self._queue:
+          return
+        _, _, future, fn, args, kwargs = heapq.heappop(self._queue)
+      if not future.set_running_or_notify_cancel():
+        continue
+      try:
+        result = fn(*args, **kwargs)
+      except BaseException as error:  # the future carries it to whoever waits on it
+        future.set_exception(error)
+      else:
+        future.set_result(result)
+
+  def shutdown(self, wait: bool = True, cancel_futures: bool = False):
+    with self._ready:
+      self._closed = True
+      if cancel_futures:
+        for item in self._queue:
+          item[2].cancel()
+        self._queue.clear()
+      self._ready.notify_all()
+    if wait:
+      for thread in self._threads:
+        thread.join()
+
+
 class Pool:
   """--jobs worker threads, each running one job at a time (`run_command`), driven from the
   main thread: it submits work, waits for results, and on a stop lets every running job
-  write its checkpoint before the comparison exits."""
+  write its checkpoint before the comparison exits. Work runs by priority, then in the order
+  submitted."""
 
   def __init__(self, jobs: int):
     global _CORES
@@ -115,12 +169,13 @@ class Pool:
       _CORES = queue.Queue()
       for core in cores[:jobs]:
         _CORES.put(core)
-    self.executor = concurrent.futures.ThreadPoolExecutor(jobs)
+    self.executor = _Executor(jobs)
     self.previous = signal.signal(signal.SIGTERM, _forward)
 
-  def submit(self, fn, *args, **kwargs) -> concurrent.futures.Future:
-    """fn(*args, **kwargs) on a worker, unless the comparison has been stopped by then."""
-    return self.executor.submit(_unless_stopped, fn, *args, **kwargs)
+  def submit(self, fn, *args, priority: int = 0, **kwargs) -> concurrent.futures.Future:
+    """fn(*args, **kwargs) on a worker, unless the comparison has been stopped by then;
+    before all queued work of a larger `priority`."""
+    return self.executor.submit(priority, _unless_stopped, fn, *args, **kwargs)
 
   def result(self, future: concurrent.futures.Future):
     """The future's value; a stop, or a failed job once the running ones have finished,
