@@ -448,3 +448,29 @@ def test_the_pool_runs_queued_work_by_priority_then_in_order():
   finally:
     pool.close()
   assert order == ["test x", "test y", "sweep a", "sweep b", "sweep c"]
+
+
+def test_work_queued_when_a_sweep_finishes_comes_before_what_was_queued_earlier():
+  """`Pool.after` runs its function in the worker that finishes the last of its futures,
+  before that worker takes more work: a method's picked runs are scored first, not after the
+  next sweep run a freed worker would otherwise start; a failed future reaches the waiter
+  and the function is not called. Work submitted while the pool is held waits for it."""
+  from jaxdistill.experiments import jobs
+  order = []
+  pool = jobs.Pool(1)
+  try:
+    with pool.held():  # the callbacks in place before any of the work runs
+      sweep = [pool.submit(order.append, name) for name in ("sweep a1", "sweep a2")]
+      later = pool.submit(order.append, "sweep b1")
+      picked = pool.after(sweep, lambda: pool.submit(order.append, "test a", priority=-1))
+      failed = pool.submit(lambda: 1 / 0)
+      not_called = []
+      after_failure = pool.after([failed], not_called.append, "called")
+      assert not order  # held: no worker took work
+    pool.result(pool.result(picked))
+    pool.result(later)
+    assert isinstance(after_failure.exception(timeout=10), ZeroDivisionError)
+    assert not not_called
+  finally:
+    pool.close()
+  assert order == ["sweep a1", "sweep a2", "test a", "sweep b1"]

@@ -322,6 +322,11 @@ def _run_dir(method: str, seed: int, lr: str) -> str:
   return os.path.join(FLAGS.workdir, f"{method}-lr{lr}-seed{seed}{suffix}")
 
 
+def _again_dir(method: str, seed: int, lr: str) -> str:
+  """Where a picked run whose checkpoint did not travel is trained again (`_trained_again`)."""
+  return _run_dir(method, seed, lr) + "-again"
+
+
 def train_run(method: str, seed: int, lr: str, common: list[str], sweep: bool = False,
               workdir: str | None = None) -> dict:
   """One training run at the token budget, scored on validation (its own final evaluation;
@@ -410,8 +415,7 @@ def _trained_again(record: dict, common: list[str]) -> dict:
   record says whether it repeated the first ("trained_again"). The first run's record, which
   took part in picking the rate, is never touched, so the pick cannot move."""
   method, seed, lr = record["method"], record["seed"], record["lr_text"]
-  first = _run_dir(method, seed, lr)
-  again = first + "-again"
+  first, again = _run_dir(method, seed, lr), _again_dir(method, seed, lr)
   path = os.path.join(again, "compare_run.json")
   if os.path.exists(path) and not _has_checkpoint(again):
     try:  # scored already (its scores are read back); else its checkpoint is gone too
@@ -441,9 +445,9 @@ def with_test(record: dict, common: list[str]) -> dict:
   whose checkpoint is gone is scored from its cached evaluations, or else trained again
   (`_trained_again`), whose record, scores and curve are then the row's."""
   method, seed, lr = record["method"], record["seed"], record["lr_text"]
-  workdir = _run_dir(method, seed, lr)
+  workdir, again = _run_dir(method, seed, lr), _again_dir(method, seed, lr)
   overrides = _train_overrides(method, seed, lr, common)
-  if not os.path.exists(os.path.join(workdir + "-again", "compare_run.json")):
+  if not os.path.exists(os.path.join(again, "compare_run.json")):
     try:
       return record | {"test": test_scores(workdir, overrides,
                                            cached_only=not _has_checkpoint(workdir)),
@@ -451,7 +455,7 @@ def with_test(record: dict, common: list[str]) -> dict:
     except NotCached:
       pass
   run = _trained_again(record, common)
-  return run | {"test": test_scores(workdir + "-again", overrides),
+  return run | {"test": test_scores(again, overrides),
                 "reference": run["final_test"]}
 
 
@@ -613,19 +617,30 @@ def _protocol(pool: Pool, common: list[str], seeds: list[int], grids: dict[str, 
   if FLAGS.equal == "tokens":
     for probe in [pool.submit(tokens_per_iteration, m, common) for m in trained]:
       pool.result(probe)
-  base = [pool.submit(base_run, seed, common) for seed in seeds] if "base" in FLAGS.methods else []
-  sweeps = {m: {lr: [pool.submit(run, m, seed, lr, len(grids[m]) > 1) for seed in pickers]
-                for lr in grids[m]} for m in trained}
-  for method in trained:
-    tried = {lr: [pool.result(f) for f in runs] for lr, runs in sweeps[method].items()}
+
+  def pick_and_test(method, runs):
+    """The method's pick from its finished sweep, and its test jobs queued: the picked runs'
+    first in the queue, scored while this machine still has their checkpoints, which do not
+    travel between machines (else they are trained again)."""
+    tried = {lr: [f.result() for f in futures] for lr, futures in runs.items()}
     best_lr, rate_rows, method_notes = pick_rate(method, grids[method], tried, k, pickers)
+    return best_lr, rate_rows, method_notes, (
+        [pool.submit(with_test, r, common, priority=-1) for r in tried[best_lr]]
+        + [pool.submit(run_and_test, method, seed, best_lr) for seed in others])
+
+  with pool.held():  # each pick in place before a sweep's (recorded) runs can finish
+    base = ([pool.submit(base_run, seed, common) for seed in seeds]
+            if "base" in FLAGS.methods else [])
+    sweeps = {m: {lr: [pool.submit(run, m, seed, lr, len(grids[m]) > 1) for seed in pickers]
+                  for lr in grids[m]} for m in trained}
+    # picked by the worker that finishes a sweep's last run, before it takes the next one
+    picks = {m: pool.after([f for futures in sweeps[m].values() for f in futures],
+                           pick_and_test, m, sweeps[m]) for m in trained}
+  for method in trained:
+    best_lr, rate_rows, method_notes, tested[method] = pool.result(picks[method])
     sweep[method] = f"{float(best_lr):g}"
     sweep_runs += rate_rows
     notes += method_notes
-    # first in the queue: scored while this machine still has their checkpoints, which do
-    # not travel between machines (else they are trained again)
-    tested[method] = ([pool.submit(with_test, r, common, priority=-1) for r in tried[best_lr]]
-                      + [pool.submit(run_and_test, method, seed, best_lr) for seed in others])
   records = ([pool.result(f) for f in base]
              + [pool.result(f) for method in trained for f in tested[method]])
   for r in records:

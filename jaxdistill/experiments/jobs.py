@@ -5,6 +5,7 @@ finishes its iteration and writes its checkpoint; no queued job starts after it.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 import os
@@ -109,7 +110,7 @@ class _Executor:
   def __init__(self, workers: int):
     self._queue, self._order = [], itertools.count()
     self._ready = threading.Condition()
-    self._closed = False
+    self._closed, self._held = False, 0
     self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
     for thread in self._threads:
       thread.start()
@@ -126,7 +127,7 @@ class _Executor:
   def _work(self):
     while True:
       with self._ready:
-        while not self._queue and not self._closed:
+        while (not self._queue or self._held) and not self._closed:
           self._ready.wait()
         if not self._queue:
           return
@@ -139,6 +140,19 @@ class _Executor:
         future.set_exception(error)
       else:
         future.set_result(result)
+
+  @contextlib.contextmanager
+  def held(self):
+    """No worker takes work inside: what is submitted inside is then taken by priority as a
+    whole, and callbacks added to its futures inside are in place before any of it runs."""
+    with self._ready:
+      self._held += 1
+    try:
+      yield
+    finally:
+      with self._ready:
+        self._held -= 1
+        self._ready.notify_all()
 
   def shutdown(self, wait: bool = True, cancel_futures: bool = False):
     with self._ready:
@@ -176,6 +190,45 @@ class Pool:
     """fn(*args, **kwargs) on a worker, unless the comparison has been stopped by then;
     before all queued work of a larger `priority`."""
     return self.executor.submit(priority, _unless_stopped, fn, *args, **kwargs)
+
+  def held(self):
+    """A context in which no worker takes work (`_Executor.held`)."""
+    return self.executor.held()
+
+  def after(self, futures: list[concurrent.futures.Future], fn, *args
+            ) -> concurrent.futures.Future:
+    """fn(*args) once every one of `futures` is done, called by the worker that finishes the
+    last of them before it takes more work: what fn submits is queued ahead of whatever that
+    worker would have taken next (a method's picked runs are scored while their checkpoints
+    are here, not after the next sweep run that a freed worker would otherwise start). Its
+    value, or the first failure among the futures (a cancelled one: Stopped) or in fn, comes
+    in the returned future."""
+    done = concurrent.futures.Future()
+    left, lock = [len(futures)], threading.Lock()
+
+    def one_done(_):
+      with lock:
+        left[0] -= 1
+        if left[0]:
+          return
+      try:
+        for future in futures:
+          if future.cancelled():
+            raise Stopped()
+          if future.exception() is not None:
+            raise future.exception()
+        value = fn(*args)
+      except BaseException as error:  # the returned future carries it to whoever waits
+        done.set_exception(error)
+      else:
+        done.set_result(value)
+
+    if not futures:
+      left[0] = 1
+      one_done(None)
+    for future in futures:
+      future.add_done_callback(one_done)
+    return done
 
   def result(self, future: concurrent.futures.Future):
     """The future's value; a stop, or a failed job once the running ones have finished,
