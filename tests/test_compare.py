@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxdistill.experiments import compare, report
+from jaxdistill.experiments import compare, evaluations, report, settings, training_runs
 
 
 def _record(method, seed, low, high=None, lr=None):
@@ -102,16 +102,16 @@ def test_asking_for_per_problem_scores_reuses_the_evaluation(tmp_path, monkeypat
     with open(os.path.join(workdir, "eval_result.json"), "w") as f:
       json.dump({"mean@16": 0.25, "per_problem": [0.5, 0.0]}, f)
     return 0.0
-  monkeypatch.setattr(compare, "_run", fake_run)
+  monkeypatch.setattr(evaluations, "run_job", fake_run)
   workdir = str(tmp_path)
-  assert compare.evaluate(workdir, ["seed=0"], "0.2") == {"mean@16": 0.25}
-  scores = compare.evaluate(workdir, ["seed=0"], "0.2", per_problem=True)
+  assert evaluations.evaluate(workdir, ["seed=0"], "0.2") == {"mean@16": 0.25}
+  scores = evaluations.evaluate(workdir, ["seed=0"], "0.2", per_problem=True)
   assert scores["per_problem"] == [0.5, 0.0] and calls == ["eval"]  # one evaluation for both
   # a cache written before per-problem scores were recorded is evaluated again, once
   with open(tmp_path / "eval_test_t0.2.json", "w") as f:
     json.dump({"mean@16": 0.25}, f)
   for _ in range(2):
-    assert compare.evaluate(workdir, ["seed=0"], "0.2", per_problem=True)["per_problem"] == [0.5, 0.0]
+    assert evaluations.evaluate(workdir, ["seed=0"], "0.2", per_problem=True)["per_problem"] == [0.5, 0.0]
   assert calls == ["eval", "eval"]
 
 
@@ -138,8 +138,8 @@ def test_stopping_the_comparison_lets_the_job_checkpoint_and_exits(tmp_path):
       "time.sleep(0.5)  # the rest of the iteration, then the checkpoint\n"
       f"open({str(tmp_path / 'checkpoint')!r}, 'w').close()\n")
   parent = subprocess.Popen([sys.executable, "-c", (
-      "import sys; from jaxdistill.experiments import compare\n"
-      f"compare.run_command([sys.executable, {str(job)!r}])\n"
+      "import sys; from jaxdistill.experiments import jobs\n"
+      f"jobs.run_command([sys.executable, {str(job)!r}])\n"
       f"open({str(tmp_path / 'went_on')!r}, 'w').close()\n")], stdout=subprocess.PIPE,
       text=True)
   deadline = time.time() + 60
@@ -154,22 +154,22 @@ def test_stopping_the_comparison_lets_the_job_checkpoint_and_exits(tmp_path):
 
 def test_evaluation_key_sets_move_only_the_seed_and_pool_to_mean_at_k_times_sets():
   overrides = ["sft.cache_dir=/w", "seed=2", "learner.learning_rate=1e-5"]
-  assert compare.with_key_set(overrides, 1) == ["sft.cache_dir=/w", "seed=1002",
+  assert evaluations.with_key_set(overrides, 1) == ["sft.cache_dir=/w", "seed=1002",
                                                 "learner.learning_rate=1e-5"]
-  assert compare.with_key_set(overrides, 2)[1] == "seed=2002"
+  assert evaluations.with_key_set(overrides, 2)[1] == "seed=2002"
   assert overrides[1] == "seed=2"  # the run's own overrides are left alone
   with np.testing.assert_raises(ValueError):
-    compare.with_key_set(["sft.cache_dir=/w"], 1)
+    evaluations.with_key_set(["sft.cache_dir=/w"], 1)
   sets = [{"mean@16": 0.10, "pass@16": 0.30, "problems": 820},
           {"mean@16": 0.14, "pass@16": 0.34, "problems": 820},
           {"mean@16": 0.15, "pass@16": 0.29, "problems": 820}]
-  pooled = compare.pool_key_sets(sets, 16)
+  pooled = evaluations.pool_key_sets(sets, 16)
   # each set is the mean of 820 x 16 rewards: their mean is the mean of all 820 x 48
   assert np.isclose(pooled["mean@16"], 0.13) and np.isclose(pooled["pass@16"], 0.31)
   assert pooled["key_sets"] == [0.10, 0.14, 0.15]
   # pooled scores go through the table like single ones
   records = [{"method": m, "seed": s, "lr": None, "generated_tokens": 0, "iterations": 0,
-              "test": {"0.2": compare.pool_key_sets(sets[s:s + 2], 16) if m == "base"
+              "test": {"0.2": evaluations.pool_key_sets(sets[s:s + 2], 16) if m == "base"
                        else {"mean@16": 0.2, "pass@16": 0.4}, "0.8": sets[s]}}
              for m in ("base", "cispo") for s in range(2)]
   rows = {r["method"]: r for r in report.summarize(records, 16, ["0.2", "0.8"])}
@@ -220,21 +220,21 @@ def test_a_run_is_scored_on_validation_and_on_test_only_once_picked(tmp_path, mo
         json.dump({"mean@16": 0.125, "step": 2, "temperature": 0.2,
                    "per_problem": [0.0, 0.25]}, f)
     return seconds
-  monkeypatch.setattr(compare, "_run", fake_run)
-  monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)
-  monkeypatch.setattr(compare, "FLAGS", _flags(tmp_path, token_budget=120))
-  record = compare.train_run("cispo", 0, "1e-5", [], sweep=True)
+  monkeypatch.setattr(evaluations, "run_job", fake_run)
+  monkeypatch.setattr(training_runs, "tokens_per_iteration", lambda method, common: 60.0)
+  monkeypatch.setattr(settings, "FLAGS", _flags(tmp_path, token_budget=120))
+  record = training_runs.train_run("cispo", 0, "1e-5", [], sweep=True)
   assert calls == [("train", ["eval.num_problems=820"])]  # no test score yet
   assert record["validation"] == 0.125 and record["validation_per_problem"] == [0.0, 0.25]
   assert "test" not in record
-  record = compare.with_test(record, [])
+  record = training_runs.with_test(record, [])
   assert calls[-1] == ("eval", ["eval.num_problems=820", "eval.split=test",
                                 "eval.num_problems=100000", "eval.k=4"])
   assert record["test"] == {"0.2": {"mean@4": 0.5, "pass@4": 0.75}, "per_problem": [0.25, 0.75]}
   assert record["reference"] == {"mean@16": 0.5, "pass@16": 0.5, "problems": 820}
   keep[0] = False  # a run without val_after.json: its validation problems evaluated again
   calls.clear()
-  record = compare.train_run("cispo", 1, "1e-5", [], sweep=True)
+  record = training_runs.train_run("cispo", 1, "1e-5", [], sweep=True)
   assert [mode for mode, _ in calls] == ["train", "eval"]
   assert record["validation_per_problem"] == [0.25, 0.75]
   assert "eval.split=validation" in calls[-1][1]
@@ -257,16 +257,16 @@ def test_a_picked_run_without_its_checkpoint_is_scored_from_its_cache_or_trained
             {"step": 1, "eval_mean@16": 0.5, "eval_pass@16": 0.5, "eval_problems": 820},
             {"step": 1, "val_mean@16": validation[0]}]
     return _fake_job(workdir, mode, rows, step=1)
-  monkeypatch.setattr(compare, "_run", fake_run)
-  monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 60.0)
-  monkeypatch.setattr(compare, "FLAGS", _flags(tmp_path, token_budget=60))
+  monkeypatch.setattr(evaluations, "run_job", fake_run)
+  monkeypatch.setattr(training_runs, "tokens_per_iteration", lambda method, common: 60.0)
+  monkeypatch.setattr(settings, "FLAGS", _flags(tmp_path, token_budget=60))
   first = tmp_path / "deepsearch-lr1e-5-seed0"
   again = tmp_path / "deepsearch-lr1e-5-seed0-again"
-  record = compare.train_run("deepsearch", 0, "1e-5", [])
+  record = training_runs.train_run("deepsearch", 0, "1e-5", [])
   assert record["replayed"] == 3 and calls == [("train", first.name)]
   picked_on = (first / "compare_run.json").read_bytes()
   shutil.rmtree(first / "checkpoints")
-  tested = compare.with_test(record, [])
+  tested = training_runs.with_test(record, [])
   assert calls[1:] == [("train", again.name), ("eval", again.name)]
   assert tested["test"]["0.2"]["mean@4"] == 0.5
   assert tested["trained_again"] == {"repeated": True, "first_validation": 0.125,
@@ -275,30 +275,30 @@ def test_a_picked_run_without_its_checkpoint_is_scored_from_its_cache_or_trained
   # the second run's checkpoint gone too: its cached scores are read, nothing runs
   shutil.rmtree(again / "checkpoints")
   calls.clear()
-  read_back = compare.with_test(record, [])
+  read_back = training_runs.with_test(record, [])
   assert calls == [] and read_back["test"] == tested["test"]
   assert read_back["trained_again"] == tested["trained_again"]
   # ... but where they were not all made, it is trained once more
   os.remove(again / "eval_test_t0.2_k4.json")
-  assert compare.with_test(record, [])["test"] == tested["test"]
+  assert training_runs.with_test(record, [])["test"] == tested["test"]
   assert calls == [("train", again.name), ("eval", again.name)]
 
   # another machine: the second run differs; its row is its own, the pick's record stays
   validation[0] = 0.25
   shutil.rmtree(again)  # (the first run's checkpoint is gone since the start)
-  tested = compare.with_test(record, [])
+  tested = training_runs.with_test(record, [])
   assert tested["validation"] == 0.25 and tested["trained_again"]["repeated"] is False
   assert tested["trained_again"]["first_validation"] == 0.125
   assert (first / "compare_run.json").read_bytes() == picked_on
-  assert compare._record("deepsearch", 0, "1e-5")["validation"] == 0.125
+  assert training_runs.record_of("deepsearch", 0, "1e-5")["validation"] == 0.125
 
   # a run scored on this machine keeps its scores when its checkpoint is gone
   validation[0] = 0.125
-  other = compare.train_run("deepsearch", 1, "1e-5", [])
-  compare.with_test(other, [])
+  other = training_runs.train_run("deepsearch", 1, "1e-5", [])
+  training_runs.with_test(other, [])
   shutil.rmtree(tmp_path / "deepsearch-lr1e-5-seed1" / "checkpoints")
   calls.clear()
-  assert "trained_again" not in compare.with_test(other, []) and calls == []
+  assert "trained_again" not in training_runs.with_test(other, []) and calls == []
 
 
 def test_equal_updates_gives_every_run_the_preset_s_iterations_in_workdirs_of_their_own(
@@ -306,21 +306,21 @@ def test_equal_updates_gives_every_run_the_preset_s_iterations_in_workdirs_of_th
   """--equal=updates (the reference's protocol): no token budget, the preset's iterations and
   a decay over them; at equal tokens the iterations follow the method's probe."""
   import types
-  monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 100.0)
+  monkeypatch.setattr(training_runs, "tokens_per_iteration", lambda method, common: 100.0)
   flags = dict(workdir=str(tmp_path), token_budget=1000, curve_points=5, preset="tiny4",
                set=[], reference_problems=820)
-  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(equal="updates", **flags))
-  iterations = compare._config().train.num_iterations
-  updates = compare._train_overrides("cispo", 0, "1e-5", [])
+  monkeypatch.setattr(settings, "FLAGS", types.SimpleNamespace(equal="updates", **flags))
+  iterations = settings.config().train.num_iterations
+  updates = training_runs.train_overrides("cispo", 0, "1e-5", [])
   assert f"train.num_iterations={iterations}" in updates
   assert f"learner.decay_steps={iterations}" in updates
   assert not any(o.startswith("train.token_budget=") for o in updates)
-  assert compare._run_dir("cispo", 0, "1e-5").endswith("cispo-lr1e-5-seed0-updates")
-  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(equal="tokens", **flags))
-  tokens = compare._train_overrides("cispo", 0, "1e-5", [])
+  assert training_runs.run_dir("cispo", 0, "1e-5").endswith("cispo-lr1e-5-seed0-updates")
+  monkeypatch.setattr(settings, "FLAGS", types.SimpleNamespace(equal="tokens", **flags))
+  tokens = training_runs.train_overrides("cispo", 0, "1e-5", [])
   assert {"train.token_budget=1000", "learner.decay_steps=10", "train.num_iterations=30"} <= set(
       tokens)
-  assert compare._run_dir("cispo", 0, "1e-5").endswith("cispo-lr1e-5-seed0")
+  assert training_runs.run_dir("cispo", 0, "1e-5").endswith("cispo-lr1e-5-seed0")
 
 
 def test_a_lead_of_either_sign_past_two_standard_errors_is_flagged():
@@ -344,17 +344,16 @@ def test_the_default_token_budget_is_the_preset_s_own_search_run(monkeypatch):
   """tiny: the measured 1,422,558 of the tables in results/; another preset: mcts_distill's
   probe (tokens per iteration) x its train.num_iterations, --set included."""
   import types
-  from jaxdistill.experiments import compare
   probed = []
-  monkeypatch.setattr(compare, "tokens_per_iteration",
+  monkeypatch.setattr(training_runs, "tokens_per_iteration",
                       lambda method, common: probed.append(method) or 1000.5)
-  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(preset="tiny", set=[]))
-  assert compare.default_budget([]) == 1_422_558 and probed == []
-  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(preset="medium", set=[]))
-  assert compare.default_budget([]) == round(1000.5 * 232) and probed == ["mcts_distill"]
-  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
+  monkeypatch.setattr(settings, "FLAGS", types.SimpleNamespace(preset="tiny", set=[]))
+  assert training_runs.default_budget([]) == 1_422_558 and probed == []
+  monkeypatch.setattr(settings, "FLAGS", types.SimpleNamespace(preset="medium", set=[]))
+  assert training_runs.default_budget([]) == round(1000.5 * 232) and probed == ["mcts_distill"]
+  monkeypatch.setattr(settings, "FLAGS", types.SimpleNamespace(
       preset="medium", set=["train.num_iterations=10"]))
-  assert compare.default_budget([]) == 10_005
+  assert training_runs.default_budget([]) == 10_005
 
 
 def test_status_counts_the_protocol_s_runs_from_the_records_alone(tmp_path, monkeypatch,
@@ -367,14 +366,14 @@ def test_status_counts_the_protocol_s_runs_from_the_records_alone(tmp_path, monk
                           pick_seeds=2, learning_rates=["1e-5", "3e-5"],
                           method_learning_rates=[], status=True).items():
     setattr(flags, name, value)
-  monkeypatch.setattr(compare, "FLAGS", flags)
-  monkeypatch.setattr(compare, "_run", lambda *args, **kwargs: pytest.fail("ran a job"))
+  monkeypatch.setattr(settings, "FLAGS", flags)
+  monkeypatch.setattr(evaluations, "run_job", lambda *args, **kwargs: pytest.fail("ran a job"))
   # cispo pooled over seeds 0, 1: 1e-5 at 0.15, 3e-5 at 0.2 -> 3e-5
   for method, lr, seed, validation in [("cispo", "1e-5", 0, 0.1), ("cispo", "1e-5", 1, 0.2),
                                        ("cispo", "3e-5", 0, 0.3), ("cispo", "3e-5", 1, 0.1),
                                        ("cispo", "3e-5", 2, 0.2), ("cispo", "1e-5", 2, 0.5),
                                        ("mcts_distill", "1e-5", 0, 0.1)]:
-    workdir = compare._run_dir(method, seed, lr)
+    workdir = training_runs.run_dir(method, seed, lr)
     os.makedirs(workdir)
     with open(os.path.join(workdir, "compare_run.json"), "w") as f:
       json.dump({"validation": validation, "wall_s": 120.0}, f)

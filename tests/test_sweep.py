@@ -3,7 +3,7 @@
 import pytest
 from absl import app
 
-from jaxdistill.experiments import compare, sweep
+from jaxdistill.experiments import compare, evaluations, settings, sweep, training_runs
 
 
 def test_a_pick_at_either_end_of_a_three_rate_sweep_is_flagged():
@@ -80,14 +80,14 @@ def test_compare_picks_the_rate_on_two_seeds_pooled_and_writes_the_sweep(monkeyp
     return result
 
   tested = []
-  monkeypatch.setattr(compare, "train_run", train_run)
-  monkeypatch.setattr(compare, "with_test", with_test)
-  monkeypatch.setattr(compare, "base_run", lambda seed, common: with_test(dict(
+  monkeypatch.setattr(training_runs, "train_run", train_run)
+  monkeypatch.setattr(training_runs, "with_test", with_test)
+  monkeypatch.setattr(evaluations, "base_run", lambda seed, common: with_test(dict(
       record("base", seed, None, 0.14), generated_tokens=0, iterations=0, curve=[]), common))
-  monkeypatch.setattr(compare, "_k", lambda: 16)
-  monkeypatch.setattr(compare, "tokens_per_iteration", lambda method, common: 100.0)
+  monkeypatch.setattr(settings, "eval_k", lambda: 16)
+  monkeypatch.setattr(training_runs, "tokens_per_iteration", lambda method, common: 100.0)
   out = tmp_path / "table.md"
-  monkeypatch.setattr(compare, "FLAGS", types.SimpleNamespace(
+  monkeypatch.setattr(settings, "FLAGS", types.SimpleNamespace(
       preset="tiny", set=[], methods=["base", "mcts_distill", "cispo"], seeds=["0", "1", "2"],
       pick_seeds=2, learning_rates=["1e-5", "3e-5", "1e-4"],
       method_learning_rates=["mcts_distill=3e-6,1e-5,3e-5"], token_budget=1000,
