@@ -13,8 +13,8 @@ solutions do not (`replayed` in the metrics). Buffer and round state are saved i
 checkpoints, so a resume continues exactly.
 
 DeepSearch's learner (PPO with clip-higher 0.2 / 0.28, dual clip 10, token-mean, no KL) is
-not forced here: those are learner settings any method may use; `experiments.compare`'s
-`deepsearch` entry sets them."""
+not forced here: those are learner settings any method may use; the comparison's METHODS
+(`experiments.training_runs`) set them for its `deepsearch` entry."""
 
 from __future__ import annotations
 
