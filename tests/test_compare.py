@@ -386,6 +386,49 @@ def test_status_counts_the_protocol_s_runs_from_the_records_alone(tmp_path, monk
       "training job"]
 
 
+def test_keep_records_copies_what_a_comparison_needs_to_go_on_elsewhere(tmp_path, monkeypatch,
+                                                                        capsys):
+  """--keep_records: finished runs' JSON and JSONL (not checkpoints, tokenizers, logs or
+  splits), the base model's, the probes' and the preparing job's evaluations, the probes'
+  results and the warm start; an unfinished run and a retrain without its record are left;
+  a folder copied replaces its old copy, other folders of the destination stay; no job runs."""
+  workdir, dest = tmp_path / "work", tmp_path / "state"
+  files = ["warm_start/model.safetensors", "warm_start/sft_done.json",
+           "base-seed0/eval_test_t0.2_k4.json", "prepare/eval_result.json",
+           "probe-cispo/metrics.jsonl", "probe-cispo/checkpoints/2/state", "probe-cispo.json",
+           "cispo-lr1e-5-seed0/compare_run.json", "cispo-lr1e-5-seed0/metrics.jsonl",
+           "cispo-lr1e-5-seed0/eval_test_t0.2_k4.json", "cispo-lr1e-5-seed0/job.log",
+           "cispo-lr1e-5-seed0/eval_test_t0.2_k4.json.partial",
+           "cispo-lr1e-5-seed0/checkpoints/9/state.json",
+           "cispo-lr1e-5-seed0/tokenizer/tokenizer.json",
+           "cispo-lr1e-5-seed1/metrics.jsonl", "cispo-lr1e-5-seed1/checkpoints/4/state",
+           "cispo-lr1e-5-seed0-again/metrics.jsonl", "data/train.jsonl", "log.txt"]
+  for name in files:
+    (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / name).write_text(json.dumps({"file": name, "validation": 0.1, "wall_s": 60.0}))
+  for name in ["cispo-lr1e-5-seed0/stale.json", "other-run/compare_run.json"]:
+    (dest / name).parent.mkdir(parents=True, exist_ok=True)
+    (dest / name).write_text("old")
+  flags = _flags(workdir, token_budget=120)
+  for name, value in dict(methods=["base", "cispo"], seeds=["0", "1"], pick_seeds=2,
+                          learning_rates=["1e-5"], method_learning_rates=[], status=False,
+                          keep_records=str(dest)).items():
+    setattr(flags, name, value)
+  monkeypatch.setattr(settings, "FLAGS", flags)
+  monkeypatch.setattr(evaluations, "run_job", lambda *args, **kwargs: pytest.fail("ran a job"))
+  compare.main([])
+  kept = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+  assert kept == sorted([
+      "warm_start/model.safetensors", "warm_start/sft_done.json",
+      "base-seed0/eval_test_t0.2_k4.json", "prepare/eval_result.json",
+      "probe-cispo/metrics.jsonl", "probe-cispo.json", "cispo-lr1e-5-seed0/compare_run.json",
+      "cispo-lr1e-5-seed0/metrics.jsonl", "cispo-lr1e-5-seed0/eval_test_t0.2_k4.json",
+      "other-run/compare_run.json"])
+  assert json.loads((dest / "cispo-lr1e-5-seed0/metrics.jsonl").read_text())["file"] == (
+      "cispo-lr1e-5-seed0/metrics.jsonl")
+  assert f"{dest}: the records of 5 folders of {workdir}" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda pid: ())(0)) < 2,
                     reason="pins jobs to 2 CPU cores")
 def test_jobs_side_by_side_are_pinned_to_a_core_each_and_all_stop_cleanly(tmp_path):

@@ -100,6 +100,10 @@ def define_flags():
                        "last bits: keep one setting for the whole of a comparison")
   flags.DEFINE_bool("status", False, "print how far the protocol's runs are, from the records "
                     "in --workdir (no job is run, no test score read), and exit")
+  flags.DEFINE_string("keep_records", "", "copy --workdir's records (each finished run's JSON "
+                      "and JSONL files, the base model's and the probes' evaluations, the warm "
+                      "start) into this folder and exit, running nothing: what a comparison "
+                      "needs to go on on another machine, from them copied into its workdir")
   flags.DEFINE_string("workdir", "runs/compare", "where runs go")
   flags.DEFINE_string("out", "", "markdown table (JSON and PNG beside); '' -> "
                       "results/<task>_<preset>.md")
@@ -187,6 +191,11 @@ def main(argv):
   print("\n".join([f"{FLAGS.workdir}: {finished} of {total} training runs finished"] + lines),
         flush=True)
   if FLAGS.status:
+    return
+  if FLAGS.keep_records:
+    kept = training_runs.keep_records(FLAGS.workdir, FLAGS.keep_records)
+    print(f"{FLAGS.keep_records}: the records of {len(kept)} folders of {FLAGS.workdir}",
+          flush=True)
     return
 
   os.makedirs(FLAGS.workdir, exist_ok=True)

@@ -238,3 +238,33 @@ def with_test(record: dict, common: list[str]) -> dict:
   return run | {"test": evaluations.test_scores(again, overrides),
                 "reference": run["final_test"]}
 
+
+def keep_records(workdir: str, dest: str) -> list[str]:
+  """Copies what a comparison in `workdir` needs to go on elsewhere into `dest`: the JSON and
+  JSONL files of every finished run (a record, `compare_run.json`, beside them), of the base
+  model's scores, the probes and the preparing job, the probes' results, and the warm start
+  every run starts from; not checkpoints, tokenizers or the splits (rebuilt from the seed).
+  A folder copied replaces its earlier copy in `dest` (a run trained again keeps no stale
+  file); folders of `dest` not in `workdir` stay. Returns the folders copied."""
+  kept = []
+  for name in sorted(os.listdir(workdir)):
+    source, target = os.path.join(workdir, name), os.path.join(dest, name)
+    if name == "warm_start":
+      shutil.rmtree(target, ignore_errors=True)
+      shutil.copytree(source, target)
+    elif os.path.isdir(source) and (
+        os.path.exists(os.path.join(source, "compare_run.json"))
+        or name.startswith(("base-seed", "probe-")) or name == "prepare"):
+      shutil.rmtree(target, ignore_errors=True)
+      os.makedirs(target)
+      for file in sorted(os.listdir(source)):
+        if file.endswith((".json", ".jsonl")) and os.path.isfile(os.path.join(source, file)):
+          shutil.copy2(os.path.join(source, file), target)
+    elif name.startswith("probe-") and name.endswith(".json"):
+      os.makedirs(dest, exist_ok=True)
+      shutil.copy2(source, target)
+      continue
+    else:
+      continue
+    kept.append(name)
+  return kept
