@@ -377,13 +377,27 @@ def test_status_counts_the_protocol_s_runs_from_the_records_alone(tmp_path, monk
     os.makedirs(workdir)
     with open(os.path.join(workdir, "compare_run.json"), "w") as f:
       json.dump({"validation": validation, "wall_s": 120.0}, f)
+  # under way: a run of the sweep two updates in (a step logged twice: resumed); a finished
+  # run's files and a run at a rate not picked (not the protocol's) are not listed
+  for method, lr, seed in [("mcts_distill", "3e-5", 1), ("cispo", "3e-5", 2),
+                           ("cispo", "1e-5", 3)]:
+    workdir = training_runs.run_dir(method, seed, lr)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump({"train": {"token_budget": 4000, "num_iterations": 30}}, f)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      for step in (1, 2, 2):
+        f.write(json.dumps({"step": step, "loss": 0.0, "generated_tokens": 500}) + "\n")
+      f.write(json.dumps({"step": 2, "val_mean@16": 0.1}) + "\n")
   compare.main([])
   lines = capsys.readouterr().out.splitlines()
-  assert lines[-3:] == [
+  assert lines[-6:] == [
       f"{tmp_path}: 6 of 10 training runs finished",
       "cispo: 5/5 training runs, rate picked: 3e-05, 2 min per training job",
       "mcts_distill: 1/5 training runs, rate not picked yet (from 1e-5, 3e-5), 2 min per "
-      "training job"]
+      "training job",
+      "  under way: lr 3e-5, seed 1, 1,000 of 4,000 generated tokens (25%)",
+      "4 training runs left, about 0.1 hours at 2 min per job so far and --jobs=1"]
 
 
 def test_keep_records_copies_what_a_comparison_needs_to_go_on_elsewhere(tmp_path, monkeypatch,

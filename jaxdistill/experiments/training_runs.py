@@ -156,29 +156,57 @@ def record_of(method: str, seed: int, lr: str) -> dict | None:
 
 def progress(methods: list[str], grids: dict[str, list[str]],
              seeds: list[int]) -> tuple[int, int, list[str]]:
-  """How far the protocol's training runs are, from the records in --workdir alone (no job
-  is run, no test score read): (finished, in all, one line per method: its runs, the rate it
-  picked once its sweep is complete, the mean wall time of its training jobs so far)."""
+  """How far the protocol's training runs are, from the files in --workdir alone (no job is
+  run, no test score read): (finished, in all, lines: per method its runs, the rate it
+  picked once its sweep is complete, the mean wall time of its training jobs so far, and how
+  far each of its runs under way got; then the runs left, with the hours they take at that
+  mean)."""
   FLAGS = settings.FLAGS
   pickers, rest = seeds[:FLAGS.pick_seeds], seeds[FLAGS.pick_seeds:]
   finished = total = 0
-  lines = []
+  lines, walls = [], []
   for method in (m for m in methods if m != "base"):
     grid = grids[method]
     sweep = {lr: [record_of(method, seed, lr) for seed in pickers] for lr in grid}
     kept = [r for runs in sweep.values() for r in runs if r]
+    planned = [(lr, seed) for lr in grid for seed in pickers]
     picked = None
     if len(kept) == len(grid) * len(pickers):
       picked = best_rate(sweep)
       kept += [r for r in (record_of(method, seed, picked) for seed in rest) if r]
+      planned += [(picked, seed) for seed in rest]
     runs = len(grid) * len(pickers) + len(rest)
     finished, total = finished + len(kept), total + runs
+    walls += [r["wall_s"] for r in kept]
     lines.append(f"{method}: {len(kept)}/{runs} training runs, "
                  + (f"rate picked: {float(picked):g}" if picked else
                     f"rate not picked yet (from {', '.join(grid)})")
                  + (f", {np.mean([r['wall_s'] for r in kept]) / 60:.0f} min per training job"
                     if kept else ""))
+    for lr, seed in planned:
+      got = record_of(method, seed, lr) is None and _under_way(run_dir(method, seed, lr))
+      if got:
+        lines.append(f"  under way: lr {lr}, seed {seed}, {got}")
+  if total > finished:
+    lines.append(f"{total - finished} training runs left" + (
+        f", about {(total - finished) * np.mean(walls) / 3600 / FLAGS.jobs:.1f} hours at "
+        f"{np.mean(walls) / 60:.0f} min per job so far and --jobs={FLAGS.jobs}" if walls else ""))
   return finished, total, lines
+
+
+def _under_way(workdir: str) -> str | None:
+  """How far a training run got before it finished (or was stopped), from its metrics and
+  configuration; None before its first update."""
+  rows = {r["step"]: r for r in evaluations.metrics_rows(workdir) if "loss" in r}
+  path = os.path.join(workdir, "config.json")
+  if not rows or not os.path.exists(path):
+    return None
+  train = evaluations.read_json(path)["train"]
+  if train.get("token_budget"):
+    tokens = sum(r["generated_tokens"] for r in rows.values())
+    return (f"{tokens:,.0f} of {train['token_budget']:,} generated tokens "
+            f"({100 * tokens / train['token_budget']:.0f}%)")
+  return f"{max(rows)} of {train['num_iterations']} updates"
 
 
 def has_checkpoint(workdir: str) -> bool:
