@@ -93,7 +93,7 @@ def test_compare_picks_the_rate_on_two_seeds_pooled_and_writes_the_sweep(monkeyp
       method_learning_rates=["mcts_distill=3e-6,1e-5,3e-5"], token_budget=1000,
       temperatures=["0.2"], eval_key_sets=1, workdir=str(tmp_path / "runs"), out=str(out),
       test_k=4, test_problems=3000, validation_problems=1000, reference_problems=820,
-      equal="tokens", status=False, jobs=1))
+      equal="tokens", status=False, keep_records="", jobs=1))
   compare.main([])
   # every sweep first (no run of one waits on another), then each method's other seeds at
   # its pick
