@@ -134,6 +134,9 @@ def test_non_finite_updates_in_a_row_stop_the_run_resumably(tmp_path):
   assert [r["skipped"] for r in map(json.loads, open(tmp_path / "metrics.jsonl"))] == [1, 1]
   config.learner.learning_rate = 1e-3  # a rate value shapes nothing: the run resumes
   config.train.num_iterations = 2
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  with open(tmp_path / "metrics.jsonl", "w") as f:  # as if step 1 had taken 1000 s
+    f.writelines(json.dumps(r | {"elapsed_s": 1000.0}) + "\n" for r in rows)
   model, _ = main.load_model_and_tokenizer(config, str(tmp_path))
   summary = train.train(config, countdown.Countdown(config.task.numbers), model, tokenizer,
                         train_split, test_split, str(tmp_path),
@@ -142,6 +145,8 @@ def test_non_finite_updates_in_a_row_stop_the_run_resumably(tmp_path):
   assert summary["last_metrics"]["skipped"] == 0
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2] and rows[1]["skipped"] == 0
+  # the resumed run's clock goes on from its last kept update (the run's training time)
+  assert 1000.0 < rows[1]["elapsed_s"] < 1000.0 + 600
   assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(summary["params"]))
 
 
