@@ -408,12 +408,13 @@ def train(config, task, model, tokenizer, train_problems, test_problems, workdir
     summary |= evaluations.at_start(state.params)
   total = config.train.num_iterations
   budget = config.train.token_budget  # 0: no budget, run all iterations
-  generated = sum(r.get("generated_tokens", 0) for r in log.rows() if "loss" in r)
+  kept = log.rows()
+  generated = sum(r.get("generated_tokens", 0) for r in kept if "loss" in r)
   if budget and generated >= budget:
     total = start  # a resumed run that had already spent its budget
   # a resumed run's clock goes on from its last kept update: elapsed_s is the whole run's
   # training time, not the last process's (a comparison reports it per run)
-  clock = [r["elapsed_s"] for r in log.rows() if "elapsed_s" in r]
+  clock = [r["elapsed_s"] for r in kept if "elapsed_s" in r]
   started = time.perf_counter() - (clock[-1] if start and clock else 0.0)
   bar = tqdm(range(start, total), initial=start, total=total, desc=config.algo,
              disable=not (config.train.progress and parallel.is_primary()))
