@@ -167,14 +167,13 @@ def progress(methods: list[str], grids: dict[str, list[str]],
   lines, walls = [], []
   for method in (m for m in methods if m != "base"):
     grid = grids[method]
-    sweep = {lr: [record_of(method, seed, lr) for seed in pickers] for lr in grid}
-    kept = [r for runs in sweep.values() for r in runs if r]
-    planned = [(lr, seed) for lr in grid for seed in pickers]
+    # (rate, seed) -> its record or None: the sweep's runs, then the other seeds at the pick
+    planned = {(lr, seed): record_of(method, seed, lr) for lr in grid for seed in pickers}
     picked = None
-    if len(kept) == len(grid) * len(pickers):
-      picked = best_rate(sweep)
-      kept += [r for r in (record_of(method, seed, picked) for seed in rest) if r]
-      planned += [(picked, seed) for seed in rest]
+    if all(planned.values()):
+      picked = best_rate({lr: [planned[lr, seed] for seed in pickers] for lr in grid})
+      planned |= {(picked, seed): record_of(method, seed, picked) for seed in rest}
+    kept = [r for r in planned.values() if r]
     runs = len(grid) * len(pickers) + len(rest)
     finished, total = finished + len(kept), total + runs
     walls += [r["wall_s"] for r in kept]
@@ -183,8 +182,8 @@ def progress(methods: list[str], grids: dict[str, list[str]],
                     f"rate not picked yet (from {', '.join(grid)})")
                  + (f", {np.mean([r['wall_s'] for r in kept]) / 60:.0f} min per training job"
                     if kept else ""))
-    for lr, seed in planned:
-      got = record_of(method, seed, lr) is None and _under_way(run_dir(method, seed, lr))
+    for (lr, seed), record in planned.items():
+      got = record is None and _under_way(run_dir(method, seed, lr))
       if got:
         lines.append(f"  under way: lr {lr}, seed {seed}, {got}")
   if total > finished:
