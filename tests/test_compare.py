@@ -94,6 +94,30 @@ def test_standard_error_with_problems_adds_the_spread_of_the_per_problem_differe
   assert "| +6.2 (1 seed: no SE) |" in line and "nan" not in line
 
 
+def test_the_verdict_names_every_difference_past_two_standard_errors_whichever_side_leads():
+  # paired tuples: (difference, SE over seeds, seeds, SE with problems)
+  rows = [{"method": "base"},
+          {"method": "cispo", "minus_base": (0.020, 0.004, 5, 0.006)},  # 2.0 > 2 x 0.6: counts
+          # cispo leads: -1.3 is past 2 x 0.5 (the larger SE), so it counts against search too
+          {"method": "mcts_distill", "minus_cispo": (-0.013, 0.002, 5, 0.005),
+           "minus_base": (0.007, 0.003, 5, 0.004)},  # 0.7 < 2 x 0.4: does not count
+          # past 2 x 0.2 over seeds but not past 2 x 0.6 with the problems: does not count
+          {"method": "deepsearch", "minus_cispo": (0.010, 0.002, 5, 0.006),
+           "minus_base": (0.030, 0.004, 1, None)}]  # one seed: no SE, never counts
+  decided = report.verdict(rows)
+  assert [(p["method"], p["other"], p["counts"]) for p in decided["pairs"]] == [
+      ("cispo", "base", True), ("mcts_distill", "cispo", True), ("mcts_distill", "base", False),
+      ("deepsearch", "cispo", False), ("deepsearch", "base", False)]
+  assert decided["pairs"][1]["se"] == 0.005
+  assert decided["summary"] == ("cispo leads base by 2.0 ± 0.6 points; "
+                                "cispo leads mcts_distill by 1.3 ± 0.5 points.")
+  # no lead over or behind cispo counts: the sentence says so, with each difference
+  rows[2]["minus_cispo"] = (-0.008, 0.002, 5, 0.005)
+  assert report.verdict(rows)["summary"] == (
+      "No method differs from cispo by more than 2 SE (mcts_distill -0.8 ± 0.5; "
+      "deepsearch +1.0 ± 0.6); cispo leads base by 2.0 ± 0.6 points.")
+
+
 def test_asking_for_per_problem_scores_reuses_the_evaluation(tmp_path, monkeypatch):
   calls = []
 

@@ -124,6 +124,11 @@ def test_compare_picks_the_rate_on_two_seeds_pooled_and_writes_the_sweep(monkeyp
   written = json.loads((tmp_path / "table.json").read_text())
   assert written["sweep"] == {"mcts_distill": "3e-06", "cispo": "3e-05"}
   assert written["grids"]["mcts_distill"] == ["3e-6", "1e-5", "3e-5"]
+  # the verdict in the JSON is the one the table states
+  assert {(p["method"], p["other"]) for p in written["verdict"]["pairs"]} == {
+      ("mcts_distill", "cispo"), ("mcts_distill", "base"), ("cispo", "base")}
+  assert (f"**Verdict** (a paired difference counts past 2 SE): "
+          f"{written['verdict']['summary']}\n") in table
   leads = {(r["method"], r["lr"]): r.get("pick_lead") for r in written["sweep_runs"]}
   assert leads[("mcts_distill", 3e-6)] is None
   assert abs(leads[("mcts_distill", 1e-5)] - 0.008) < 1e-12

@@ -52,7 +52,7 @@ from absl import app, flags
 
 from jaxdistill.experiments import evaluations, settings, training_runs
 from jaxdistill.experiments.jobs import Pool
-from jaxdistill.experiments.report import markdown, plot, summarize
+from jaxdistill.experiments.report import markdown, plot, summarize, verdict
 from jaxdistill.experiments.sweep import method_grids, pick_rate, sweep_table
 
 
@@ -296,6 +296,8 @@ def _write(records: list[dict], sweep: dict, sweep_runs: list[dict], notes: list
   test_k, pickers = FLAGS.test_k, seeds[:FLAGS.pick_seeds]
   header = _header(grids, problems, pickers, k)
   table = markdown(rows, test_k, header, FLAGS.temperatures)
+  decided = verdict(rows)
+  table += f"\n**Verdict** (a paired difference counts past 2 SE): {decided['summary']}\n"
   table += sweep_table(grids, sweep_runs, k, pickers, notes)
   out = FLAGS.out or os.path.join("results", f"{settings.task_name()}_{FLAGS.preset}.md")
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -307,7 +309,8 @@ def _write(records: list[dict], sweep: dict, sweep_runs: list[dict], notes: list
     runs = [{key: value for key, value in r.items()
              if key not in ("validation_per_problem", "lr_text", "final_test")}
             for r in records]
-    json.dump({"equal": FLAGS.equal, "budget": FLAGS.token_budget, "rows": rows, "runs": runs,
+    json.dump({"equal": FLAGS.equal, "budget": FLAGS.token_budget, "verdict": decided,
+               "rows": rows, "runs": runs,
                "sweep": sweep, "sweep_runs": sweep_runs, "grids": grids,
                "methods": {m: training_runs.METHODS[m] for m in sweep},
                "overrides": FLAGS.set}, f, indent=1)

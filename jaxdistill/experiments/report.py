@@ -113,6 +113,45 @@ def summarize(records: list[dict], k: int, temperatures: list[str]) -> list[dict
   return rows
 
 
+def deciding_se(d) -> float:
+  """The standard error a paired difference (`paired`'s tuple) is judged by: the larger of
+  the seeds-only and the problem-inclusive one, nan with one seed."""
+  return d[1] if d[3] is None else max(d[1], d[3])
+
+
+def counts(d) -> bool:
+  """Whether a paired difference counts: it exceeds twice its deciding standard error,
+  whichever side leads."""
+  se = deciding_se(d)
+  return d[2] > 1 and se > 0 and abs(d[0]) > 2 * se
+
+
+def verdict(rows: list[dict]) -> dict:
+  """What the table decides, from `summarize`'s rows: every method's paired difference with
+  cispo and with the base model, whether it counts (`counts`), and a sentence that says which
+  differences count, with the leader named first, or that none against cispo does. The
+  README's verdict is this sentence."""
+  pairs = []
+  for r in rows:
+    for other in ("cispo", "base"):
+      d = r.get(f"minus_{other}")
+      if d is not None:
+        pairs.append({"method": r["method"], "other": other, "difference": d[0],
+                      "se": deciding_se(d), "seeds": d[2], "counts": counts(d)})
+  said = lambda p: (f"{p['method']} leads {p['other']}" if p["difference"] > 0 else
+                    f"{p['other']} leads {p['method']}") + (
+                        f" by {100 * abs(p['difference']):.1f} ± {100 * p['se']:.1f} points")
+  against_cispo = [p for p in pairs if p["other"] == "cispo"]
+  decided = [said(p) for p in pairs if p["counts"]]
+  if not any(p["counts"] for p in against_cispo):
+    decided.insert(0, "No method differs from cispo by more than 2 SE" + (
+        "" if not against_cispo else " (" + "; ".join(
+            f"{p['method']} {100 * p['difference']:+.1f} ± {100 * p['se']:.1f}"
+            for p in against_cispo) + ")"))
+  # method names keep their case: the sentence may begin with one
+  return {"pairs": pairs, "summary": "; ".join(decided) + "." if decided else "Nothing to compare."}
+
+
 def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> str:
   """The table: a row per method, seeds listed, paired differences with standard errors."""
   t0, others = temperatures[0], temperatures[1:]  # others: a column pair each (none if one)
@@ -120,15 +159,14 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
   pct = lambda xs: ", ".join(f"{100 * x:.1f}" for x in xs)
   stat = lambda xs: (f"{100 * np.mean(xs):.1f}% ± {100 * np.std(xs, ddof=1):.1f}"
                      if len(xs) > 1 else f"{100 * np.mean(xs):.1f}%")
-  def diff(d):  # the lead is flagged past two of the largest standard error there is
+  def diff(d):
     if d is None:
       return "-"
     if d[2] < 2:  # one seed: its difference, but no spread to say how sure it is
       return f"{100 * d[0]:+.1f} (1 seed: no SE)"
-    se = d[1] if d[3] is None else max(d[1], d[3])
     return (f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f}"
             + ("" if d[3] is None else f" (± {100 * d[3]:.1f} with problems)")
-            + (" **(> 2 SE)**" if se > 0 and abs(d[0]) > 2 * se else ""))
+            + (" **(> 2 SE)**" if counts(d) else ""))
   lines = [header, "",
            f"| method | lr | mean@{k} T={t0} (mean ± std) | per seed | minus cispo (± SE) | "
            f"minus base (± SE) | pass@{k} T={t0} | "
