@@ -96,7 +96,7 @@ def test_standard_error_with_problems_adds_the_spread_of_the_per_problem_differe
 
 def test_the_verdict_names_every_difference_past_two_standard_errors_whichever_side_leads():
   # paired tuples: (difference, SE over seeds, seeds, SE with problems)
-  rows = [{"method": "base"},
+  rows = [{"method": "base", "minus_cispo": (-0.020, 0.004, 5, 0.006)},  # cispo's, mirrored
           {"method": "cispo", "minus_base": (0.020, 0.004, 5, 0.006)},  # 2.0 > 2 x 0.6: counts
           # cispo leads: -1.3 is past 2 x 0.5 (the larger SE), so it counts against search too
           {"method": "mcts_distill", "minus_cispo": (-0.013, 0.002, 5, 0.005),
