@@ -32,11 +32,13 @@ The protocol, fixed before any run:
    `--reference_problems` (820), at the preset's evaluation temperature.
 6. Differences are paired by seed, with the standard error over seeds and the unbiased
    two-way one that also counts the sampling of the test problems; a difference counts when
-   it exceeds twice the larger, whichever method leads.
+   it exceeds twice the larger, whichever method leads. The verdict (`report.verdict`)
+   names each difference with cispo or the base model that counts, or says none with cispo
+   does.
 Stopping it (SIGTERM or Ctrl-C) lets the running job write a checkpoint; the same command
 then resumes the comparison where it stopped. Writes a markdown table with per-seed numbers
 and the paired difference of each method to cispo and to the base model (mean and standard
-error over seeds), the raw numbers (JSON) and a plot of the learning curves (PNG). Every run
+error over seeds) and the verdict, the raw numbers (JSON) and a plot of the learning curves (PNG). Every run
 is a `jaxdistill.main` job in `WORKDIR/<name>`, resumable: finished runs are read back, not
 repeated. A picked run whose checkpoint is gone (records travel between machines in git,
 checkpoints do not) is scored from its cached test evaluations or else trained again in
