@@ -400,7 +400,9 @@ def test_status_counts_the_protocol_s_runs_from_the_records_alone(tmp_path, monk
     workdir = training_runs.run_dir(method, seed, lr)
     os.makedirs(workdir)
     with open(os.path.join(workdir, "compare_run.json"), "w") as f:
-      json.dump({"validation": validation, "wall_s": 120.0}, f)
+      # mcts_distill's run was resumed: its last process took 2 of its 8 minutes' training
+      json.dump({"validation": validation, "wall_s": 120.0}
+                | ({"train_s": 480.0} if method == "mcts_distill" else {}), f)
   # under way: a run of the sweep two updates in (a step logged twice: resumed); a finished
   # run's files and a run at a rate not picked (not the protocol's) are not listed
   for method, lr, seed in [("mcts_distill", "3e-5", 1), ("cispo", "3e-5", 2),
@@ -418,10 +420,11 @@ def test_status_counts_the_protocol_s_runs_from_the_records_alone(tmp_path, monk
   assert lines[-6:] == [
       f"{tmp_path}: 6 of 10 training runs finished",
       "cispo: 5/5 training runs, rate picked: 3e-05, 2 min per training job",
-      "mcts_distill: 1/5 training runs, rate not picked yet (from 1e-5, 3e-5), 2 min per "
+      "mcts_distill: 1/5 training runs, rate not picked yet (from 1e-5, 3e-5), 8 min per "
       "training job",
       "  under way: lr 3e-5, seed 1, 1,000 of 4,000 generated tokens (25%)",
-      "4 training runs left, about 0.1 hours at 2 min per job so far and --jobs=1"]
+      # (5 x 2 + 8) / 6 = 3 min per job
+      "4 training runs left, about 0.2 hours at 3 min per job so far and --jobs=1"]
 
 
 def test_keep_records_copies_what_a_comparison_needs_to_go_on_elsewhere(tmp_path, monkeypatch,

@@ -158,7 +158,7 @@ def progress(methods: list[str], grids: dict[str, list[str]],
              seeds: list[int]) -> tuple[int, int, list[str]]:
   """How far the protocol's training runs are, from the files in --workdir alone (no job is
   run, no test score read): (finished, in all, lines: per method its runs, the rate it
-  picked once its sweep is complete, the mean wall time of its training jobs so far, and how
+  picked once its sweep is complete, the mean time of its training jobs so far, and how
   far each of its runs under way got; then the runs left, with the hours they take at that
   mean)."""
   FLAGS = settings.FLAGS
@@ -176,11 +176,14 @@ def progress(methods: list[str], grids: dict[str, list[str]],
     kept = [r for r in planned.values() if r]
     runs = len(grid) * len(pickers) + len(rest)
     finished, total = finished + len(kept), total + runs
-    walls += [r["wall_s"] for r in kept]
+    # a resumed run's wall_s is its last process's; its train_s (the training clock, which
+    # goes on across resumes) is then the larger, and closer to what a whole run takes
+    mine = [max(r["wall_s"], r.get("train_s", 0.0)) for r in kept]
+    walls += mine
     lines.append(f"{method}: {len(kept)}/{runs} training runs, "
                  + (f"rate picked: {float(picked):g}" if picked else
                     f"rate not picked yet (from {', '.join(grid)})")
-                 + (f", {np.mean([r['wall_s'] for r in kept]) / 60:.0f} min per training job"
+                 + (f", {np.mean(mine) / 60:.0f} min per training job"
                     if kept else ""))
     for (lr, seed), record in planned.items():
       got = record is None and _under_way(run_dir(method, seed, lr))
