@@ -118,6 +118,29 @@ def test_the_verdict_names_every_difference_past_two_standard_errors_whichever_s
       "deepsearch +1.0 ± 0.6); cispo leads base by 2.0 ± 0.6 points.")
 
 
+def test_the_learning_curves_and_the_base_level_are_on_the_same_validation_problems(
+    monkeypatch):
+  """The curve's points score the first eval.curve_problems validation problems, its last
+  point (the final validation) the whole split: the plot leaves that point out and draws the
+  base model's mean on the curve's problems, not on the whole split."""
+  scores = {"validation": {"mean@16": 0.25, "per_problem": [0.5, 0.25, 0.0, 0.25]}}
+  monkeypatch.setattr(evaluations, "evaluate", lambda workdir, overrides, t, split="test", **_:
+                      scores.get(split, {"mean@16": 0.1, "mean@4": 0.1, "pass@16": 0.2}))
+  monkeypatch.setattr(evaluations, "test_scores", lambda workdir, overrides: {})
+  monkeypatch.setattr(settings, "FLAGS", type("F", (), dict(
+      workdir="w", reference_problems=2, preset="tiny", set=["eval.curve_problems=2"])))
+  base = evaluations.base_run(0, [])
+  assert base["validation"] == 0.25 and base["curve_validation"] == 0.375
+  run = lambda seed, curve, final: {"method": "cispo", "seed": seed, "validation": final,
+                                    "curve": curve + [(30, final)]}
+  level, methods = report.learning_curves(
+      [base, run(0, [(10, 0.5), (20, 0.75)], 0.25), run(1, [(12, 0.25), (22, 0.25)], 0.5)])
+  assert level == 0.375
+  curves, mean = methods["cispo"]
+  assert [c.tolist() for c in curves] == [[[10, 0.5], [20, 0.75]], [[12, 0.25], [22, 0.25]]]
+  np.testing.assert_allclose(mean, [[11, 0.375], [21, 0.5]])
+
+
 def test_asking_for_per_problem_scores_reuses_the_evaluation(tmp_path, monkeypatch):
   calls = []
 

@@ -316,7 +316,8 @@ def _write(records: list[dict], sweep: dict, sweep_runs: list[dict], notes: list
                "sweep": sweep, "sweep_runs": sweep_runs, "grids": grids,
                "methods": {m: training_runs.METHODS[m] for m in sweep},
                "overrides": FLAGS.set}, f, indent=1)
-  plot(records, sweep, k, str(settings.eval_temperature()), stem + ".png")
+  plot(records, sweep, k, str(settings.eval_temperature()), stem + ".png",
+       min(settings.config().eval.curve_problems, FLAGS.validation_problems))
   print(table)
   print(f"wrote {out}, {stem}.json, {stem}.png")
 

@@ -154,8 +154,15 @@ def base_run(seed: int, common: list[str]) -> dict:
   overrides = common + [f"seed={seed}"]
   reference = evaluate(workdir, overrides, str(settings.eval_temperature()),
                        problems=FLAGS.reference_problems)
-  return {"method": "base", "seed": seed, "generated_tokens": 0, "iterations": 0,
-          "validation": evaluate(workdir, overrides, str(settings.eval_temperature()),
-                                 "validation")["mean@" + str(settings.eval_k())],
-          "test": test_scores(workdir, overrides), "reference": reference}
+  validation = evaluate(workdir, overrides, str(settings.eval_temperature()), "validation",
+                        per_problem=True)
+  record = {"method": "base", "seed": seed, "generated_tokens": 0, "iterations": 0,
+            "validation": validation["mean@" + str(settings.eval_k())],
+            "test": test_scores(workdir, overrides), "reference": reference}
+  # a run's learning curve scores only the first eval.curve_problems validation problems,
+  # which need not be as hard as the whole split: the base model's level on those same ones
+  curve_problems = settings.config().eval.curve_problems
+  if curve_problems:
+    record["curve_validation"] = float(np.mean(validation["per_problem"][:curve_problems]))
+  return record
 

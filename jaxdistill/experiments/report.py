@@ -194,26 +194,50 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
   return "\n".join(lines) + "\n"
 
 
-def plot(records: list[dict], sweep: dict, k: int, temperature: str, path: str) -> None:
-  """Validation mean@k against generated tokens: each method's runs (thin) and their mean."""
+def learning_curves(records: list[dict]) -> tuple[float | None, dict]:
+  """What `plot` draws, each on the same validation problems: the base model's mean on the
+  learning curve's problems ("curve_validation", else its whole-split "validation"), and per
+  method its runs' curves and their mean, as [points, 2] arrays of (generated tokens, score).
+  A run's curve ends with its final validation, on the whole split (`train_run`); that point
+  is left out, as the curve's other points score only the split's first
+  eval.curve_problems problems."""
+  base = [r.get("curve_validation", r["validation"]) for r in records if r["method"] == "base"]
+  methods = {}
+  for method in dict.fromkeys(r["method"] for r in records if r["method"] != "base"):
+    curves = []
+    for r in records:
+      if r["method"] == method and r["curve"]:
+        c = np.asarray(r["curve"], dtype=float)
+        if c[-1, 1] == r["validation"]:
+          c = c[:-1]
+        if len(c):
+          curves.append(c)
+    if curves:
+      length = min(len(c) for c in curves)
+      methods[method] = (curves, np.mean([c[:length] for c in curves], axis=0))
+  return (float(np.mean(base)) if base else None), methods
+
+
+def plot(records: list[dict], sweep: dict, k: int, temperature: str, path: str,
+         curve_problems: int = 0) -> None:
+  """Validation mean@k against generated tokens on the learning curve's problems (the first
+  `curve_problems` of the split, 0: unknown): each method's runs (thin), their mean, and the
+  base model's level on the same problems."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  base = [r["validation"] for r in records if r["method"] == "base"]
-  if base:
-    ax.axhline(100 * np.mean(base), color="k", linestyle="--", label="base")
-  for i, method in enumerate(m for m in dict.fromkeys(r["method"] for r in records)
-                             if m != "base"):
-    curves = [np.asarray(r["curve"]) for r in records if r["method"] == method and r["curve"]]
+  base, methods = learning_curves(records)
+  if base is not None:
+    ax.axhline(100 * base, color="k", linestyle="--", label="base")
+  for i, (method, (curves, mean)) in enumerate(methods.items()):
     for c in curves:
       ax.plot(c[:, 0], 100 * c[:, 1], color=f"C{i}", alpha=0.25)
-    length = min(len(c) for c in curves)
-    mean = np.mean([c[:length] for c in curves], axis=0)
     ax.plot(mean[:, 0], 100 * mean[:, 1], color=f"C{i}", marker="o",
             label=f"{method} (lr {sweep.get(method, '?')})")
   ax.set_xlabel("generated tokens in training")
-  ax.set_ylabel(f"validation mean@{k} (%), T={temperature}")
+  problems = f" (its first {curve_problems} problems)" if curve_problems else ""
+  ax.set_ylabel(f"validation mean@{k} (%), T={temperature}{problems}", fontsize=8)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
