@@ -580,3 +580,41 @@ def test_work_queued_when_a_sweep_finishes_comes_before_what_was_queued_earlier(
   finally:
     pool.close()
   assert order == ["sweep a1", "sweep a2", "test a", "sweep b1"]
+
+
+def test_a_drain_lets_running_jobs_and_evaluations_finish_and_starts_no_training(tmp_path):
+  """SIGUSR1 to the comparison's process group: its running job ignores it and finishes, an
+  evaluation queued behind it still runs, a queued training job never starts, and the
+  comparison exits 0 once nothing is left running instead of going on."""
+  import subprocess
+  import sys
+  job = tmp_path / "job.py"
+  job.write_text(
+      "import sys, time\n"
+      f"base = {str(tmp_path)!r} + '/' + sys.argv[1]\n"
+      "open(base + '.started', 'w').close()\n"
+      "time.sleep(1.0)  # the drain arrives while it runs\n"
+      "open(base + '.done', 'w').close()\n")
+  parent = subprocess.Popen([sys.executable, "-c", (
+      "import os, signal, sys, time\n"
+      "from jaxdistill.experiments import jobs as layer\n"
+      "pool = layer.Pool(1)\n"
+      f"running = pool.submit(layer.run_command, [sys.executable, {str(job)!r}, 'run'])\n"
+      "def train():\n"
+      "  layer.check_stopped(training=True)\n"
+      f"  open({str(tmp_path / 'trained')!r}, 'w').close()\n"
+      "training = pool.submit(train)\n"
+      f"evaluation = pool.submit(layer.run_command, [sys.executable, {str(job)!r}, 'eval'])\n"
+      f"while not os.path.exists({str(tmp_path / 'run.started')!r}):\n"
+      "  time.sleep(0.01)\n"
+      "os.killpg(os.getpgid(0), signal.SIGUSR1)  # the job too: it must not die of it\n"
+      "pool.result(running)\n"
+      "pool.result(training)\n"
+      f"open({str(tmp_path / 'went_on')!r}, 'w').close()\n")], stdout=subprocess.PIPE,
+      text=True, start_new_session=True)
+  output = parent.communicate(timeout=120)[0]
+  assert parent.returncode == 0 and "comparison drained" in output
+  assert (tmp_path / "run.done").exists()  # the running job finished
+  assert (tmp_path / "eval.done").exists()  # work that is not training still ran
+  assert not (tmp_path / "trained").exists()  # no training job started after the drain
+  assert not (tmp_path / "went_on").exists()

@@ -36,7 +36,9 @@ The protocol, fixed before any run:
    names each difference with cispo or the base model that counts, or says none with cispo
    does.
 Stopping it (SIGTERM or Ctrl-C) lets the running job write a checkpoint; the same command
-then resumes the comparison where it stopped. Writes a markdown table with per-seed numbers
+then resumes the comparison where it stopped. Draining it (SIGUSR1 to this process) lets the
+running jobs finish, and the test evaluations that follow them, starts no training job and
+then exits: nothing is left half trained (a checkpoint does not travel with the records). Writes a markdown table with per-seed numbers
 and the paired difference of each method to cispo and to the base model (mean and standard
 error over seeds) and the verdict, the raw numbers (JSON) and a plot of the learning curves (PNG). Every run
 is a `jaxdistill.main` job in `WORKDIR/<name>`, resumable: finished runs are read back, not
@@ -53,7 +55,7 @@ import os
 from absl import app, flags
 
 from jaxdistill.experiments import evaluations, settings, training_runs
-from jaxdistill.experiments.jobs import Pool
+from jaxdistill.experiments.jobs import Pool, check_stopped
 from jaxdistill.experiments.report import markdown, plot, summarize, verdict
 from jaxdistill.experiments.sweep import method_grids, pick_rate, sweep_table
 
@@ -232,6 +234,7 @@ def _protocol(pool: Pool, common: list[str], seeds: list[int], grids: dict[str, 
   def run(method, seed, lr, sweep=False):
     """train_run, announced with how far the protocol is when it is not finished yet."""
     if training_runs.record_of(method, seed, lr) is None:
+      check_stopped(training=True)  # after a drain: not announced
       done, total, _ = training_runs.progress(FLAGS.methods, grids, seeds)
       print(f"training run: {method}, lr {lr}, seed {seed} ({done} of {total} finished)",
             flush=True)

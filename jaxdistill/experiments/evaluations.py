@@ -25,7 +25,8 @@ def run_job(workdir: str, overrides: list[str], mode: str = "train") -> float:
   """One jaxdistill.main job; returns its wall time in seconds. With --jobs > 1 its output
   goes to WORKDIR/job.log (jobs run side by side)."""
   FLAGS = settings.FLAGS
-  check_stopped()  # a job after a stop: not announced, no workdir made
+  check_stopped(training=mode == "train")  # a job after a stop (a training job after a
+  # drain): not announced, no workdir made
   cmd = [sys.executable, "-m", "jaxdistill.main", "--config", f"countdown.py:{FLAGS.preset}",
          f"--workdir={workdir}", f"--mode={mode}",
          *[f"--config.{o}" for o in overrides + FLAGS.set]]

@@ -1,6 +1,10 @@
 """Jobs of a comparison run one at a time or side by side, each pinned to a CPU core of its
 own, and stopped cleanly: a stop (SIGTERM, Ctrl-C) reaches every running job, which
-finishes its iteration and writes its checkpoint; no queued job starts after it."""
+finishes its iteration and writes its checkpoint; no queued job starts after it. A drain
+(SIGUSR1) stops it at the next clean boundary instead: the running jobs finish, and so does
+the evaluation work that follows them, but no training job starts; nothing is left half
+done, which matters when a comparison goes on elsewhere from records alone (a half-trained
+run's checkpoint does not travel, so it would start over)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ class Stopped(Exception):
 
 _RUNNING = set()  # the jobs running now (subprocess.Popen)
 _STOPS = []  # the signals that stopped the comparison, first first
+_DRAINING = []  # non-empty once a drain (SIGUSR1) was asked for
 _CORES = None  # with --jobs > 1: a queue of the CPU cores free to pin a job to
 
 
@@ -34,6 +39,15 @@ def _forward(signum, frame):
   _STOPS.append(signum)
   for process in list(_RUNNING):
     process.send_signal(signum)
+
+
+def _drain(signum, frame):
+  """A drain: no training job starts after it; what runs (and the evaluations after it) ends."""
+  del signum, frame
+  if not _DRAINING:
+    _DRAINING.append(True)
+    print("draining: the running jobs and their evaluations finish, no training job starts; "
+          "then the comparison exits (SIGTERM or Ctrl-C: stop now)", flush=True)
 
 
 def _exit_stopped():
@@ -55,9 +69,13 @@ def run_command(cmd: list[str], log: str | None = None) -> int:
   try:
     if _STOPS:
       raise Stopped()
-    pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
+
+    def child_setup():  # a drain is the comparison's, not its jobs' (SIGUSR1 would kill them)
+      signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+      if core is not None:
+        os.sched_setaffinity(0, {core})
     output = open(log, "a") if log else None
-    process = subprocess.Popen(cmd, preexec_fn=pin, stdout=output,
+    process = subprocess.Popen(cmd, preexec_fn=child_setup, stdout=output,
                                stderr=subprocess.STDOUT if output else None)
     _RUNNING.add(process)
     if _STOPS:  # stopped while it started
@@ -91,10 +109,10 @@ def run_command(cmd: list[str], log: str | None = None) -> int:
   return code
 
 
-def check_stopped():
-  """Raises Stopped once the comparison has been stopped: work queued before the stop does
-  not start (nor announce itself, nor make its workdir)."""
-  if _STOPS:
+def check_stopped(training: bool = False):
+  """Raises Stopped once the comparison has been stopped (or, for a training job, drained):
+  work queued before the stop does not start (nor announce itself, nor make its workdir)."""
+  if _STOPS or (training and _DRAINING):
     raise Stopped()
 
 
@@ -110,7 +128,7 @@ class _Executor:
   def __init__(self, workers: int):
     self._queue, self._order = [], itertools.count()
     self._ready = threading.Condition()
-    self._closed, self._held = False, 0
+    self._closed, self._held, self._busy = False, 0, 0
     self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
     for thread in self._threads:
       thread.start()
@@ -132,14 +150,26 @@ class _Executor:
         if not self._queue:
           return
         _, _, future, fn, args, kwargs = heapq.heappop(self._queue)
-      if not future.set_running_or_notify_cancel():
-        continue
+        self._busy += 1
       try:
-        result = fn(*args, **kwargs)
-      except BaseException as error:  # the future carries it to whoever waits on it
-        future.set_exception(error)
-      else:
-        future.set_result(result)
+        if not future.set_running_or_notify_cancel():
+          continue
+        try:
+          result = fn(*args, **kwargs)
+        except BaseException as error:  # the future carries it to whoever waits on it
+          future.set_exception(error)
+        else:
+          future.set_result(result)  # its callbacks may queue more work: before idle
+      finally:
+        with self._ready:
+          self._busy -= 1
+          self._ready.notify_all()
+
+  def wait_idle(self):
+    """Until nothing is queued and no worker is working (work may be submitted meanwhile)."""
+    with self._ready:
+      while self._queue or self._busy:
+        self._ready.wait(timeout=1.0)
 
   @contextlib.contextmanager
   def held(self):
@@ -185,6 +215,7 @@ class Pool:
         _CORES.put(core)
     self.executor = _Executor(jobs)
     self.previous = signal.signal(signal.SIGTERM, _forward)
+    self.previous_usr1 = signal.signal(signal.SIGUSR1, _drain)
 
   def submit(self, fn, *args, priority: int = 0, **kwargs) -> concurrent.futures.Future:
     """fn(*args, **kwargs) on a worker, unless the comparison has been stopped by then;
@@ -231,10 +262,18 @@ class Pool:
     return done
 
   def result(self, future: concurrent.futures.Future):
-    """The future's value; a stop, or a failed job once the running ones have finished,
-    ends the comparison."""
+    """The future's value; a stop, a drain once everything it lets finish has finished, or
+    a failed job once the running ones have finished, ends the comparison."""
     try:
       concurrent.futures.wait([future])
+      if _DRAINING and not _STOPS and isinstance(future.exception(), Stopped):
+        self.executor.wait_idle()  # queued training jobs refuse; evaluations run
+        if not _STOPS:
+          self.executor.shutdown(wait=True)
+          print("comparison drained: the jobs that were running have finished and no "
+                "training job started after the drain; run the same command to resume",
+                flush=True)
+          sys.exit(0)
     except KeyboardInterrupt:
       _STOPS.append(signal.SIGINT)  # Ctrl-C reached the jobs too (a second one aborts them)
       print("interrupted: waiting for the running jobs to write their checkpoints (Ctrl-C "
@@ -257,4 +296,5 @@ class Pool:
     global _CORES
     self.executor.shutdown(wait=True)
     signal.signal(signal.SIGTERM, self.previous)
+    signal.signal(signal.SIGUSR1, self.previous_usr1)
     _CORES = None
