@@ -157,3 +157,42 @@ def test_the_pick_s_lead_is_paired_problem_by_problem_and_a_close_call_is_said()
   assert sweep.margin_note("cispo", 1e-5, {}, 4) == ""
   with pytest.raises(ValueError, match="different numbers of validation problems"):
     sweep.pick_margins(runs + [{"lr": 3e-4, "per_problem": [0.0]}], 1e-5)
+
+
+def test_a_rate_given_alone_tests_each_run_as_it_finishes(monkeypatch, tmp_path):
+  """One rate per method (frozen, as --equal=updates runs it) is picked already: each of the
+  first seeds' runs is tested right after its training, while its checkpoint is here, not
+  once the other seed has trained (a drain in between would leave it untested, and its
+  checkpoint does not travel with the records), and it is tested once."""
+  import types
+  order = []
+
+  def train_run(method, seed, lr, common, sweep=False):
+    order.append(("train", method, seed))
+    assert not sweep
+    return {"method": method, "seed": seed, "lr": float(lr), "lr_text": lr,
+            "generated_tokens": 1000, "iterations": 4, "train_s": 1.0,
+            "validation": 0.1 + 0.01 * seed, "curve": [(1000, 0.1)]}
+
+  def with_test(record, common):
+    assert "test" not in record
+    order.append(("test", record["method"], record["seed"]))
+    return record | {"test": {"0.2": {"mean@4": 0.1, "pass@4": 0.2},
+                              "per_problem": [0.1, 0.1]}}
+
+  monkeypatch.setattr(training_runs, "train_run", train_run)
+  monkeypatch.setattr(training_runs, "with_test", with_test)
+  monkeypatch.setattr(settings, "eval_k", lambda: 16)
+  monkeypatch.setattr(settings, "FLAGS", types.SimpleNamespace(
+      preset="tiny", set=[], methods=["cispo", "best_of_n"], seeds=["0", "1", "2"],
+      pick_seeds=2, learning_rates=["1e-5", "3e-5", "1e-4"],
+      method_learning_rates=["cispo=3e-5", "best_of_n=1e-5"], token_budget=0,
+      temperatures=["0.2"], eval_key_sets=1, workdir=str(tmp_path / "runs"),
+      out=str(tmp_path / "table.md"), test_k=4, test_problems=3000,
+      validation_problems=1000, reference_problems=820, equal="updates", status=False,
+      keep_records="", jobs=1))
+  compare.main([])
+  assert order == [(kind, m, s) for m, s in [("cispo", 0), ("cispo", 1), ("best_of_n", 0),
+                                             ("best_of_n", 1), ("cispo", 2),
+                                             ("best_of_n", 2)]
+                   for kind in ("train", "test")]

@@ -25,6 +25,7 @@ The protocol, fixed before any run:
    pick from another rate, or when the pick is an end of its grid. Test scores of rates not
    picked are never read (a run's own final evaluation of the first --reference_problems
    test problems stays in its workdir; the test evaluations are run for picked rates only).
+   A rate given alone is picked already: its runs are tested as each finishes.
 5. Every run: `--curve_points` evaluations on the validation split during training (the
    learning curve against generated tokens), then, no search: mean@`--test_k` (4) and
    pass@`--test_k` on every test problem at each of `--temperatures` (the primary score, with
@@ -49,6 +50,7 @@ checkpoints do not) is scored from its cached test evaluations or else trained a
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 
@@ -253,6 +255,12 @@ def _protocol(pool: Pool, common: list[str], seeds: list[int], grids: dict[str, 
     for probe in [pool.submit(training_runs.tokens_per_iteration, m, common) for m in trained]:
       pool.result(probe)
 
+  def done(record):
+    """A future that holds `record` (a run tested already)."""
+    future = concurrent.futures.Future()
+    future.set_result(record)
+    return future
+
   def pick_and_test(method, runs):
     """The method's pick from its finished sweep, and its test jobs queued: the picked runs'
     first in the queue, scored while this machine still has their checkpoints, which do not
@@ -260,13 +268,17 @@ def _protocol(pool: Pool, common: list[str], seeds: list[int], grids: dict[str, 
     tried = {lr: [f.result() for f in futures] for lr, futures in runs.items()}
     best_lr, rate_rows, method_notes = pick_rate(method, grids[method], tried, k, pickers)
     return best_lr, rate_rows, method_notes, (
-        [pool.submit(training_runs.with_test, r, common, priority=-1) for r in tried[best_lr]]
+        [done(r) if "test" in r else pool.submit(training_runs.with_test, r, common, priority=-1)
+         for r in tried[best_lr]]
         + [pool.submit(run_and_test, method, seed, best_lr) for seed in others])
 
   with pool.held():  # each pick in place before a sweep's (recorded) runs can finish
     base = ([pool.submit(evaluations.base_run, seed, common) for seed in seeds]
             if "base" in FLAGS.methods else [])
-    sweeps = {m: {lr: [pool.submit(run, m, seed, lr, len(grids[m]) > 1) for seed in pickers]
+    # a rate given alone is picked already: its runs are tested as they finish, while their
+    # checkpoints are here (a drained comparison leaves none untested to train again)
+    sweeps = {m: {lr: [pool.submit(run, m, seed, lr, True) if len(grids[m]) > 1
+                       else pool.submit(run_and_test, m, seed, lr) for seed in pickers]
                   for lr in grids[m]} for m in trained}
     # picked by the worker that finishes a sweep's last run, before it takes the next one
     picks = {m: pool.after([f for futures in sweeps[m].values() for f in futures],
