@@ -293,7 +293,8 @@ def test_a_picked_run_without_its_checkpoint_is_scored_from_its_cache_or_trained
   its cached evaluations; without them it trains the run again in `<run>-again` (never
   evaluates the initial model in its place) and scores that one, whose record is the row's
   and says whether it repeated the first. The first record, which the pick read, is never
-  touched, and a second run scored once is not trained a third time."""
+  touched, a second run scored once is not trained a third time, and a record tested already is
+  returned as it is."""
   import shutil
   calls, validation = [], [0.125]
 
@@ -338,6 +339,10 @@ def test_a_picked_run_without_its_checkpoint_is_scored_from_its_cache_or_trained
   assert tested["trained_again"]["first_validation"] == 0.125
   assert (first / "compare_run.json").read_bytes() == picked_on
   assert training_runs.record_of("deepsearch", 0, "1e-5")["validation"] == 0.125
+  # a record tested already is the row as it is: testing it again would compare the second
+  # run with itself and call it repeated
+  calls.clear()
+  assert training_runs.with_test(tested, []) == tested and calls == []
 
   # a run scored on this machine keeps its scores when its checkpoint is gone
   validation[0] = 0.125

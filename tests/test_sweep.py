@@ -175,7 +175,8 @@ def test_a_rate_given_alone_tests_each_run_as_it_finishes(monkeypatch, tmp_path)
             "validation": 0.1 + 0.01 * seed, "curve": [(1000, 0.1)]}
 
   def with_test(record, common):
-    assert "test" not in record
+    if "test" in record:  # as training_runs.with_test: a tested record is returned as it is
+      return record
     order.append(("test", record["method"], record["seed"]))
     return record | {"test": {"0.2": {"mean@4": 0.1, "pass@4": 0.2},
                               "per_problem": [0.1, 0.1]}}

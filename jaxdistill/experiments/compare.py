@@ -50,7 +50,6 @@ checkpoints do not) is scored from its cached test evaluations or else trained a
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 
@@ -255,12 +254,6 @@ def _protocol(pool: Pool, common: list[str], seeds: list[int], grids: dict[str, 
     for probe in [pool.submit(training_runs.tokens_per_iteration, m, common) for m in trained]:
       pool.result(probe)
 
-  def done(record):
-    """A future that holds `record` (a run tested already)."""
-    future = concurrent.futures.Future()
-    future.set_result(record)
-    return future
-
   def pick_and_test(method, runs):
     """The method's pick from its finished sweep, and its test jobs queued: the picked runs'
     first in the queue, scored while this machine still has their checkpoints, which do not
@@ -268,8 +261,7 @@ def _protocol(pool: Pool, common: list[str], seeds: list[int], grids: dict[str, 
     tried = {lr: [f.result() for f in futures] for lr, futures in runs.items()}
     best_lr, rate_rows, method_notes = pick_rate(method, grids[method], tried, k, pickers)
     return best_lr, rate_rows, method_notes, (
-        [done(r) if "test" in r else pool.submit(training_runs.with_test, r, common, priority=-1)
-         for r in tried[best_lr]]
+        [pool.submit(training_runs.with_test, r, common, priority=-1) for r in tried[best_lr]]
         + [pool.submit(run_and_test, method, seed, best_lr) for seed in others])
 
   with pool.held():  # each pick in place before a sweep's (recorded) runs can finish

@@ -253,7 +253,11 @@ def with_test(record: dict, common: list[str]) -> dict:
   """A training run's record with its test scores (`test_scores`) and the reference's metric
   ("reference": its own final evaluation on the first --reference_problems problems). A run
   whose checkpoint is gone is scored from its cached evaluations, or else trained again
-  (`trained_again`), whose record, scores and curve are then the row's."""
+  (`trained_again`), whose record, scores and curve are then the row's. A record tested
+  already is returned as it is (testing it again would retrain a record whose row came from
+  `trained_again`, and call it repeated)."""
+  if "test" in record:
+    return record
   method, seed, lr = record["method"], record["seed"], record["lr_text"]
   workdir, again = run_dir(method, seed, lr), again_dir(method, seed, lr)
   overrides = train_overrides(method, seed, lr, common)
