@@ -108,6 +108,9 @@ def test_compare_picks_the_rate_on_two_seeds_pooled_and_writes_the_sweep(monkeyp
       ("mcts_distill", s, 3e-6) for s in (0, 1)] + [("cispo", s, 3e-5) for s in (0, 1)] + [
       ("mcts_distill", 2, 3e-6), ("cispo", 2, 3e-5)]
   table = out.read_text()
+  assert ("learning rate per method picked on seeds 0, 1 pooled, from 1e-5, 3e-5, 1e-4 "
+          "(mcts_distill: 3e-6, 1e-5, 3e-5) by validation mean@16 on 1,000 problems, frozen "
+          "before any test score") in table
   assert "Learning-rate sweep (seeds 0, 1 pooled, validation mean@16):" in table
   # pooled over seeds 0 and 1 (seed s scores 0.01 s above the rate's value)
   assert "| mcts_distill | 15.5% | 14.7% | 14.6% | - |" in table
@@ -193,6 +196,10 @@ def test_a_rate_given_alone_tests_each_run_as_it_finishes(monkeypatch, tmp_path)
       validation_problems=1000, reference_problems=820, equal="updates", status=False,
       keep_records="", jobs=1))
   compare.main([])
+  # the table says the rates were given, not picked from a grid they were never compared with
+  assert ("learning rate per method given, not picked here (cispo: 3e-5, best_of_n: 1e-5; its "
+          "validation mean@16 on 1,000 problems, seeds 0, 1 pooled, under the table), frozen "
+          "before any test score") in (tmp_path / "table.md").read_text()
   assert order == [(kind, m, s) for m, s in [("cispo", 0), ("cispo", 1), ("best_of_n", 0),
                                              ("best_of_n", 1), ("cispo", 2),
                                              ("best_of_n", 2)]

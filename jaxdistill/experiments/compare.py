@@ -147,16 +147,22 @@ def _header(grids: dict[str, list[str]], problems: int, pickers: list[int], k: i
                  f"same {config.train.num_iterations} updates of "
                  f"{config.train.prompts_per_iteration} prompts, each method at its natural "
                  f"per-prompt budget (its tokens in the table)")
+  if all(len(g) == 1 for g in grids.values()):  # e.g. frozen at another table's picks
+    rates = ("learning rate per method given, not picked here ("
+             + ", ".join(f"{m}: {g[0]}" for m, g in grids.items())
+             + f"; its validation mean@{k} on {FLAGS.validation_problems:,} problems, seeds "
+             f"{', '.join(map(str, pickers))} pooled, under the table)")
+  else:
+    rates = (f"learning rate per method picked on seeds {', '.join(map(str, pickers))} "
+             f"pooled, from {', '.join(FLAGS.learning_rates)}"
+             + "".join(f" ({m}: {', '.join(g)})" for m, g in grids.items()
+                       if g != list(FLAGS.learning_rates))
+             + f" by validation mean@{k} on {FLAGS.validation_problems:,} problems")
   return (f"{settings.task_name().capitalize()}, preset `{FLAGS.preset}`, {budget}, "
           f"from the same warm-started base model; test "
           f"mean@{test_k} on {problems:,} distinct held-out problems (and the reference's "
           f"mean@{k} / pass@{k} on the first {FLAGS.reference_problems}), no search at "
-          f"evaluation; learning rate per method picked on seeds "
-          f"{', '.join(map(str, pickers))} pooled, from {', '.join(FLAGS.learning_rates)}"
-          + "".join(f" ({m}: {', '.join(g)})" for m, g in grids.items()
-                    if g != list(FLAGS.learning_rates))
-          + " by "
-          f"validation mean@{k} on {FLAGS.validation_problems:,} problems, frozen before "
+          f"evaluation; {rates}, frozen before "
           f"any test score; differences are paired by seed (mean ± standard error over "
           f"seeds, the test problems held fixed"
           + (f"; 'with problems': the unbiased two-way standard error that also counts the "
