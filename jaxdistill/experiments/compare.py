@@ -43,9 +43,10 @@ then exits: nothing is left half trained (a checkpoint does not travel with the 
 Writes a markdown table with per-seed numbers and the paired difference of each method to
 cispo and to the base model (mean and standard error over seeds) and the verdict, the raw
 numbers (JSON) and a plot of the learning curves (PNG). Every run is a `jaxdistill.main`
-job in `WORKDIR/<name>`, resumable: finished runs are read back, not repeated. A picked run whose checkpoint is gone (records travel between machines in git,
-checkpoints do not) is scored from its cached test evaluations or else trained again in
-`WORKDIR/<name>-again`; the record its rate was picked on is never touched.
+job in `WORKDIR/<name>`, resumable: finished runs are read back, not repeated. A picked run
+whose checkpoint is gone (records travel between machines in git, checkpoints do not) is
+scored from its cached test evaluations or else trained again in `WORKDIR/<name>-again`;
+the record its rate was picked on is never touched.
 """
 
 from __future__ import annotations
