@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxdistill.errors import UsageError  # printed in one line, exit 2 (see errors.py)
+from jaxdistill.initial_model import load_model_and_tokenizer  # noqa: F401 (tests, notebooks)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "countdown.py[:preset], or a path to "
                                           "a config file", lock_config=True)
@@ -31,34 +32,6 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "export"], "what 
 flags.DEFINE_string("out", None, "--mode export: the directory to write")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
-
-
-def load_model_and_tokenizer(config, workdir: str):
-  """The initial model and tokenizer: a local HF directory, or built locally (tiny/smoke)."""
-  import jax.numpy as jnp
-
-  from jaxdistill import tokenization
-  from jaxdistill.models import Qwen2Config, from_pretrained, init_model
-  dtype, param_dtype = jnp.dtype(config.model.dtype), jnp.dtype(config.model.param_dtype)
-  if config.preset.startswith("qwen") and not config.model.path:
-    raise UsageError(f"preset {config.preset} needs --config.model.path=DIR, a local Hugging "
-                     "Face directory of the model (e.g. from `huggingface-cli download "
-                     "Qwen/Qwen2.5-1.5B-Instruct --local-dir DIR`)")
-  if config.model.path:
-    return (from_pretrained(config.model.path, dtype=dtype, param_dtype=param_dtype,
-                            precision=config.model.precision),
-            tokenization.load_tokenizer(config.model.path))
-  tokenizer = tokenization.build_char_tokenizer(os.path.join(workdir, "tokenizer"))
-  m = config.model
-  arch = Qwen2Config(vocab_size=len(tokenizer), hidden_size=m.hidden_size,
-                     intermediate_size=m.intermediate_size,
-                     num_hidden_layers=m.num_hidden_layers,
-                     num_attention_heads=m.num_attention_heads,
-                     num_key_value_heads=m.num_key_value_heads, rope_theta=m.rope_theta,
-                     tie_word_embeddings=True)
-  return (init_model(arch, seed=config.sft.seed, dtype=dtype, param_dtype=param_dtype,
-                     precision=config.model.precision),
-          tokenizer)
 
 
 def check_writable(workdir: str) -> None:

@@ -11,6 +11,9 @@ _platforms = os.environ.get("JAX_PLATFORMS") or "cpu"
 if "cpu" not in _platforms.split(","):
   _platforms += ",cpu"
 os.environ["JAX_PLATFORMS"] = _platforms
+# XLA:CPU's thread pool sized for 8 devices whose collectives overlap (jaxdistill/cpu_threads.py);
+# set here, before jax starts its CPU backend, and inherited by every program a test starts
+os.environ.setdefault("NPROC", str(xla_env.pool_size(8)))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

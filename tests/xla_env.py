@@ -13,6 +13,12 @@ def flags(devices: int) -> str:
   return f"{EXTRA} --xla_force_host_platform_device_count={devices}".strip()
 
 
+def pool_size(devices: int) -> int:
+  """XLA:CPU threads for `devices` devices, as jaxdistill sets them (cpu_threads.pool_size)."""
+  from jaxdistill import cpu_threads  # jax-free: importing it starts nothing
+  return cpu_threads.pool_size(devices)
+
+
 def env(devices: int, **extra) -> dict:
   """os.environ for a subprocess that sees `devices` fake CPU devices."""
   return dict(os.environ, XLA_FLAGS=flags(devices), **extra)

@@ -70,7 +70,7 @@ def measured_matmul_flops() -> float:
 
 def time_phases(shapes: str, algo: str, peak: float):
   """Per-phase rows for one method."""
-  from jaxdistill import main as entry
+  from jaxdistill.initial_model import load_model_and_tokenizer
   from jaxdistill import methods, settings, tasks, train
   from jaxdistill.evaluate import encode_prompts
   from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
@@ -81,7 +81,7 @@ def time_phases(shapes: str, algo: str, peak: float):
   config = _config(shapes, algo)
   task = tasks.from_config(config)
   with tempfile.TemporaryDirectory() as workdir:
-    model, tokenizer = entry.load_model_and_tokenizer(config, workdir)
+    model, tokenizer = load_model_and_tokenizer(config, workdir)
     problems, _, _ = task.splits(workdir, 0, 512, 0, 16)
   spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
   graphdef, params = nnx.split(model)

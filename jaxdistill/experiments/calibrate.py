@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 def measure(config, steps: int, workdir: str, problems: int) -> dict:
   """One row: the base model after `steps` warm-start steps, scored on the test split."""
   from jaxdistill import evaluate, settings, sft, tasks
-  from jaxdistill.main import load_model_and_tokenizer
+  from jaxdistill.initial_model import load_model_and_tokenizer
   config = config.copy_and_resolve_references()
   config.sft.steps = steps
   task = tasks.from_config(config)

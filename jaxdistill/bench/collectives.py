@@ -1,0 +1,142 @@
+"""Collectives of every training program, read off the compiled HLO (nothing runs).
+
+    python -m jaxdistill.bench.collectives [--methods mcts_distill,cispo,best_of_n,deepsearch]
+        [--fsdp 2,8] [--remat false,true] [--devices 8] [--out bench_results/collectives.json]
+
+Compiles the training iteration (`train.build_iteration`, the program a run compiles) of each
+method x `parallel.fsdp` x `learner.remat` on --devices fake CPU devices at tiny shapes and
+reports, per program (`jaxdistill.hlo_collectives`): its collectives, the loops holding
+them, any collective that could diverge (inside a conditional, or a loop whose trip count
+XLA does not know), and the most threads of one device that can be blocked in collectives at
+once (a collective that starts while a loop's collectives still wait). Exits 1 when a program
+can diverge, or needs more threads per device than `jaxdistill.cpu_threads` gives XLA:CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+from absl import app, flags
+
+from jaxdistill import cpu_threads
+from jaxdistill.bench.common import print_table, write_json
+
+# tiny shapes: the programs' structure (which collectives, which loops) does not depend on
+# the sizes, and these compile in seconds
+TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
+        "search.num_iterations=2", "search.num_agents=2", "search.max_step_tokens=8",
+        "search.max_path_tokens=72", "rollout.max_completion_tokens=16",
+        "task.train_size=200", "task.test_size=16", "task.validation_size=16",
+        "train.prompts_per_iteration=8", "eval.at_start=False", "eval.every=0",
+        "train.progress=False", "sft.steps=0", "deepsearch.trajectories=3",
+        "deepsearch.expansions=4"]
+
+
+def define_flags():
+  flags.DEFINE_list("methods", ["mcts_distill", "cispo", "best_of_n", "deepsearch"],
+                    "methods (config.algo) whose iteration to compile")
+  flags.DEFINE_list("fsdp", ["2", "8"], "parallel.fsdp values")
+  flags.DEFINE_list("remat", ["false", "true"], "learner.remat values")
+  flags.DEFINE_integer("devices", 8, "fake CPU devices")
+  flags.DEFINE_string("out", "bench_results/collectives.json", "JSON output")
+
+
+FLAGS = flags.FLAGS
+
+
+def tiny_config(algo: str, fsdp: int, remat: bool, overrides=()):
+  """The smoke preset at the tiny shapes above, with the method and layout asked for."""
+  from jaxdistill.configs import countdown as presets
+  config = presets.apply_overrides(presets.get_config("smoke"), [*TINY, *overrides])
+  config.algo = algo
+  config.parallel.fsdp = fsdp
+  config.learner.remat = remat
+  return config
+
+
+def iteration_hlo(config, devices: int) -> str:
+  """The optimized HLO text of the training iteration `config` compiles on `devices`
+  devices (built as `train.train` builds it; compiled, never run)."""
+  from flax import nnx
+
+  from jaxdistill import methods, parallel, rewards, settings, tasks, train
+  from jaxdistill.initial_model import load_model_and_tokenizer
+  from jaxdistill.models.qwen2 import compute_copy
+  with tempfile.TemporaryDirectory() as workdir:
+    model, tokenizer = load_model_and_tokenizer(config, workdir)
+    task = tasks.from_config(config)
+    train_split, _, _ = task.splits(os.path.join(workdir, "data"), config.task.data_seed,
+                                    config.task.train_size, config.task.validation_size,
+                                    config.task.test_size)
+  mesh = parallel.make_mesh(devices, fsdp=config.parallel.fsdp)
+  spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
+  graphdef, optimizer, state, ref_params, layout = train._initial_state(model, spec, 0, mesh)
+  reward = rewards.task_reward_fn(task, tokenizer, train_split, dense=config.reward.dense)
+  dense = rewards.task_reward_fn(task, tokenizer, train_split, dense=True)
+  schedule = methods.get(config.algo).schedule(config, spec, task, tokenizer, train_split)
+  program = train.build_iteration(graphdef, optimizer, spec, reward, dense, mesh, layout,
+                                  with_rows=schedule is not None)
+  ids = extras = None
+  if schedule is not None:  # its first round's problems and arrays (runs its filter)
+    policy = lambda: nnx.merge(graphdef, compute_copy(state.params, config.model.dtype))
+    ids, extras, _ = schedule.before(0, policy)
+  feed = train._feeder(config, task, tokenizer, train_split, mesh)
+  lowered = program.phases["iteration"].lower(state, ref_params, *feed(0, 0, ids, extras))
+  return lowered.compile().as_text()
+
+
+def check(algo: str, fsdp: int, remat: bool, devices: int) -> dict:
+  """One row: what `hlo_collectives.analyze` finds in the program, and whether it passes."""
+  import time
+
+  from jaxdistill import hlo_collectives
+  started = time.perf_counter()
+  report = hlo_collectives.analyze(iteration_hlo(tiny_config(algo, fsdp, remat), devices))
+  allowed = cpu_threads.THREADS_PER_DEVICE
+  return {"algo": algo, "fsdp": fsdp, "remat": remat, **report.as_dict(),
+          "threads_per_device": allowed,
+          "ok": not report.divergent and report.blocked_threads <= allowed,
+          "compile_s": time.perf_counter() - started}
+
+
+COLUMNS = ["algo", "fsdp", "remat", "collectives", "loops_with_collectives", "blocked_threads",
+           "threads_per_device", "ok", "compile_s"]
+
+
+def main(argv):
+  del argv
+  import jax
+  if jax.device_count() < FLAGS.devices:  # fake CPU devices exist only from start-up
+    if jax.default_backend() != "cpu" or os.environ.get("_JAXDISTILL_COLLECTIVES_CHILD"):
+      raise app.UsageError(f"--devices={FLAGS.devices}: only {jax.device_count()} "
+                           f"{jax.default_backend()} devices here")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", _JAXDISTILL_COLLECTIVES_CHILD="1",
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                          f" --xla_force_host_platform_device_count={FLAGS.devices}").strip())
+    os.execve(sys.executable, [sys.executable, "-m", "jaxdistill.bench.collectives",
+                               *sys.argv[1:]], env)
+  rows = []
+  for algo in FLAGS.methods:
+    for fsdp in map(int, FLAGS.fsdp):
+      for remat in (value.lower() in ("1", "true") for value in FLAGS.remat):
+        rows.append(check(algo, fsdp, remat, FLAGS.devices))
+        print_table(rows[-1:], COLUMNS)
+  print(f"\n{FLAGS.devices} CPU devices; blocked_threads: the most threads of one device "
+        "blocked in collectives at once (an upper bound); threads_per_device: what "
+        "jaxdistill.cpu_threads gives XLA:CPU")
+  print_table(rows, COLUMNS)
+  for row in rows:
+    for line in row["divergent"]:
+      print(f"DIVERGENT {row['algo']} fsdp={row['fsdp']} remat={row['remat']}: {line}")
+    for line in row["overlaps"]:
+      print(f"overlap {row['algo']} fsdp={row['fsdp']} remat={row['remat']}: {line}")
+  write_json(FLAGS.out, {"devices": FLAGS.devices, "rows": rows})
+  if not all(row["ok"] for row in rows):
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
