@@ -144,7 +144,10 @@ def lm_share(batch, agents, iterations):
   """Share of tree operations in an LM-backed search (tiny model, K=4, L=16)."""
   from jaxdistill.models import Qwen2Config, init_model
   config = lm_expand.LMSearchConfig(num_children=4, max_step_tokens=16, max_path_tokens=96,
-                                    temperature=0.8, step_end_id=2, eos_id=1, pad_id=0)
+                                    temperature=0.8, length_normalized_prior=False,
+                                    dedup_children=False, rollout_to_end=False,
+                                    max_rollout_tokens=0, branch_at="step", step_end_id=2,
+                                    eos_id=1, pad_id=0)
   model = init_model(Qwen2Config(vocab_size=64, hidden_size=128, intermediate_size=384,
                                  num_hidden_layers=4, num_attention_heads=4,
                                  num_key_value_heads=2), seed=0)
