@@ -27,7 +27,7 @@ def _error(path):
 
 def test_missing_directory_says_how_to_get_weights(tmp_path):
   message = _error(str(tmp_path / "nope"))
-  assert "does not exist" in message and "huggingface-cli download" in message
+  assert "does not exist" in message and "hf download" in message
 
 
 def test_directory_without_config(tmp_path):

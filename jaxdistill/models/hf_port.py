@@ -22,7 +22,7 @@ from jaxdistill.models.qwen2 import Qwen2Config, Qwen2Model
 VALUE_HEAD_FILE = "value_head.safetensors"
 _SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM",)
 _HOW_TO_GET_WEIGHTS = (
-    "on a machine with internet run `huggingface-cli download Qwen/Qwen2.5-1.5B-Instruct "
+    "on a machine with internet run `hf download Qwen/Qwen2.5-1.5B-Instruct "
     "--local-dir DIR` and copy DIR here")
 
 
