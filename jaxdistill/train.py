@@ -65,9 +65,31 @@ def _stages(graphdef, optimizer, spec: settings.IterationSpec, reward_fn, dense_
              "generated_tokens": jax.lax.psum(traj.generated_tokens.sum(), rows)}
     if traj.replayed is not None:  # rows from a buffer of solutions: generated earlier
       stats["replayed"] = jax.lax.psum(traj.replayed.sum(), rows)
+    if traj.advantages is not None:  # rows that bring their own advantages (trees)
+      stats |= advantage_stats(traj, valid, lambda x: jax.lax.psum(x, rows))
     return state, metrics | stats
 
   return rollout, assemble, learn
+
+
+def advantage_stats(traj: rollouts.Trajectories, valid, total=lambda x: x) -> dict:
+  """Token means of the advantages a method's rows bring: over every generated token
+  (`advantage_mean`), over those of rows whose prompt has no solved row (a failing tree:
+  `advantage_mean_failing`), and those tokens' share (`failing_token_share`). A positive
+  mean on failing trees pushes the model's own wrong paths up. total: the sum over the
+  devices holding rows (rows of one prompt sit on one device)."""
+  positions = jnp.arange(traj.advantages.shape[1])[None]  # target-aligned: token t + 1
+  tokens = ((positions >= traj.prompt_length[:, None] - 1)
+            & (positions < traj.length[:, None] - 1) & (valid[:, None] > 0))
+  solved = (traj.reward >= 1.0) & (valid > 0)
+  failing = ~((traj.group[:, None] == traj.group[None, :]) & solved[None, :]).any(-1)
+  mean = lambda weights: total((traj.advantages * weights).sum()) / jnp.maximum(
+      total(weights.sum()), 1.0)
+  on_failing = (tokens & failing[:, None]).astype(jnp.float32)
+  return {"advantage_mean": mean(tokens.astype(jnp.float32)),
+          "advantage_mean_failing": mean(on_failing),
+          "failing_token_share": total(on_failing.sum()) / jnp.maximum(total(tokens.sum()),
+                                                                       1.0)}
 
 
 def learner_rows(traj: rollouts.Trajectories, wanted: bool) -> dict:

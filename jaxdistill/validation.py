@@ -109,6 +109,7 @@ def _schema() -> dict[str, Any]:
       "deepsearch.max_depth": POSITIVE, "deepsearch.frontier_q": Float(0.0),
       "deepsearch.frontier_entropy": Float(0.0), "deepsearch.frontier_depth": Float(0.0),
       "deepsearch.backup_floor": Float(0.0, 1.0), "deepsearch.incomplete_reward": Float(-1.0, 0.0),
+      "deepsearch.advantage": Choice(("tree_grpo", "outcome", "node_mean")),
       "deepsearch.round_iterations": COUNT, "deepsearch.filter_k": POSITIVE,
       "deepsearch.filter_threshold": Float(0.0, 1.0), "deepsearch.filter_pool": POSITIVE,
       "deepsearch.replay": Bool(), "deepsearch.replay_capacity": POSITIVE,

@@ -17,7 +17,7 @@ from jaxdistill.search import deepsearch as ds
 
 SETTINGS = ds.DeepSearchSettings(trajectories=3, expansions=8, max_depth=4, frontier_q=0.4,
                                  frontier_entropy=0.0, frontier_depth=0.01, backup_floor=0.1,
-                                 incomplete_reward=-1.0)
+                                 incomplete_reward=-1.0, advantage="tree_grpo")
 
 
 def _tree(parents, depths, width=12, n=3, **fields):
@@ -114,6 +114,97 @@ def test_tree_grpo_advantages_hand_computed():
       [0, 0, 0, a - base, a - base, 1 - base, 1 - base, 0, 0, 0],
       [0, 0, 0, a - base, a - base, -0.5 - base, -0.5 - base, -0.5 - base, 0, 0],
       [0] * 10], rtol=1e-6, atol=1e-7)
+
+
+def _rule(name):
+  import dataclasses
+  return dataclasses.replace(SETTINGS, advantage=name)
+
+
+def _solved_tree():  # the tree above: a correct b and an incomplete c under a (q 0.5)
+  tree = _tree([-1, 0, 1, 1], [0, 1, 2, 2], q=[0.0, 0.5, 1.0, -0.5],
+               terminal=[False, False, True, True], outcome=[0, 0, 1.0, -0.5],
+               path_length=[3, 5, 7, 8])
+  return tree.replace(harvested=jnp.asarray([2, 3, -1], jnp.int32),
+                      num_harvested=jnp.asarray(2, jnp.int32))
+
+
+def _failing_tree():
+  # a 1 (tokens 3-4, q -0.6) with two wrong answers under it: b 2 (tokens 5-6) and c 3
+  # (tokens 5-7), both r -1; harvested b then c
+  tree = _tree([-1, 0, 1, 1], [0, 1, 2, 2], q=[-0.6, -0.6, -1.0, -1.0],
+               terminal=[False, False, True, True], outcome=[0, 0, -1.0, -1.0],
+               path_length=[3, 5, 7, 8])
+  return tree.replace(harvested=jnp.asarray([2, 3, -1], jnp.int32),
+                      num_harvested=jnp.asarray(2, jnp.int32))
+
+
+def test_outcome_and_node_mean_advantages_hand_computed():
+  """outcome: each path's r on all its tokens minus the mean r; node_mean: node values
+  minus their mean over the harvested tokens (b's path: 2 tokens of a, 2 of b; c's: 2 of
+  a, 3 of c)."""
+  _, _, outcome = ds.row_advantages(_solved_tree(), _rule("outcome"))
+  base = 0.25
+  np.testing.assert_allclose(outcome, [
+      [0, 0, 0, 1 - base, 1 - base, 1 - base, 1 - base, 0, 0, 0],
+      [0, 0, 0, -0.5 - base, -0.5 - base, -0.5 - base, -0.5 - base, -0.5 - base, 0, 0],
+      [0] * 10], rtol=1e-6, atol=1e-7)
+  _, _, node_mean = ds.row_advantages(_solved_tree(), _rule("node_mean"))
+  a = np.tanh(0.5)
+  base = (4 * a + 2 * 1.0 + 3 * -0.5) / 9
+  np.testing.assert_allclose(node_mean, [
+      [0, 0, 0, a - base, a - base, 1 - base, 1 - base, 0, 0, 0],
+      [0, 0, 0, a - base, a - base, -0.5 - base, -0.5 - base, -0.5 - base, 0, 0],
+      [0] * 10], rtol=1e-6, atol=1e-7)
+
+
+def test_a_tree_without_a_solution_is_pushed_up_only_by_tree_grpo():
+  """The published rule's baseline in a failing tree is -1: every token gets tanh(q) + 1
+  (> 0 at a, 0 at the wrong answers); outcome gives 0 everywhere; node_mean keeps a above
+  the answers and sums to 0 over the tree's tokens."""
+  tree = _failing_tree()
+  _, _, grpo = ds.row_advantages(tree, _rule("tree_grpo"))
+  a = np.tanh(-0.6)
+  np.testing.assert_allclose(grpo[0, 3:7], [a + 1, a + 1, 0, 0], rtol=1e-6, atol=1e-7)
+  assert float(grpo.sum()) > 0
+  _, _, outcome = ds.row_advantages(tree, _rule("outcome"))
+  np.testing.assert_array_equal(outcome, np.zeros((3, 10)))
+  _, _, node_mean = ds.row_advantages(tree, _rule("node_mean"))
+  base = (4 * a + 5 * -1.0) / 9
+  np.testing.assert_allclose(node_mean[1, 3:8], [a - base] * 2 + [-1 - base] * 3, rtol=1e-6)
+  assert abs(float(node_mean.sum())) < 1e-5 and float(node_mean[0, 3]) > 0
+
+
+def test_the_config_offers_every_advantage_rule():
+  from jaxdistill import validation
+  from jaxdistill.configs import countdown
+  config = countdown.get_config("smoke")
+  assert validation.problems(config) == []
+  for name in ds.ADVANTAGES:
+    config.deepsearch.advantage = name
+    assert validation.problems(config) == [], name
+  config.deepsearch.advantage = "grpo"
+  assert any("deepsearch.advantage" in line for line in validation.problems(config))
+
+
+def test_advantage_stats_on_failing_prompts_hand_computed():
+  """Two prompts of two rows each (prompt 2 tokens): prompt 0 has a solved row, prompt 1
+  none; the token means over all generated tokens and over prompt 1's alone."""
+  from jaxdistill import train
+  from jaxdistill.rl.rollouts import Trajectories
+  advantages = jnp.asarray([[0, 1.0, 1.0, 0], [0, -1.0, 0, 0],  # 2 and 1 tokens
+                            [0, 0.5, 0.5, 0.5], [0, 0.25, 0, 0]])  # 3 and 1 tokens
+  traj = Trajectories(tokens=jnp.zeros((4, 5), jnp.int32),
+                      prompt_length=jnp.full(4, 2, jnp.int32),
+                      length=jnp.asarray([4, 3, 5, 3], jnp.int32),
+                      reward=jnp.asarray([1.0, -1.0, -1.0, -0.5]),
+                      group=jnp.asarray([0, 0, 1, 1], jnp.int32),
+                      generated_tokens=jnp.asarray(7), behaviour_logprobs=None,
+                      advantages=advantages)
+  stats = train.advantage_stats(traj, jnp.ones(4))
+  np.testing.assert_allclose(stats["advantage_mean"], (2 - 1 + 1.5 + 0.25) / 7, rtol=1e-6)
+  np.testing.assert_allclose(stats["advantage_mean_failing"], 1.75 / 4, rtol=1e-6)
+  np.testing.assert_allclose(stats["failing_token_share"], 4 / 7, rtol=1e-6)
 
 
 # --- the batched search on a tiny random model ---

@@ -64,7 +64,7 @@ class DeepSearch(Method):
         trajectories=d.trajectories, expansions=d.expansions, max_depth=d.max_depth,
         frontier_q=d.frontier_q, frontier_entropy=d.frontier_entropy,
         frontier_depth=d.frontier_depth, backup_floor=d.backup_floor,
-        incomplete_reward=d.incomplete_reward)
+        incomplete_reward=d.incomplete_reward, advantage=d.advantage)
     return DeepSearchOptions(search=search, round_iterations=d.round_iterations,
                              filter_k=d.filter_k, filter_threshold=d.filter_threshold,
                              filter_pool=d.filter_pool,

@@ -19,7 +19,8 @@ once it has harvested `trajectories` terminals, when its frontier is empty, or a
 
 The harvested trajectories become learner rows with DeepSearch's "Tree-GRPO" advantages
 (`row_advantages`): every token of node j's step gets tanh(q_j), the terminal step its r,
-minus the mean r of the tree's harvested trajectories (no division by a standard deviation).
+minus the mean r of the tree's harvested trajectories (no division by a standard deviation);
+`advantage` picks that rule or another (`ADVANTAGES`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class DeepSearchSettings:
   frontier_depth: float  # l3
   backup_floor: float  # the depth weight's floor
   incomplete_reward: float  # r of a terminal that ended without an answer
+  advantage: str  # the learner rows' advantage rule (`ADVANTAGES`)
 
 
 @chex.dataclass(frozen=True)
@@ -301,28 +303,59 @@ def node_values(tree) -> jax.Array:
 
 
 def row_advantages(tree, settings: DeepSearchSettings):
-  """Learner rows of one tree: (leaf [n], valid [n], advantage per path position [n, P]):
-  every token of node j's step gets node_values(j) minus the mean r of the tree's harvested
-  terminals (target-aligned later: position t is token t)."""
+  """Learner rows of one tree: (leaf [n], valid [n], advantage per path position [n, P])
+  by the rule `settings.advantage` (`ADVANTAGES`; target-aligned later: position t is
+  token t). Each rule gives every token of node j's step a reward and subtracts the tree's
+  baseline:
+  - tree_grpo (the published rule): node_values(j) minus the mean r of the tree's harvested
+    terminals. A tree with no solution has baseline -1 (or the incomplete r), so every
+    token gets tanh(q) + 1 >= 0: its own failing paths pushed up.
+  - outcome (the paper's Table 4 "outcome" row): the path's own r on every token, minus the
+    same mean: 0 everywhere in a tree whose paths share one outcome (no solution).
+  - node_mean: node_values(j) minus their mean over the tree's harvested tokens (each
+    token its node's value): the node-level credit kept, and every tree's token-mean
+    advantage exactly 0, so a tree without a solution gets no net push either way (its
+    less wrong nodes up, its more wrong ones down)."""
   n = settings.trajectories
   valid = jnp.arange(n) < tree.num_harvested
   leaf = jnp.where(valid, tree.harvested, 0)
   values = node_values(tree)
-  baseline = (jnp.where(valid, tree.outcome[leaf], 0.0).sum()
-              / jnp.maximum(tree.num_harvested, 1))
   positions = jnp.arange(tree.path_tokens.shape[-1])
 
-  def one(leaf):
+  def one(leaf):  # (each position's node value [P], whether it is a step token [P])
     def step(_, carry):
-      advantage, node = carry
+      value, inside, node = carry
       on = (node >= 0) & (node != ROOT)
       at = jnp.maximum(node, 0)
       start = tree.path_length[jnp.maximum(tree.parent[at], 0)]
-      inside = on & (positions >= start) & (positions < tree.path_length[at])
-      advantage = jnp.where(inside, values[at] - baseline, advantage)
-      return advantage, jnp.where(on, tree.parent[at], NO_NODE)
-    advantage, _ = jax.lax.fori_loop(0, settings.max_depth + 1, step,
-                                     (jnp.zeros(positions.shape) + tree.q[0] * 0, leaf))
-    return advantage
+      here = on & (positions >= start) & (positions < tree.path_length[at])
+      return (jnp.where(here, values[at], value), inside | here,
+              jnp.where(on, tree.parent[at], NO_NODE))
+    value, inside, _ = jax.lax.fori_loop(
+        0, settings.max_depth + 1, step,
+        (jnp.zeros(positions.shape, values.dtype), jnp.zeros(positions.shape, bool), leaf))
+    return value, inside
 
-  return leaf, valid, jax.vmap(one)(leaf) * valid[:, None]
+  value, inside = jax.vmap(one)(leaf)  # [n, P]
+  inside = inside & valid[:, None]
+  outcome = jnp.where(valid, tree.outcome[leaf], 0.0)
+  reward, baseline = ADVANTAGES[settings.advantage](value, inside, outcome, valid)
+  return leaf, valid, jnp.where(inside, reward - baseline, 0.0)
+
+
+def _tree_grpo(value, inside, outcome, valid):
+  return value, outcome.sum() / jnp.maximum(valid.sum(), 1)
+
+
+def _outcome(value, inside, outcome, valid):
+  return jnp.broadcast_to(outcome[:, None], value.shape), _tree_grpo(value, inside, outcome,
+                                                                     valid)[1]
+
+
+def _node_mean(value, inside, outcome, valid):
+  return value, (value * inside).sum() / jnp.maximum(inside.sum(), 1)
+
+
+# deepsearch.advantage: (node value [n, P], step tokens [n, P], outcome [n], valid [n]) ->
+# (each token's reward [n, P], the tree's baseline []); a new rule joins by a function here
+ADVANTAGES = {"tree_grpo": _tree_grpo, "outcome": _outcome, "node_mean": _node_mean}
