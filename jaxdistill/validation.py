@@ -112,6 +112,7 @@ def _schema() -> dict[str, Any]:
       "deepsearch.advantage": Choice(("tree_grpo", "outcome", "node_mean")),
       "deepsearch.round_iterations": COUNT, "deepsearch.filter_k": POSITIVE,
       "deepsearch.filter_threshold": Float(0.0, 1.0), "deepsearch.filter_pool": POSITIVE,
+      "deepsearch.pool_rounds": POSITIVE,
       "deepsearch.replay": Bool(), "deepsearch.replay_capacity": POSITIVE,
       "rollout.max_completion_tokens": POSITIVE, "rollout.temperature": TEMPERATURE,
       "rollout.top_p": PROBABILITY, "rollout.group_size": POSITIVE, "rollout.best_of": POSITIVE,

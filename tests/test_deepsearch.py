@@ -347,21 +347,24 @@ def test_replay_rows_replace_the_first_samples_and_cost_only_the_rest():
                                                               rows.advantages.shape))
 
 
-def _rounds(monkeypatch, scores, capacity=2):
+def _rounds(monkeypatch, scores, capacity=2, extra=()):
   from jaxdistill import evaluate, settings
   from jaxdistill.configs import countdown as presets
   from jaxdistill.methods.deepsearch import Rounds
   config = presets.apply_overrides(presets.get_config("smoke"), [
       "algo=deepsearch", "train.prompts_per_iteration=4", "deepsearch.filter_pool=8",
       "deepsearch.trajectories=2", "deepsearch.round_iterations=3",
-      f"deepsearch.replay_capacity={capacity}"])
+      f"deepsearch.replay_capacity={capacity}", *extra])
   calls = []
 
   def fake(policy, tokenizer, task, problems, settings_, **kwargs):
     calls.append(len(problems))
+    scored.append([p for p in problems])
     return {"per_problem": list(scores), "generated_tokens": 100}
   monkeypatch.setattr(evaluate, "evaluate", fake)
+  scored = []
   rounds = Rounds(config, settings.iteration(config), None, None, list(range(10)))
+  rounds.scored = scored  # the problems each filter scored, in order
   return rounds, calls
 
 
@@ -371,11 +374,38 @@ def test_the_filter_keeps_problems_at_or_below_the_threshold(monkeypatch):
   assert ids == [0, 2, 4, 6] and metrics["filter_kept"] == 5 and calls == [8]
   assert metrics["filter_tokens"] == 100
   ids, _, metrics = rounds.before(1, lambda: None)
-  assert ids == [7, 0, 2, 4] and metrics == {}  # the round goes on, no filter
+  assert ids == [7, 0, 2, 4] and "filter_tokens" not in metrics  # the round goes on
+  assert metrics["prompts_searched"] == 4 and metrics["replayed_share"] == 0
   rounds.before(2, lambda: None)
   ids, _, metrics = rounds.before(3, lambda: None)  # a new round: the next pool (8, 9, 0..5)
   assert calls == [8, 8] and ids == [8, 0, 2, 4]
   assert not extras["cached_count"].any()
+
+
+def test_a_pool_comes_back_for_pool_rounds_and_its_solved_problems_are_replayed(monkeypatch):
+  """pool_rounds=2: rounds 0 and 1 score the same pool (problems 0-7), round 2 the next
+  (8, 9, 0-5); a problem solved in round 0 returns in round 1 with its solution cached."""
+  rounds, _ = _rounds(monkeypatch, [0] * 8, extra=["deepsearch.pool_rounds=2"])
+  ids, extras, metrics = rounds.before(0, lambda: None)
+  assert ids == [0, 1, 2, 3] and metrics["filter_revisit"] == 0.0
+  width = rounds.width
+  tokens = np.zeros((8, width), np.int32)
+  tokens[:, 2:4] = [5, 1]
+  rows = {"tokens": tokens, "prompt_length": np.full(8, 2), "length": np.full(8, 4),
+          "reward": np.asarray([1, 0, 0, 0, 1, 0, 0, 0.0]), "valid": np.ones(8, bool),
+          "replayed": np.zeros(8, bool)}
+  rounds.after(ids, rows)  # problems 0 and 2 solved (n = 2 rows per prompt)
+  for step in (1, 2):
+    rounds.before(step, lambda: None)
+  ids, extras, metrics = rounds.before(3, lambda: None)  # round 1: the same pool again
+  assert rounds.scored[1] == rounds.scored[0] == list(range(8))
+  assert ids == [0, 1, 2, 3] and metrics["filter_revisit"] == 1.0
+  np.testing.assert_array_equal(extras["cached_count"], [1, 0, 1, 0])
+  assert metrics["prompts_replayed"] == 2 and metrics["replayed_share"] == 0.5
+  for step in (4, 5):
+    rounds.before(step, lambda: None)
+  rounds.before(6, lambda: None)  # round 2: the next pool
+  assert rounds.scored[2] == [8, 9, 0, 1, 2, 3, 4, 5]
 
 
 def test_too_few_hard_problems_take_the_lowest_scores(monkeypatch):

@@ -140,6 +140,9 @@ def base() -> ml_collections.ConfigDict:
   c.deepsearch.filter_k = 4
   c.deepsearch.filter_threshold = 0.25
   c.deepsearch.filter_pool = 256
+  # rounds in a row that score the same pool: problems still hard come back, so the ones the
+  # search solved are replayed (1: every round a new pool, no problem returns within a run)
+  c.deepsearch.pool_rounds = 1
   # verified solutions kept per problem; a buffered problem is not searched again: n plain
   # samples, the first min(cached, n) of them replaced by its cached solutions
   c.deepsearch.replay = True

@@ -3,9 +3,10 @@ harvests `deepsearch.trajectories` terminal paths, each a learner row whose toke
 their node's backed-up value minus the tree's mean outcome (Tree-GRPO advantages).
 
 Adaptive training (`deepsearch.round_iterations` > 0), on the host between iterations
-(`Rounds`): every round starts by scoring the next `filter_pool` training problems with
+(`Rounds`): every round starts by scoring a pool of `filter_pool` training problems with
 Pass1@`filter_k` under the current policy and keeps the hard ones (<= `filter_threshold`);
-the round's prompts cycle through them. Verified correct completions go to a replay buffer
+the round's prompts cycle through them. `pool_rounds` rounds in a row score the same pool
+(the paper re-filters its whole set every round), then the next `filter_pool` problems. Verified correct completions go to a replay buffer
 (`replay`): a buffered problem is not searched again but gets n plain samples of which the
 first k = min(cached, n) are replaced by cached solutions (outcome advantages, mean-only).
 The filter's samples and the plain samples count as generated tokens, the replayed
@@ -40,6 +41,7 @@ class DeepSearchOptions:
   filter_k: int
   filter_threshold: float
   filter_pool: int
+  pool_rounds: int  # rounds in a row that score the same pool
   replay: bool
   replay_capacity: int  # problems the buffer holds (the oldest make way)
 
@@ -67,7 +69,7 @@ class DeepSearch(Method):
         incomplete_reward=d.incomplete_reward, advantage=d.advantage)
     return DeepSearchOptions(search=search, round_iterations=d.round_iterations,
                              filter_k=d.filter_k, filter_threshold=d.filter_threshold,
-                             filter_pool=d.filter_pool,
+                             filter_pool=d.filter_pool, pool_rounds=d.pool_rounds,
                              replay=bool(d.replay and d.round_iterations),
                              replay_capacity=d.replay_capacity)
 
@@ -235,11 +237,14 @@ class Rounds:
     self.state = {k: np.array(v) for k, v in arrays.items()}  # writable copies
 
   def _filter(self, step: int, policy) -> dict:
-    """A new round: Pass1@k of the next pool of training problems; the hard ones kept (or,
-    when fewer than a batch are, the batch's worth with the lowest scores)."""
+    """A new round: Pass1@k of a pool of training problems under the current policy; the
+    hard ones kept (or, when fewer than a batch are, the batch's worth with the lowest
+    scores). A pool is scored by `pool_rounds` rounds in a row (the problems still hard
+    come back, so solved ones reach the buffer and return replayed), then the next pool."""
     from jaxdistill import evaluate, streams
     s, pool = self.state, self.options.filter_pool
-    start = int(s["pool_position"])
+    revisit = (step // self.options.round_iterations) % self.options.pool_rounds != 0
+    start = (int(s["pool_position"]) - (pool if revisit else 0)) % len(self.train)
     ids = [(start + i) % len(self.train) for i in range(pool)]
     key = jax.random.fold_in(streams.key(self.config.seed, "filter"), step)
     result = evaluate.evaluate(policy, self.tokenizer, self.task, [self.train[i] for i in ids],
@@ -255,12 +260,13 @@ class Rounds:
     s["hard"][:len(kept)] = kept
     s["hard_count"], s["cursor"] = np.asarray(len(kept), np.int32), np.asarray(0, np.int32)
     s["round_end"] = np.asarray(step + self.options.round_iterations, np.int32)
-    s["pool_position"] = np.asarray((start + pool) % len(self.train), np.int32)
+    s["pool_position"] = np.asarray((start + pool) % len(self.train), np.int32)  # the next
     sampled = self.filter_settings  # each problem's prompt once, then k samples' decode
     forward = pool * (sampled.prompt_width + sampled.k * sampled.max_new_tokens)
     return {"filter_tokens": float(result["generated_tokens"]),
-            "filter_forward_tokens": float(forward),
-            "filter_kept": float(hard.sum()), "filter_pass": float(scores.mean())}
+            "filter_forward_tokens": float(forward), "filter_scored": float(pool),
+            "filter_kept": float(hard.sum()), "filter_pass": float(scores.mean()),
+            "filter_revisit": float(revisit)}
 
   def before(self, step: int, policy) -> tuple[list[int], dict, dict]:
     """(this iteration's problem ids, the per-prompt replay arrays, metrics of a filter run
@@ -282,6 +288,9 @@ class Rounds:
           cached[row], lengths[row] = s["buffer_tokens"][slot], s["buffer_lengths"][slot]
           counts[row] = s["buffer_count"][slot]
     extras = {"cached": cached, "cached_lengths": lengths, "cached_count": counts}
+    replayed = float((counts > 0).sum())  # prompts answered from the buffer, not searched
+    metrics |= {"prompts_replayed": replayed, "prompts_searched": self.prompts - replayed,
+                "replayed_share": replayed / self.prompts}
     return ids, extras, metrics
 
   def after(self, ids: list[int], rows: dict) -> None:
