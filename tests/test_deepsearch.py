@@ -480,3 +480,22 @@ def test_replay_and_rounds_survive_kill_9(tmp_path):
   assert rows(whole) == rows(killed)
   assert sum(r.get("replayed", 0) for r in rows(whole)) > 0
   assert a["schedule_buffer_count"].sum() > 0
+
+
+def test_the_rounds_table_of_a_run():
+  """deepsearch_rounds groups updates into rounds at each filter: per round the replayed
+  share of its prompts and the filter's share of its tokens (evaluation rows skipped)."""
+  from jaxdistill.experiments.deepsearch_rounds import rounds
+  update = lambda step, replayed, tokens, **filt: dict(
+      step=step, loss=0.0, generated_tokens=tokens, prompts_replayed=replayed,
+      prompts_searched=4 - replayed, **filt)
+  rows = [update(1, 0, 150, filter_tokens=50, filter_scored=8, filter_kept=6,
+                 filter_pass=0.1, filter_revisit=0.0),
+          update(2, 0, 100), {"step": 2, "eval_mean": 0.1},
+          update(3, 1, 130, filter_tokens=30, filter_scored=8, filter_kept=5,
+                 filter_pass=0.2, filter_revisit=1.0),
+          update(4, 3, 40)]
+  table = rounds(rows)
+  assert [r["iterations"] for r in table] == [2, 2] and table[1]["revisit"]
+  assert [r["replayed_share"] for r in table] == [0.0, 0.5]
+  np.testing.assert_allclose([r["filter_share"] for r in table], [50 / 250, 30 / 170])
