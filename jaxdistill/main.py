@@ -285,8 +285,22 @@ def _parse_flags(argv):
     if isinstance(e.__context__, (KeyError, AttributeError)):
       print(f"error: {_unknown_field(e.__context__)}", file=sys.stderr)
     else:
-      print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+      print(f"error: {_first_line_and_reason(e)}", file=sys.stderr)
     sys.exit(2)
+
+
+def _first_line_and_reason(error: Exception) -> str:
+  """A flag error's first line, with the reason ml_collections buries in a traceback below
+  it ("Error whilst parsing config file:" then the config's own error, e.g. an unknown
+  preset of a config given by its path)."""
+  first = str(error).splitlines()[0]
+  cause = error
+  while cause.__context__ is not None:  # the innermost error: the config's own
+    cause = cause.__context__
+  reason = str(cause).strip().splitlines()
+  if cause is error or not reason or not first.rstrip().endswith(":"):
+    return first
+  return f"{first.rstrip()} {reason[-1]}"
 
 
 def _unknown_field(error: Exception) -> str:

@@ -98,6 +98,17 @@ def test_the_cli_refuses_at_once_before_any_work(tmp_path, override, field):
   assert time.perf_counter() - start < 30
 
 
+@pytest.mark.parametrize("given", ["countdown.py:huge", "configs/countdown.py:huge"])
+def test_an_unknown_preset_is_named_with_the_presets_in_both_forms(given):
+  """The bare name and the path of the config file: one line that names the presets (the
+  path form used to end at ml_collections' "Error whilst parsing config file:")."""
+  result = subprocess.run([sys.executable, "-m", "jaxdistill.main", "--config", given],
+                          cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "'huge'" in lines[0] and "tiny, smoke, tiny4" in lines[0], lines
+
+
 def test_processes_probing_one_workdir_at_once_do_not_collide(tmp_path, monkeypatch):
   """Every host of a multi-host job checks at once that the shared workdir is writable:
   another process's probe, written and removed while ours exists, must not break ours."""
