@@ -43,6 +43,11 @@ def test_every_command_starts_and_lists_its_flags(command):
   assert "Traceback" not in output, output[-3000:]
   for flag in own:  # a boolean flag is listed as --[no]flag
     assert f"--{flag}" in output or f"--[no]{flag}" in output, (flag, output[-3000:])
+  # a usage line continued with a backslash is printed as written (a docstring that is not
+  # raw joins it with the next: bench.memory's --help printed one garbled line)
+  for line in source.split('"""')[1].splitlines():
+    if line.rstrip().endswith("\\"):
+      assert line.rstrip() in output, (line, output[:2000])
 
 
 def test_the_search_benchmark_lm_mode_runs():

@@ -1,4 +1,4 @@
-"""What a training run needs in one device's memory at real Qwen2.5 shapes, without weights.
+r"""What a training run needs in one device's memory at real Qwen2.5 shapes, without weights.
 
     python -m jaxdistill.bench.memory --config countdown.py:qwen2.5-7b --devices 8 \
         [--fsdp 8] [--device_memory_gb 80] [--algos mcts_distill,cispo] [--breakdown]

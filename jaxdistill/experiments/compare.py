@@ -1,4 +1,4 @@
-"""Compare training methods at an equal budget of generated tokens, from one base model.
+r"""Compare training methods at an equal budget of generated tokens, from one base model.
 
     python -m jaxdistill.experiments.compare      # tiny preset: LR sweep, then 5 seeds each
     python -m jaxdistill.experiments.compare --preset=medium   # 4 numbers, hidden 512 (GPU)

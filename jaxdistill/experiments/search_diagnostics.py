@@ -1,4 +1,4 @@
-"""Why does (or doesn't) search distillation help? Measure what the search hands the learner.
+r"""Why does (or doesn't) search distillation help? Measure what the search hands the learner.
 
     python -m jaxdistill.experiments.search_diagnostics --model runs/compare/warm_start \
         [--set search.num_iterations=16 ...] [--problems 64]

@@ -1,4 +1,4 @@
-"""Could a value head guide the search at this scale? Fit value predictors offline and see.
+r"""Could a value head guide the search at this scale? Fit value predictors offline and see.
 
     python -m jaxdistill.experiments.value_probe --model runs/compare/warm_start \
         [--run WORKDIR] [--problems 512] [--samples 8] [--out results/value_probe.json]
