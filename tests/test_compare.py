@@ -85,13 +85,21 @@ def test_standard_error_with_problems_adds_the_spread_of_the_per_problem_differe
   # a run without per-problem scores leaves the second error out
   del records[0]["per_problem"]
   assert report.paired(records, "mcts_tree", "cispo", 16, "0.2")[3] is None
-  # one seed has no standard error to give: the table says so instead of printing nan
+  # one seed has no standard error over seeds to give: the table says so instead of printing
+  # nan, with the SE of that seed's difference over its problems (differences .25, 0, -.25,
+  # .25: std 0.2394 over 4 problems)
   one = [r for r in records if r["seed"] == 1]
   diff, se, n, with_problems = report.paired(one, "mcts_tree", "cispo", 16, "0.2")
-  assert n == 1 and np.isclose(diff, 0.0625) and np.isnan(se) and with_problems is None
+  assert n == 1 and np.isclose(diff, 0.0625) and np.isnan(se)
+  assert np.isclose(with_problems, np.std([0.25, 0, -0.25, 0.25], ddof=1) / 2)
   rows = {r["method"]: r for r in report.summarize(one, 16, ["0.2", "0.8"])}
   line = report.markdown([rows["mcts_tree"]], 16, "h", ["0.2", "0.8"]).splitlines()[-1]
-  assert "| +6.2 (1 seed: no SE) |" in line and "nan" not in line
+  assert "| +6.2 (1 seed: no SE; ± 12.0 over its problems alone) |" in line
+  assert "nan" not in line
+  # the verdict judges nothing from one seed, and does not call it no difference either
+  summary = report.verdict(list(rows.values()))["summary"]
+  assert not summary.startswith("No method differs") and "nan" not in summary
+  assert "mcts_tree minus cispo +6.2 (± 12.0 over its problems alone)" in summary
 
 
 def test_the_verdict_names_every_difference_past_two_standard_errors_whichever_side_leads():
@@ -110,12 +118,15 @@ def test_the_verdict_names_every_difference_past_two_standard_errors_whichever_s
       ("deepsearch", "cispo", False), ("deepsearch", "base", False)]
   assert decided["pairs"][1]["se"] == 0.005
   assert decided["summary"] == ("cispo leads base by 2.0 ± 0.6 points; "
-                                "cispo leads mcts_distill by 1.3 ± 0.5 points.")
+                                "cispo leads mcts_distill by 1.3 ± 0.5 points; with one seed "
+                                "the seeds' spread is unknown, so these are not judged: "
+                                "deepsearch minus base +3.0.")
   # no lead over or behind cispo counts: the sentence says so, with each difference
   rows[2]["minus_cispo"] = (-0.008, 0.002, 5, 0.005)
   assert report.verdict(rows)["summary"] == (
       "No method differs from cispo by more than 2 SE (mcts_distill -0.8 ± 0.5; "
-      "deepsearch +1.0 ± 0.6); cispo leads base by 2.0 ± 0.6 points.")
+      "deepsearch +1.0 ± 0.6); cispo leads base by 2.0 ± 0.6 points; with one seed the "
+      "seeds' spread is unknown, so these are not judged: deepsearch minus base +3.0.")
 
 
 def test_the_learning_curves_and_the_base_level_are_on_the_same_validation_problems(

@@ -37,8 +37,9 @@ def paired(records: list[dict], method: str, other: str, k: int, temperature: st
   SE^2 + (MS_problem - MS_resid) / (S P), from the S x P per-problem differences. (MS_problem
   / (S P) alone, the spread of the problems' differences averaged over seeds, also holds the
   seed x problem residual, which SE^2 already counts; the unbiased form subtracts it once.)
-  None where the scores are missing or there is one seed (whose spread is unknown: the
-  first is then nan)."""
+  None where the scores are missing. With one seed the seeds' spread is unknown (the first
+  is nan) and the last is the problems' alone: the SE of the one seed's mean over its
+  problems, how sure we are of this seed's difference, not of the methods'."""
   score = lambda r: r["test"][temperature][f"mean@{k}"]
   mine = {r["seed"]: r for r in records if r["method"] == method}
   theirs = {r["seed"]: r for r in records if r["method"] == other}
@@ -49,11 +50,13 @@ def paired(records: list[dict], method: str, other: str, k: int, temperature: st
   mean, se = mean_and_se(diffs)
   with_problems = None
   per_problem = lambda r: r["test"].get("per_problem", r.get("per_problem"))
-  if len(diffs) > 1 and all(per_problem(r) is not None for s in seeds
-                            for r in (mine[s], theirs[s])):
+  if all(per_problem(r) is not None for s in seeds for r in (mine[s], theirs[s])):
     table = np.array([np.subtract(per_problem(mine[s]), per_problem(theirs[s]))
                       for s in seeds], np.float64)  # [S, P]
-    with_problems = float(np.sqrt(se ** 2 + problem_variance(table)))
+    if len(diffs) > 1:
+      with_problems = float(np.sqrt(se ** 2 + problem_variance(table)))
+    elif table.shape[1] > 1:
+      with_problems = float(table[0].std(ddof=1) / np.sqrt(table.shape[1]))
   return mean, se, len(diffs), with_problems
 
 
@@ -139,17 +142,27 @@ def verdict(rows: list[dict]) -> dict:
       d = r.get(f"minus_{other}")
       if d is not None:
         pairs.append({"method": r["method"], "other": other, "difference": d[0],
-                      "se": deciding_se(d), "seeds": d[2], "counts": counts(d)})
+                      "se": deciding_se(d), "seeds": d[2], "counts": counts(d),
+                      "problems_se": d[3]})
   said = lambda p: (f"{p['method']} leads {p['other']}" if p["difference"] > 0 else
                     f"{p['other']} leads {p['method']}") + (
                         f" by {100 * abs(p['difference']):.1f} ± {100 * p['se']:.1f} points")
-  against_cispo = [p for p in pairs if p["other"] == "cispo"]
-  decided = [said(p) for p in pairs if p["counts"]]
-  if not any(p["counts"] for p in against_cispo):
-    decided.insert(0, "No method differs from cispo by more than 2 SE" + (
-        "" if not against_cispo else " (" + "; ".join(
-            f"{p['method']} {100 * p['difference']:+.1f} ± {100 * p['se']:.1f}"
-            for p in against_cispo) + ")"))
+  # one seed: the seeds' spread is unknown, so no difference can be judged (nor called none)
+  judged = [p for p in pairs if p["seeds"] > 1]
+  against_cispo = [p for p in judged if p["other"] == "cispo"]
+  decided = [said(p) for p in judged if p["counts"]]
+  if against_cispo and not any(p["counts"] for p in against_cispo):
+    decided.insert(0, "No method differs from cispo by more than 2 SE (" + "; ".join(
+        f"{p['method']} {100 * p['difference']:+.1f} ± {100 * p['se']:.1f}"
+        for p in against_cispo) + ")")
+  single = [p for p in pairs if p["seeds"] < 2]
+  if single:
+    over_problems = lambda p: ("" if p["problems_se"] is None else
+                               f" (± {100 * p['problems_se']:.1f} over its problems alone)")
+    decided.append("with one seed the seeds' spread is unknown, so these are not judged: " +
+                   ", ".join(f"{p['method']} minus {p['other']} "
+                             f"{100 * p['difference']:+.1f}{over_problems(p)}"
+                             for p in single))
   # method names keep their case: the sentence may begin with one
   return {"pairs": pairs, "summary": "; ".join(decided) + "." if decided else "Nothing to compare."}
 
@@ -164,8 +177,9 @@ def markdown(rows: list[dict], k: int, header: str, temperatures: list[str]) -> 
   def diff(d):
     if d is None:
       return "-"
-    if d[2] < 2:  # one seed: its difference, but no spread to say how sure it is
-      return f"{100 * d[0]:+.1f} (1 seed: no SE)"
+    if d[2] < 2:  # one seed: its difference, but no spread over seeds to say how sure it is
+      return f"{100 * d[0]:+.1f} (1 seed: no SE" + (
+          ")" if d[3] is None else f"; ± {100 * d[3]:.1f} over its problems alone)")
     return (f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f}"
             + ("" if d[3] is None else f" (± {100 * d[3]:.1f} with problems)")
             + (" **(> 2 SE)**" if counts(d) else ""))
