@@ -21,7 +21,7 @@ from jaxdistill.layout import Layout
 from jaxdistill.metrics import MetricsLog, plot_run
 from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
 from jaxdistill.rl import learner, rollouts
-from jaxdistill.rl.batch import assemble_batch
+from jaxdistill.rl.batch import ADVANTAGES, assemble_batch
 
 
 def say(text: str) -> None:
@@ -210,7 +210,7 @@ def assemble_forwards(spec: settings.IterationSpec) -> int:
   (KL), the current policy's (visit rows carry no behaviour log-probs) and the value
   head's (value-baseline advantages; tree targets bring their own)."""
   method = methods.get(spec.method)
-  value_baseline = (spec.advantage not in ("group", "group_mean")
+  value_baseline = (ADVANTAGES[spec.advantage].needs_values
                     and not method.brings_advantages(spec))
   return (int(spec.learner.kl_coef > 0) + int(method.scores_current_policy(spec))
           + int(value_baseline))

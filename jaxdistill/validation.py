@@ -75,6 +75,9 @@ def _schema() -> dict[str, Any]:
   from jaxdistill.configs.countdown import PRESETS
   from jaxdistill.models.qwen2 import PRECISIONS
   from jaxdistill.methods import METHODS
+  from jaxdistill.rl.batch import ADVANTAGES
+  from jaxdistill.rl.losses import POLICY_LOSSES
+  from jaxdistill.search.deepsearch import ADVANTAGES as TREE_ADVANTAGES
   from jaxdistill.tasks import TASKS
   return {
       "preset": Choice(tuple(PRESETS)), "seed": COUNT,
@@ -109,15 +112,16 @@ def _schema() -> dict[str, Any]:
       "deepsearch.max_depth": POSITIVE, "deepsearch.frontier_q": Float(0.0),
       "deepsearch.frontier_entropy": Float(0.0), "deepsearch.frontier_depth": Float(0.0),
       "deepsearch.backup_floor": Float(0.0, 1.0), "deepsearch.incomplete_reward": Float(-1.0, 0.0),
-      "deepsearch.advantage": Choice(("tree_grpo", "outcome", "node_mean")),
+      "deepsearch.advantage": Choice(tuple(TREE_ADVANTAGES)),
       "deepsearch.round_iterations": COUNT, "deepsearch.filter_k": POSITIVE,
       "deepsearch.filter_threshold": Float(0.0, 1.0), "deepsearch.filter_pool": POSITIVE,
       "deepsearch.pool_rounds": POSITIVE,
       "deepsearch.replay": Bool(), "deepsearch.replay_capacity": POSITIVE,
       "rollout.max_completion_tokens": POSITIVE, "rollout.temperature": TEMPERATURE,
       "rollout.top_p": PROBABILITY, "rollout.group_size": POSITIVE, "rollout.best_of": POSITIVE,
-      "learner.policy_loss": Choice(("cispo", "ppo")),
-      "learner.advantage": Choice(("reward_minus_value", "gae")),
+      "learner.policy_loss": Choice(tuple(POLICY_LOSSES)),
+      "learner.advantage": Choice(tuple(name for name, estimator in ADVANTAGES.items()
+                                        if not estimator.grouped)),
       "learner.advantage_std": Bool(),
       "learner.eps_high": RATE, "learner.ppo_eps": Float(0.0, 1.0, open_low=True),
       "learner.ppo_eps_high": Float(0.0), "learner.dual_clip": Float(0.0),

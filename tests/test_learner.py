@@ -78,10 +78,29 @@ def test_clip_higher_and_dual_clip_by_hand():
   assert per_token(5.0, -1.0, dual_clip=3.0) == pytest.approx(3.0)
   assert per_token(2.0, -1.0, dual_clip=3.0) == pytest.approx(2.0)  # below c: unchanged
   ratio, adv = jnp.array([1.25, 1.25, 0.7, 5.0, 1.0]), jnp.array([1.0, -1.0, -1.0, -1.0, 1.0])
-  np.testing.assert_array_equal(losses.clipped_tokens(ratio, adv, "ppo", 0.2, 0.2, 3.0),
-                                [True, False, True, True, False])
-  np.testing.assert_array_equal(losses.clipped_tokens(ratio, adv, "cispo", 0.2, 1.2),
-                                [True, True, False, True, False])
+  import types
+  settings = types.SimpleNamespace(ppo_eps=0.2, ppo_eps_high=0.0, dual_clip=3.0, eps_high=1.2)
+  clipped = lambda name: losses.POLICY_LOSSES[name].clipped(ratio, adv, settings)
+  np.testing.assert_array_equal(clipped("ppo"), [True, False, True, True, False])
+  np.testing.assert_array_equal(clipped("cispo"), [True, True, False, True, False])
+
+
+def test_a_policy_loss_and_an_advantage_join_by_a_registry_entry(monkeypatch):
+  """The config offers what the registries hold: a new entry is a valid
+  learner.policy_loss / learner.advantage, with no other change."""
+  from jaxdistill import validation
+  from jaxdistill.configs import countdown
+  from jaxdistill.rl import batch
+  config = countdown.get_config("smoke")
+  config.learner.policy_loss, config.learner.advantage = "reinforce", "reward"
+  assert len(validation.problems(config)) == 2
+  monkeypatch.setitem(losses.POLICY_LOSSES, "reinforce", losses.PolicyLoss(
+      per_token=lambda logprobs, old, advantages, c: -advantages * logprobs,
+      clipped=lambda ratio, advantages, c: jnp.zeros_like(ratio, bool)))
+  monkeypatch.setitem(batch.ADVANTAGES, "reward", batch.Advantage(
+      lambda rewards, mask, group_size, values: rewards[:, None] * mask,
+      needs_values=False, grouped=False))
+  assert validation.problems(config) == []
 
 
 def test_masked_tokens_change_nothing():

@@ -3,10 +3,38 @@ log-probs the loss compares against."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
 from jaxdistill.rl import learner, losses, rollouts
+
+
+@dataclasses.dataclass(frozen=True)
+class Advantage:
+  """An advantage estimator by name (`ADVANTAGES`): grouped ones compare each row with the
+  other rows of its prompt (cispo's group of samples); the others need the value head's
+  estimate of every state (`needs_values`: one more forward pass in the assembly)."""
+
+  fn: Callable  # (rewards [B], mask [B, T], group_size, old_values [B, T] or None) -> [B, T]
+  needs_values: bool
+  grouped: bool
+
+
+# a new estimator joins by an entry here; `learner.advantage` offers the ungrouped ones
+# (methods that sample groups pick a grouped one themselves: `Method.advantage`)
+ADVANTAGES = {
+    "group": Advantage(lambda rewards, mask, group_size, _: losses.group_normalized(
+        rewards, group_size, std=True)[:, None] * mask, needs_values=False, grouped=True),
+    "group_mean": Advantage(lambda rewards, mask, group_size, _: losses.group_normalized(
+        rewards, group_size, std=False)[:, None] * mask, needs_values=False, grouped=True),
+    "reward_minus_value": Advantage(lambda rewards, mask, _, values: losses.reward_minus_value(
+        rewards, values, mask), needs_values=True, grouped=False),
+    "gae": Advantage(lambda rewards, mask, _, values: losses.gae(rewards, values, mask)[0],
+                     needs_values=True, grouped=False),
+}
 
 
 def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, advantage: str,
@@ -38,15 +66,11 @@ def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, ad
                   else scores(ref_params, ref_layer_weights))
   if traj.advantages is not None:  # given by the producer (tree targets)
     advantages = traj.advantages * mask
-  elif advantage in ("group", "group_mean"):
-    advantages = losses.group_normalized(traj.reward, group_size,
-                                         std=advantage == "group")[:, None] * mask
   else:
-    old_values = jax.lax.stop_gradient(learner.sequence_values(graphdef, params, tokens))
-    if advantage == "gae":
-      advantages, _ = losses.gae(traj.reward, old_values, mask)
-    else:
-      advantages = losses.reward_minus_value(traj.reward, old_values, mask)
+    estimator = ADVANTAGES[advantage]
+    old_values = (jax.lax.stop_gradient(learner.sequence_values(graphdef, params, tokens))
+                  if estimator.needs_values else None)
+    advantages = estimator.fn(traj.reward, mask, group_size, old_values)
   return learner.LearnerBatch(tokens=tokens, mask=mask, advantages=advantages,
                               returns=traj.reward[:, None] * mask, old_logprobs=old_logprobs,
                               ref_logprobs=ref_logprobs)

@@ -32,7 +32,7 @@ from jaxdistill.rl import losses
 class LearnerConfig:
   """Hyper-parameters of the update (built from the run config by `settings.learner`)."""
 
-  policy_loss: str  # cispo | ppo
+  policy_loss: str  # a name of losses.POLICY_LOSSES: cispo | ppo
   eps_high: float  # CISPO weight cap
   ppo_eps: float
   ppo_eps_high: float  # PPO's upper clip (clip-higher); 0: ppo_eps
@@ -157,17 +157,6 @@ def sequence_values(graphdef, params, tokens):
   return model(tokens[:, :-1], compute_logits=False).values
 
 
-def _policy_per_token(logprobs, batch: LearnerBatch, config: LearnerConfig):
-  if config.policy_loss == "cispo":
-    return losses.cispo_per_token(logprobs, batch.old_logprobs, batch.advantages,
-                                  config.eps_high)
-  if config.policy_loss == "ppo":
-    return losses.ppo_per_token(logprobs, batch.old_logprobs, batch.advantages,
-                                config.ppo_eps, config.ppo_eps_high or config.ppo_eps,
-                                config.dual_clip)
-  raise ValueError(f"policy_loss must be 'cispo' or 'ppo', got {config.policy_loss!r}")
-
-
 def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerConfig, weights,
             token_weights, layer_weights=None):
   """This device's share of the total loss, and of each metric: weighted sums whose sum over
@@ -177,17 +166,18 @@ def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerConfig, weight
                                        chunk_size=config.logit_chunk, remat=config.remat,
                                        layer_weights=layer_weights)
   total = lambda per_token, w=weights: (per_token * w).sum()
-  policy = total(_policy_per_token(logprobs, batch, config))
+  if config.policy_loss not in losses.POLICY_LOSSES:
+    raise ValueError(f"policy_loss must be one of {', '.join(losses.POLICY_LOSSES)}, got "
+                     f"{config.policy_loss!r}")
+  policy_loss = losses.POLICY_LOSSES[config.policy_loss]
+  policy = total(policy_loss.per_token(logprobs, batch.old_logprobs, batch.advantages, config))
   value = total(jnp.square(values - batch.returns))
   kl = jnp.zeros((), jnp.float32)
   if batch.ref_logprobs is not None:
     kl = total(losses.kl_k3_per_token(logprobs, batch.ref_logprobs))
   loss = policy + config.value_coef * value + config.kl_coef * kl
   ratio = jax.lax.stop_gradient(jnp.exp(logprobs - batch.old_logprobs))
-  upper = ((config.ppo_eps_high or config.ppo_eps) if config.policy_loss == "ppo"
-           else config.eps_high)
-  clipped = losses.clipped_tokens(ratio, batch.advantages, config.policy_loss,
-                                  config.ppo_eps, upper, config.dual_clip)
+  clipped = policy_loss.clipped(ratio, batch.advantages, config)
   return loss, {"loss": loss, "policy_loss": policy, "value_loss": value, "kl": kl,
                 "ratio": total(ratio, token_weights),
                 "clip_fraction": total(clipped.astype(jnp.float32), token_weights),

@@ -14,6 +14,9 @@ on devices. The `*_loss` functions are the same terms aggregated over one local 
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -68,16 +71,41 @@ def ppo_per_token(logprobs, old_logprobs, advantages, eps: float = 0.2,
   return loss
 
 
-def clipped_tokens(ratio, advantages, policy_loss: str, eps: float, eps_high: float,
-                   dual_clip: float = 0.0):
-  """[B, T] bool: tokens whose gradient the clip removes or caps (CISPO: ratio > eps_high;
-  PPO: ratio outside the trust region on the side the advantage pushes, or past dual_clip)."""
-  if policy_loss == "cispo":
-    return ratio > eps_high
+def ppo_clipped(ratio, advantages, eps: float, eps_high: float, dual_clip: float = 0.0):
+  """[B, T] bool: tokens whose gradient PPO's clip removes or caps: the ratio outside the
+  trust region on the side the advantage pushes, or past dual_clip."""
   out = ((advantages > 0) & (ratio > 1.0 + eps_high)) | ((advantages < 0) & (ratio < 1.0 - eps))
   if dual_clip:
     out = out | ((advantages < 0) & (ratio > dual_clip))
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyLoss:
+  """A policy loss by name (`POLICY_LOSSES`, the choices of `learner.policy_loss`): its
+  per-token term and the tokens its clip acts on (the clip fraction), each reading its
+  constants from the learner's settings (`learner.LearnerConfig`)."""
+
+  per_token: Callable  # (logprobs, old_logprobs, advantages, config) -> [B, T]
+  clipped: Callable  # (ratio, advantages, config) -> [B, T] bool
+
+
+def _ppo_upper(config) -> float:
+  return config.ppo_eps_high or config.ppo_eps  # 0: symmetric
+
+
+# a new policy loss joins by an entry here (and its name in validation's choices)
+POLICY_LOSSES = {
+    "cispo": PolicyLoss(
+        per_token=lambda logprobs, old, advantages, c: cispo_per_token(
+            logprobs, old, advantages, c.eps_high),
+        clipped=lambda ratio, advantages, c: ratio > c.eps_high),
+    "ppo": PolicyLoss(
+        per_token=lambda logprobs, old, advantages, c: ppo_per_token(
+            logprobs, old, advantages, c.ppo_eps, _ppo_upper(c), c.dual_clip),
+        clipped=lambda ratio, advantages, c: ppo_clipped(
+            ratio, advantages, c.ppo_eps, _ppo_upper(c), c.dual_clip)),
+}
 
 
 def kl_k3_per_token(logprobs, ref_logprobs):
