@@ -22,15 +22,28 @@ import tempfile
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxdistill.configs.countdown import PRESETS  # ml_collections only: --help names them
 from jaxdistill.errors import UsageError  # printed in one line, exit 2 (see errors.py)
 from jaxdistill.initial_model import load_model_and_tokenizer  # noqa: F401 (tests, notebooks)
 
+
+
+def _shipped_presets() -> str:
+  """'name.py: preset, preset, ...' of each config file the package ships (ml_collections
+  only: cheap enough for --help)."""
+  from importlib import resources
+  found = []
+  for entry in sorted(resources.files("jaxdistill.configs").iterdir(), key=lambda e: e.name):
+    if entry.name.endswith(".py") and not entry.name.startswith("_"):
+      module = importlib.import_module(f"jaxdistill.configs.{entry.name[:-3]}")
+      found.append(f"{entry.name}: {', '.join(getattr(module, 'PRESETS', ()))}")
+  return "; ".join(found)
+
+
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, f"countdown.py[:preset] (presets: {', '.join(PRESETS)}; default tiny), or "
-    "a path to a config file. Any field is set with --config.SECTION.FIELD=VALUE (e.g. "
-    "--config.algo=cispo); every field, its default and what it means: "
-    "jaxdistill/configs/countdown.py, base()", lock_config=True)
+    "config", None, f"NAME.py[:preset] of a config the package ships ({_shipped_presets()}; "
+    "the first preset is the default), or a path to a config file. Any field is set with "
+    "--config.SECTION.FIELD=VALUE (e.g. --config.algo=cispo); every field, its default and "
+    "what it means: the config file's base() (jaxdistill/configs/)", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (default runs/<preset>-<algo>)")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "export"], "what to run")
 flags.DEFINE_string("out", None, "--mode export: the directory to write")
@@ -203,10 +216,10 @@ def _sample(model, tokenizer, task, problems, eval_config, prompt):
                                 max_new_tokens=eval_config.max_new_tokens,
                                 temperature=eval_config.temperature, stop_ids=(ids.eos_id,),
                                 pad_id=ids.pad_id))
-  # the task grades the final answer only (as the reference's grader does): a sample marked
-  # solved may still show wrong arithmetic in its step lines
-  print("[solved]: the task's sparse reward is 1 (Countdown grades the final answer only: "
-        "a solved sample's step lines may still hold wrong arithmetic)")
+  # the built-in task grades the final answer only (as the reference's grader does): a
+  # sample marked solved may still show wrong arithmetic in its step lines
+  print("[solved]: the task's sparse reward is 1; a task may grade the final answer alone, "
+        "as the reference's grader does, so a solved sample's step lines are not checked")
   solved = 0
   for row, p in enumerate(problems):
     text = tokenization.decode(tokenizer, out.tokens[row], int(out.lengths[row]))

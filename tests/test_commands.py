@@ -50,6 +50,17 @@ def test_every_command_starts_and_lists_its_flags(command):
       assert line.rstrip() in output, (line, output[:2000])
 
 
+def test_every_command_imports_beside_the_cli_without_a_flag_clash():
+  """A command defines its flags when it runs, not when it is imported: tests and scripts
+  import their functions in processes that also import jaxdistill.main (its --out, --config);
+  a flag defined at import raised DuplicateFlagError in 17 tests of the suite."""
+  modules = ["jaxdistill.main"] + [f"jaxdistill.{command}" for command in _commands()]
+  code = "; ".join(f"import {module}" for module in modules)
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=xla_env.env(1),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_the_search_benchmark_lm_mode_runs():
   """bench.search's LM share (the LM-backed search against the same search with a free
   expand) at a tiny size: it runs, and the tree operations are a share of the whole."""

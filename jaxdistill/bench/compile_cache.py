@@ -21,12 +21,18 @@ from absl import app, flags
 
 from jaxdistill.bench.common import print_table, write_json
 
-flags.DEFINE_string("preset", "smoke", "config preset")
-flags.DEFINE_list("algos", ["mcts_distill", "cispo"], "methods")
-flags.DEFINE_list("set", ["sft.steps=0", "eval.at_start=False", "eval.every=0",
-                          "train.num_iterations=2", "train.progress=False"],
-                  "config overrides (field=value)")
-flags.DEFINE_string("out", "bench_results/compile_cache.json", "JSON output")
+
+def define_flags():
+  """The command's flags, defined only when it runs (its functions may be imported beside
+  other commands' flags, such as jaxdistill.main's --out)."""
+  flags.DEFINE_string("preset", "smoke", "config preset")
+  flags.DEFINE_list("algos", ["mcts_distill", "cispo"], "methods")
+  flags.DEFINE_list("set", ["sft.steps=0", "eval.at_start=False", "eval.every=0",
+                            "train.num_iterations=2", "train.progress=False"],
+                    "config overrides (field=value)")
+  flags.DEFINE_string("out", "bench_results/compile_cache.json", "JSON output")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -63,4 +69,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -24,15 +24,21 @@ from flax import nnx
 
 from jaxdistill.bench.common import print_table, write_json
 
-flags.DEFINE_enum("shapes", "tiny", ["tiny", "qwen1.5b"], "model shapes")
-flags.DEFINE_list("algos", ["mcts_distill", "cispo"], "methods to time")
-flags.DEFINE_integer("iterations", 3, "timed iterations (after one that compiles)")
-flags.DEFINE_integer("prompts", 16, "prompts per iteration")
-flags.DEFINE_integer("agents", 16, "search agents per tree (mcts_distill)")
-flags.DEFINE_integer("search_iterations", 8, "search iterations (mcts_distill)")
-flags.DEFINE_integer("minibatches", 0, "learner minibatches (0: 4 at qwen1.5b shapes, where "
-                     "one backward of the whole batch does not fit in 80 GB, else 1)")
-flags.DEFINE_string("out", "bench_results/iteration.json", "JSON output")
+
+def define_flags():
+  """The command's flags, defined only when it runs (its functions may be imported beside
+  other commands' flags, such as jaxdistill.main's --out)."""
+  flags.DEFINE_enum("shapes", "tiny", ["tiny", "qwen1.5b"], "model shapes")
+  flags.DEFINE_list("algos", ["mcts_distill", "cispo"], "methods to time")
+  flags.DEFINE_integer("iterations", 3, "timed iterations (after one that compiles)")
+  flags.DEFINE_integer("prompts", 16, "prompts per iteration")
+  flags.DEFINE_integer("agents", 16, "search agents per tree (mcts_distill)")
+  flags.DEFINE_integer("search_iterations", 8, "search iterations (mcts_distill)")
+  flags.DEFINE_integer("minibatches", 0, "learner minibatches (0: 4 at qwen1.5b shapes, where "
+                       "one backward of the whole batch does not fit in 80 GB, else 1)")
+  flags.DEFINE_string("out", "bench_results/iteration.json", "JSON output")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -158,4 +164,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -24,14 +24,20 @@ from jaxdistill.bench.common import best_time, print_table, write_json
 from jaxdistill.models import Qwen2Config, from_pretrained, init_model, save_pretrained
 from jaxdistill.sampling import generate
 
-flags.DEFINE_integer("batch", 64, "prompts per batch")
-flags.DEFINE_integer("new_tokens", 128, "tokens generated per prompt")
-flags.DEFINE_integer("repeats", 3, "timed repeats (best is kept)")
-flags.DEFINE_bool("torch", True, "also time transformers' PyTorch generate")
-flags.DEFINE_bool("qwen_shapes", False, "also time Qwen2.5-1.5B shapes (random bf16 weights)")
-flags.DEFINE_string("out", "bench_results/sampler.json", "JSON output")
-flags.DEFINE_string("trace", "", "directory: profile one generate of the largest model timed "
-                    "and print where device time goes")
+
+def define_flags():
+  """The command's flags, defined only when it runs (its functions may be imported beside
+  other commands' flags, such as jaxdistill.main's --out)."""
+  flags.DEFINE_integer("batch", 64, "prompts per batch")
+  flags.DEFINE_integer("new_tokens", 128, "tokens generated per prompt")
+  flags.DEFINE_integer("repeats", 3, "timed repeats (best is kept)")
+  flags.DEFINE_bool("torch", True, "also time transformers' PyTorch generate")
+  flags.DEFINE_bool("qwen_shapes", False, "also time Qwen2.5-1.5B shapes (random bf16 weights)")
+  flags.DEFINE_string("out", "bench_results/sampler.json", "JSON output")
+  flags.DEFINE_string("trace", "", "directory: profile one generate of the largest model timed "
+                      "and print where device time goes")
+
+
 FLAGS = flags.FLAGS
 
 TINY = Qwen2Config(vocab_size=64, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
@@ -189,4 +195,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -29,14 +29,20 @@ from jaxdistill.bench.common import best_time, print_table, write_json
 from jaxdistill.search import lm_expand, mcts
 from jaxdistill.search.tree import ExpandOutput, RootOutput
 
-flags.DEFINE_bool("quick", False, "a small grid (a first check)")
-flags.DEFINE_string("out", "bench_results/search.json", "JSON output")
-flags.DEFINE_string("trace", "", "directory: profile ours and mctx.search (B=8, K=4, W=1, "
-                    "256 simulations) and print where device time goes")
-flags.DEFINE_list("agents", ["1", "4", "16"], "agents per tree (W) in the grid")
-flags.DEFINE_integer("loop_unroll", 0, "tree levels per loop iteration (0: the default)")
-flags.DEFINE_bool("tree_ops_only", False, "only the tree-operations grid (skip the LM share "
-                  "and the collectives check)")
+
+def define_flags():
+  """The command's flags (defined only when it runs: its functions are imported beside
+  other commands' flags, e.g. jaxdistill.main's --out, by the tests)."""
+  flags.DEFINE_bool("quick", False, "a small grid (a first check)")
+  flags.DEFINE_string("out", "bench_results/search.json", "JSON output")
+  flags.DEFINE_string("trace", "", "directory: profile ours and mctx.search (B=8, K=4, W=1, "
+                      "256 simulations) and print where device time goes")
+  flags.DEFINE_list("agents", ["1", "4", "16"], "agents per tree (W) in the grid")
+  flags.DEFINE_integer("loop_unroll", 0, "tree levels per loop iteration (0: the default)")
+  flags.DEFINE_bool("tree_ops_only", False, "only the tree-operations grid (skip the LM share "
+                    "and the collectives check)")
+
+
 FLAGS = flags.FLAGS
 
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
@@ -220,4 +226,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

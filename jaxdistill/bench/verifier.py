@@ -18,10 +18,16 @@ from absl import app, flags
 
 from jaxdistill.bench.common import load_preset, print_table, write_json
 
-flags.DEFINE_string("config", "countdown.py:tiny4", "config file and preset (its task "
-                    "section picks the task)")
-flags.DEFINE_integer("problems", 2000, "problems in the typical set")
-flags.DEFINE_string("out", "bench_results/verifier.json", "JSON output")
+
+def define_flags():
+  """The command's flags, defined only when it runs (its functions may be imported beside
+  other commands' flags, such as jaxdistill.main's --out)."""
+  flags.DEFINE_string("config", "countdown.py:tiny4", "config file and preset (its task "
+                      "section picks the task)")
+  flags.DEFINE_integer("problems", 2000, "problems in the typical set")
+  flags.DEFINE_string("out", "bench_results/verifier.json", "JSON output")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -68,4 +74,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

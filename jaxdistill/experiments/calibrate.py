@@ -16,13 +16,19 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_string("preset", "tiny4", "config preset (countdown.py)")
-flags.DEFINE_list("steps", ["400", "800", "1600"], "warm-start lengths to try")
-flags.DEFINE_integer("problems", 256, "test problems scored")
-flags.DEFINE_multi_string("set", [], "config overrides, e.g. --set=model.hidden_size=192")
-flags.DEFINE_string("dir", "runs/calibrate", "where warm starts and splits go (not --workdir: "
-                    "jaxdistill.main, imported to build the model, defines that flag)")
-flags.DEFINE_string("out", "results/calibrate_tiny4.json", "JSON output")
+
+def define_flags():
+  """The command's flags, defined only when it runs (its functions may be imported beside
+  other commands' flags, such as jaxdistill.main's --out)."""
+  flags.DEFINE_string("preset", "tiny4", "config preset (countdown.py)")
+  flags.DEFINE_list("steps", ["400", "800", "1600"], "warm-start lengths to try")
+  flags.DEFINE_integer("problems", 256, "test problems scored")
+  flags.DEFINE_multi_string("set", [], "config overrides, e.g. --set=model.hidden_size=192")
+  flags.DEFINE_string("dir", "runs/calibrate", "where warm starts and splits go (not --workdir: "
+                      "jaxdistill.main, imported to build the model, defines that flag)")
+  flags.DEFINE_string("out", "results/calibrate_tiny4.json", "JSON output")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -64,4 +70,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
