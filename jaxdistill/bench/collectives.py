@@ -21,7 +21,7 @@ import tempfile
 from absl import app, flags
 
 from jaxdistill import cpu_threads
-from jaxdistill.bench.common import print_table, write_json
+from jaxdistill.bench.common import ensure_cpu_devices, print_table, write_json
 
 # tiny shapes: the programs' structure (which collectives, which loops) does not depend on
 # the sizes, and these compile in seconds
@@ -118,16 +118,7 @@ COLUMNS = ["algo", "fsdp", "remat", "collectives", "loops_with_collectives", "bl
 
 def main(argv):
   del argv
-  import jax
-  if jax.device_count() < FLAGS.devices:  # fake CPU devices exist only from start-up
-    if jax.default_backend() != "cpu" or os.environ.get("_JAXDISTILL_COLLECTIVES_CHILD"):
-      raise app.UsageError(f"--devices={FLAGS.devices}: only {jax.device_count()} "
-                           f"{jax.default_backend()} devices here")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", _JAXDISTILL_COLLECTIVES_CHILD="1",
-               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                          f" --xla_force_host_platform_device_count={FLAGS.devices}").strip())
-    os.execve(sys.executable, [sys.executable, "-m", "jaxdistill.bench.collectives",
-                               *sys.argv[1:]], env)
+  ensure_cpu_devices(FLAGS.devices, "jaxdistill.bench.collectives")
   rows = []
   for algo in FLAGS.methods:
     for fsdp in map(int, FLAGS.fsdp):

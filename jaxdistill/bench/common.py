@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 import time
 
 
@@ -54,3 +55,21 @@ def load_preset(spec: str):
   from jaxdistill.configs import countdown
   preset = spec.split(":", 1)[1] if ":" in spec else ""
   return countdown.get_config(preset)
+
+
+def ensure_cpu_devices(count: int, module: str) -> None:
+  """Re-run `python -m module` with the same arguments on `count` fake CPU devices when
+  fewer devices exist (they can only be made at start-up); a UsageError where that cannot
+  help (not a CPU backend, or already the re-run child)."""
+  import jax
+  from absl import app
+  if jax.device_count() >= count:
+    return
+  child = "_JAXDISTILL_CPU_DEVICES_CHILD"
+  if jax.default_backend() != "cpu" or os.environ.get(child):
+    raise app.UsageError(f"--devices={count}: only {jax.device_count()} "
+                         f"{jax.default_backend()} devices here")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **{child: "1"},
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={count}").strip())
+  os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)

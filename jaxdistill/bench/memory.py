@@ -30,8 +30,6 @@ rematerialisation save.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import jax
@@ -40,7 +38,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from jaxdistill.bench.common import load_preset, print_table, write_json
+from jaxdistill.bench.common import ensure_cpu_devices, load_preset, print_table, write_json
 
 
 def define_flags():
@@ -262,15 +260,7 @@ def main(argv):
                          f"{FLAGS.devices} devices")
   if FLAGS.fsdp < 1 or FLAGS.devices % FLAGS.fsdp:
     raise app.UsageError(f"--fsdp={FLAGS.fsdp} must divide --devices={FLAGS.devices}")
-  if jax.device_count() < FLAGS.devices:  # fake CPU devices exist only from start-up
-    if jax.default_backend() != "cpu" or os.environ.get("_JAXDISTILL_PLANNER_CHILD"):
-      raise app.UsageError(f"--devices={FLAGS.devices}: only {jax.device_count()} "
-                           f"{jax.default_backend()} devices here")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", _JAXDISTILL_PLANNER_CHILD="1",
-               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                          f" --xla_force_host_platform_device_count={FLAGS.devices}").strip())
-    os.execve(sys.executable, [sys.executable, "-m", "jaxdistill.bench.memory",
-                               *sys.argv[1:]], env)
+  ensure_cpu_devices(FLAGS.devices, "jaxdistill.bench.memory")
   if not FLAGS.learner_table:
     rows = []
     for algo in FLAGS.algos:
