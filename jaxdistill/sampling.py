@@ -187,15 +187,29 @@ def sample_continuations(model: Qwen2Model, prompt_tokens, prompt_lengths, row_k
   keeping only their own new tokens: no repeated prefill, no copies of the prompt's cache,
   and samples-fold less prompt KV read per decoded token.
   """
+  options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                 stop_ids=stop_ids, pad_id=pad_id, with_values=with_values,
+                 stop_string=stop_string, stop_on_string=stop_on_string,
+                 with_entropy=with_entropy)
   if samples == 1:
     num_slots = prompt_tokens.shape[1] + max_new_tokens
     cache, logits, value = prefill(model, prompt_tokens, prompt_lengths, num_slots, pad_id)
-    prefix = None
-  else:
-    prefix, logits, value = prefill(model, prompt_tokens, prompt_lengths,
-                                    prompt_tokens.shape[1], pad_id)
-    logits, value = jnp.repeat(logits, samples, 0), jnp.repeat(value, samples, 0)
-    cache = KVCache.empty(model.config, logits.shape[0], max_new_tokens, model.dtype)
+    return decode(model, cache, logits, value, row_keys, **options)
+  prefix, logits, value = prefill(model, prompt_tokens, prompt_lengths,
+                                  prompt_tokens.shape[1], pad_id)
+  return continue_prefilled(model, prefix, logits, value, row_keys, samples=samples, **options)
+
+
+def continue_prefilled(model: Qwen2Model, prefix: KVCache, logits, value, row_keys, *,
+                       samples: int, max_new_tokens: int, temperature, top_p,
+                       stop_ids: tuple[int, ...], pad_id: int, with_values: bool = False,
+                       stop_string: StopString | None = None, stop_on_string: bool = True,
+                       with_entropy: bool = False) -> SampleOutput:
+  """`samples` continuations of each of M prefilled rows (cache `prefix` of M rows, their
+  next-token logits [M, V] and value [M]): rows [M * samples] as `sample_continuations`,
+  attending to the prefix's KV (a search node's path, its KV gathered from the tree)."""
+  logits, value = jnp.repeat(logits, samples, 0), jnp.repeat(value, samples, 0)
+  cache = KVCache.empty(model.config, logits.shape[0], max_new_tokens, model.dtype)
   return decode(model, cache, logits, value, row_keys, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_p=top_p, stop_ids=stop_ids, pad_id=pad_id,
                 with_values=with_values, prefix=prefix, stop_string=stop_string,

@@ -67,7 +67,7 @@ def search(config, step_end: stopping.StopString | None = None, eos_id: int = 1,
       num_children=s.num_children, max_step_tokens=s.max_step_tokens,
       max_path_tokens=s.max_path_tokens, temperature=s.temperature,
       length_normalized_prior=s.length_normalized_prior, dedup_children=s.dedup_children,
-      rollout_to_end=s.rollout_to_end, branch_at=s.branch_at,
+      rollout_to_end=s.rollout_to_end, branch_at=s.branch_at, reuse_kv=s.reuse_kv,
       max_rollout_tokens=s.max_rollout_tokens or r.max_completion_tokens,
       step_end=step_end, eos_id=eos_id, pad_id=pad_id)
   return rollouts.SearchSettings(

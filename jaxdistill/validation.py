@@ -105,7 +105,7 @@ def _schema() -> dict[str, Any]:
       "search.root_selection": Choice(("puct", "gumbel")),
       "search.length_normalized_prior": Bool(), "search.dedup_children": Bool(),
       "search.rollout_to_end": Bool(), "search.max_rollout_tokens": COUNT,
-      "search.branch_at": Choice(("step", "entropy")),
+      "search.branch_at": Choice(("step", "entropy")), "search.reuse_kv": Bool(),
       "search.targets": Choice(("path", "tree", "visits")), "search.tree_rows": POSITIVE,
       "search.step_advantage": Bool(),
       "deepsearch.trajectories": POSITIVE, "deepsearch.expansions": POSITIVE,

@@ -112,6 +112,9 @@ def base() -> ml_collections.ConfigDict:
   # step: a child ends at a step end | entropy (rollout_to_end): a child is its rollout cut
   # before the rollout's most uncertain token among the first max_step_tokens (EPTree)
   c.search.branch_at = "step"
+  # each node keeps its step's KV, an expansion prefills only the step it appends (False:
+  # the whole path again, as before; the same trees)
+  c.search.reuse_kv = True
   # path: the most-visited path | tree: the tree's trajectories with tree advantages |
   # visits: cross-entropy of the path nodes' candidate steps against their visit counts
   c.search.targets = "path"

@@ -158,6 +158,8 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
                     num_agents=search.num_agents, c_puct=search.c_puct,
                     first_play_value=search.first_play_value,
                     virtual_loss=search.virtual_loss, root_selection=search.root_selection)
+  # the KV pool is the search's working memory: the tree leaves without it
+  out = out.replace(tree=out.tree.replace(embeddings=lm_expand.without_kv(out.tree.embeddings)))
   emb = out.tree.embeddings
   per_node = emb.rollout_lengths if lm.rollout_to_end else emb.candidate_lengths
   searched = (per_node.sum(-1) * (out.tree.expanded & ~out.tree.terminal)).sum()

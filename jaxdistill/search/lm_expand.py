@@ -34,7 +34,8 @@ import numpy as np
 from flax import nnx
 
 from jaxdistill import sampling, stopping
-from jaxdistill.search.tree import ExpandOutput, RootOutput
+from jaxdistill.models.qwen2 import KVCache
+from jaxdistill.search.tree import ExpandOutput, Lineage, RootOutput
 
 
 @chex.dataclass(frozen=True)
@@ -57,6 +58,22 @@ class NodeState:
   rollout_lengths: jax.Array  # [M, K] int32
   rollout_rewards: jax.Array  # [M, K] float32 task reward of path + rollout
   rollout_logprobs: jax.Array  # [M, K, R] float32 per token, as sampled
+  # reuse_kv (None without it): the KV of the node's own step, and where each path token's KV
+  # is kept. The tree's nodes together are its KV pool; the prompt's KV is the root's context
+  # (`PromptKV`), so a path's KV is gathered, never recomputed.
+  step_keys: jax.Array | None = None  # [M, layers, L, kv_heads, head_dim] compute dtype
+  step_values: jax.Array | None = None  # [M, layers, L, kv_heads, head_dim]
+  # [M, P] int32: path token p's KV is prompt slot path_slot (< T, the prompt's width) or
+  # step slot (path_slot - T) % L of node (path_slot - T) // L; 0 past the path
+  path_slot: jax.Array | None = None
+
+
+@chex.dataclass(frozen=True)
+class PromptKV:
+  """The prompt's KV of each tree (reuse_kv): prefilled once, read by every expansion."""
+
+  keys: jax.Array  # [B, layers, T, kv_heads, head_dim], the prompt left-aligned in T slots
+  values: jax.Array  # [B, layers, T, kv_heads, head_dim]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +90,9 @@ class LMSearchConfig:
   rollout_to_end: bool
   max_rollout_tokens: int  # R: rollout length cap (rollout_to_end)
   branch_at: str  # step: candidates end at a step end | entropy (rollout_to_end)
+  # keep each node's step KV in the tree and prefill only the appended step (False: every
+  # expansion prefills its whole path again; the same trees, for comparison and tests)
+  reuse_kv: bool = False
   step_end_id: int = 0  # a step-end token id, used when no step_end string is given
   eos_id: int = 1
   pad_id: int = 0
@@ -96,8 +116,12 @@ RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(generated token rows [M, P] with pad past the end, problem ids [M]) -> rewards [M]."""
 
 
-def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, reward_fn):
-  """Value, prior logits and K candidates of each row's path (terminal rows: the reward)."""
+def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, reward_fn,
+              prefilled=None):
+  """Value, prior logits and K candidates of each row's path (terminal rows: the reward).
+
+  prefilled: (cache, next-token logits [M, V], value [M]) of the path when its KV is at hand
+  (reuse_kv); otherwise the path is prefilled here."""
   rows = state.path_tokens.shape[0]
   k, steps = config.num_children, config.max_step_tokens
   row_keys = sampling.split_per_row(keys, k)
@@ -109,12 +133,16 @@ def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, r
     raise ValueError("branch_at='entropy' needs rollout_to_end=True (it cuts rollouts)")
   # the K children share the path's prefill (one KV cache, no K copies); a rollout stops
   # at EOS only (the step end is tracked), a plain step also at the step end
-  out = sampling.sample_continuations(
-      model, state.path_tokens, state.path_length, row_keys, samples=k,
-      max_new_tokens=config.max_rollout_tokens if rollout else steps,
-      temperature=config.temperature, top_p=1.0, stop_ids=(config.eos_id,),
-      pad_id=config.pad_id, stop_string=config.step_end_stop(model.config.vocab_size),
-      stop_on_string=not rollout, with_entropy=by_entropy)
+  options = dict(samples=k, max_new_tokens=config.max_rollout_tokens if rollout else steps,
+                 temperature=config.temperature, top_p=1.0, stop_ids=(config.eos_id,),
+                 pad_id=config.pad_id,
+                 stop_string=config.step_end_stop(model.config.vocab_size),
+                 stop_on_string=not rollout, with_entropy=by_entropy)
+  if prefilled is None:
+    out = sampling.sample_continuations(model, state.path_tokens, state.path_length, row_keys,
+                                        **options)
+  else:
+    out = sampling.continue_prefilled(model, *prefilled, row_keys, **options)
   tokens, logprobs, sampled = out.tokens, out.logprobs, out.sample_logprobs
   if by_entropy:  # the candidate: the rollout before its most uncertain token j (1 <= j <= L)
     position = jnp.arange(tokens.shape[1])[None]
@@ -226,9 +254,70 @@ def root_output(model, config: LMSearchConfig, prompt_tokens, prompt_lengths, pr
                     rollout_lengths=jnp.zeros((rows, k), jnp.int32),
                     rollout_rewards=jnp.zeros((rows, k), jnp.float32),
                     rollout_logprobs=jnp.zeros((rows, k, rollout_width(config)), jnp.float32))
-  value, prior, state = _evaluate(model, config, state, keys, jnp.zeros((rows,), bool),
-                                  reward_fn)
-  return RootOutput(prior_logits=prior, value=value, embedding=state)
+  terminal = jnp.zeros((rows,), bool)
+  if not config.reuse_kv:
+    value, prior, state = _evaluate(model, config, state, keys, terminal, reward_fn)
+    return RootOutput(prior_logits=prior, value=value, embedding=state)
+  # the prompt alone is prefilled (T slots, left-aligned): its KV is the tree's context
+  cache, logits, value = sampling.prefill(model, prompt_tokens, prompt_lengths,
+                                          prompt_tokens.shape[1], config.pad_id)
+  width = prompt_tokens.shape[1]
+  positions = jnp.arange(config.max_path_tokens)[None]
+  slot = width - prompt_lengths.astype(jnp.int32)[:, None] + positions  # left-aligned prompt
+  path_slot = jnp.where(positions < prompt_lengths[:, None], slot, 0).astype(jnp.int32)
+  step_kv = jnp.zeros((rows,) + _step_kv_shape(model.config, steps), model.dtype)
+  state = state.replace(step_keys=step_kv, step_values=step_kv, path_slot=path_slot)
+  value, prior, state = _evaluate(model, config, state, keys, terminal, reward_fn,
+                                  prefilled=(cache, logits, value))
+  context = PromptKV(keys=_slot_major(cache.key_states, keys_layout=True),
+                     values=_slot_major(cache.value_states, keys_layout=False))
+  return RootOutput(prior_logits=prior, value=value, embedding=state, context=context)
+
+
+def _step_kv_shape(model_config, steps: int):
+  """[layers, L, kv_heads, head_dim]: one node's step KV."""
+  c = model_config
+  return (c.num_hidden_layers, steps, c.num_key_value_heads, c.head_dim)
+
+
+def _slot_major(per_layer, keys_layout: bool, slots=slice(None)):
+  """Cache arrays (layers x [M, kv, D, S] keys or [M, kv, S, D] values) -> [M, layers, S', kv,
+  D] for the slots selected."""
+  if keys_layout:
+    return jnp.stack([k[..., slots].transpose(0, 3, 1, 2) for k in per_layer], axis=1)
+  return jnp.stack([v[:, :, slots].transpose(0, 2, 1, 3) for v in per_layer], axis=1)
+
+
+def _path_cache(config: LMSearchConfig, parent: NodeState, lineage: Lineage, extra: int):
+  """The KV cache of each row's parent path, gathered from its tree (prompt context and its
+  ancestors' steps): P + extra slots, slot p holding path token p (valid below the path's
+  length), the `extra` slots free for the step to append."""
+  prompt = lineage.context
+  width = prompt.keys.shape[2]  # T
+  steps = config.max_step_tokens
+  slot = parent.path_slot  # [M, P]
+  tree = lineage.tree[:, None]
+  in_prompt = slot < width
+  node = jnp.maximum(slot - width, 0) // steps
+  offset = jnp.maximum(slot - width, 0) % steps
+  prompt_slot = jnp.minimum(slot, width - 1)
+
+  def gather(from_prompt, from_steps):  # -> [M, P, layers, kv, D]
+    a = from_prompt[tree, :, prompt_slot]
+    b = from_steps[tree, node, :, offset]
+    return jnp.where(in_prompt[..., None, None, None], a, b)
+
+  keys = gather(prompt.keys, lineage.embeddings.step_keys)
+  values = gather(prompt.values, lineage.embeddings.step_values)
+  pad = ((0, 0), (0, extra), (0, 0), (0, 0), (0, 0))
+  keys, values = jnp.pad(keys, pad), jnp.pad(values, pad)
+  layers = keys.shape[2]
+  slots = slot.shape[1] + extra
+  valid = jnp.arange(slots)[None] < parent.path_length[:, None]
+  return KVCache(key_states=tuple(keys[:, :, i].transpose(0, 2, 3, 1) for i in range(layers)),
+                 value_states=tuple(values[:, :, i].transpose(0, 2, 1, 3)
+                                    for i in range(layers)),
+                 valid=valid, end=jnp.asarray(slot.shape[1], jnp.int32))
 
 
 def rollout_width(config: LMSearchConfig) -> int:
@@ -267,15 +356,53 @@ def append_step(config: LMSearchConfig, parent: NodeState, action):
   return parent.replace(path_tokens=path, path_logprobs=logprobs, path_length=length), ended
 
 
+def _prefill_step(model, config: LMSearchConfig, parent: NodeState, child: NodeState, action,
+                  lineage: Lineage):
+  """Prefill only the appended step, attending to its path's KV gathered from the tree.
+
+  Returns ((cache, next-token logits, value) at the step's end, the child with its step KV
+  and slots)."""
+  steps = config.max_step_tokens
+  rows = jnp.arange(action.shape[0])
+  step = parent.candidate_tokens[rows, action]
+  step_length = parent.candidate_lengths[rows, action]
+  cache = _path_cache(config, parent, lineage, steps)
+  # left-aligned in its L slots, so the last slot holds the step's last token
+  aligned, mask = sampling.left_align(step, step_length, config.pad_id)
+  out = model(aligned, attention_mask=mask, cache=cache, last_only=True)
+  width = parent.path_slot.shape[1]
+  own = slice(width, width + steps)
+  child = child.replace(
+      step_keys=_slot_major(out.cache.key_states, True, own),
+      step_values=_slot_major(out.cache.value_states, False, own),
+      path_slot=splice(parent.path_slot, parent.path_length,
+                       (lineage.context.keys.shape[2] + lineage.node[:, None] * steps
+                        + steps - step_length[:, None] + jnp.arange(steps)[None]),
+                       step_length))
+  return (out.cache, out.logits[:, -1], out.values[:, -1]), child
+
+
+def without_kv(state: NodeState) -> NodeState:
+  """The embedding without its KV (what leaves the search: the pool is its working memory)."""
+  return state.replace(step_keys=None, step_values=None, path_slot=None)
+
+
 def make_expand_fn(graphdef, params, config: LMSearchConfig, reward_fn: RewardFn):
   """expand_fn(keys, parent NodeState, action) for `mcts.search`, closing over params."""
 
-  def expand_fn(keys, parent: NodeState, action):
+  def expand_fn(keys, parent: NodeState, action, lineage: Lineage | None = None):
     model = nnx.merge(graphdef, params)
     child, ended = append_step(config, parent, action)
     full = child.path_length + config.max_step_tokens > config.max_path_tokens
     terminal = ended | full
-    value, prior, child = _evaluate(model, config, child, keys, terminal, reward_fn)
+    if config.reuse_kv:
+      if lineage is None:
+        raise ValueError("reuse_kv needs the root's prompt KV (root_output with reuse_kv)")
+      prefilled, child = _prefill_step(model, config, parent, child, action, lineage)
+    else:
+      prefilled = None
+    value, prior, child = _evaluate(model, config, child, keys, terminal, reward_fn,
+                                    prefilled)
     zeros = jnp.zeros_like(value)
     return ExpandOutput(prior_logits=prior, value=value, reward=zeros, terminal=terminal,
                         discount=zeros + 1.0), child

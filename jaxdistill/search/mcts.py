@@ -8,6 +8,10 @@ W agents are I * W simulations in I sequential expansion calls.
     expand_fn(keys [M], parent_embedding (pytree of [M, ...]), action [M])
         -> (ExpandOutput with [M] / [M, K] fields, embedding of the new nodes [M, ...])
 
+When the root carries a `context`, expand_fn takes a fourth argument, the rows' `Lineage`
+(every node of their trees, the context, the tree and new node id of each row): an expansion
+that reads its ancestors' state (the LM's KV cache) without copying it into every node.
+
 `keys` holds one key per call row, derived from the tree's own key, the iteration and the
 agent: a tree's search depends only on its key, so sharding trees over devices changes
 nothing. Rows of agents that collided or revisited a terminal node are computed and dropped
@@ -24,7 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.search import gumbel, puct
-from jaxdistill.search.tree import NO_NODE, ROOT, ExpandOutput, RootOutput, Tree, init_tree
+from jaxdistill.search.tree import (NO_NODE, ROOT, ExpandOutput, Lineage, RootOutput, Tree,
+                                   init_tree)
 
 ExpandFn = Callable[[jax.Array, Any, jax.Array], tuple[ExpandOutput, Any]]
 
@@ -173,8 +178,12 @@ def search(root: RootOutput, expand_fn: ExpandFn, tree_keys: jax.Array, *,
     flat = lambda x: x.reshape((batch * num_agents,) + x.shape[2:])
     keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i), num_agents))(
         tree_keys)
-    output, embedding = expand_fn(flat(keys), jax.tree.map(flat, parent_embedding),
-                                  flat(actions))
+    args = (flat(keys), jax.tree.map(flat, parent_embedding), flat(actions))
+    if root.context is not None:
+      args += (Lineage(embeddings=tree.embeddings, context=root.context,
+                       tree=flat(jnp.broadcast_to(rows, leaves.shape)).astype(jnp.int32),
+                       node=flat(leaves).astype(jnp.int32)),)
+    output, embedding = expand_fn(*args)
     unflat = lambda x: x.reshape((batch, num_agents) + x.shape[1:])
     output = jax.tree.map(unflat, output)
     tree = _write_expansions(tree, leaves, is_new, output, jax.tree.map(unflat, embedding))

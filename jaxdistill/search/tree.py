@@ -29,6 +29,20 @@ class RootOutput:
   prior_logits: jax.Array  # [B, K]
   value: jax.Array  # [B]
   embedding: Any  # pytree of [B, ...]
+  # pytree of [B, ...] per tree that every expansion of the tree may read and none writes
+  # (the LM's prompt KV); when given, the expand function also receives a `Lineage`
+  context: Any = None
+
+
+@chex.dataclass(frozen=True)
+class Lineage:
+  """What an expand function whose root carries a context gets beside the parent: enough to
+  read any node of its row's tree (the LM gathers its path's KV from its ancestors)."""
+
+  embeddings: Any  # pytree of [B, N, ...]: every node's embedding, the new ones not yet
+  context: Any  # RootOutput.context, [B, ...]
+  tree: jax.Array  # [M] int32 the tree of each row
+  node: jax.Array  # [M] int32 the id the row's new node gets (dropped rows: any id)
 
 
 @chex.dataclass(frozen=True)

@@ -1,0 +1,83 @@
+"""search.reuse_kv: an expansion that prefills only its step, attending to KV gathered from
+the tree, builds the same trees as one that prefills the whole path again (fp32, CPU): the
+same visit counts, node tokens and chosen path; node values within 1e-5."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxdistill import evaluate, initial_model, rewards, settings
+from jaxdistill.configs import countdown as presets
+from jaxdistill.rl import rollouts
+from jaxdistill.tasks import countdown
+
+
+def _search(model, tokenizer, config, reuse: bool, problems):
+  config.search.reuse_kv = reuse
+  task = countdown.Countdown()
+  spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
+  tokens, lengths = evaluate.encode_prompts(task, tokenizer, problems, config.task.prompt,
+                                            config.task.prompt_width)
+  reward = rewards.task_reward_fn(task, tokenizer, problems)
+  graphdef, params = nnx.split(model)
+  keys = jax.random.split(jax.random.key(7), len(problems))
+  traj, out = jax.jit(lambda p, t, l, i, k: rollouts.mcts_distill(
+      graphdef, p, t, l, i, k, spec.rollout, spec.search, reward))(
+          params, tokens, lengths, np.arange(len(problems), dtype=np.int32), keys)
+  return jax.device_get(traj), jax.device_get(out)
+
+
+def _assert_same_trees(config, model, tokenizer, problems):
+  off_traj, off = _search(model, tokenizer, config, False, problems)
+  on_traj, on = _search(model, tokenizer, config, True, problems)
+  a, b = off.tree, on.tree
+  np.testing.assert_array_equal(a.visit_count, b.visit_count)
+  np.testing.assert_array_equal(a.children, b.children)
+  np.testing.assert_array_equal(a.terminal, b.terminal)
+  for name in ("path_tokens", "path_length", "candidate_tokens", "candidate_lengths"):
+    np.testing.assert_array_equal(getattr(a.embeddings, name), getattr(b.embeddings, name),
+                                  err_msg=name)
+  np.testing.assert_array_equal(off.path_nodes, on.path_nodes)
+  np.testing.assert_allclose(a.raw_value, b.raw_value, atol=1e-5)
+  np.testing.assert_allclose(a.node_values(), b.node_values(), atol=1e-5)
+  np.testing.assert_allclose(a.prior_logits, b.prior_logits, atol=1e-4)
+  np.testing.assert_array_equal(off_traj.tokens, on_traj.tokens)
+  assert on.tree.embeddings.step_keys is None  # the pool stays inside the search
+  return a
+
+
+# a preset's shapes and search settings; its budget cut to 2 agents x 3 iterations, so the
+# test compiles small programs (bench.search_kv --check compares the presets' full trees)
+@pytest.mark.parametrize("preset,option", [("tiny", "dedup_children"),
+                                           ("tiny4", "rollout_to_end")])
+def test_reuse_builds_the_same_trees_on_the_presets(preset, option, tmp_path):
+  config = presets.get_config(preset)
+  config.model.dtype = config.model.param_dtype = "float32"
+  config.search.num_agents, config.search.num_iterations = 2, 3
+  if option == "rollout_to_end":  # candidates cut where their rollouts were most uncertain
+    config.search.rollout_to_end, config.search.branch_at = True, "entropy"
+    config.search.max_rollout_tokens = 48
+  else:
+    config.search.dedup_children = True
+  model, tokenizer = initial_model.load_model_and_tokenizer(config, str(tmp_path))
+  problems = countdown.generate(2, seed=3, count=config.task.numbers)
+  tree = _assert_same_trees(config, model, tokenizer, problems)
+  assert (tree.depth.max(-1) >= 2).all()  # paths whose KV came from ancestors, not the root
+
+
+def test_reuse_builds_the_same_trees_with_the_qwen_tokenizer(qwen_checkpoint):
+  from jaxdistill.models import from_pretrained
+  from jaxdistill import tokenization
+  config = presets.get_config("qwen2.5-0.5b")
+  config.search.num_agents, config.search.num_iterations = 2, 3
+  config.search.max_step_tokens, config.search.max_path_tokens = 16, 208
+  config.task.prompt_width = 160  # the chat prompt of a 4-number problem: about 150 tokens
+  config.search.temperature = 1.5  # a random model: wander, so that some steps do end
+  model = from_pretrained(qwen_checkpoint)  # float32
+  tokenizer = tokenization.load_tokenizer(qwen_checkpoint)
+  problems = countdown.generate(2, seed=5, count=4)
+  tree = _assert_same_trees(config, model, tokenizer, problems)
+  assert (tree.depth.max(-1) >= 2).all()
