@@ -74,7 +74,8 @@ def search(config, step_end: stopping.StopString | None = None, eos_id: int = 1,
       lm=lm, num_iterations=s.num_iterations, num_agents=s.num_agents, c_puct=s.c_puct,
       first_play_value=s.first_play_value, virtual_loss=s.virtual_loss,
       root_selection=s.root_selection, targets=s.targets, tree_rows=s.tree_rows,
-      step_advantage=s.step_advantage)
+      step_advantage=s.step_advantage, complete_path=s.complete_path,
+      unfinished_reward=s.unfinished_reward)
 
 
 def evaluation(config) -> EvalConfig:

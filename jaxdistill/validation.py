@@ -96,6 +96,8 @@ def _schema() -> dict[str, Any]:
       "task.validation_size": COUNT, "task.numbers": Int(2, 6), "task.data_dir": Text(),
       "task.data_path": Text(),
       "task.prompt": Choice(("compact", "chat")), "task.prompt_width": POSITIVE,
+      "task.malformed_reward": Float(-1.0, 0.0), "search.complete_path": Bool(),
+      "search.unfinished_reward": Float(-1.0, 1.0),
       "reward.dense": Bool(),
       "search.num_children": POSITIVE, "search.max_step_tokens": POSITIVE,
       "search.max_path_tokens": POSITIVE, "search.temperature": TEMPERATURE,

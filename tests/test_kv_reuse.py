@@ -2,8 +2,6 @@
 the tree, builds the same trees as one that prefills the whole path again (fp32, CPU): the
 same visit counts, node tokens and chosen path; node values within 1e-5."""
 
-import dataclasses
-
 import jax
 import numpy as np
 import pytest
@@ -81,3 +79,49 @@ def test_reuse_builds_the_same_trees_with_the_qwen_tokenizer(qwen_checkpoint):
   problems = countdown.generate(2, seed=5, count=4)
   tree = _assert_same_trees(config, model, tokenizer, problems)
   assert (tree.depth.max(-1) >= 2).all()
+
+
+def test_searched_path_goes_to_the_learner_as_searched(tmp_path):
+  """search.complete_path=False (the reference's choice): the learner's row is the
+  most-visited path itself, graded if it ended with EOS, else scored unfinished_reward; no
+  completion is sampled."""
+  config = presets.get_config("smoke")
+  config.search.complete_path, config.search.unfinished_reward = False, -0.5
+  model, tokenizer = initial_model.load_model_and_tokenizer(config, str(tmp_path))
+  problems = countdown.generate(4, seed=4, count=3)
+  traj, out = _search(model, tokenizer, config, True, problems)
+  tree, emb = out.tree, out.tree.embeddings
+  task = countdown.Countdown(numbers=3)
+  searched = ((emb.candidate_lengths.sum(-1)) * (tree.expanded & ~tree.terminal)).sum()
+  assert traj.generated_tokens == searched  # nothing beyond the search
+  unfinished = 0
+  for b in range(len(problems)):
+    last = out.path_nodes[b, out.path_length[b] - 1] if out.path_length[b] else 0
+    n = emb.path_length[b, last]
+    np.testing.assert_array_equal(traj.tokens[b, :n], emb.path_tokens[b, last, :n])
+    assert traj.length[b] == n
+    generated = traj.tokens[b, traj.prompt_length[b]:n]
+    if generated[-1] == tokenizer.eos_token_id:
+      from jaxdistill import tokenization
+      text = tokenization.decode(tokenizer, generated)
+      assert traj.reward[b] == task.reward(text, problems[b], dense=False)
+    else:
+      assert traj.reward[b] == -0.5
+      unfinished += 1
+  assert unfinished >= 1  # a random model's 2 x 2 search ends few paths
+
+
+def test_malformed_answers_get_the_tasks_reward():
+  """The reference's grader: no answer -1, an answer that is there but malformed -0.9 (the
+  qwen presets), a valid wrong one graded by distance; sparse: 0 for all three."""
+  problem = countdown.Problem(numbers=(3, 5, 7, 11), target=26)
+  task = countdown.Countdown.from_config(presets.get_config("qwen2.5-0.5b").task)
+  malformed = ["<answer>3 + + 5</answer>", "<answer>3 * 9</answer>", "<answer></answer>"]
+  for text in malformed:
+    assert task.reward(text, problem, dense=True) == -0.9
+    assert countdown.Countdown().reward(text, problem, dense=True) == -1.0
+  assert task.reward("no answer here", problem, dense=True) == -1.0
+  assert task.reward("<answer>3 + 5</answer>", problem, dense=True) == 1 - 2 * 18 / 26
+  assert task.reward("<answer>(3 + 5) * 7 - 11 - 19</answer>", problem, dense=True) == -0.9
+  for text in malformed + ["no answer here"]:
+    assert task.reward(text, problem, dense=False) == 0.0

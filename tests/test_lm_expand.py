@@ -130,6 +130,7 @@ def test_values_and_priors_match_an_independent_forward(searched):
 
 
 def test_eight_devices_give_token_identical_children():
+  assert CONFIG.reuse_kv  # the search as it runs by default: its KV pool sharded with the trees
   model = init_model(MODEL, seed=4)
   graphdef, params = nnx.split(model)
   tokens, lengths = _prompts(8, seed=1)

@@ -1,6 +1,7 @@
 """Search-kernel benchmark.
 
     python -m jaxdistill.bench.search [--quick]
+    python -m jaxdistill.bench.search --kv_reuse   (search.reuse_kv off and on: bench/search_kv.py)
 
 (i)   tree operations only (a synthetic expand function), over a grid of B, K, W and
       iterations: simulations/s and compile time, next to mctx.muzero_policy and mctx.search
@@ -41,6 +42,17 @@ def define_flags():
   flags.DEFINE_integer("loop_unroll", 0, "tree levels per loop iteration (0: the default)")
   flags.DEFINE_bool("tree_ops_only", False, "only the tree-operations grid (skip the LM share "
                     "and the collectives check)")
+  flags.DEFINE_bool("kv_reuse", False, "only the LM search's cost per simulation with "
+                    "search.reuse_kv off and on (jaxdistill/bench/search_kv.py)")
+  flags.DEFINE_list("kv_shapes", ["qwen2.5-0.5b", "qwen2.5-1.5b"], "--kv_reuse: presets whose "
+                    "shapes are counted and compiled (abstract weights)")
+  flags.DEFINE_string("kv_speed_shape", "qwen2.5-0.5b", "--kv_reuse: preset whose shapes are "
+                      "timed with random weights ('': skip)")
+  flags.DEFINE_integer("kv_speed_iterations", 2, "--kv_reuse: search iterations timed")
+  flags.DEFINE_integer("kv_speed_agents", 2, "--kv_reuse: agents per iteration timed")
+  flags.DEFINE_integer("kv_step_tokens", 16, "--kv_reuse: tokens a step really has (16: the "
+                       "mean of a solver's Countdown step line in Qwen2.5's tokenizer)")
+  flags.DEFINE_string("kv_out", "results/search_kv_reuse.json", "--kv_reuse: JSON output")
 
 
 FLAGS = flags.FLAGS
@@ -196,6 +208,11 @@ def collectives_check(batch=16):
 
 def main(argv):
   del argv
+  if FLAGS.kv_reuse:
+    from jaxdistill.bench import search_kv
+    search_kv.report(FLAGS.kv_shapes, FLAGS.kv_speed_shape, FLAGS.kv_step_tokens, FLAGS.kv_out,
+                     FLAGS.kv_speed_iterations, FLAGS.kv_speed_agents)
+    return
   if FLAGS.quick:
     grid = [(8, 4, 1, 64), (8, 4, 4, 16)]
     lm = [(8, 4, 4)]

@@ -84,6 +84,7 @@ def base() -> ml_collections.ConfigDict:
   c.task.data_path = ""
   c.task.prompt = "compact"  # compact (character tokenizer) | chat (instruct tokenizers)
   c.task.prompt_width = 32  # prompt tokens (static shape): compact prompts of 3 numbers <= 32
+  c.task.malformed_reward = -1.0  # the dense reward of a malformed answer (a missing one: -1)
 
   c.reward = ml_collections.ConfigDict()
   # training reward and search terminal values (eval is always sparse). dense: -1 invalid, a
@@ -118,6 +119,10 @@ def base() -> ml_collections.ConfigDict:
   # path: the most-visited path | tree: the tree's trajectories with tree advantages |
   # visits: cross-entropy of the path nodes' candidate steps against their visit counts
   c.search.targets = "path"
+  # path targets: True: a path that stopped before EOS is completed by plain sampling; False:
+  # it goes to the learner as searched, scored search.unfinished_reward (the reference's)
+  c.search.complete_path = True
+  c.search.unfinished_reward = -1.0
   c.search.tree_rows = 16  # tree/visits targets: learner rows per prompt (visits: K per node)
   c.search.step_advantage = True  # tree targets: step-level advantages besides global ones
 
@@ -282,7 +287,11 @@ def qwen(c: ml_collections.ConfigDict) -> None:
   c.task.prompt, c.task.prompt_width = "chat", 256
   c.search.max_step_tokens, c.search.max_path_tokens = 64, 512
   c.search.num_agents, c.search.num_iterations = 16, 100
-  c.reward.dense = True  # the reference's training reward
+  c.reward.dense = True  # the reference's training reward, with its -0.9 for a bad answer
+  c.task.malformed_reward = -0.9
+  # the reference distils the most-visited path as searched, an unfinished one scored -1
+  c.search.complete_path, c.search.unfinished_reward = False, -1.0
+  c.learner.weight_decay = 0.01  # the reference's AdamW
   c.rollout.max_completion_tokens = 256
   c.learner.learning_rate, c.learner.decay_steps = 5e-6, 2048
   c.learner.remat = True  # without it 32 x 768 tokens of 0.5B keep ~120 GB (bench.memory)

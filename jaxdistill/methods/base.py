@@ -60,7 +60,8 @@ class Method:
 
   def kv_slots(self, prompts: int, prompt_width: int, spec) -> int:
     """KV-cache slots (each a position's keys and values in every layer) of the largest
-    single LM call of one rollout: the cache it holds at once (the memory planner)."""
+    single LM call of one rollout, with any KV kept across calls beside it (a search's KV
+    pool): the cache it holds at once (the memory planner)."""
     raise NotImplementedError
 
   def search_tree(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,

@@ -8,6 +8,12 @@ from jaxdistill.rl import rollouts
 from jaxdistill.search import lm_expand
 
 
+def _completes(search) -> bool:
+  """Whether the rollout samples completions after the search (path targets that complete
+  an unfinished path)."""
+  return search.targets == "path" and search.complete_path
+
+
 class MctsDistill(Method):
   name = "mcts_distill"
   searches = True
@@ -37,19 +43,27 @@ class MctsDistill(Method):
   def forward_tokens(self, prompts, prompt_width, spec):
     search, lm = spec.search, spec.search.lm
     decoded = lm.max_rollout_tokens if lm.rollout_to_end else lm.max_step_tokens
-    per_expansion = lm.max_path_tokens + lm.num_children * decoded
-    expansions = prompts * (1 + search.num_iterations * search.num_agents)
-    completions = (0 if search.targets in ("tree", "visits")
-                   else prompts * (lm.max_path_tokens + spec.rollout.max_completion_tokens))
-    return expansions * per_expansion + completions
+    expansions = prompts * search.num_iterations * search.num_agents
+    if lm.reuse_kv:  # the root prefills the prompt, an expansion only the step it appends
+      searched = (prompts * (prompt_width + lm.num_children * decoded)
+                  + expansions * (lm.max_step_tokens + lm.num_children * decoded))
+    else:  # every node prefills its whole path buffer
+      searched = (prompts + expansions) * (lm.max_path_tokens + lm.num_children * decoded)
+    completions = (prompts * (lm.max_path_tokens + spec.rollout.max_completion_tokens)
+                   if _completes(search) else 0)
+    return searched + completions
 
   def kv_slots(self, prompts, prompt_width, spec):
     search, lm = spec.search, spec.search.lm
     decoded = lm.max_rollout_tokens if lm.rollout_to_end else lm.max_step_tokens
     # one expansion call evaluates every agent's leaf (the root call: one node per tree)
     expansion = prompts * search.num_agents * (lm.max_path_tokens + lm.num_children * decoded)
-    completion = (0 if search.targets in ("tree", "visits")
-                  else prompts * (lm.max_path_tokens + spec.rollout.max_completion_tokens))
+    if lm.reuse_kv:  # + the path's gathered KV has room for the step, + the tree's KV pool
+      nodes = 1 + search.num_iterations * search.num_agents
+      expansion += prompts * (search.num_agents * lm.max_step_tokens
+                              + prompt_width + nodes * lm.max_step_tokens)
+    completion = (prompts * (lm.max_path_tokens + spec.rollout.max_completion_tokens)
+                  if _completes(search) else 0)
     return max(expansion, completion)
 
   def search_tree(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,

@@ -138,6 +138,10 @@ class SearchSettings:
   # tree_rows // K nodes of the path, K candidate rows each
   tree_rows: int
   step_advantage: bool  # tree targets: add step-level advantages to the global ones
+  # path targets: complete a path that stopped before EOS by sampling (else it is learnt as
+  # searched, rewarded unfinished_reward)
+  complete_path: bool = True
+  unfinished_reward: float = -1.0
 
 
 def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
@@ -181,16 +185,26 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
                    out.path_nodes[rows, jnp.maximum(out.path_length - 1, 0)], 0)
   path, path_length = emb.path_tokens[rows, last], emb.path_length[rows, last]
   finished = out.tree.terminal[rows, last]
-  # complete paths that stopped before EOS with ordinary sampling from their end
-  completion = sample_completions(model, path, path_length, completion_keys, config,
-                                  lm.temperature)
-  completion = completion.replace(lengths=jnp.where(finished, 0, completion.lengths))
+  if search.complete_path:  # paths that stopped before EOS go on by ordinary sampling
+    completion = sample_completions(model, path, path_length, completion_keys, config,
+                                    lm.temperature)
+    completion = completion.replace(lengths=jnp.where(finished, 0, completion.lengths))
+  else:  # as searched (the same shapes, nothing appended)
+    width = config.max_completion_tokens
+    completion = sampling.SampleOutput(
+        tokens=jnp.full((batch, width), lm.pad_id, jnp.int32),
+        lengths=jnp.zeros((batch,), jnp.int32), logprobs=jnp.zeros((batch, width)),
+        sample_logprobs=jnp.zeros((batch, width)), values=None,
+        finished=finished, prompt_value=jnp.zeros((batch,)), string_end=jnp.zeros((batch,), jnp.int32))
   tokens, length, behaviour = _concat(path, path_length, completion, lm.pad_id)
   path_behaviour = jnp.pad(emb.path_logprobs[rows, last],
                            ((0, 0), (0, tokens.shape[1] - path.shape[1])))
   behaviour = behaviour + path_behaviour[:, 1:]  # the path's steps, then the completion
   prompt_length = prompt_lengths.astype(jnp.int32)
   reward = lm_expand.task_rewards(tokens, prompt_length, length, problems, reward_fn)
+  if not search.complete_path:  # a path that never reached EOS has no answer to grade
+    ended = tokens[rows, jnp.maximum(length - 1, 0)] == lm.eos_id
+    reward = jnp.where(ended, reward, search.unfinished_reward)
   # sampled: the K candidates (or rollouts) of every evaluated non-terminal node, and the
   # completions
   return Trajectories(tokens=tokens, prompt_length=prompt_length, length=length, reward=reward,

@@ -41,10 +41,13 @@ class Countdown(Task):
   name = "countdown"
   numbers: int = 4
   data_path: str = ""  # problems from this file (JSONL or parquet), not the generator
+  # the dense reward of an answer that is there but malformed (a missing one: -1)
+  malformed_reward: float = -1.0
 
   @classmethod
   def from_config(cls, section):
-    return cls(numbers=section.numbers, data_path=section.data_path)
+    return cls(numbers=section.numbers, data_path=section.data_path,
+               malformed_reward=section.get("malformed_reward", -1.0))
 
   def splits(self, directory, seed, train_size, validation_size, test_size):
     if self.data_path:
@@ -62,7 +65,8 @@ class Countdown(Task):
     return compact_prompt(problem.numbers, problem.target)
 
   def reward(self, completion, problem, dense):
-    return reward(completion, problem.numbers, problem.target, dense=dense)
+    return reward(completion, problem.numbers, problem.target, dense=dense,
+                  malformed_reward=self.malformed_reward)
 
   def stress_completions(self, problem):
     # inside answer tags, where the parser works; and the tags themselves repeated
@@ -151,13 +155,18 @@ def grade(completion: str, numbers: Sequence[int], target: int, *, require_all: 
 
 def reward(completion: str, numbers: Sequence[int], target: int, dense: bool = True, *,
            invalid_reward: float = -1.0, distance_weight: float = 2.0,
-           require_all: bool = False, integer_intermediates: bool = False) -> float:
-  """Sparse: 1.0 on the target else 0.0. Dense: 1 - w*min(|t-p|/t, 1); invalid -> -1.0."""
+           require_all: bool = False, integer_intermediates: bool = False,
+           malformed_reward: float | None = None) -> float:
+  """Sparse: 1.0 on the target else 0.0. Dense: 1 - w*min(|t-p|/t, 1); no answer ->
+  invalid_reward (-1.0); an answer that does not parse or uses other numbers ->
+  malformed_reward (default: invalid_reward; the reference's grader gives -0.9)."""
   result = grade(completion, numbers, target, require_all=require_all,
                  integer_intermediates=integer_intermediates)
   if not dense:
     return 1.0 if result.correct else 0.0
   if not result.valid:
+    if malformed_reward is not None and extract_answer(completion) is not None:
+      return float(malformed_reward)
     return float(invalid_reward)
   distance = abs(Fraction(target) - result.value) / abs(target) if target else (
       Fraction(0) if result.value == 0 else Fraction(1))
