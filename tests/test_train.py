@@ -416,3 +416,17 @@ def test_search_diagnostics_report_consistent_shares_and_budgets(tmp_path):
                 + config.rollout.max_completion_tokens)
   assert 0 < result["search_tokens_per_problem"] <= search_cap
   assert 0 < result["sample_tokens_per_problem"] <= 3 * config.rollout.max_completion_tokens
+  # trees: depth within the simulations, terminals among the expanded nodes
+  assert 1 <= result["tree_depth"] <= s.num_iterations * s.num_agents
+  assert 0 <= result["terminals_per_tree"] <= s.num_iterations * s.num_agents
+  assert 0.0 <= result["answer_depth_share"] <= 1.0
+  assert 1 <= result["samples_at_equal_tokens"] <= 3
+  assert 0.0 <= result["sample_pass_at_equal_tokens"] <= result["sample_pass"] + 1e-9
+
+
+def test_pass_at_m_is_the_unbiased_estimate():
+  from math import comb
+
+  from jaxdistill.experiments.search_diagnostics import pass_at
+  for n, c, m in [(16, 0, 4), (16, 1, 4), (16, 3, 8), (16, 16, 1), (16, 2, 16), (32, 5, 7)]:
+    assert abs(pass_at(n, c, m) - (1 - comb(n - c, m) / comb(n, m))) < 1e-12

@@ -13,6 +13,12 @@ On train problems, with the preset's search settings (plus overrides), reports:
   path goes there);
 - `*_per_1k_tokens`: those shares per 1,000 tokens generated for each problem;
 - `distinct_children`: distinct candidate steps per expanded node, out of K;
+- `tree_depth` (mean deepest node per tree), `answer_depth_share` (trees with a node at
+  the depth where answers end: one step per number, the answer line last) and
+  `terminals_per_tree`;
+- `sample_pass_at_equal_tokens`: the share of problems that `samples_at_equal_tokens`
+  independent samples solve, that many being what the tree's generated tokens buy
+  (unbiased pass@m from the `--samples` samples, m at most `--samples`);
 - generated tokens per problem for search and for the samples;
 - `distinct_solutions_per_1k_tokens` of the mcts_distill tree, DeepSearch's tree
   (`--deepsearch`, with the config's deepsearch section) and the plain samples: distinct
@@ -95,7 +101,8 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
   tokens, lengths = evaluation.encode_prompts(task, tokenizer, problems, config.task.prompt,
                                               config.task.prompt_width)
   totals = {"path_solved": [], "tree_solved": [], "sample_solved": [], "sample_pass": [],
-            "distinct": [], "search_tokens": 0, "sample_tokens": 0,
+            "distinct": [], "search_tokens": 0, "sample_tokens": 0, "depth": [],
+            "answer_depth": [], "terminals": [], "sample_correct": [],
             "solutions": {"mcts_tree": 0, "samples": 0, "deepsearch_tree": 0,
                           "deepsearch_harvested": 0}, "deepsearch_tokens": 0,
             "deepsearch_solved": []}
@@ -111,6 +118,11 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
     solved_nodes = tree.terminal & (tree.parent >= 0) & (tree.raw_value >= 1.0)
     solved_rollouts = ((emb.rollout_rewards >= 1.0).any(-1) & tree.expanded & ~tree.terminal)
     totals["tree_solved"].extend((solved_nodes | solved_rollouts).any(-1).tolist())
+    used = tree.parent >= 0
+    totals["depth"].extend(np.where(used, tree.depth, 0).max(-1).tolist())
+    totals["answer_depth"].extend(
+        (np.where(used, tree.depth, 0) >= config.task.numbers).any(-1).tolist())
+    totals["terminals"].extend((tree.terminal & used).sum(-1).tolist())
     for row in range(batch):
       for node in np.nonzero(tree.expanded[row] & ~tree.terminal[row])[0]:
         steps = {tuple(emb.candidate_tokens[row, node, k, :emb.candidate_lengths[row, node, k]])
@@ -145,9 +157,17 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
       totals["solutions"]["samples"] += len(found)
     totals["sample_solved"].extend(plain.reward.tolist())
     totals["sample_pass"].extend((plain.reward.reshape(batch, samples) >= 1.0).any(-1).tolist())
+    totals["sample_correct"].extend((plain.reward.reshape(batch, samples) >= 1.0).sum(-1).tolist())
     totals["sample_tokens"] += int(plain.generated_tokens)
   n = len(totals["path_solved"])
-  return {"problems": n, "sample_solved": float(np.mean(totals["sample_solved"])),
+  per_sample = totals["sample_tokens"] / max(n * samples, 1)
+  equal = int(min(samples, max(1, round(totals["search_tokens"] / n / max(per_sample, 1)))))
+  return {"problems": n, "tree_depth": float(np.mean(totals["depth"])),
+          "answer_depth_share": float(np.mean(totals["answer_depth"])),
+          "terminals_per_tree": float(np.mean(totals["terminals"])),
+          "samples_at_equal_tokens": equal,
+          "sample_pass_at_equal_tokens": float(np.mean(
+              [pass_at(samples, c, equal) for c in totals["sample_correct"]])), "sample_solved": float(np.mean(totals["sample_solved"])),
           "sample_pass": float(np.mean(totals["sample_pass"])), "samples": samples,
           "path_solved": float(np.mean(totals["path_solved"])),
           "tree_solved": float(np.mean(totals["tree_solved"])),
@@ -162,6 +182,13 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
           "sample_pass_per_1k_tokens": 1000 * float(np.mean(totals["sample_pass"]))
                                        / max(totals["sample_tokens"] / n, 1),
           "search_temperature": config.search.temperature} | _solution_rates(totals, n)
+
+
+def pass_at(n: int, correct: int, m: int) -> float:
+  """Unbiased chance that m of n samples (correct of them solve) include a solution."""
+  if n - correct < m:
+    return 1.0
+  return 1.0 - float(np.prod(1.0 - m / np.arange(n - correct + 1, n + 1)))
 
 
 def _solution_rates(totals: dict, n: int) -> dict:
