@@ -125,3 +125,21 @@ def test_malformed_answers_get_the_tasks_reward():
   assert task.reward("<answer>(3 + 5) * 7 - 11 - 19</answer>", problem, dense=True) == -0.9
   for text in malformed + ["no answer here"]:
     assert task.reward(text, problem, dense=False) == 0.0
+
+
+def test_kv_reuse_bench_at_tiny_size(tmp_path):
+  """`python -m jaxdistill.bench.search --kv_reuse` at the tiny preset's shapes: the counted
+  FLOPs agree with XLA's count of the compiled expansion, and reuse costs fewer."""
+  import json
+
+  from jaxdistill.bench import search_kv
+  out = tmp_path / "kv.json"
+  search_kv.report(["tiny"], "tiny", 8, str(out), speed_iterations=1, speed_agents=1)
+  result = json.loads(out.read_text())
+  off, on = result["cost"]
+  assert (off["reuse_kv"], on["reuse_kv"]) == (False, True)
+  for row in (off, on):  # the model's matmuls and attention are nearly all of XLA's count
+    assert 0.97 < row["xla_vs_counted"] < 1.1
+  assert on["fewer_flops"] > 1.5 and on["fewer_flops_at_8_tokens"] > on["fewer_flops"]
+  assert [row["simulations"] for row in result["speed"]] == [1, 1]
+  assert result["machine"]["platform"] == "cpu"

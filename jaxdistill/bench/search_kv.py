@@ -42,6 +42,23 @@ def preset_search(preset: str, reuse: bool):
   return config, lm, config.task.prompt_width
 
 
+def architecture(preset: str, config):
+  """The preset's model: the published Qwen2.5 config, or the small model the config
+  describes (tiny, tiny4, ...; the character tokenizer's vocabulary)."""
+  from jaxdistill import tokenization
+  from jaxdistill.models import Qwen2Config
+  from jaxdistill.models.qwen2 import ARCHITECTURES
+  if preset in ARCHITECTURES:
+    return ARCHITECTURES[preset]
+  m = config.model
+  return Qwen2Config(vocab_size=len(tokenization.SPECIAL_TOKENS + tuple(tokenization.CHARACTERS)),
+                     hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                     num_hidden_layers=m.num_hidden_layers,
+                     num_attention_heads=m.num_attention_heads,
+                     num_key_value_heads=m.num_key_value_heads, rope_theta=m.rope_theta,
+                     tie_word_embeddings=True)
+
+
 def counted_flops(arch, lm: lm_expand.LMSearchConfig, prompt_width: int,
                   decoded_tokens: int) -> float:
   """Forward FLOPs of one expansion row (static shapes): the path's or step's prefill and K
@@ -106,11 +123,10 @@ def _cost(compiled) -> dict:
 
 def shape_rows(preset: str, step_tokens: int, rows: int = 4) -> list[dict]:
   """Counted and XLA-measured cost per simulation at a preset's shapes, reuse off and on."""
-  from jaxdistill.models.qwen2 import ARCHITECTURES
   out = []
   for reuse in (False, True):
     config, lm, width = preset_search(preset, reuse)
-    arch = ARCHITECTURES[preset]
+    arch = architecture(preset, config)
     nodes = 1 + config.search.num_iterations * config.search.num_agents
     compiled, compile_s = _abstract_expansion(arch, lm, width, rows, nodes,
                                               jnp.dtype(config.model.dtype))
@@ -133,19 +149,19 @@ def speed_rows(preset: str, iterations: int = 2, agents: int = 2) -> list[dict]:
   """Simulations per second of one tree at a preset's shapes with random weights (fp32 on a
   CPU, where bf16 matmuls are emulated; the preset's dtype elsewhere)."""
   from jaxdistill.models import init_model
-  from jaxdistill.models.qwen2 import ARCHITECTURES
   dtype = jnp.float32 if jax.default_backend() == "cpu" else None
   out = []
   for reuse in (False, True):
     config, lm, width = preset_search(preset, reuse)
     lm = dataclasses.replace(lm, step_end=None, step_end_id=-1, eos_id=-1)  # never ends
-    model = init_model(ARCHITECTURES[preset], dtype=dtype or jnp.dtype(config.model.dtype),
+    model = init_model(architecture(preset, config), dtype=dtype or jnp.dtype(config.model.dtype),
                        param_dtype=dtype or jnp.dtype(config.model.dtype))
     graphdef, params = nnx.split(model)
     reward = lambda tokens, problem: 0.0
     rng = np.random.RandomState(0)
     prompt_length = width * 3 // 4
-    prompts = jnp.asarray(rng.randint(100, 1000, (1, width)), jnp.int32)
+    vocab = model.config.vocab_size
+    prompts = jnp.asarray(rng.randint(vocab // 10, vocab // 2, (1, width)), jnp.int32)
     lengths = jnp.full((1,), prompt_length, jnp.int32)
     keys = jax.random.split(jax.random.key(0), 1)
 
