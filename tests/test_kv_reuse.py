@@ -67,6 +67,9 @@ def test_reuse_builds_the_same_trees_on_the_presets(preset, option, tmp_path):
 
 
 def test_reuse_builds_the_same_trees_with_the_qwen_tokenizer(qwen_checkpoint):
+  """Also: each candidate step holds '</step>' once, at its very end (completed by its last
+  token, which may carry a newline), or it ended at EOS or at the step cap; the prompts are
+  Qwen's ChatML chat prompts."""
   from jaxdistill.models import from_pretrained
   from jaxdistill import tokenization
   config = presets.get_config("qwen2.5-0.5b")
@@ -76,9 +79,23 @@ def test_reuse_builds_the_same_trees_with_the_qwen_tokenizer(qwen_checkpoint):
   config.search.temperature = 1.5  # a random model: wander, so that some steps do end
   model = from_pretrained(qwen_checkpoint)  # float32
   tokenizer = tokenization.load_tokenizer(qwen_checkpoint)
-  problems = countdown.generate(2, seed=5, count=4)
+  problems = countdown.generate(4, seed=5, count=4)
+  tokens, _ = evaluate.encode_prompts(countdown.Countdown(), tokenizer, problems, "chat", 160)
+  assert tokenization.decode(tokenizer, tokens[0][:3]).startswith("<|im_start|>system")
   tree = _assert_same_trees(config, model, tokenizer, problems)
   assert (tree.depth.max(-1) >= 2).all()
+  emb, step_end, checked = tree.embeddings, tokenization.STEP_END, 0
+  for b, node in zip(*np.nonzero(tree.expanded & ~tree.terminal)):
+    for k in range(config.search.num_children):
+      step = emb.candidate_tokens[b, node, k, :emb.candidate_lengths[b, node, k]].tolist()
+      text = tokenization.decode(tokenizer, step)
+      if step_end in text:
+        assert text.count(step_end) == 1
+        assert step_end not in tokenization.decode(tokenizer, step[:-1])  # the last one ends it
+      else:
+        assert step[-1] == tokenizer.eos_token_id or len(step) == 16
+      checked += 1
+  assert checked >= 8
 
 
 def test_searched_path_goes_to_the_learner_as_searched(tmp_path):

@@ -28,7 +28,8 @@ SMALL = ["--config.task.prompt_width=160", "--config.search.num_agents=2",
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["mcts_distill", "cispo", "best_of_n", "deepsearch"])
+# best_of_n samples as cispo does (test_train runs it on 8 devices)
+@pytest.mark.parametrize("algo", ["mcts_distill", "cispo", "deepsearch"])
 def test_qwen_preset_runs_every_algorithm(qwen_checkpoint, tmp_path, algo):
   cmd = [sys.executable, "-m", "jaxdistill.main", "--config", "countdown.py:qwen2.5-0.5b",
          f"--config.model.path={qwen_checkpoint}", f"--workdir={tmp_path}",
@@ -81,48 +82,3 @@ def test_qwen_preset_in_bf16_moves_its_weights(qwen_checkpoint, tmp_path):
     if "value_head" not in name:
       moved, total = moved + int(changed.sum()), total + changed.size
   assert moved / total > 0.5, moved / total
-
-
-def test_qwen_search_steps_end_at_the_step_string(qwen_checkpoint):
-  """Each candidate step of the search holds '</step>' once, at its very end (completed by
-  its last token, which may carry a newline), or it ended at EOS or at the step cap; the
-  prompts are Qwen's ChatML chat prompts."""
-  from flax import nnx
-
-  from jaxdistill import evaluate, tokenization
-  from jaxdistill.configs import countdown as presets
-  from jaxdistill.models import from_pretrained
-  from jaxdistill.rl import rollouts
-  from jaxdistill import rewards
-  from jaxdistill.tasks import countdown
-  from jaxdistill import settings
-  config = presets.get_config("qwen2.5-0.5b")
-  config.search.num_agents, config.search.num_iterations = 2, 2
-  config.search.max_step_tokens, config.search.max_path_tokens = 16, 208
-  config.search.temperature = 1.5  # a random model: wander, so that some steps do end
-  model = from_pretrained(qwen_checkpoint)
-  tokenizer = tokenization.load_tokenizer(qwen_checkpoint)
-  spec = settings.iteration(config, tokenizer, "</step>", model.config.vocab_size)
-  problems = countdown.generate(4, seed=5, count=4)
-  tokens, lengths = evaluate.encode_prompts(countdown.Countdown(), tokenizer, problems, "chat", 160)
-  assert tokenization.decode(tokenizer, tokens[0][:3]).startswith("<|im_start|>system")
-  graphdef, params = nnx.split(model)
-  reward = rewards.task_reward_fn(countdown.Countdown(), tokenizer, problems)
-  keys = jax.random.split(jax.random.key(0), 4)
-  _, out = jax.jit(lambda p, t, l, i, k: rollouts.mcts_distill(
-      graphdef, p, t, l, i, k, spec.rollout, spec.search, reward))(
-          params, tokens, lengths, np.arange(4, dtype=np.int32), keys)
-  tree, emb = jax.device_get(out.tree), jax.device_get(out.tree.embeddings)
-  step_end = tokenization.STEP_END
-  checked = 0
-  for b, node in zip(*np.nonzero(tree.expanded & ~tree.terminal)):
-    for k in range(config.search.num_children):
-      step = emb.candidate_tokens[b, node, k, :emb.candidate_lengths[b, node, k]].tolist()
-      text = tokenization.decode(tokenizer, step)
-      if step_end in text:
-        assert text.count(step_end) == 1
-        assert step_end not in tokenization.decode(tokenizer, step[:-1])  # the last one ends it
-      else:
-        assert step[-1] == tokenizer.eos_token_id or len(step) == 16
-      checked += 1
-  assert checked >= 8
