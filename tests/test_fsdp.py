@@ -151,9 +151,15 @@ def test_memory_planner_splits_state_and_rollout_at_a_tiny_shape():
       row["params_gb"] + row["opt_state_gb"] + row["grads_gb"] + row["ref_gb"])
   assert row["state_gb"] < 2e-3 < row["peak_gb"] and row["fits"] is False
   # 2 prompts per device; the largest call: an expansion of 2 agents' leaves, each a path
-  # of 48 slots and K=4 children of 8 step tokens (the completion call: 2 x (48 + 32))
+  # of 48 slots gathered with room for its step of 8, and K=4 children of 8 step tokens,
+  # beside the tree's KV pool (search.reuse_kv): the prompt's 16 slots and 8 per node of
+  # 1 + 2 x 2 (the completion call: 2 x (48 + 32))
   s = c.search
-  slots = 2 * s.num_agents * (s.max_path_tokens + s.num_children * s.max_step_tokens)
+  assert s.reuse_kv
+  nodes = 1 + s.num_iterations * s.num_agents
+  slots = 2 * (s.num_agents * (s.max_path_tokens + s.max_step_tokens
+                               + s.num_children * s.max_step_tokens)
+               + c.task.prompt_width + nodes * s.max_step_tokens)
   assert slots > 2 * (s.max_path_tokens + c.rollout.max_completion_tokens)
   per_slot = 2 * arch.num_hidden_layers * arch.num_key_value_heads * arch.head_dim * 2 + 1
   assert row["kv_cache_gb"] * GB == slots * per_slot + 4  # bf16 keys, values; valid; end

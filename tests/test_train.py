@@ -80,7 +80,9 @@ def test_five_iterations_compile_once_on_eight_devices(tmp_path, algo, search):
   assert len(jax.devices()) == 8
 
 
-@pytest.mark.parametrize("algo", ["mcts_distill", "cispo"])
+# the search method, whose rollout phase is the largest program (cispo's phases are the same
+# learner and assembly around a plain sampler)
+@pytest.mark.parametrize("algo", ["mcts_distill"])
 def test_phase_timing_runs_the_same_iteration_as_three_programs(tmp_path, algo):
   """train.phase_timing splits the iteration into rollout, assembly and update programs:
   the same metrics and parameters as the fused program, plus each phase's seconds and

@@ -51,7 +51,8 @@ def define_flags():
   flags.DEFINE_integer("kv_speed_iterations", 2, "--kv_reuse: search iterations timed")
   flags.DEFINE_integer("kv_speed_agents", 2, "--kv_reuse: agents per iteration timed")
   flags.DEFINE_integer("kv_step_tokens", 16, "--kv_reuse: tokens a step really has (16: the "
-                       "mean of a solver's Countdown step line in Qwen2.5's tokenizer)")
+                       "mean of the default task's solver-written step lines in Qwen2.5's "
+                       "tokenizer)")
   flags.DEFINE_string("kv_out", "results/search_kv_reuse.json", "--kv_reuse: JSON output")
 
 

@@ -9,8 +9,8 @@ gathered from the tree) and K candidate steps are decoded from it. Per preset sh
 setting it reports
   * FLOPs per simulation counted from the shapes (static shapes, padding included): at the
     maximum step length (K x L decoded tokens) and at `--kv_step_tokens` (the decode loop
-    stops when every row has ended its step; 16: the mean Qwen2.5 token count of a solver's
-    Countdown step line);
+    stops when every row has ended its step; 16: the mean Qwen2.5 token count of the default
+    task's solver-written step lines);
   * XLA's cost analysis of one expansion compiled from abstract shapes (no weights): FLOPs
     and bytes accessed per row. XLA counts a while loop's body once, so it is compared with
     the count for ONE decoded token per candidate (`counted_one_step`);
