@@ -22,3 +22,8 @@ run w1i16k4_fpv-1_dedup first_play_value=-1.0 dedup_children=True num_agents=1 n
 run w1i32k2_fpv-1_dedup first_play_value=-1.0 dedup_children=True num_children=2 num_agents=1 num_iterations=32
 run w2i16k2_fpv-0.5_dedup first_play_value=-0.5 dedup_children=True num_children=2 num_agents=2 num_iterations=16
 echo "== done $(date -u +%H:%M:%S)"
+# dense terminal values (reward.dense is not a search field: run directly)
+# .venv/bin/python -m jaxdistill.experiments.search_diagnostics --preset=tiny4 \
+#   --model=results/compare_tiny4_state/warm_start --problems=128 --samples=16 --deepsearch=False \
+#   --out=results/search_reach_tiny4/w4i8k4_fpv-1_dedup_dense.json \
+#   --set=search.first_play_value=-1.0 --set=search.dedup_children=True --set=reward.dense=True
