@@ -8,12 +8,24 @@ import os
 from jaxdistill.errors import UsageError
 
 
+def small_architecture(config, vocab_size: int):
+  """The model the config's `model` section describes (the CPU presets' own, built locally)."""
+  from jaxdistill.models import Qwen2Config
+  m = config.model
+  return Qwen2Config(vocab_size=vocab_size, hidden_size=m.hidden_size,
+                     intermediate_size=m.intermediate_size,
+                     num_hidden_layers=m.num_hidden_layers,
+                     num_attention_heads=m.num_attention_heads,
+                     num_key_value_heads=m.num_key_value_heads, rope_theta=m.rope_theta,
+                     tie_word_embeddings=True)
+
+
 def load_model_and_tokenizer(config, workdir: str):
   """The initial model and tokenizer: a local HF directory, or built locally (tiny/smoke)."""
   import jax.numpy as jnp
 
   from jaxdistill import tokenization
-  from jaxdistill.models import Qwen2Config, from_pretrained, init_model
+  from jaxdistill.models import from_pretrained, init_model
   dtype, param_dtype = jnp.dtype(config.model.dtype), jnp.dtype(config.model.param_dtype)
   if config.preset.startswith("qwen") and not config.model.path:
     raise UsageError(f"preset {config.preset} needs --config.model.path=DIR, a local Hugging "
@@ -24,13 +36,7 @@ def load_model_and_tokenizer(config, workdir: str):
                             precision=config.model.precision),
             tokenization.load_tokenizer(config.model.path))
   tokenizer = tokenization.build_char_tokenizer(os.path.join(workdir, "tokenizer"))
-  m = config.model
-  arch = Qwen2Config(vocab_size=len(tokenizer), hidden_size=m.hidden_size,
-                     intermediate_size=m.intermediate_size,
-                     num_hidden_layers=m.num_hidden_layers,
-                     num_attention_heads=m.num_attention_heads,
-                     num_key_value_heads=m.num_key_value_heads, rope_theta=m.rope_theta,
-                     tie_word_embeddings=True)
+  arch = small_architecture(config, len(tokenizer))
   return (init_model(arch, seed=config.sft.seed, dtype=dtype, param_dtype=param_dtype,
                      precision=config.model.precision),
           tokenizer)

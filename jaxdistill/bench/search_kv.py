@@ -46,17 +46,12 @@ def architecture(preset: str, config):
   """The preset's model: the published Qwen2.5 config, or the small model the config
   describes (tiny, tiny4, ...; the character tokenizer's vocabulary)."""
   from jaxdistill import tokenization
-  from jaxdistill.models import Qwen2Config
+  from jaxdistill.initial_model import small_architecture
   from jaxdistill.models.qwen2 import ARCHITECTURES
   if preset in ARCHITECTURES:
     return ARCHITECTURES[preset]
-  m = config.model
-  return Qwen2Config(vocab_size=len(tokenization.SPECIAL_TOKENS + tuple(tokenization.CHARACTERS)),
-                     hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-                     num_hidden_layers=m.num_hidden_layers,
-                     num_attention_heads=m.num_attention_heads,
-                     num_key_value_heads=m.num_key_value_heads, rope_theta=m.rope_theta,
-                     tie_word_embeddings=True)
+  return small_architecture(
+      config, len(tokenization.SPECIAL_TOKENS + tuple(tokenization.CHARACTERS)))
 
 
 def counted_flops(arch, lm: lm_expand.LMSearchConfig, prompt_width: int,

@@ -345,12 +345,18 @@ def extend_path(config: LMSearchConfig, path_tokens, path_length, step, step_len
   return path, length, ended
 
 
+def chosen_step(parent: NodeState, action):
+  """(tokens [M, L], length [M]) of each row's candidate `action`."""
+  rows = jnp.arange(action.shape[0])
+  return parent.candidate_tokens[rows, action], parent.candidate_lengths[rows, action]
+
+
 def append_step(config: LMSearchConfig, parent: NodeState, action):
   """Child states: the parent's path + its candidate `action` (no candidates yet)."""
   rows = jnp.arange(action.shape[0])
-  step_length = parent.candidate_lengths[rows, action]
-  path, length, ended = extend_path(config, parent.path_tokens, parent.path_length,
-                                    parent.candidate_tokens[rows, action], step_length)
+  step, step_length = chosen_step(parent, action)
+  path, length, ended = extend_path(config, parent.path_tokens, parent.path_length, step,
+                                    step_length)
   logprobs = splice(parent.path_logprobs, parent.path_length,
                     parent.candidate_sample_logprobs[rows, action], step_length)
   return parent.replace(path_tokens=path, path_logprobs=logprobs, path_length=length), ended
@@ -363,9 +369,7 @@ def _prefill_step(model, config: LMSearchConfig, parent: NodeState, child: NodeS
   Returns ((cache, next-token logits, value) at the step's end, the child with its step KV
   and slots)."""
   steps = config.max_step_tokens
-  rows = jnp.arange(action.shape[0])
-  step = parent.candidate_tokens[rows, action]
-  step_length = parent.candidate_lengths[rows, action]
+  step, step_length = chosen_step(parent, action)
   cache = _path_cache(config, parent, lineage, steps)
   # left-aligned in its L slots, so the last slot holds the step's last token
   aligned, mask = sampling.left_align(step, step_length, config.pad_id)
