@@ -129,14 +129,19 @@ def _problem_rewards(model, tokenizer, task, all_problems, indices, config: Eval
 def _search_program(graphdef, search, rollout, task, tokenizer, dense: bool):
   """The jitted test-time search of one model structure and budget, compiled once for every
   set of problems and parameters of the same shapes (a notebook answers before and after
-  training; the reward host callback keeps jax from caching it on disk)."""
+  training)."""
   from jaxdistill import rewards
   from jaxdistill.rl import rollouts
-  current = []  # the problems its reward callback grades: refilled before each call
-  reward_fn = rewards.task_reward_fn(task, tokenizer, current, dense=dense)
-  run = jax.jit(lambda p, t, l, ids, keys: rollouts.mcts_distill(
-      graphdef, p, t, l, ids, keys, rollout, search, reward_fn)[0])
-  return run, current
+  current = []  # the problems its reward grades: refilled before each call
+  host = rewards.task_reward_fn(task, tokenizer, current, dense=dense, device=False)
+
+  def run(p, t, l, ids, keys, tables):
+    # the device reward's problem tables are arguments, so one program serves every call
+    reward_fn = host if tables is None else rewards.TaskReward(task, tokenizer, current, dense,
+                                                               tables=tables)
+    return rollouts.mcts_distill(graphdef, p, t, l, ids, keys, rollout, search, reward_fn)[0]
+
+  return jax.jit(run), current
 
 
 def searched_answers(model, tokenizer, task, problems, search, rollout, *, prompt_width: int,
@@ -152,7 +157,12 @@ def searched_answers(model, tokenizer, task, problems, search, rollout, *, promp
   graphdef, params = nnx.split(model)
   params = parallel.local_copy(params)  # one placement: one compiled program
   run, current = _search_program(graphdef, search, rollout, task, tokenizer, dense)
-  current[:] = problems  # what the compiled program's reward callback grades
+  current[:] = problems  # what the compiled program's reward grades
+  form = task.device_reward(tokenizer, dense)
+  try:
+    tables = None if form is None else form.tables(problems)
+  except ValueError:  # too large for the device form: graded on the host
+    tables = None
   tokens, lengths = encode_prompts(task, tokenizer, problems, prompt, prompt_width)
   pad = (-len(problems)) % batch_size
   ids = np.concatenate([np.arange(len(problems)), np.zeros(pad, int)]).astype(np.int32)
@@ -161,7 +171,8 @@ def searched_answers(model, tokenizer, task, problems, search, rollout, *, promp
   texts, generated = [], 0
   for start in range(0, len(ids), batch_size):
     part = slice(start, start + batch_size)
-    traj = jax.device_get(run(params, tokens[part], lengths[part], ids[part], keys[part]))
+    traj = jax.device_get(run(params, tokens[part], lengths[part], ids[part], keys[part],
+                              tables))
     generated += int(traj.generated_tokens)
     for row in range(min(batch_size, len(problems) - start)):
       completion = traj.tokens[row, traj.prompt_length[row]:traj.length[row]]

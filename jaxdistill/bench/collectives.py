@@ -69,6 +69,13 @@ def iteration_hlo(config, devices: int, fast: bool = True) -> str:
   """The optimized HLO text of the training iteration `config` compiles on `devices`
   devices (built as `train.train` builds it; compiled, never run; fast: without LLVM's
   optimisation of the kernels, `FAST_COMPILE`)."""
+  lowered = lowered_iteration(config, devices)
+  return lowered.compile(compiler_options=FAST_COMPILE if fast else None).as_text()
+
+
+def lowered_iteration(config, devices: int, device_rewards: bool = True):
+  """The training iteration `config` compiles on `devices` devices, lowered (built as
+  `train.train` builds it, its rewards included; device_rewards=False: graded on the host)."""
   from flax import nnx
 
   from jaxdistill import methods, parallel, rewards, settings, tasks, train
@@ -83,8 +90,9 @@ def iteration_hlo(config, devices: int, fast: bool = True) -> str:
   mesh = parallel.make_mesh(devices, fsdp=config.parallel.fsdp)
   spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
   graphdef, optimizer, state, ref_params, layout = train._initial_state(model, spec, 0, mesh)
-  reward = rewards.task_reward_fn(task, tokenizer, train_split, dense=config.reward.dense)
-  dense = rewards.task_reward_fn(task, tokenizer, train_split, dense=True)
+  reward = rewards.task_reward_fn(task, tokenizer, train_split, dense=config.reward.dense,
+                                  device=device_rewards)
+  dense = rewards.task_reward_fn(task, tokenizer, train_split, dense=True, device=device_rewards)
   schedule = methods.get(config.algo).schedule(config, spec, task, tokenizer, train_split)
   program = train.build_iteration(graphdef, optimizer, spec, reward, dense, mesh, layout,
                                   with_rows=schedule is not None)
@@ -93,8 +101,7 @@ def iteration_hlo(config, devices: int, fast: bool = True) -> str:
     policy = lambda: nnx.merge(graphdef, compute_copy(state.params, config.model.dtype))
     ids, extras, _ = schedule.before(0, policy)
   feed = train._feeder(config, task, tokenizer, train_split, mesh)
-  lowered = program.phases["iteration"].lower(state, ref_params, *feed(0, 0, ids, extras))
-  return lowered.compile(compiler_options=FAST_COMPILE if fast else None).as_text()
+  return program.phases["iteration"].lower(state, ref_params, *feed(0, 0, ids, extras))
 
 
 def check(algo: str, fsdp: int, remat: bool, devices: int, fast: bool = True) -> dict:

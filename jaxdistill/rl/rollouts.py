@@ -3,8 +3,9 @@
 Each returns `Trajectories` (prompt + completion tokens, right-padded, with their reward)
 plus what it cost: tokens generated (sampled) and LM token-forwards (every position the
 model ran on, padding of the static shapes included), so methods can be compared at equal
-compute. All functions run inside jit (and shard_map); rewards come from Python through
-`jax.pure_callback`.
+compute. All functions run inside jit (and shard_map); rewards come from the task's device
+reward inside the program, or from Python through `jax.pure_callback` for a task without one
+(`lm_expand.task_rewards`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A node's embedding holds its path (prompt + the steps that lead to it, in a fixe
 buffer) and the K candidate steps it sampled. Expanding the edge (node, k) appends the
 node's k-th candidate to its path, then evaluates the new path:
   * terminal (the step ended with EOS, or no room is left for another step): its value is
-    the task reward, computed in Python through `jax.pure_callback`; never the value head,
+    the task reward (inside the program when the task has a device reward, else in Python
+    through `jax.pure_callback`); never the value head,
     never expanded;
   * otherwise: one prefill of the path, the value head at its last token is the node's
     value, and K step continuations are sampled from the prefilled cache (temperature, stop
@@ -112,8 +113,9 @@ def _single_token_stop(token_id: int, vocab_size: int) -> stopping.StopString:
   return stopping.single_token(token_id, vocab_size)
 
 
-RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""(generated token rows [M, P] with pad past the end, problem ids [M]) -> rewards [M]."""
+RewardFn = Callable[[np.ndarray, int], float]
+"""(one row's generated tokens, problem id) -> reward, graded on the host; a reward with a
+`device` attribute (`rewards.TaskReward`) is graded inside the program instead."""
 
 
 def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, reward_fn,
@@ -211,7 +213,9 @@ def merge_duplicate_children(candidates, lengths, prior):
 
 
 def task_rewards(tokens, start, end, problems, reward_fn: RewardFn, rows=None):
-  """Rewards [M] from Python of tokens[start:end] per row (the generated part only).
+  """Rewards [M] of tokens[start:end] per row (the generated part only): inside the program
+  when the reward has a device form (`reward_fn.device`), else from Python through a host
+  callback.
 
   rows [M] bool, when given, limits grading to those rows (the others get 0).
   """
@@ -220,6 +224,9 @@ def task_rewards(tokens, start, end, problems, reward_fn: RewardFn, rows=None):
   marked = jnp.where(generated, tokens, -1)  # -1: not generated
   if rows is None:
     rows = jnp.ones(problems.shape, bool)
+  device = getattr(reward_fn, "device", None)
+  if device is not None:
+    return jnp.where(rows, device(marked, problems), 0.0).astype(jnp.float32)
 
   def host(marked, problems, rows):
     rewards = np.zeros(marked.shape[0], np.float32)

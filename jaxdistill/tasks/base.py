@@ -49,6 +49,17 @@ class Task(abc.ABC):
     """The reward of generated text (only the completion, never the prompt): 1.0 solved;
     sparse: else 0; dense: a graded score in [-1, 1)."""
 
+  def device_reward(self, tokenizer, dense: bool):
+    """The same reward computed inside the compiled program, or None (then the program calls
+    `reward` on the host). An object with `tables(problems)` (host arrays; ValueError when
+    the device form cannot grade them exactly) and `__call__(tables, tokens, problems)`:
+    token rows [M, T] (-1 outside the completion) and problem indices [M] -> rewards [M]
+    float32, equal to `reward` of the decoded completion. Countdown has one
+    (`countdown_device`); it keeps the program free of host callbacks, so the persistent
+    compilation cache can keep it."""
+    del tokenizer, dense
+    return None
+
   def capacity(self) -> int | None:
     """How many distinct problems the task can make (None: not known before reading its
     data); the three splits together hold at most that many."""

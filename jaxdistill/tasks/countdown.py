@@ -68,6 +68,11 @@ class Countdown(Task):
     return reward(completion, problem.numbers, problem.target, dense=dense,
                   malformed_reward=self.malformed_reward)
 
+  def device_reward(self, tokenizer, dense):
+    from jaxdistill.tasks import countdown_device
+    return countdown_device.DeviceReward(countdown_device.cached_token_table(tokenizer), dense,
+                                         self.malformed_reward)
+
   def stress_completions(self, problem):
     # inside answer tags, where the parser works; and the tags themselves repeated
     wrapped = [f"{ANSWER_START}{body}{ANSWER_END}"[:2000] for body in STRESS_BODIES]
