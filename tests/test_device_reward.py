@@ -21,8 +21,8 @@ def problems():
   return countdown.generate(60, seed=4, count=4)
 
 
-@pytest.mark.parametrize("kind", ["char", "qwen"])
-def test_equal_to_the_python_verifier(kind, problems, tmp_path, request):
+@pytest.mark.parametrize("kind,count", [("char", 1500), ("qwen", 800)])
+def test_equal_to_the_python_verifier(kind, count, problems, tmp_path, request):
   """Seeded completions of every kind the bench uses (hard cases, solutions, edited
   solutions, random expressions in answer tags, random text, random token ids): the device
   reward equals the verifier's float32 bit for bit, sparse and dense (with the reference's
@@ -32,7 +32,7 @@ def test_equal_to_the_python_verifier(kind, problems, tmp_path, request):
   else:
     tokenizer = tokenization.load_tokenizer(request.getfixturevalue("qwen_tokenizer_dir"))
   task = countdown.Countdown(numbers=4, malformed_reward=-0.9)
-  texts = device_reward.completions(task, problems, 1500, seed=5)
+  texts = device_reward.completions(task, problems, count, seed=5)
   rows = [tokenizer.encode(t, add_special_tokens=False) for t, _ in texts]
   indices = [i for _, i in texts]
   rows += device_reward.random_token_rows(tokenizer, 200, 40, seed=6)
@@ -45,10 +45,10 @@ def test_equal_to_the_python_verifier(kind, problems, tmp_path, request):
     shown = [(texts[i][0][:80] if i < len(texts) else rows[i][:10], python[i], device[i])
              for i in bad[:3]]
     assert bad.size == 0, (dense, shown)
-    assert (python == 1.0).sum() > 100  # solutions are among them
+    assert (python == 1.0).sum() > count // 20  # solutions are among them
     if dense:
       assert {-1.0, np.float32(-0.9)} <= set(python.tolist())
-      assert ((python > -0.9) & (python < 1.0)).sum() > 50  # graded near misses
+      assert ((python > -0.9) & (python < 1.0)).sum() > count // 40  # graded near misses
 
 
 def test_division_rounds_as_python_does():
@@ -59,6 +59,15 @@ def test_division_rounds_as_python_does():
                       [1, 2, 3, 2 ** 31 - 1, 2 ** 30, 2 ** 24 + 1, 2 ** 25 + 3]])
   p = np.minimum((rng.random(q.size) * 2 - 1) * q, q).astype(np.int64)
   p[:5] = [0, q[1], -q[2], 1, -1]
+  # values whose float64 lands on a float32 tie: rounding once to float32 would differ
+  twice = [(1015021628, 2030043135), (1031798845, 2063597567), (1048576062, 2097151999),
+           (1065353279, 2130706431)]
+  for a, b in twice:
+    direct = min((np.nextafter(np.float32(a / b), np.float32(s)) for s in (0, a / b, 2)),
+                 key=lambda c: abs(Fraction(float(c)) - Fraction(a, b)))
+    assert direct != np.float32(a / b)
+  p = np.concatenate([p, [a for a, _ in twice], [-a for a, _ in twice]])
+  q = np.concatenate([q, [b for _, b in twice] * 2])
   expected = np.asarray([float(Fraction(int(a), int(b))) for a, b in zip(p, q)], np.float32)
   got = np.asarray(jax.jit(countdown_device._exact_float32)(p.astype(np.int32),
                                                            q.astype(np.int32)))

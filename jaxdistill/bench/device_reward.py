@@ -7,7 +7,8 @@ callback did) and `countdown_device.rewards` on the token ids, sparse and dense,
 the rows where the float32 rewards differ (expected: 0). The completions mix solver-written
 solutions, solutions with random edits, random expressions inside answer tags, random text
 over the characters the verifier reads, random token ids, and hand-picked hard cases
-(`HARD_CASES`). Rows per second of both on this machine are reported beside.
+(`HARD_CASES`). The seconds of both sides are reported beside (the device's include its
+compilations: one per row width).
 """
 
 from __future__ import annotations
@@ -126,18 +127,22 @@ def random_token_rows(tokenizer, count: int, length: int, seed: int = 0):
 
 
 def compare(task, tokenizer, problems, token_rows, indices, *, dense: bool,
-            widths=(16, 64, 256, 1024, 8192), cells: int = 32768):
+            widths=(16, 64, 256, 1024, 8192), cells: int = 32768, timing=None):
   """(python rewards, device rewards) float32 of token id rows for problems[indices]. Rows
   are padded to the smallest of `widths` that holds them (a few shapes: a few compilations),
-  `cells` tokens per call."""
+  `cells` tokens per call. `timing`, a dict, receives the seconds of each side (the device's
+  with its compilations)."""
   import jax
 
   from jaxdistill import tokenization
   from jaxdistill.tasks import countdown_device
   table = countdown_device.token_table(tokenizer)
   numbers, targets = countdown_device.device_tables(problems)
+  started = time.perf_counter()
   python = np.asarray([task.reward(tokenization.decode(tokenizer, row), problems[i], dense)
                        for row, i in zip(token_rows, indices)], np.float32)
+  python_seconds = time.perf_counter() - started
+  started = time.perf_counter()
   grade = jax.jit(lambda t, p: countdown_device.rewards(
       table, numbers, targets, t, p, dense=dense, malformed_reward=task.malformed_reward))
   device = np.zeros(len(token_rows), np.float32)
@@ -157,6 +162,8 @@ def compare(task, tokenizer, problems, token_rows, indices, *, dense: bool,
         tokens[r, :len(token_rows[member])] = token_rows[member]
         problem[r] = indices[member]
       device[chunk] = np.asarray(grade(tokens, problem))[:len(chunk)]
+  if timing is not None:
+    timing.update(python_s=python_seconds, device_s=time.perf_counter() - started)
   return python, device
 
 
@@ -202,18 +209,20 @@ def main(argv):
       token_rows += extra
       indices += [i % len(problems) for i in range(len(extra))]
       for dense in (False, True):
-        start = time.perf_counter()
-        python, device = compare(task, tokenizer, problems, token_rows, indices, dense=dense)
-        seconds = time.perf_counter() - start
+        timing = {}
+        python, device = compare(task, tokenizer, problems, token_rows, indices, dense=dense,
+                                 timing=timing)
         bad = np.flatnonzero(python.view(np.uint32) != device.view(np.uint32))
         rows.append({"tokenizer": name, "reward": "dense" if dense else "sparse",
                      "completions": len(token_rows), "disagreements": int(bad.size),
-                     "solved": int((python == 1.0).sum()), "seconds": seconds})
+                     "solved": int((python == 1.0).sum()),
+                     "python_s": timing["python_s"],
+                     "device_s_with_compilation": timing["device_s"]})
         for i in bad[:5]:
           print("disagree:", repr(texts[i][0] if i < len(texts) else token_rows[i]),
                 python[i], device[i])
   print_table(rows, ["tokenizer", "reward", "completions", "disagreements", "solved",
-                     "seconds"])
+                     "python_s", "device_s_with_compilation"])
   write_json(FLAGS.out, {"rows": rows})
 
 
