@@ -163,6 +163,10 @@ def searched_answers(model, tokenizer, task, problems, search, rollout, *, promp
     tables = None if form is None else form.tables(problems)
   except ValueError:  # too large for the device form: graded on the host
     tables = None
+  if tables is not None:  # rows padded to a power of two: a few shapes serve every call
+    rows = 1 << max(3, (len(problems) - 1).bit_length())
+    tables = jax.tree.map(lambda a: np.concatenate(
+        [a, np.repeat(a[:1], rows - a.shape[0], axis=0)]), tables)
   tokens, lengths = encode_prompts(task, tokenizer, problems, prompt, prompt_width)
   pad = (-len(problems)) % batch_size
   ids = np.concatenate([np.arange(len(problems)), np.zeros(pad, int)]).astype(np.int32)

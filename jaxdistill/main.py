@@ -98,10 +98,9 @@ def compilation_cache_dir(setting: str) -> str | None:
 def enable_compilation_cache(directory: str | None) -> None:
   """Keep compiled programs, and XLA's GPU autotuning and kernel caches, in `directory`.
 
-  jax does not persist executables that contain host callbacks (the training iteration's
-  task rewards are one), so those are recompiled on every start; on GPUs the autotune
-  and kernel caches still skip most of that work. Evaluation and warm-start programs are
-  cached whole."""
+  jax does not persist executables that contain host callbacks (a task without a device
+  reward puts them in the training iteration), so those are recompiled on every start; on
+  GPUs the autotune and kernel caches still skip most of that work."""
   if directory is None:
     return
   import jax
@@ -114,9 +113,13 @@ def run_job(config, workdir: str, mode: str) -> dict:
   """Run one mode; returns what it measured."""
   from jaxdistill import evaluate as evaluation
   from jaxdistill import parallel, settings, tasks
-  enable_compilation_cache(compilation_cache_dir(config.compile_cache_dir))
-  parallel.maybe_initialize_distributed()
+  several = parallel.maybe_initialize_distributed()
   import jax
+  # XLA:CPU's Gloo collectives give the processes 30 s to meet at a program's first
+  # collective: one process loading the training program from the cache while another
+  # compiles it misses that (accelerators' collectives wait far longer)
+  if not (several and jax.default_backend() == "cpu"):
+    enable_compilation_cache(compilation_cache_dir(config.compile_cache_dir))
   from jaxdistill import validation
   found = validation.device_problems(config, jax.device_count())
   if found:

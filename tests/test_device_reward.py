@@ -32,7 +32,7 @@ def test_equal_to_the_python_verifier(kind, count, problems, tmp_path, request):
   else:
     tokenizer = tokenization.load_tokenizer(request.getfixturevalue("qwen_tokenizer_dir"))
   task = countdown.Countdown(numbers=4, malformed_reward=-0.9)
-  texts = device_reward.completions(task, problems, count, seed=5)
+  texts = task.reward_cases(problems, count, seed=5)
   rows = [tokenizer.encode(t, add_special_tokens=False) for t, _ in texts]
   indices = [i for _, i in texts]
   rows += device_reward.random_token_rows(tokenizer, 200, 40, seed=6)
@@ -101,3 +101,19 @@ def test_no_host_callback_in_the_training_program(algo):
   if algo == "mcts_distill":
     host = collectives.lowered_iteration(config, 8, device_rewards=False).as_text()
     assert CALLBACK.search(host)
+
+
+def test_a_task_that_grades_its_own_way_keeps_the_host(tmp_path):
+  """A Countdown subclass with its own `reward` must not inherit Countdown's device form
+  (it would grade what the subclass does not)."""
+  from jaxdistill import rewards
+
+  class Lenient(countdown.Countdown):
+    def reward(self, completion, problem, dense):
+      return 1.0
+
+  tokenizer = tokenization.build_char_tokenizer(str(tmp_path / "char"))
+  problems = countdown.generate(3, seed=1, count=4)
+  assert Lenient().device_reward(tokenizer, True) is None
+  assert rewards.task_reward_fn(Lenient(), tokenizer, problems, dense=True).device is None
+  assert rewards.task_reward_fn(countdown.Countdown(), tokenizer, problems).device is not None

@@ -365,17 +365,18 @@ def test_test_time_search_is_deterministic_and_reports_its_budget(tmp_path):
   assert first == second
   assert first["problems"] == 5 and 0.0 <= first["search_solved"] <= 1.0
   assert first["simulations_per_problem"] == 4 and first["generated_tokens"] > 0
-  # other problems reuse the compiled search, whose reward callback now grades them
+  # other problems reuse the compiled search (and its executable), whose reward grades them
   compiled = evaluate._search_program.cache_info().misses
+  program, current = evaluate._search_program(
+      nnx.graphdef(model), dataclasses.replace(spec.search, targets="path"), spec.rollout,
+      countdown.Countdown(), tokenizer, True)
+  executables = program._cache_size()
   others = countdown.generate(3, seed=22)
   texts, _ = evaluate.searched_answers(model, tokenizer, countdown.Countdown(), others,
                                        spec.search, spec.rollout,
                                        prompt_width=48, batch_size=4)
   assert len(texts) == 3 and evaluate._search_program.cache_info().misses == compiled
-  program, current = evaluate._search_program(
-      nnx.graphdef(model), dataclasses.replace(spec.search, targets="path"), spec.rollout,
-      countdown.Countdown(), tokenizer, True)
-  assert current == list(others)
+  assert current == list(others) and program._cache_size() == executables
   # trained params come back replicated over the training mesh (8 devices here), a loaded
   # model's sit on one device: the program compiled for the one serves the other, same answers
   graphdef, params = nnx.split(model)

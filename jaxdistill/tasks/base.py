@@ -60,6 +60,11 @@ class Task(abc.ABC):
     del tokenizer, dense
     return None
 
+  def reward_cases(self, problems, count: int, seed: int = 0) -> list[tuple[str, int]]:
+    """`count` seeded (completion, problem index) pairs that exercise the verifier, for
+    checking a device reward against it (`bench.device_reward`)."""
+    raise NotImplementedError(f"task {self.name!r} has no reward cases")
+
   def capacity(self) -> int | None:
     """How many distinct problems the task can make (None: not known before reading its
     data); the three splits together hold at most that many."""

@@ -69,9 +69,15 @@ class Countdown(Task):
                   malformed_reward=self.malformed_reward)
 
   def device_reward(self, tokenizer, dense):
+    if type(self).reward is not Countdown.reward:  # a subclass grading its own way
+      return None
     from jaxdistill.tasks import countdown_device
     return countdown_device.DeviceReward(countdown_device.cached_token_table(tokenizer), dense,
                                          self.malformed_reward)
+
+  def reward_cases(self, problems, count, seed=0):
+    from jaxdistill.tasks import countdown_device
+    return countdown_device.completions(self, problems, count, seed)
 
   def stress_completions(self, problem):
     # inside answer tags, where the parser works; and the tags themselves repeated
