@@ -117,3 +117,31 @@ def test_a_task_that_grades_its_own_way_keeps_the_host(tmp_path):
   assert Lenient().device_reward(tokenizer, True) is None
   assert rewards.task_reward_fn(Lenient(), tokenizer, problems, dense=True).device is None
   assert rewards.task_reward_fn(countdown.Countdown(), tokenizer, problems).device is not None
+
+
+def test_no_host_callback_in_the_evaluation_search(tmp_path):
+  """The test-time search program (`evaluate.searched_answers`) takes the device reward's
+  problem tables as arguments and calls no host function."""
+  import dataclasses
+
+  from flax import nnx
+
+  from jaxdistill import evaluate, initial_model, settings
+  from jaxdistill.configs import countdown as presets
+  config = presets.get_config("smoke")
+  model, tokenizer = initial_model.load_model_and_tokenizer(config, str(tmp_path))
+  spec = settings.iteration(config, tokenizer, "</step>", model.config.vocab_size)
+  task = countdown.Countdown(numbers=config.task.numbers)
+  graphdef, params = nnx.split(model)
+  run, _ = evaluate._search_program(graphdef, dataclasses.replace(spec.search, targets="path"),
+                                    spec.rollout, task, tokenizer, True)
+  problems = countdown.generate(2, seed=2, count=config.task.numbers)
+  tables = task.device_reward(tokenizer, True).tables(problems)
+  tokens, lengths = evaluate.encode_prompts(task, tokenizer, problems, config.task.prompt,
+                                            config.task.prompt_width)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(np.arange(2))
+  ids = np.arange(2, dtype=np.int32)
+  text = run.lower(params, tokens, lengths, ids, keys, tables).as_text()
+  assert not CALLBACK.search(text)
+  host = run.lower(params, tokens, lengths, ids, keys, None).as_text()
+  assert CALLBACK.search(host)
