@@ -76,8 +76,8 @@ class Countdown(Task):
                                          self.malformed_reward)
 
   def reward_cases(self, problems, count, seed=0):
-    from jaxdistill.tasks import countdown_device
-    return countdown_device.completions(self, problems, count, seed)
+    from jaxdistill.tasks import countdown_cases
+    return countdown_cases.completions(self, problems, count, seed)
 
   def stress_completions(self, problem):
     # inside answer tags, where the parser works; and the tags themselves repeated
