@@ -113,6 +113,7 @@ def run_job(config, workdir: str, mode: str) -> dict:
   """Run one mode; returns what it measured."""
   from jaxdistill import evaluate as evaluation
   from jaxdistill import parallel, settings, tasks
+  config = settings.resolved(config)
   several = parallel.maybe_initialize_distributed()
   import jax
   # XLA:CPU's Gloo collectives give the processes 30 s to meet at a program's first
@@ -238,7 +239,10 @@ def main(argv):
   """Run the job the flags describe."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+  from jaxdistill import settings
+  # learner fields left None take the method's values (method_learner): from here on every
+  # part of the run, and the config.json it records, sees the values it trains with
+  config = settings.resolved(_CONFIG.value)
   if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   from jaxdistill import validation

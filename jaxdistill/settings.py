@@ -8,6 +8,7 @@ Token ids and the step delimiter are not settings: they come from the tokenizer 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from typing import Any
@@ -35,9 +36,30 @@ class IterationSpec:
   options: Any = None  # the method's own static settings (`Method.options`)
 
 
+def resolved(config):
+  """The config with each learner field left None set to its method's value: the method's
+  own `method_learner` entry where it names the field, else `method_learner.default` (the
+  config itself when nothing is None). Idempotent; every reader of the learner's fields
+  goes through it (main, validation, `learner`)."""
+  if all(value is not None for value in config.learner.values()):
+    return config
+  table = config.method_learner
+  own = table[config.algo] if config.algo in table.keys() else table.default
+  out = copy.deepcopy(config)
+  for field, value in config.learner.items():
+    if value is None:
+      source = own if field in own.keys() else table.default
+      if field in source.keys():
+        out.learner[field] = source[field]
+  return out
+
+
 def learner(config) -> learner_lib.LearnerConfig:
-  """The update's settings (no tokenizer needed)."""
+  """The update's settings (no tokenizer needed). warmup_steps and decay_steps count
+  iterations in the config and optimizer steps here (epochs x minibatches per iteration)."""
+  config = resolved(config)
   l = config.learner
+  steps = l.epochs * l.minibatches
   return learner_lib.LearnerConfig(
       temperature=methods.get(config.algo).learner_temperature(config), logit_chunk=l.logit_chunk, remat=l.remat,
       loss_aggregation=l.loss_aggregation, ppo_eps_high=l.ppo_eps_high,
@@ -45,8 +67,9 @@ def learner(config) -> learner_lib.LearnerConfig:
       policy_loss=l.policy_loss, eps_high=l.eps_high, ppo_eps=l.ppo_eps,
       value_coef=l.value_coef, value_trunk_grad=l.value_trunk_grad, kl_coef=l.kl_coef,
       learning_rate=l.learning_rate, value_learning_rate=l.value_learning_rate,
-      end_learning_rate=l.end_learning_rate, warmup_steps=l.warmup_steps,
-      decay_steps=l.decay_steps or config.train.num_iterations, weight_decay=l.weight_decay,
+      end_learning_rate=l.end_learning_rate, warmup_steps=l.warmup_steps * steps,
+      decay_steps=(l.decay_steps or config.train.num_iterations) * steps,
+      weight_decay=l.weight_decay,
       clip_norm=l.clip_norm, epochs=l.epochs, minibatches=l.minibatches)
 
 

@@ -401,6 +401,7 @@ def train(config, task, model, tokenizer, train_problems, test_problems, workdir
   the validation problems (val_*); in between (every eval.every iterations) on the first
   eval.curve_problems validation problems (curve_*): the learning curve, from the start's.
   mesh: the devices to run on (default: all of them, `parallel.make_mesh()`)."""
+  config = settings.resolved(config)  # the learner's values as trained (and recorded)
   spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
   mesh = mesh or parallel.make_mesh(fsdp=config.parallel.fsdp)
   if parallel.fsdp_size(mesh) != config.parallel.fsdp:

@@ -79,7 +79,7 @@ def _schema() -> dict[str, Any]:
   from jaxdistill.rl.losses import POLICY_LOSSES
   from jaxdistill.search.deepsearch import ADVANTAGES as TREE_ADVANTAGES
   from jaxdistill.tasks import TASKS
-  return {
+  rules = {
       "preset": Choice(tuple(PRESETS)), "seed": COUNT,
       "algo": Choice(tuple(METHODS)), "compile_cache_dir": Text(),
       "model.path": Text(), "model.dtype": Choice(("float32", "bfloat16", "float16")),
@@ -116,7 +116,7 @@ def _schema() -> dict[str, Any]:
       "deepsearch.backup_floor": Float(0.0, 1.0), "deepsearch.incomplete_reward": Float(-1.0, 0.0),
       "deepsearch.advantage": Choice(tuple(TREE_ADVANTAGES)),
       "deepsearch.round_iterations": COUNT, "deepsearch.filter_k": POSITIVE,
-      "deepsearch.filter_threshold": Float(0.0, 1.0), "deepsearch.filter_pool": POSITIVE,
+      "deepsearch.filter_threshold": Float(0.0, 1.0), "deepsearch.filter_pool": COUNT,
       "deepsearch.pool_rounds": POSITIVE,
       "deepsearch.replay": Bool(), "deepsearch.replay_capacity": POSITIVE,
       "rollout.max_completion_tokens": POSITIVE, "rollout.temperature": TEMPERATURE,
@@ -146,6 +146,11 @@ def _schema() -> dict[str, Any]:
       "eval.split": Choice(("test", "validation")), "eval.at_start": Bool(),
       "eval.test_time_search": Bool(),
   }
+  # method_learner.<method>.<field>: the learner field's rule
+  from jaxdistill.configs.countdown import base
+  for method, entry in base().method_learner.items():
+    rules |= {f"method_learner.{method}.{field}": rules[f"learner.{field}"] for field in entry}
+  return rules
 
 
 def fields(config, prefix: str = "") -> dict[str, Any]:
@@ -161,11 +166,24 @@ def fields(config, prefix: str = "") -> dict[str, Any]:
 
 def problems(config) -> list[str]:
   """One line per problem with the config (empty: the config is usable)."""
+  from jaxdistill import settings
+  from jaxdistill.methods import METHODS
+  left = {f"learner.{field}" for field, value in config.learner.items() if value is None}
+  config = settings.resolved(config)  # a learner field left None: its method's value
   schema = _schema()
   values = fields(config)
   found = []
   for name, value in values.items():
     rule = schema.get(name)
+    if name in left and value is not None:  # checked where it was set: method_learner
+      continue
+    if name.startswith("method_learner."):  # method_learner.<method>.<learner field>
+      _, method, field = name.split(".", 2)
+      if method != "default" and method not in METHODS:
+        found.append(f"config field {name}: method_learner holds 'default' and methods "
+                     f"({', '.join(METHODS)}), not {method!r}")
+        continue
+      rule = schema.get(f"learner.{field}")
     if rule is None:
       found.append(f"config field {name} is not known to the validator")
       continue
@@ -234,4 +252,14 @@ def device_problems(config, num_devices: int) -> list[str]:
   if num_devices % config.parallel.fsdp:
     found.append(f"config field parallel.fsdp={config.parallel.fsdp}: must divide the "
                  f"{num_devices} devices (parameters are split over groups of that many)")
+  if found:
+    return found
+  from jaxdistill import methods, settings
+  spec = settings.iteration(config)  # shapes only
+  rows = methods.get(config.algo).learner_shape(prompts // num_devices,
+                                                config.task.prompt_width, spec)[0]
+  if rows % spec.learner.minibatches:
+    found.append(f"config field learner.minibatches={spec.learner.minibatches} ({config.algo}'s "
+                 f"where not given, from method_learner): must divide the {rows} learner "
+                 f"rows each of the {num_devices} devices gets")
   return found

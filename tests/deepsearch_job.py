@@ -31,7 +31,8 @@ def config(iterations: int):
       "train.checkpoint_every=1", "train.progress=False", "eval.every=0",
       "eval.at_start=False", "learner.learning_rate=1e-3", "deepsearch.trajectories=3",
       "deepsearch.expansions=3", "deepsearch.round_iterations=2", "deepsearch.filter_pool=8",
-      "deepsearch.filter_k=2", "deepsearch.filter_threshold=1.0"])
+      "deepsearch.filter_k=2", "deepsearch.filter_threshold=1.0",
+      "method_learner.deepsearch.minibatches=4"])  # 4 prompts x 3 rows, split in 4
 
 
 def run(workdir: str, iterations: int) -> None:

@@ -369,7 +369,8 @@ def _rounds(monkeypatch, scores, capacity=2, extra=()):
 
 
 def test_the_filter_keeps_problems_at_or_below_the_threshold(monkeypatch):
-  rounds, calls = _rounds(monkeypatch, [0, 0.5, 0.25, 1, 0, 0.75, 0.25, 0])
+  rounds, calls = _rounds(monkeypatch, [0, 0.5, 0.25, 1, 0, 0.75, 0.25, 0],
+                          extra=["deepsearch.pool_rounds=1"])  # a new pool every round
   ids, extras, metrics = rounds.before(0, lambda: None)
   assert ids == [0, 2, 4, 6] and metrics["filter_kept"] == 5 and calls == [8]
   assert metrics["filter_tokens"] == 100

@@ -407,3 +407,37 @@ def test_group_advantages_standardised_or_only_centred():
   std = np.std([1.0, 0.0, 0.0])
   np.testing.assert_allclose(losses.group_normalized(rewards, 3),
                              [c / (std + 1e-6) for c in centred[:3]] + [0.0] * 3, rtol=1e-5)
+
+
+def test_several_minibatches_log_the_ratio_and_the_clip_over_their_steps():
+  """Four minibatches: the first step's ratio is 1 by construction, the later ones' leave
+  it; the metrics carry the last step's deviation from 1, the largest over the batch's
+  steps, and the clip's share over all of them."""
+  config = learner_config(learning_rate=3e-2, policy_loss="ppo", ppo_eps=0.01,
+                          minibatches=4, clip_norm=10.0)
+  graphdef, optimizer, state, _ = _setup(config)
+  batch = _batch(graphdef=graphdef, params=state.params)
+  _, metrics = learner.update(state, batch, graphdef=graphdef, optimizer=optimizer,
+                              config=config)
+  assert 0.0 < float(metrics["ratio_deviation"]) <= float(metrics["ratio_deviation_max"])
+  assert 0.0 < float(metrics["clip_fraction_mean"]) < 1.0
+  one = learner_config(learning_rate=3e-2, policy_loss="ppo")  # one step: no such metrics
+  _, single = learner.update(state, batch, graphdef=graphdef, optimizer=learner.make_optimizer(
+      one), config=one)
+  assert not {"ratio_deviation", "clip_fraction_mean"} & set(single)
+
+
+def test_value_coef_zero_leaves_the_value_head_out():
+  """value_coef=0: no value loss in the metrics and no gradient on the value head (the
+  trunk's gradient is the policy loss's alone)."""
+  config = learner_config(learning_rate=1e-2, value_coef=0.0)
+  graphdef, _, state, _ = _setup(config)
+  batch = _batch(graphdef=graphdef, params=state.params)
+  grads, metrics = learner.gradients(state.params, graphdef, batch, config)
+  assert not {"value_loss", "value_target_var"} & set(metrics)
+  head = [g for path, g in jax.tree_util.tree_leaves_with_path(grads)
+          if any(getattr(k, "key", None) == "value_head" for k in path)]
+  assert head and all(float(jnp.abs(g).max()) == 0.0 for g in head)
+  other = dataclasses.replace(config, value_coef=1.0)
+  _, with_value = learner.gradients(state.params, graphdef, batch, other)
+  assert float(with_value["value_loss"]) > 0.0

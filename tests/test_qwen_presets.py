@@ -35,7 +35,8 @@ def test_qwen_preset_runs_every_algorithm(qwen_checkpoint, tmp_path, algo):
          f"--config.model.path={qwen_checkpoint}", f"--workdir={tmp_path}",
          f"--config.algo={algo}", *SMALL, "--config.deepsearch.trajectories=2",
          "--config.deepsearch.expansions=3", "--config.deepsearch.filter_pool=4",
-         "--config.deepsearch.round_iterations=1"]
+         "--config.deepsearch.round_iterations=1",
+         "--config.method_learner.deepsearch.minibatches=2"]  # 2 prompts x 2 rows
   env = xla_env.env(1)
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -55,7 +56,7 @@ def test_qwen_preset_in_bf16_moves_its_weights(qwen_checkpoint, tmp_path):
   0.1% of the weights and no norm moved.)"""
   from flax import nnx
 
-  from jaxdistill import main, parallel, train
+  from jaxdistill import main, parallel, settings, train
   from jaxdistill.configs import countdown as presets
   from jaxdistill.tasks import countdown
   config = presets.get_config("qwen2.5-0.5b")
@@ -65,7 +66,8 @@ def test_qwen_preset_in_bf16_moves_its_weights(qwen_checkpoint, tmp_path):
   presets.apply_overrides(config, [f[len("--config."):] for f in SMALL] + [
       f"model.path={qwen_checkpoint}", "train.num_iterations=3", "train.checkpoint_every=3",
       "eval.every=0", "learner.weight_decay=0.0"])
-  assert config.model.dtype == "bfloat16" and config.learner.learning_rate == 5e-6
+  assert config.model.dtype == "bfloat16"
+  assert settings.resolved(config).learner.learning_rate == 5e-6
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path))
   _, start = nnx.split(model)
   start = jax.tree.map(np.asarray, start)  # train donates the state it is given

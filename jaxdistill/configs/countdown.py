@@ -7,6 +7,7 @@ line (--config.search.num_agents=8); unknown fields are errors.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
@@ -20,11 +21,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
     node = config
     for section in sections:
       node = node[section]
-    current = node[field]
-    if isinstance(current, bool):
+    kind = node.get_type(field)  # a field left None (placeholder) has its type too
+    if kind is bool:
       node[field] = value.lower() in ("1", "true")
     else:
-      node[field] = type(current)(value)
+      node[field] = kind(value)
   return config
 
 
@@ -148,10 +149,14 @@ def base() -> ml_collections.ConfigDict:
   c.deepsearch.round_iterations = 16
   c.deepsearch.filter_k = 4
   c.deepsearch.filter_threshold = 0.25
-  c.deepsearch.filter_pool = 256
+  # 0: round_iterations x prompts_per_iteration, the problems a round trains on, so no scored
+  # problem goes untrained when nearly all are hard (tiny4: 98% are)
+  c.deepsearch.filter_pool = 0
   # rounds in a row that score the same pool: problems still hard come back, so the ones the
-  # search solved are replayed (1: every round a new pool, no problem returns within a run)
-  c.deepsearch.pool_rounds = 1
+  # search solved are replayed (1: every round a new pool, no problem returns within a run).
+  # 4: on tiny4 the replayed share then grows 0, 16, 31, 43% over a pool's rounds
+  # (docs/results.md, "Rounds that come back")
+  c.deepsearch.pool_rounds = 4
   # verified solutions kept per problem; a buffered problem is not searched again: n plain
   # samples, the first min(cached, n) of them replaced by its cached solutions
   c.deepsearch.replay = True
@@ -165,32 +170,54 @@ def base() -> ml_collections.ConfigDict:
   c.rollout.best_of = 64  # best_of_n
 
   c.learner = ml_collections.ConfigDict()
-  c.learner.policy_loss = "cispo"  # cispo | ppo
+  # a field left None (`placeholder`) takes its method's value from method_learner below;
+  # a value given here (--config.learner.minibatches=4) is used whatever the method
+  c.learner.policy_loss = placeholder(str)  # cispo | ppo
   c.learner.advantage = "reward_minus_value"  # reward_minus_value | gae (cispo: group)
   # group advantages divided by the group's standard deviation (GRPO); False: mean-only
   c.learner.advantage_std = True
   c.learner.eps_high = 5.0
   c.learner.ppo_eps = 0.2
-  c.learner.ppo_eps_high = 0.0  # PPO's upper clip (clip-higher, DAPO 0.28); 0: ppo_eps
-  c.learner.dual_clip = 0.0  # PPO dual clip c > 1 on negative advantages (0: off)
+  c.learner.ppo_eps_high = placeholder(float)  # PPO's upper clip (clip-higher); 0: ppo_eps
+  c.learner.dual_clip = placeholder(float)  # PPO dual clip c > 1 on negative advantages (0: off)
   # sequence: mean over each sequence's tokens, then over sequences | token: over all tokens
-  c.learner.loss_aggregation = "sequence"
+  c.learner.loss_aggregation = placeholder(str)
   # positions whose [*, vocabulary] logits the update holds at once (0: all of them)
   c.learner.logit_chunk = 1024
   # recompute each layer in the backward pass: keeps layer inputs only (qwen presets: on)
   c.learner.remat = False
-  c.learner.value_coef = 1.0
+  c.learner.value_coef = placeholder(float)  # 0: no value loss, the value head untouched
   c.learner.value_trunk_grad = True  # False: value loss trains the value head only
-  c.learner.kl_coef = 0.05
-  c.learner.learning_rate = 1e-5  # the best of 1e-5, 3e-5, 1e-4 on validation (docs/results.md)
+  c.learner.kl_coef = placeholder(float)
+  c.learner.learning_rate = placeholder(float)
   c.learner.value_learning_rate = 0.0  # the value head's peak rate (0: learning_rate)
   c.learner.end_learning_rate = 0.0
-  c.learner.warmup_steps = 0
-  c.learner.decay_steps = 0  # 0: train.num_iterations
-  c.learner.weight_decay = 0.0
-  c.learner.clip_norm = 0.1
+  c.learner.warmup_steps = 0  # iterations (each iteration's epochs x minibatches steps)
+  c.learner.decay_steps = 0  # iterations; 0: train.num_iterations
+  c.learner.weight_decay = placeholder(float)
+  c.learner.clip_norm = placeholder(float)
   c.learner.epochs = 1
-  c.learner.minibatches = 1
+  c.learner.minibatches = placeholder(int)  # gradient steps per epoch, each on a share of rows
+
+  # the learner each method trains with where a learner field is None: its own entry, else
+  # `default`. Set a method's value here (--config.method_learner.deepsearch.minibatches=4)
+  # or for every method in learner (which wins)
+  c.method_learner = ml_collections.ConfigDict()
+  c.method_learner.default = ml_collections.ConfigDict(dict(
+      policy_loss="cispo", ppo_eps_high=0.0, dual_clip=0.0, loss_aggregation="sequence",
+      value_coef=1.0, kl_coef=0.05,
+      learning_rate=1e-5,  # the best of 1e-5, 3e-5, 1e-4 on validation (docs/results.md)
+      weight_decay=0.0, clip_norm=0.1, minibatches=1))
+  # DeepSearch's published learner (../DEEPSEARCH.md in docs/design.md): PPO with clip-higher
+  # 0.2 / 0.28 and dual clip 10, token-mean, no KL, no value loss (its advantages come from
+  # the tree), AdamW weight decay 0.1, gradient clip 1.0, each batch in 8 minibatches so the
+  # ratio leaves 1 and the clip acts. Published rate 1e-6 at 1.5B (the qwen presets); the
+  # tiny model's: 3e-6, as 8 steps per batch at a third of the rate its one-step-per-batch
+  # port was picked at (1e-5, results/countdown_tiny4.md)
+  c.method_learner.deepsearch = ml_collections.ConfigDict(dict(
+      policy_loss="ppo", ppo_eps_high=0.28, dual_clip=10.0, loss_aggregation="token",
+      value_coef=0.0, kl_coef=0.0, learning_rate=3e-6, weight_decay=0.1, clip_norm=1.0,
+      minibatches=8))
 
   c.train = ml_collections.ConfigDict()
   # 3x the tokens of the first comparison's 64 iterations: at lr 1e-5 more updates gain
@@ -248,6 +275,9 @@ def smoke(c: ml_collections.ConfigDict) -> None:
   c.train.num_iterations, c.train.checkpoint_every = 2, 1
   c.eval.k, c.eval.num_problems, c.eval.max_new_tokens, c.eval.batch_size = 4, 32, 48, 128
   c.eval.every = 2
+  # two iterations: DeepSearch at the largest rate of its tiny4 grid, where its 8 steps per
+  # batch move the ratio far enough for the clip to act within them
+  c.method_learner.deepsearch.learning_rate = 3e-5
 
 
 def _four_numbers(c: ml_collections.ConfigDict) -> None:
@@ -291,9 +321,10 @@ def qwen(c: ml_collections.ConfigDict) -> None:
   c.task.malformed_reward = -0.9
   # the reference distils the most-visited path as searched, an unfinished one scored -1
   c.search.complete_path, c.search.unfinished_reward = False, -1.0
-  c.learner.weight_decay = 0.01  # the reference's AdamW
+  c.method_learner.default.weight_decay = 0.01  # the reference's AdamW
   c.rollout.max_completion_tokens = 256
-  c.learner.learning_rate, c.learner.decay_steps = 5e-6, 2048
+  c.method_learner.default.learning_rate, c.learner.decay_steps = 5e-6, 2048
+  c.method_learner.deepsearch.learning_rate = 1e-6  # DeepSearch's published rate
   c.learner.remat = True  # without it 32 x 768 tokens of 0.5B keep ~120 GB (bench.memory)
   c.train.num_iterations, c.train.prompts_per_iteration = 2048, 32
   c.train.checkpoint_every = 48

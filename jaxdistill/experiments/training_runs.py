@@ -27,12 +27,22 @@ METHODS = {name: [f"algo={name}"] for name in registry.METHODS} | {
     "mcts_visits": ["algo=mcts_distill", "search.targets=visits", "search.tree_rows=16"],
     # the value head at its own rate: at 1e-5 it stays worse than a constant (docs/results.md)
     "mcts_value_lr": ["algo=mcts_distill", "learner.value_learning_rate=1e-3"],
-    # DeepSearch with its own learner: PPO, clip-higher 0.2 / 0.28, dual clip 10, token-mean,
-    # no KL, mean-only advantages (its rows bring their own)
+    # the first port of DeepSearch, as the tiny4 tables' deepsearch rows trained it: PPO
+    # with clip-higher 0.2 / 0.28, dual clip 10, token-mean and no KL, but one update per
+    # batch (ratio 1, the clip never acts), the value loss on, no weight decay, clip 0.1,
+    # and rounds that never come back (a fresh pool of 256 each round)
     "deepsearch": ["algo=deepsearch", "learner.policy_loss=ppo", "learner.ppo_eps=0.2",
                    "learner.ppo_eps_high=0.28", "learner.dual_clip=10.0",
-                   "learner.loss_aggregation=token", "learner.kl_coef=0.0"],
+                   "learner.loss_aggregation=token", "learner.kl_coef=0.0",
+                   "learner.minibatches=1", "learner.value_coef=1.0",
+                   "learner.weight_decay=0.0", "learner.clip_norm=0.1",
+                   "deepsearch.filter_pool=256", "deepsearch.pool_rounds=1"],
 }
+# DeepSearch as published (issue 54): the method's own learner (method_learner.deepsearch)
+# and rounds that come back, one row per advantage rule; the rule is named, not left to the
+# default, so a record keeps meaning what it was trained as
+METHODS |= {f"ds_{rule}": ["algo=deepsearch", f"deepsearch.advantage={rule}"]
+            for rule in ("tree_grpo", "outcome", "node_mean")}
 # mcts_tree, its children cut at the rollouts' most uncertain tokens (EPTree)
 METHODS["mcts_entropy"] = METHODS["mcts_tree"] + ["search.branch_at=entropy"]
 # mcts_tree (some 130 value targets per update, not 8) with the value head at its own rate

@@ -52,7 +52,7 @@ class DeepSearch(Method):
 
   def check(self, config) -> list[str]:
     d = config.deepsearch
-    if d.round_iterations and d.filter_pool < config.train.prompts_per_iteration:
+    if d.round_iterations and 0 < d.filter_pool < config.train.prompts_per_iteration:
       return [f"config field deepsearch.filter_pool={d.filter_pool}: a round needs at least "
               f"train.prompts_per_iteration={config.train.prompts_per_iteration} problems"]
     return []
@@ -69,7 +69,9 @@ class DeepSearch(Method):
         incomplete_reward=d.incomplete_reward, advantage=d.advantage)
     return DeepSearchOptions(search=search, round_iterations=d.round_iterations,
                              filter_k=d.filter_k, filter_threshold=d.filter_threshold,
-                             filter_pool=d.filter_pool, pool_rounds=d.pool_rounds,
+                             filter_pool=(d.filter_pool or d.round_iterations
+                                          * config.train.prompts_per_iteration),
+                             pool_rounds=d.pool_rounds,
                              replay=bool(d.replay and d.round_iterations),
                              replay_capacity=d.replay_capacity)
 

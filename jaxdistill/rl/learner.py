@@ -161,28 +161,36 @@ def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerConfig, weight
             token_weights, layer_weights=None):
   """This device's share of the total loss, and of each metric: weighted sums whose sum over
   devices is the batch mean (weights: the loss's aggregation; token_weights: per token)."""
+  trains_value = config.value_coef > 0  # else no value forward, loss or gradient at all
   logprobs, values = sequence_logprobs(graphdef, params, batch.tokens, config.value_trunk_grad,
                                        temperature=config.temperature,
                                        chunk_size=config.logit_chunk, remat=config.remat,
-                                       layer_weights=layer_weights)
+                                       with_values=trains_value, layer_weights=layer_weights)
   total = lambda per_token, w=weights: (per_token * w).sum()
   if config.policy_loss not in losses.POLICY_LOSSES:
     raise ValueError(f"policy_loss must be one of {', '.join(losses.POLICY_LOSSES)}, got "
                      f"{config.policy_loss!r}")
   policy_loss = losses.POLICY_LOSSES[config.policy_loss]
   policy = total(policy_loss.per_token(logprobs, batch.old_logprobs, batch.advantages, config))
-  value = total(jnp.square(values - batch.returns))
   kl = jnp.zeros((), jnp.float32)
   if batch.ref_logprobs is not None:
     kl = total(losses.kl_k3_per_token(logprobs, batch.ref_logprobs))
-  loss = policy + config.value_coef * value + config.kl_coef * kl
+  if trains_value:
+    value = total(jnp.square(values - batch.returns))
+    loss = policy + config.value_coef * value + config.kl_coef * kl
+  else:
+    loss = policy + config.kl_coef * kl
   ratio = jax.lax.stop_gradient(jnp.exp(logprobs - batch.old_logprobs))
   clipped = policy_loss.clipped(ratio, batch.advantages, config)
-  return loss, {"loss": loss, "policy_loss": policy, "value_loss": value, "kl": kl,
-                "ratio": total(ratio, token_weights),
-                "clip_fraction": total(clipped.astype(jnp.float32), token_weights),
-                "return_mean": total(batch.returns), "return_square_mean":
-                    total(jnp.square(batch.returns))}
+  metrics = {"loss": loss, "policy_loss": policy, "kl": kl,
+             "ratio": total(ratio, token_weights),
+             "clip_fraction": total(clipped.astype(jnp.float32), token_weights)}
+  if trains_value:
+    metrics |= {"value_loss": value, "return_mean": total(batch.returns),
+                "return_square_mean": total(jnp.square(batch.returns))}
+  if config.epochs * config.minibatches > 1:  # the ratio leaves 1 after the first step
+    metrics["ratio_deviation"] = total(jnp.abs(ratio - 1.0), token_weights)
+  return loss, metrics
 
 
 def _as_device_varying(tree, axis_name: str):
@@ -236,6 +244,8 @@ def gradients(params, graphdef, batch: LearnerBatch, config: LearnerConfig,
   # a head that knows their mean and nothing else (the batch's own mean would flatter such a
   # head by 1/n with n sequences), so that 1 - value_loss / value_target_var is the value
   # head's explained variance
+  if "return_mean" not in metrics:
+    return grads, metrics
   mean, square_mean = metrics.pop("return_mean"), metrics.pop("return_square_mean")
   sequences = counts[2]
   spread = jnp.maximum(square_mean - mean ** 2, 0.0) * sequences / jnp.maximum(sequences - 1, 1)
@@ -280,7 +290,12 @@ def update(state: TrainState, batch: LearnerBatch, *, graphdef, optimizer, confi
       for k in keys]).reshape(config.epochs * config.minibatches, size)
   (params, opt_state, skipped), metrics = jax.lax.scan(
       step, (state.params, state.opt_state, jnp.zeros((), jnp.int32)), order)
-  metrics = jax.tree.map(lambda x: x[-1], metrics) | {"skipped": skipped}
+  updates = config.epochs * config.minibatches
+  # the last step's metrics; with several steps, the clip's share over all of them too
+  # (the first step's ratio is 1 by construction, so its clip acts only after it)
+  extra = ({"clip_fraction_mean": metrics["clip_fraction"].mean(),
+            "ratio_deviation_max": metrics["ratio_deviation"].max()} if updates > 1 else {})
+  metrics = jax.tree.map(lambda x: x[-1], metrics) | extra | {"skipped": skipped}
   applied = config.epochs * config.minibatches - skipped
   return state.replace(params=params, opt_state=opt_state, step=state.step + applied,
                        rng=rng), metrics
