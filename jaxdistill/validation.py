@@ -77,6 +77,7 @@ def _schema() -> dict[str, Any]:
   from jaxdistill.methods import METHODS
   from jaxdistill.rl.batch import ADVANTAGES
   from jaxdistill.rl.losses import POLICY_LOSSES
+  from jaxdistill.rl.rollouts import SEARCH_TARGETS
   from jaxdistill.search.deepsearch import ADVANTAGES as TREE_ADVANTAGES
   from jaxdistill.tasks import TASKS
   rules = {
@@ -108,7 +109,7 @@ def _schema() -> dict[str, Any]:
       "search.length_normalized_prior": Bool(), "search.dedup_children": Bool(),
       "search.rollout_to_end": Bool(), "search.max_rollout_tokens": COUNT,
       "search.branch_at": Choice(("step", "entropy")), "search.reuse_kv": Bool(),
-      "search.targets": Choice(("path", "tree", "visits")), "search.tree_rows": POSITIVE,
+      "search.targets": Choice(tuple(SEARCH_TARGETS)), "search.tree_rows": POSITIVE,
       "search.step_advantage": Bool(),
       "deepsearch.trajectories": POSITIVE, "deepsearch.expansions": POSITIVE,
       "deepsearch.max_depth": POSITIVE, "deepsearch.frontier_q": Float(0.0),

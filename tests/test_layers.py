@@ -72,6 +72,50 @@ def test_no_module_outside_the_methods_tests_a_method_name():
   assert not found, found
 
 
+def test_search_targets_are_tested_by_name_only_in_their_registry():
+  """`search.targets` is a key of rollouts.SEARCH_TARGETS: no module compares it with a
+  kind's name, so a new kind is one registry entry."""
+  from jaxdistill.rl.rollouts import SEARCH_TARGETS
+  names = set(SEARCH_TARGETS)
+  assert {"path", "tree", "visits"} <= names
+  found = []
+  for module, path in _graph_paths().items():
+    for node in ast.walk(ast.parse(open(path).read())):
+      if isinstance(node, ast.Compare) and any(
+          "targets" in ast.unparse(o) for o in [node.left, *node.comparators]):
+        operands = [node.left, *node.comparators]
+        constants = {o.value for o in operands if isinstance(o, ast.Constant)}
+        for o in operands:
+          if isinstance(o, (ast.Tuple, ast.List, ast.Set)):
+            constants |= {e.value for e in o.elts if isinstance(e, ast.Constant)}
+        if constants & names:
+          found.append(f"{module}:{node.lineno}")
+  assert not found, found
+
+
+def test_a_search_target_joins_by_a_registry_entry(monkeypatch):
+  """A kind defined by one SEARCH_TARGETS entry is offered by validation and read by the
+  method (its learner shape, its advantages, its temperature, its checks)."""
+  from jaxdistill import settings, validation
+  from jaxdistill.configs.countdown import apply_overrides, get_config
+  from jaxdistill.methods import get
+  from jaxdistill.rl import rollouts
+  kind = rollouts.SearchTarget(
+      trajectories=None, brings_advantages=True, scores_current_policy=True,
+      learner_shape=lambda prompts, search, rollout: (prompts * 3, 7),
+      check=lambda search: [] if search.num_children > 1 else ["one child is too few"])
+  monkeypatch.setitem(rollouts.SEARCH_TARGETS, "first_steps", kind)
+  config = apply_overrides(get_config("tiny"), ["search.targets=first_steps"])
+  assert validation.problems(config) == []
+  spec = settings.iteration(config)
+  method = get("mcts_distill")
+  assert method.learner_shape(4, 32, spec) == (12, 7)
+  assert method.brings_advantages(spec) and method.scores_current_policy(spec)
+  assert spec.learner.temperature == 1.0
+  assert validation.problems(apply_overrides(config, ["search.num_children=1"])) == [
+      "one child is too few"]
+
+
 def _graph_paths():
   paths = {}
   for directory, _, files in os.walk(ROOT):

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from jaxdistill.methods.base import Method
 from jaxdistill.rl import rollouts
-from jaxdistill.search import lm_expand
+from jaxdistill.rl.rollouts import SEARCH_TARGETS
 
 
 def _completes(search) -> bool:
-  """Whether the rollout samples completions after the search (path targets that complete
-  an unfinished path)."""
-  return search.targets == "path" and search.complete_path
+  """Whether the rollout samples completions after the search."""
+  return SEARCH_TARGETS[search.targets].completes(search)
 
 
 class MctsDistill(Method):
@@ -19,19 +18,16 @@ class MctsDistill(Method):
   searches = True
 
   def check(self, config) -> list[str]:
-    s = config.search
-    if s.targets == "visits" and s.tree_rows % s.num_children:
-      return [f"config field search.tree_rows={s.tree_rows}: visits targets take "
-              f"search.num_children={s.num_children} rows per node, so it must be a "
-              "multiple of it"]
-    return []
+    return SEARCH_TARGETS[config.search.targets].check(config.search)
 
   def sampling_temperature(self, config):
     return "search.temperature", config.search.temperature
 
   def learner_temperature(self, config):
-    # visit targets are scored at the prior's temperature, 1, against the current policy
-    return 1.0 if config.search.targets == "visits" else config.search.temperature
+    # rows scored against the current policy are scored at the prior's temperature, 1
+    if SEARCH_TARGETS[config.search.targets].scores_current_policy:
+      return 1.0
+    return config.search.temperature
 
   def rollout(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,
               reward_fn, dense_reward_fn, extras=None):
@@ -73,16 +69,10 @@ class MctsDistill(Method):
                                  keys, spec.rollout, spec.search, reward_fn)[1].tree
 
   def learner_shape(self, prompts, prompt_width, spec):
-    search, lm = spec.search, spec.search.lm
-    if search.targets == "visits":
-      return prompts * (search.tree_rows // lm.num_children) * lm.num_children, (
-          lm.max_path_tokens)
-    if search.targets == "tree":
-      return prompts * search.tree_rows, lm.max_path_tokens + lm_expand.rollout_width(lm)
-    return prompts, lm.max_path_tokens + spec.rollout.max_completion_tokens
+    return SEARCH_TARGETS[spec.search.targets].learner_shape(prompts, spec.search, spec.rollout)
 
   def brings_advantages(self, spec):
-    return spec.search.targets in ("tree", "visits")
+    return SEARCH_TARGETS[spec.search.targets].brings_advantages
 
   def scores_current_policy(self, spec):
-    return spec.search.targets == "visits"
+    return SEARCH_TARGETS[spec.search.targets].scores_current_policy

@@ -11,6 +11,7 @@ reward inside the program, or from Python through `jax.pure_callback` for a task
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import chex
 import jax
@@ -147,12 +148,10 @@ class SearchSettings:
 
 def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
                  config: RolloutConfig, search: SearchSettings, reward_fn):
-  """Search per prompt; the most-visited path, completed by sampling if it stopped short
-  (targets 'path'), the tree's trajectories with tree advantages (targets 'tree'), or the
-  candidate steps of the path's nodes with their visit-distribution targets ('visits')."""
+  """Search per prompt, then the learner rows of `search.targets` (`SEARCH_TARGETS`):
+  (Trajectories, mcts.SearchOutput without the KV pool)."""
   model = nnx.merge(graphdef, params)
   lm = search.lm
-  batch = prompt_tokens.shape[0]
   root_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
   search_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
   completion_keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys)
@@ -168,35 +167,33 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
   emb = out.tree.embeddings
   per_node = emb.rollout_lengths if lm.rollout_to_end else emb.candidate_lengths
   searched = (per_node.sum(-1) * (out.tree.expanded & ~out.tree.terminal)).sum()
-  if search.targets in ("tree", "visits"):
-    if search.targets == "tree":
-      rows = targets.tree_rows(out.tree, search.tree_rows, lm.rollout_to_end, lm.pad_id)
-      advantages = targets.token_advantages(out.tree, rows, search.tree_rows,
-                                            search.step_advantage)
-    else:
-      rows, advantages = targets.visit_rows(out, lm, search.tree_rows // lm.num_children)
-    behaviour = (None if rows.behaviour_logprobs is None
-                 else rows.behaviour_logprobs[:, 1:])
-    return Trajectories(tokens=rows.tokens, prompt_length=rows.prompt_length,
-                        length=rows.length, reward=rows.reward, behaviour_logprobs=behaviour,
-                        group=problems.astype(jnp.int32)[rows.tree], generated_tokens=searched,
-                        advantages=advantages, valid=rows.valid), out
+  traj = SEARCH_TARGETS[search.targets].trajectories(
+      model, out, searched, prompt_lengths, problems, completion_keys, config, search,
+      reward_fn)
+  return traj, out
+
+
+def _path_trajectories(model, out, searched, prompt_lengths, problems, keys,
+                       config: RolloutConfig, search: SearchSettings, reward_fn):
+  """The most-visited path, completed by sampling if it stopped short (complete_path), else
+  as searched, an unfinished one scored search.unfinished_reward."""
+  lm, emb = search.lm, out.tree.embeddings
+  batch = prompt_lengths.shape[0]
   rows = jnp.arange(batch)
   last = jnp.where(out.path_length > 0,
                    out.path_nodes[rows, jnp.maximum(out.path_length - 1, 0)], 0)
   path, path_length = emb.path_tokens[rows, last], emb.path_length[rows, last]
   finished = out.tree.terminal[rows, last]
   if search.complete_path:  # paths that stopped before EOS go on by ordinary sampling
-    completion = sample_completions(model, path, path_length, completion_keys, config,
-                                    lm.temperature)
+    completion = sample_completions(model, path, path_length, keys, config, lm.temperature)
     completion = completion.replace(lengths=jnp.where(finished, 0, completion.lengths))
   else:  # as searched (the same shapes, nothing appended)
     width = config.max_completion_tokens
     completion = sampling.SampleOutput(
         tokens=jnp.full((batch, width), lm.pad_id, jnp.int32),
         lengths=jnp.zeros((batch,), jnp.int32), logprobs=jnp.zeros((batch, width)),
-        sample_logprobs=jnp.zeros((batch, width)), values=None,
-        finished=finished, prompt_value=jnp.zeros((batch,)), string_end=jnp.zeros((batch,), jnp.int32))
+        sample_logprobs=jnp.zeros((batch, width)), values=None, finished=finished,
+        prompt_value=jnp.zeros((batch,)), string_end=jnp.zeros((batch,), jnp.int32))
   tokens, length, behaviour = _concat(path, path_length, completion, lm.pad_id)
   path_behaviour = jnp.pad(emb.path_logprobs[rows, last],
                            ((0, 0), (0, tokens.shape[1] - path.shape[1])))
@@ -210,4 +207,78 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
   # completions
   return Trajectories(tokens=tokens, prompt_length=prompt_length, length=length, reward=reward,
                       group=problems.astype(jnp.int32), behaviour_logprobs=behaviour,
-                      generated_tokens=searched + completion.lengths.sum()), out
+                      generated_tokens=searched + completion.lengths.sum())
+
+
+def _from_tree_rows(rows: targets.TreeRows, advantages, searched, problems) -> Trajectories:
+  behaviour = None if rows.behaviour_logprobs is None else rows.behaviour_logprobs[:, 1:]
+  return Trajectories(tokens=rows.tokens, prompt_length=rows.prompt_length,
+                      length=rows.length, reward=rows.reward, behaviour_logprobs=behaviour,
+                      group=problems.astype(jnp.int32)[rows.tree], generated_tokens=searched,
+                      advantages=advantages, valid=rows.valid)
+
+
+def _tree_trajectories(model, out, searched, prompt_lengths, problems, keys, config, search,
+                       reward_fn):
+  """Every rollout (or terminal path) of the tree, with tree advantages."""
+  del model, prompt_lengths, keys, config, reward_fn
+  lm = search.lm
+  rows = targets.tree_rows(out.tree, search.tree_rows, lm.rollout_to_end, lm.pad_id)
+  advantages = targets.token_advantages(out.tree, rows, search.tree_rows,
+                                        search.step_advantage)
+  return _from_tree_rows(rows, advantages, searched, problems)
+
+
+def _visit_trajectories(model, out, searched, prompt_lengths, problems, keys, config, search,
+                        reward_fn):
+  """The path's nodes' candidate steps against their visit distribution (AlphaZero)."""
+  del model, prompt_lengths, keys, config, reward_fn
+  nodes = search.tree_rows // search.lm.num_children
+  rows, advantages = targets.visit_rows(out, search.lm, nodes)
+  return _from_tree_rows(rows, advantages, searched, problems)
+
+
+def _visit_check(s) -> list[str]:
+  if s.tree_rows % s.num_children:
+    return [f"config field search.tree_rows={s.tree_rows}: visits targets take "
+            f"search.num_children={s.num_children} rows per node, so it must be a "
+            "multiple of it"]
+  return []
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchTarget:
+  """What the learner gets from an mcts_distill tree (`search.targets`). A new kind joins
+  SEARCH_TARGETS with its trajectories function and these facts about its rows."""
+
+  # (model, search output, tokens searched, prompt lengths, problems, keys, RolloutConfig,
+  # SearchSettings, reward_fn) -> Trajectories
+  trajectories: Callable
+  # (prompts, SearchSettings, RolloutConfig) -> (rows, tokens per row) the learner receives
+  learner_shape: Callable
+  brings_advantages: bool  # rows carry their own per-token advantages
+  # rows carry no behaviour log-probs: the loss is against the current policy, scored at
+  # the prior's temperature, 1 (else at the search's, which sampled them)
+  scores_current_policy: bool = False
+  completes: Callable = lambda search: False  # samples completions after the search
+  check: Callable = lambda search: []  # config.search -> its problems with this kind
+
+
+SEARCH_TARGETS = {
+    "path": SearchTarget(
+        _path_trajectories, brings_advantages=False,
+        learner_shape=lambda prompts, search, rollout: (
+            prompts, search.lm.max_path_tokens + rollout.max_completion_tokens),
+        completes=lambda search: search.complete_path),
+    "tree": SearchTarget(
+        _tree_trajectories, brings_advantages=True,
+        learner_shape=lambda prompts, search, rollout: (
+            prompts * search.tree_rows,
+            search.lm.max_path_tokens + lm_expand.rollout_width(search.lm))),
+    "visits": SearchTarget(
+        _visit_trajectories, brings_advantages=True, scores_current_policy=True,
+        learner_shape=lambda prompts, search, rollout: (
+            prompts * (search.tree_rows // search.lm.num_children) * search.lm.num_children,
+            search.lm.max_path_tokens),
+        check=_visit_check),
+}
