@@ -112,7 +112,7 @@ def enable_compilation_cache(directory: str | None) -> None:
 def run_job(config, workdir: str, mode: str) -> dict:
   """Run one mode; returns what it measured."""
   from jaxdistill import evaluate as evaluation
-  from jaxdistill import parallel, settings, tasks
+  from jaxdistill import parallel, settings, tasks, tokenization
   config = settings.resolved(config)
   several = parallel.maybe_initialize_distributed()
   import jax
@@ -163,12 +163,12 @@ def run_job(config, workdir: str, mode: str) -> dict:
   model = _restore_params(model, workdir)
   if mode == "export":
     return _export(model, tokenizer, FLAGS.out)
-  if mode == "eval" and config.eval.test_time_search:
-    with config.unlocked():
-      config.algo = "mcts_distill"
-    spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
+  if mode == "eval" and config.eval.test_time_search:  # the search section, whatever algo
+    ids = tokenization.special_ids(tokenizer)
     result = evaluation.evaluate_with_search(
-        model, tokenizer, task, test_split[:config.eval.num_problems], spec.search, spec.rollout,
+        model, tokenizer, task, test_split[:config.eval.num_problems],
+        settings.step_search(config, tokenizer, task.step_delimiter, model.config.vocab_size),
+        settings.rollout(config, ids.eos_id, ids.pad_id),
         prompt_width=config.task.prompt_width, prompt=config.task.prompt,
         seed=settings.evaluation_seed(config),
         dense=config.reward.dense)

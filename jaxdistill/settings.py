@@ -127,18 +127,29 @@ def iteration(config, tokenizer=None, step_delimiter: str | None = None,
   which may exceed the tokenizer's ids) the step delimiter (the task's) becomes the search's
   stop string; without one, only the shapes are right (the memory planner)."""
   method = methods.get(config.algo)
-  ids = (tokenization.special_ids(tokenizer) if tokenizer is not None
-         else tokenization.SpecialIds(pad_id=0, eos_id=1))
-  found = None
-  if method.searches:
-    # a step ends after the token that completes the delimiter, however it is tokenized
-    step_end = None
-    if tokenizer is not None:
-      if step_delimiter is None:
-        raise ValueError("a search over steps needs the task's step_delimiter")
-      step_end = stopping.stop_for(tokenizer, step_delimiter, vocab_size)
-    found = search(config, step_end, ids.eos_id, ids.pad_id)
+  ids = _ids(tokenizer)
+  found = (step_search(config, tokenizer, step_delimiter, vocab_size) if method.searches
+           else None)
   return IterationSpec(method=config.algo, rollout=rollout(config, ids.eos_id, ids.pad_id),
                        search=found, learner=learner(config),
                        advantage=method.advantage(config), compute_dtype=config.model.dtype,
                        options=method.options(config))
+
+
+def _ids(tokenizer) -> tokenization.SpecialIds:
+  return (tokenization.special_ids(tokenizer) if tokenizer is not None
+          else tokenization.SpecialIds(pad_id=0, eos_id=1))
+
+
+def step_search(config, tokenizer=None, step_delimiter: str | None = None,
+                vocab_size: int | None = None) -> rollouts.SearchSettings:
+  """The step search's settings whatever the method (a training method's search, or the
+  evaluation's test-time search); without a tokenizer, the shapes only."""
+  ids = _ids(tokenizer)
+  # a step ends after the token that completes the delimiter, however it is tokenized
+  step_end = None
+  if tokenizer is not None:
+    if step_delimiter is None:
+      raise ValueError("a search over steps needs the task's step_delimiter")
+    step_end = stopping.stop_for(tokenizer, step_delimiter, vocab_size)
+  return search(config, step_end, ids.eos_id, ids.pad_id)

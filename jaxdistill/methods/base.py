@@ -8,6 +8,13 @@ what the learner receives (`learner_shape`), which settings it reads (`check`,
 the method and never test its name, so a new method is one module registered in
 `jaxdistill.methods.METHODS`.
 
+Three hooks are a cost model that training never calls: `kv_slots` and `search_tree` (the
+memory planner, bench/memory.py) and `probe_iterations` (the comparison's token probe,
+experiments/). They stay here because only the method knows its shapes and its schedule,
+and the planner must size a run from abstract shapes before any weights exist; a method
+that leaves them out still trains (they raise or return None), it cannot be planned or
+compared.
+
 `spec` below is the iteration's `settings.IterationSpec` (its rollout, search, learner,
 advantage and the method's `options`); this layer does not import it (settings imports the
 methods).
