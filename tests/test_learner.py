@@ -162,10 +162,10 @@ def _setup(config=learner_config(learning_rate=1e-2)):
   return graphdef, optimizer, state, config
 
 
-def _one_and_eight(optimizer, config):
+def _one_and_eight(optimizer, config, rows=8):
   graphdef, _, state, _ = _setup(config)
   state = learner.init_state(state.params, optimizer, jax.random.key(0))
-  batch = _batch(graphdef=graphdef, params=state.params)
+  batch = _batch(rows=rows, graphdef=graphdef, params=state.params)
   run = lambda axis: lambda s, b: learner.update(s, b, graphdef=graphdef, optimizer=optimizer,
                                                  config=config, axis_name=axis)
   single = jax.jit(run(None))(state, batch)
@@ -441,3 +441,18 @@ def test_value_coef_zero_leaves_the_value_head_out():
   other = dataclasses.replace(config, value_coef=1.0)
   _, with_value = learner.gradients(state.params, graphdef, batch, other)
   assert float(with_value["value_loss"]) > 0.0
+
+
+def test_minibatches_are_the_same_on_eight_devices_and_one():
+  """2 epochs x 4 minibatches of 32 rows: each minibatch is a set of global rows whatever
+  the device count (4 rows per device, one in each), so 8 devices take the same 8 steps."""
+  config = learner_config(learning_rate=1e-2, policy_loss="ppo", epochs=2, minibatches=4)
+  sgd = optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.sgd(1.0))
+  state, (single, single_metrics), (many, many_metrics) = _one_and_eight(sgd, config, rows=32)
+  assert int(single.step) == int(many.step) == 8
+  for key in ("loss", "ratio_deviation", "ratio_deviation_max", "clip_fraction_mean"):
+    assert float(many_metrics[key]) == pytest.approx(float(single_metrics[key]), rel=1e-4,
+                                                     abs=1e-7), key
+  assert float(single_metrics["ratio_deviation"]) > 1e-4  # the steps moved the policy
+  for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(many.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-7)

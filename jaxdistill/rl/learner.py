@@ -285,9 +285,16 @@ def update(state: TrainState, batch: LearnerBatch, *, graphdef, optimizer, confi
 
   rng, shuffle = jax.random.split(state.rng)
   keys = jax.random.split(shuffle, config.epochs)
+  # minibatch m holds the rows whose index is m modulo minibatches. With every device's rows
+  # a multiple of minibatches (validation checks it), device d's row i is global row
+  # d * rows + i with the same residue, so any device count trains the same minibatches
+  # (8 devices = 1) with no exchange of rows; a replicated key shuffles their order per epoch.
+  # (A method's rows come grouped by prompt: minibatches that divide a prompt's rows take
+  # an equal share of every prompt's.)
+  members = jnp.arange(rows).reshape(size, config.minibatches).T  # [minibatches, size]
   order = jnp.concatenate([
-      jax.random.permutation(k, rows) if config.minibatches > 1 else jnp.arange(rows)
-      for k in keys]).reshape(config.epochs * config.minibatches, size)
+      members[jax.random.permutation(k, config.minibatches)] if config.minibatches > 1
+      else members for k in keys])
   (params, opt_state, skipped), metrics = jax.lax.scan(
       step, (state.params, state.opt_state, jnp.zeros((), jnp.int32)), order)
   updates = config.epochs * config.minibatches
