@@ -31,7 +31,9 @@ TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_
         "task.train_size=200", "task.test_size=16", "task.validation_size=16",
         "train.prompts_per_iteration=8", "eval.at_start=False", "eval.every=0",
         "train.progress=False", "sft.steps=0", "deepsearch.trajectories=3",
-        "deepsearch.expansions=4"]
+        "deepsearch.expansions=4",
+        # its own learner's minibatch loop, in as many steps as a device's rows (1 prompt x 3)
+        "method_learner.deepsearch.minibatches=3"]
 
 
 def define_flags():
