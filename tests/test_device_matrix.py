@@ -31,7 +31,8 @@ def _run(workdir, algo: str, fsdp: int, remat: bool) -> dict:
          f"--workdir={workdir}", *TINY, f"--config.algo={algo}",
          f"--config.parallel.fsdp={fsdp}", f"--config.learner.remat={remat}",
          "--config.train.num_iterations=1", "--config.deepsearch.trajectories=3",
-         "--config.deepsearch.expansions=4"]
+         "--config.deepsearch.expansions=4",
+         "--config.method_learner.deepsearch.minibatches=3"]  # 1 prompt x 3 rows per device
   # a hang dies by XLA's rendezvous timeout (40 s) or by this one
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -47,5 +48,6 @@ def test_each_method_and_layout_finishes_with_the_same_metrics(tmp_path, algo, r
   eight = _run(tmp_path / "fsdp8", algo, 8, remat)
   for key in EXACT:
     assert eight[key] == one[key], key
-  for key in CLOSE:
+  assert {key for key in CLOSE if key in one} == {key for key in CLOSE if key in eight}
+  for key in (key for key in CLOSE if key in one):  # deepsearch trains no value head
     np.testing.assert_allclose(eight[key], one[key], rtol=1e-5, atol=1e-8, err_msg=key)
