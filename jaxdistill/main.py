@@ -113,6 +113,9 @@ def run_job(config, workdir: str, mode: str) -> dict:
   """Run one mode; returns what it measured."""
   from jaxdistill import evaluate as evaluation
   from jaxdistill import parallel, settings, tasks, tokenization
+  # learner fields left None take the method's values (method_learner): from here on every
+  # part of the run (the notebooks call this too), and the config.json it records, sees the
+  # values it trains with
   config = settings.resolved(config)
   several = parallel.maybe_initialize_distributed()
   import jax
@@ -239,10 +242,7 @@ def main(argv):
   """Run the job the flags describe."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from jaxdistill import settings
-  # learner fields left None take the method's values (method_learner): from here on every
-  # part of the run, and the config.json it records, sees the values it trains with
-  config = settings.resolved(_CONFIG.value)
+  config = _CONFIG.value
   if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   from jaxdistill import validation

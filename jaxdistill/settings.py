@@ -40,7 +40,7 @@ def resolved(config):
   """The config with each learner field left None set to its method's value: the method's
   own `method_learner` entry where it names the field, else `method_learner.default` (the
   config itself when nothing is None). Idempotent; every reader of the learner's fields
-  goes through it (main, validation, `learner`)."""
+  goes through it (main.run_job, train.train, validation, `learner`)."""
   if all(value is not None for value in config.learner.values()):
     return config
   table = config.method_learner

@@ -303,6 +303,6 @@ def update(state: TrainState, batch: LearnerBatch, *, graphdef, optimizer, confi
   extra = ({"clip_fraction_mean": metrics["clip_fraction"].mean(),
             "ratio_deviation_max": metrics["ratio_deviation"].max()} if updates > 1 else {})
   metrics = jax.tree.map(lambda x: x[-1], metrics) | extra | {"skipped": skipped}
-  applied = config.epochs * config.minibatches - skipped
+  applied = updates - skipped
   return state.replace(params=params, opt_state=opt_state, step=state.step + applied,
                        rng=rng), metrics
