@@ -95,13 +95,19 @@ def _generic_tokenizer(path: str):
   return PreTrainedTokenizerFast.from_pretrained(path)
 
 
+def _auto_tokenizer(path: str):
+  # imported only here: AutoTokenizer's import brings torch when it is installed (about 4 s
+  # per process on a CPU), which the character tokenizer of the CPU presets has no use for
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(path)
+
+
 def load_tokenizer(path: str):
   """Load an HF tokenizer directory (Qwen's, or one written by build_char_tokenizer)."""
-  from transformers import AutoTokenizer
   if not os.path.isdir(path):
     raise TokenizerError(f"tokenizer directory {path!r} does not exist")
   try:
-    tokenizer = _generic_tokenizer(path) or AutoTokenizer.from_pretrained(path)
+    tokenizer = _generic_tokenizer(path) or _auto_tokenizer(path)
   except (OSError, ValueError, TypeError) as e:
     raise TokenizerError(f"cannot load a tokenizer from {path!r}: "
                          f"{str(e).splitlines()[0]}") from None

@@ -17,8 +17,9 @@ os.environ.setdefault("NPROC", str(xla_env.pool_size(8)))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# runs started by tests keep their compilation cache in the repository's .jax_cache (shared
-# by the test processes), not in the user's home
+# runs started by tests keep their compilation cache in the repository's .jax_cache, not in
+# the user's home; the test processes use the same directory, so a program that a test builds
+# in process and a run it starts both compile it once
 os.environ["XDG_CACHE_HOME"] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                             ".jax_cache", "xdg")
 
@@ -26,7 +27,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+                  os.path.join(os.environ["XDG_CACHE_HOME"], "jaxdistill", "xla"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 

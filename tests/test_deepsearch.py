@@ -442,6 +442,25 @@ def test_the_buffer_keeps_distinct_verified_solutions_oldest_problem_out(monkeyp
   assert extras["cached_lengths"][1].tolist() == [2, 0]
 
 
+def test_the_resume_jobs_reward_grades_the_same_on_the_device(tmp_path):
+  """tests/deepsearch_job.py's Lenient reward in its device form equals the host's on random
+  completions (of every token, special ones included), so the job's programs carry none."""
+  import deepsearch_job
+  from jaxdistill import tokenization
+  tokenizer = tokenization.build_char_tokenizer(str(tmp_path / "tokenizer"))
+  task = deepsearch_job.Lenient(3)
+  form = task.device_reward(tokenizer, dense=False)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, len(tokenizer), (64, 12))
+  lengths = rng.integers(0, 13, 64)
+  tokens[np.arange(12)[None] >= lengths[:, None]] = -1
+  host = [task.reward(tokenization.decode(tokenizer, row[row >= 0]), None, False)
+          for row in tokens]
+  device = jax.jit(form)(form.tables([]), jnp.asarray(tokens, jnp.int32), jnp.zeros(64, jnp.int32))
+  np.testing.assert_array_equal(np.asarray(device), host)
+  assert 0 < sum(host) < 64
+
+
 def test_replay_and_rounds_survive_kill_9(tmp_path):
   """A DeepSearch run with rounds and replay (tests/deepsearch_job.py), killed (SIGKILL)
   after its checkpoint 3 and started again, ends with the parameters, the buffer and round
