@@ -194,7 +194,7 @@ def run_job(config, workdir: str, mode: str) -> dict:
 def _restore_params(model, workdir):
   """The model with the params of the latest readable checkpoint in workdir, if any
   (checkpoints none of which is readable: NoReadableCheckpoint, a UsageError)."""
-  from jaxdistill import checkpointing
+  from jaxdistill.train import checkpointing
   return checkpointing.latest_model(model, workdir)
 
 

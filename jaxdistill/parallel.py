@@ -50,6 +50,12 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
+def say(text: str) -> None:
+  """Print on the primary process only (one line per event, not one per host)."""
+  if is_primary():
+    print(text)
+
+
 def global_rows(mesh: Mesh, num_rows: int, rows_fn):
   """A [num_rows, ...] array split over 'data' whose rows each process builds itself.
 

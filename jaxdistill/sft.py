@@ -20,7 +20,8 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxdistill import parallel, runs, tokenization
+from jaxdistill import parallel, tokenization
+from jaxdistill.train import runs
 from jaxdistill.models import from_pretrained, save_pretrained
 from jaxdistill.rl.learner import sequence_logprobs
 

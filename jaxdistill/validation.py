@@ -78,7 +78,7 @@ def _schema() -> dict[str, Any]:
   from jaxdistill.rl.batch import ADVANTAGES
   from jaxdistill.rl.losses import POLICY_LOSSES
   from jaxdistill.rl.rollouts import SEARCH_TARGETS
-  from jaxdistill.search.deepsearch import ADVANTAGES as TREE_ADVANTAGES
+  from jaxdistill.search.frontier import ADVANTAGES as TREE_ADVANTAGES
   from jaxdistill.tasks import TASKS
   rules = {
       "preset": Choice(tuple(PRESETS)), "seed": COUNT,

@@ -1,4 +1,4 @@
-"""DeepSearch's search (jaxdistill.search.deepsearch): its rules against hand-computed values
+"""DeepSearch's search (jaxdistill.search.frontier): its rules against hand-computed values
 on hand-built trees, then the batched search on a tiny random model (invariants, 1 vs 8
 devices)."""
 
@@ -13,7 +13,7 @@ from settings_for_tests import lm_search_config
 import xla_env
 from jaxdistill import parallel
 from jaxdistill.models import Qwen2Config, init_model
-from jaxdistill.search import deepsearch as ds
+from jaxdistill.search import frontier as ds
 
 SETTINGS = ds.DeepSearchSettings(trajectories=3, expansions=8, max_depth=4, frontier_q=0.4,
                                  frontier_entropy=0.0, frontier_depth=0.01, backup_floor=0.1,

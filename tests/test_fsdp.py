@@ -47,7 +47,8 @@ def test_fsdp_trains_the_same_metrics_and_params_as_replicated(tmp_path, algo, r
   parameters as with every device holding them (rtol 1e-5); each device holds 1/8 of every
   matrix and of its Adam moments. With remat the update gathers one layer at a time inside
   the layer loop; without, the whole model before it."""
-  from jaxdistill import main, parallel, settings, train
+  from jaxdistill import main, parallel, settings
+  from jaxdistill.train.state import initial_state
   config = _config(train__num_iterations=2, train__checkpoint_every=2,
                    learner__learning_rate=1e-4, learner__remat=remat)
   config.algo = algo
@@ -70,7 +71,7 @@ def test_fsdp_trains_the_same_metrics_and_params_as_replicated(tmp_path, algo, r
   # the optimizer state as training holds it (the same layout goes in and comes out)
   model, tokenizer = main.load_model_and_tokenizer(config, str(tmp_path / "8"))
   spec = settings.iteration(config, tokenizer, "\n", model.config.vocab_size)
-  _, _, state, _, layout = train._initial_state(model, spec, 0, parallel.make_mesh(8, fsdp=8))
+  _, _, state, _, layout = initial_state(model, spec, 0, parallel.make_mesh(8, fsdp=8))
   adam = state.opt_state[-1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
   for moment in (adam.mu, adam.nu):
     assert _split_eighths(moment, whole) > 10
@@ -84,8 +85,9 @@ def test_fsdp_checkpoints_restore_across_layouts_and_export(tmp_path):
   import torch
   from transformers import AutoModelForCausalLM
 
-  from jaxdistill import main, parallel, settings, train
-  from jaxdistill.checkpointing import Checkpointer
+  from jaxdistill import main, parallel, settings
+  from jaxdistill.train.state import initial_state
+  from jaxdistill.train.checkpointing import Checkpointer
   from test_train import _main
   config = _config(train__num_iterations=2, train__checkpoint_every=1)
   config.algo = "cispo"
@@ -95,7 +97,7 @@ def test_fsdp_checkpoints_restore_across_layouts_and_export(tmp_path):
   spec = settings.iteration(config, tokenizer, "\n", model.config.vocab_size)
   restored = {}
   for fsdp in (1, 8):
-    _, _, state, _, _ = train._initial_state(model, spec, 0, parallel.make_mesh(8, fsdp=fsdp))
+    _, _, state, _, _ = initial_state(model, spec, 0, parallel.make_mesh(8, fsdp=fsdp))
     checkpointer = Checkpointer(str(workdir / "checkpoints"))
     step, restored[fsdp], _, _ = checkpointer.restore_latest(state)
     checkpointer.close()

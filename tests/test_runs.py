@@ -85,7 +85,7 @@ def _corrupt(directory):
 
 
 def test_unreadable_checkpoints_fall_back_and_mismatched_ones_refuse(tmp_path):
-  from jaxdistill.checkpointing import Checkpointer, NoReadableCheckpoint, StateMismatch
+  from jaxdistill.train.checkpointing import Checkpointer, NoReadableCheckpoint, StateMismatch
   checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
   assert checkpointer.restore_latest(_tiny_state()) is None  # nothing saved: a fresh start
   for step in (1, 2):

@@ -172,7 +172,7 @@ def _final_params(workdir):
   from flax import nnx
 
   from jaxdistill import main
-  from jaxdistill.checkpointing import Checkpointer
+  from jaxdistill.train.checkpointing import Checkpointer
   from jaxdistill.rl import learner
   config = _config()
   model, _ = main.load_model_and_tokenizer(config, str(workdir))
@@ -324,7 +324,7 @@ def test_evaluation_restores_params_whatever_the_optimizer_state(tmp_path):
   from flax import nnx
 
   from jaxdistill import main
-  from jaxdistill.checkpointing import Checkpointer
+  from jaxdistill.train.checkpointing import Checkpointer
   from jaxdistill.rl import learner
   model, _ = main.load_model_and_tokenizer(_config(), str(tmp_path))
   graphdef, params = nnx.split(model)

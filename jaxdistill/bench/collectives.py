@@ -81,6 +81,8 @@ def lowered_iteration(config, devices: int, device_rewards: bool = True):
   from flax import nnx
 
   from jaxdistill import methods, parallel, rewards, settings, tasks, train
+  from jaxdistill.train.loop import feeder
+  from jaxdistill.train.state import initial_state
   from jaxdistill.initial_model import load_model_and_tokenizer
   from jaxdistill.models.qwen2 import compute_copy
   with tempfile.TemporaryDirectory() as workdir:
@@ -91,7 +93,7 @@ def lowered_iteration(config, devices: int, device_rewards: bool = True):
                                     config.task.test_size)
   mesh = parallel.make_mesh(devices, fsdp=config.parallel.fsdp)
   spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
-  graphdef, optimizer, state, ref_params, layout = train._initial_state(model, spec, 0, mesh)
+  graphdef, optimizer, state, ref_params, layout = initial_state(model, spec, 0, mesh)
   reward = rewards.task_reward_fn(task, tokenizer, train_split, dense=config.reward.dense,
                                   device=device_rewards)
   dense = rewards.task_reward_fn(task, tokenizer, train_split, dense=True, device=device_rewards)
@@ -102,7 +104,7 @@ def lowered_iteration(config, devices: int, device_rewards: bool = True):
   if schedule is not None:  # its first round's problems and arrays (runs its filter)
     policy = lambda: nnx.merge(graphdef, compute_copy(state.params, config.model.dtype))
     ids, extras, _ = schedule.before(0, policy)
-  feed = train._feeder(config, task, tokenizer, train_split, mesh)
+  feed = feeder(config, task, tokenizer, train_split, mesh)
   return program.phases["iteration"].lower(state, ref_params, *feed(0, 0, ids, extras))
 
 

@@ -77,7 +77,8 @@ def measured_matmul_flops() -> float:
 def time_phases(shapes: str, algo: str, peak: float):
   """Per-phase rows for one method."""
   from jaxdistill.initial_model import load_model_and_tokenizer
-  from jaxdistill import methods, settings, tasks, train
+  from jaxdistill import methods, settings, tasks
+  from jaxdistill.train import cost
   from jaxdistill.evaluate import encode_prompts
   from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
   from jaxdistill import rewards
@@ -105,7 +106,7 @@ def time_phases(shapes: str, algo: str, peak: float):
                                                config=spec.learner))
   prompts = config.train.prompts_per_iteration
   context = config.task.prompt_width + spec.rollout.max_completion_tokens // 2
-  flops = train.phase_flops(spec, prompts, config.task.prompt_width,
+  flops = cost.phase_flops(spec, prompts, config.task.prompt_width,
                             forward_flops_per_token(model.config, context))
   seconds = {phase: [] for phase in flops}
   generated, first = [], {}

@@ -181,7 +181,7 @@ def iteration_memory(config, algo: str, devices: int, fsdp: int, breakdown: bool
   `devices` devices, parameters split over `fsdp` of them; arch: the model's Qwen2Config
   (default: the preset's published one)."""
   from jaxdistill import methods, parallel, settings, train
-  from jaxdistill.layout import Layout
+  from jaxdistill.train.layout import Layout
   from jaxdistill.models.qwen2 import ARCHITECTURES, compute_copy, init_model
   from jaxdistill.rl import learner
   config = config.copy_and_resolve_references()

@@ -141,7 +141,7 @@ def base() -> ml_collections.ConfigDict:
   c.deepsearch.incomplete_reward = -1.0  # outcome of a path that ended without an answer
   # the learner rows' advantage: tree_grpo (published: node value minus the mean outcome),
   # outcome (path outcome minus the mean), node_mean (node value minus the tree's mean
-  # node value over its tokens: no net push on any tree); search/deepsearch.py ADVANTAGES
+  # node value over its tokens: no net push on any tree); search/frontier.py ADVANTAGES
   c.deepsearch.advantage = "tree_grpo"
   # adaptive training: every round_iterations iterations (0: off, every prompt searched)
   # score the next filter_pool training problems by Pass1@filter_k (plain samples at

@@ -93,9 +93,9 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
       graphdef, p, t, l, i, k, plain_config, sparse))
   if with_deepsearch:
     from jaxdistill.methods import deepsearch as deepsearch_method
-    from jaxdistill.search import deepsearch
+    from jaxdistill.search import frontier
     options = deepsearch_method.DeepSearch().options(config).search
-    deep = jax.jit(lambda p, t, l, i, k: deepsearch.search(
+    deep = jax.jit(lambda p, t, l, i, k: frontier.search(
         nnx.merge(graphdef, p), spec.search.lm, options, t, l, i, k, sparse))
   batch = 8
   tokens, lengths = evaluation.encode_prompts(task, tokenizer, problems, config.task.prompt,
@@ -211,7 +211,8 @@ def _solution_rates(totals: dict, n: int) -> dict:
 def load(preset: str, overrides: list[str], model_dir: str, problems: int, run: str = ""):
   """(config, task, model, tokenizer, the first `problems` train problems) for an experiment on a
   saved model (run: a training workdir whose latest checkpoint's params to use)."""
-  from jaxdistill import checkpointing, tasks, tokenization
+  from jaxdistill import tasks, tokenization
+  from jaxdistill.train import checkpointing
   from jaxdistill.configs import countdown as presets
   from jaxdistill.models import from_pretrained
   config = presets.apply_overrides(presets.get_config(preset), overrides)

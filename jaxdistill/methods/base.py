@@ -4,9 +4,9 @@ A method turns one batch of prompts into learner rows (`rollout`, run per device
 jitted iteration), says what that costs (`forward_tokens`: positions the LM runs on) and
 what the learner receives (`learner_shape`), which settings it reads (`check`,
 `sampling_temperature`, `learner_temperature`, `advantage`) and its own static settings
-(`options`). train.py, settings.py, validation.py, the memory planner and the comparison ask
-the method and never test its name, so a new method is one module registered in
-`jaxdistill.methods.METHODS`.
+(`options`). The runtime (train/), settings.py, validation.py, the memory planner and the
+comparison ask the method and never test its name, so a new method is one module registered
+in `jaxdistill.methods.METHODS`.
 
 Three hooks are a cost model that training never calls: `kv_slots` and `search_tree` (the
 memory planner, bench/memory.py) and `probe_iterations` (the comparison's token probe,

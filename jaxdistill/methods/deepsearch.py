@@ -1,4 +1,4 @@
-"""deepsearch: DeepSearch's tree search inside RL (`search/deepsearch.py`): each prompt's tree
+"""deepsearch: DeepSearch's tree search inside RL (`search/frontier.py`): each prompt's tree
 harvests `deepsearch.trajectories` terminal paths, each a learner row whose tokens carry
 their node's backed-up value minus the tree's mean outcome (Tree-GRPO advantages).
 
@@ -29,14 +29,14 @@ from flax import nnx
 from jaxdistill import sampling
 from jaxdistill.methods.base import Method
 from jaxdistill.rl.rollouts import Trajectories
-from jaxdistill.search import deepsearch, lm_expand
+from jaxdistill.search import frontier, lm_expand
 
 
 @dataclasses.dataclass(frozen=True)
 class DeepSearchOptions:
   """The method's static settings: the search's and adaptive training's."""
 
-  search: deepsearch.DeepSearchSettings
+  search: frontier.DeepSearchSettings
   round_iterations: int  # 0: no filter, no replay (every prompt searched)
   filter_k: int
   filter_threshold: float
@@ -62,7 +62,7 @@ class DeepSearch(Method):
 
   def options(self, config) -> DeepSearchOptions:
     d = config.deepsearch
-    search = deepsearch.DeepSearchSettings(
+    search = frontier.DeepSearchSettings(
         trajectories=d.trajectories, expansions=d.expansions, max_depth=d.max_depth,
         frontier_q=d.frontier_q, frontier_entropy=d.frontier_entropy,
         frontier_depth=d.frontier_depth, backup_floor=d.backup_floor,
@@ -121,7 +121,7 @@ class DeepSearch(Method):
   def search_tree(self, graphdef, params, prompt_tokens, prompt_lengths, problems, keys, spec,
                   reward_fn, extras=None):
     cached = None if not spec.options.replay else extras["cached_count"] > 0
-    return deepsearch.search(nnx.merge(graphdef, params), spec.search.lm, spec.options.search,
+    return frontier.search(nnx.merge(graphdef, params), spec.search.lm, spec.options.search,
                              prompt_tokens, prompt_lengths, problems,
                              jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), reward_fn,
                              skip=cached)
@@ -144,15 +144,15 @@ class DeepSearch(Method):
     return Rounds(config, spec, task, tokenizer, train_problems)
 
 
-def tree_trajectories(tree: deepsearch.DeepTree, settings: deepsearch.DeepSearchSettings,
+def tree_trajectories(tree: frontier.DeepTree, settings: frontier.DeepSearchSettings,
                       problems) -> Trajectories:
   """The harvested paths of B trees as learner rows [B * n] (unused rows invalid, with no
   generated token), advantages target-aligned."""
-  leaf, valid, advantages = jax.vmap(deepsearch.row_advantages, in_axes=(0, None))(tree,
+  leaf, valid, advantages = jax.vmap(frontier.row_advantages, in_axes=(0, None))(tree,
                                                                                     settings)
   rows = jnp.arange(leaf.shape[0])[:, None]
   flat = lambda x: x.reshape((-1,) + x.shape[2:])
-  prompt_length = tree.path_length[:, deepsearch.ROOT]
+  prompt_length = tree.path_length[:, frontier.ROOT]
   length = jnp.where(valid, tree.path_length[rows, leaf], prompt_length[:, None])
   n = settings.trajectories
   return Trajectories(
@@ -165,7 +165,7 @@ def tree_trajectories(tree: deepsearch.DeepTree, settings: deepsearch.DeepSearch
       advantages=flat(advantages)[:, 1:], valid=flat(valid))
 
 
-def replay_rows(model, lm: lm_expand.LMSearchConfig, settings: deepsearch.DeepSearchSettings,
+def replay_rows(model, lm: lm_expand.LMSearchConfig, settings: frontier.DeepSearchSettings,
                 prompt_tokens, prompt_lengths, problems, keys, extras, reward_fn) -> Trajectories:
   """n rows per prompt [B * n] of width P: plain samples (to EOS or the path cap), the first
   k = min(cached, n) replaced by the prompt's cached solutions; per-token advantage the
