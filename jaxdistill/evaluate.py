@@ -12,7 +12,7 @@ from jaxdistill import sampling, streams, tokenization
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
+class EvalSettings:
   """mean@k settings (built by `jaxdistill.settings.evaluation`)."""
 
   k: int
@@ -30,7 +30,7 @@ def encode_prompts(task, tokenizer, problems, prompt: str, width: int):
   return tokenization.encode_batch(tokenizer, texts, max_length=width)
 
 
-def evaluate(model, tokenizer, task, problems, config: EvalConfig, seed: int = 0,
+def evaluate(model, tokenizer, task, problems, config: EvalSettings, seed: int = 0,
              prompt: str = "compact", progress=None, per_problem: bool = False,
              stream_key=None) -> dict:
   """mean@k (mean sparse reward over k samples each) and pass@k (any of k correct); with
@@ -83,7 +83,7 @@ def write_result(path: str, result: dict, **fields) -> None:
   write_json(path, result | fields)
 
 
-def _problem_rewards(model, tokenizer, task, all_problems, indices, config: EvalConfig, base,
+def _problem_rewards(model, tokenizer, task, all_problems, indices, config: EvalSettings, base,
                      prompt: str, progress=None):
   """Sparse rewards [len(indices), k] and the number of generated tokens. Sample j of problem
   i is drawn with the key `base` (the evaluation stream's) folded with i and j, whichever
@@ -199,7 +199,7 @@ def evaluate_with_search(model, tokenizer, task, problems, search, rollout, *, p
           "simulations_per_problem": simulations, "generated_tokens": generated}
 
 
-def answers(model, tokenizer, task, problems, config: EvalConfig, *, prompt: str = "compact",
+def answers(model, tokenizer, task, problems, config: EvalSettings, *, prompt: str = "compact",
             seed: int = 0, search=None, rollout=None) -> list[dict]:
   """One answer per problem, graded: sampled at the evaluation temperature, or, given
   `search` and `rollout` settings, found by test-time search. Rows:

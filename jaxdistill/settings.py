@@ -14,23 +14,23 @@ import dataclasses
 from typing import Any
 
 from jaxdistill import methods, stopping, tokenization
-from jaxdistill.evaluate import EvalConfig
+from jaxdistill.evaluate import EvalSettings
 from jaxdistill.rl import learner as learner_lib
 from jaxdistill.rl import rollouts
 from jaxdistill.search import lm_expand
-from jaxdistill.sft import SFTConfig
+from jaxdistill.sft import SFTSettings
 
 METHODS = tuple(methods.METHODS)
 
 
 @dataclasses.dataclass(frozen=True)
-class IterationSpec:
+class IterationSettings:
   """Everything static about one training iteration."""
 
   method: str
-  rollout: rollouts.RolloutConfig
+  rollout: rollouts.RolloutSettings
   search: rollouts.SearchSettings | None
-  learner: learner_lib.LearnerConfig
+  learner: learner_lib.LearnerSettings
   advantage: str
   compute_dtype: str  # the dtype sampling and search compute in
   options: Any = None  # the method's own static settings (`Method.options`)
@@ -54,13 +54,13 @@ def resolved(config):
   return out
 
 
-def learner(config) -> learner_lib.LearnerConfig:
+def learner(config) -> learner_lib.LearnerSettings:
   """The update's settings (no tokenizer needed). warmup_steps and decay_steps count
   iterations in the config and optimizer steps here (epochs x minibatches per iteration)."""
   config = resolved(config)
   l = config.learner
   steps = l.epochs * l.minibatches
-  return learner_lib.LearnerConfig(
+  return learner_lib.LearnerSettings(
       temperature=methods.get(config.algo).learner_temperature(config), logit_chunk=l.logit_chunk, remat=l.remat,
       loss_aggregation=l.loss_aggregation, ppo_eps_high=l.ppo_eps_high,
       dual_clip=l.dual_clip,
@@ -73,10 +73,10 @@ def learner(config) -> learner_lib.LearnerConfig:
       clip_norm=l.clip_norm, epochs=l.epochs, minibatches=l.minibatches)
 
 
-def rollout(config, eos_id: int = 1, pad_id: int = 0) -> rollouts.RolloutConfig:
+def rollout(config, eos_id: int = 1, pad_id: int = 0) -> rollouts.RolloutSettings:
   """The trajectory producers' settings (token ids from the tokenizer)."""
   r = config.rollout
-  return rollouts.RolloutConfig(
+  return rollouts.RolloutSettings(
       max_completion_tokens=r.max_completion_tokens, temperature=r.temperature, top_p=r.top_p,
       group_size=r.group_size, best_of=r.best_of, eos_id=eos_id, pad_id=pad_id)
 
@@ -86,7 +86,7 @@ def search(config, step_end: stopping.StopString | None = None, eos_id: int = 1,
   """The search's settings; step_end: the task's step delimiter as a stop string (None: the
   shapes only, as the memory planner needs them)."""
   s, r = config.search, config.rollout
-  lm = lm_expand.LMSearchConfig(
+  lm = lm_expand.LMSearchSettings(
       num_children=s.num_children, max_step_tokens=s.max_step_tokens,
       max_path_tokens=s.max_path_tokens, temperature=s.temperature,
       length_normalized_prior=s.length_normalized_prior, dedup_children=s.dedup_children,
@@ -101,10 +101,10 @@ def search(config, step_end: stopping.StopString | None = None, eos_id: int = 1,
       unfinished_reward=s.unfinished_reward)
 
 
-def evaluation(config) -> EvalConfig:
+def evaluation(config) -> EvalSettings:
   """mean@k settings (the `eval` and `task` sections)."""
   e = config.eval
-  return EvalConfig(k=e.k, temperature=e.temperature, top_p=e.top_p,
+  return EvalSettings(k=e.k, temperature=e.temperature, top_p=e.top_p,
                     max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
                     prompt_width=config.task.prompt_width)
 
@@ -114,15 +114,15 @@ def evaluation_seed(config) -> int:
   return config.seed if config.eval.seed < 0 else config.eval.seed
 
 
-def warm_start(config) -> SFTConfig:
+def warm_start(config) -> SFTSettings:
   """The supervised warm start's settings."""
   s = config.sft
-  return SFTConfig(steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate,
+  return SFTSettings(steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate,
                    warmup_steps=s.warmup_steps, sequence_length=s.sequence_length, seed=s.seed)
 
 
 def iteration(config, tokenizer=None, step_delimiter: str | None = None,
-              vocab_size: int | None = None) -> IterationSpec:
+              vocab_size: int | None = None) -> IterationSettings:
   """The training iteration's settings. With a tokenizer (whose model has vocab_size logits,
   which may exceed the tokenizer's ids) the step delimiter (the task's) becomes the search's
   stop string; without one, only the shapes are right (the memory planner)."""
@@ -130,7 +130,7 @@ def iteration(config, tokenizer=None, step_delimiter: str | None = None,
   ids = _ids(tokenizer)
   found = (step_search(config, tokenizer, step_delimiter, vocab_size) if method.searches
            else None)
-  return IterationSpec(method=config.algo, rollout=rollout(config, ids.eos_id, ids.pad_id),
+  return IterationSettings(method=config.algo, rollout=rollout(config, ids.eos_id, ids.pad_id),
                        search=found, learner=learner(config),
                        advantage=method.advantage(config), compute_dtype=config.model.dtype,
                        options=method.options(config))

@@ -27,7 +27,7 @@ from jaxdistill.rl.learner import sequence_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTConfig:
+class SFTSettings:
   """Warm-start settings (built by `jaxdistill.settings.warm_start`)."""
 
   steps: int
@@ -64,7 +64,7 @@ def build_examples(task, tokenizer, problems, sequence_length: int):
   return np.stack(rows), np.stack(masks)
 
 
-def train_sft(model, tokenizer, task, problems, config: SFTConfig, progress: bool = True):
+def train_sft(model, tokenizer, task, problems, config: SFTSettings, progress: bool = True):
   """Fine-tune model in place of a copy; returns (model, final loss)."""
   tokens, masks = build_examples(task, tokenizer, problems, config.sequence_length)
   graphdef, params = nnx.split(model)
@@ -104,7 +104,7 @@ def _marked_settings(directory: str) -> dict | None:
     return json.load(f).get("settings")
 
 
-def warm_start(model, tokenizer, task, problems, config: SFTConfig, directory: str,
+def warm_start(model, tokenizer, task, problems, config: SFTSettings, directory: str,
                progress: bool = True):
   """The warm-started model: read from `directory` if cached, else trained and saved there.
 

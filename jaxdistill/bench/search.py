@@ -162,7 +162,7 @@ def tree_ops_grid(grid, loop_unroll: int = 0):
 def lm_share(batch, agents, iterations):
   """Share of tree operations in an LM-backed search (tiny model, K=4, L=16)."""
   from jaxdistill.models import Qwen2Config, init_model
-  config = lm_expand.LMSearchConfig(num_children=4, max_step_tokens=16, max_path_tokens=96,
+  config = lm_expand.LMSearchSettings(num_children=4, max_step_tokens=16, max_path_tokens=96,
                                     temperature=0.8, length_normalized_prior=False,
                                     dedup_children=False, rollout_to_end=False,
                                     max_rollout_tokens=0, branch_at="step", step_end_id=2,

@@ -33,7 +33,7 @@ from jaxdistill.search.tree import Lineage
 
 
 def preset_search(preset: str, reuse: bool):
-  """(preset config, its LMSearchConfig with reuse on or off, prompt width T)."""
+  """(preset config, its LMSearchSettings with reuse on or off, prompt width T)."""
   from jaxdistill import settings
   from jaxdistill.configs import countdown
   config = countdown.get_config(preset)
@@ -54,7 +54,7 @@ def architecture(preset: str, config):
       config, len(tokenization.SPECIAL_TOKENS + tuple(tokenization.CHARACTERS)))
 
 
-def counted_flops(arch, lm: lm_expand.LMSearchConfig, prompt_width: int,
+def counted_flops(arch, lm: lm_expand.LMSearchSettings, prompt_width: int,
                   decoded_tokens: int) -> float:
   """Forward FLOPs of one expansion row (static shapes): the path's or step's prefill and K
   candidates of `decoded_tokens` tokens each. Matmuls 2 per multiply-add; attention over

@@ -15,7 +15,7 @@ and the planner must size a run from abstract shapes before any weights exist; a
 that leaves them out still trains (they raise or return None), it cannot be planned or
 compared.
 
-`spec` below is the iteration's `settings.IterationSpec` (its rollout, search, learner,
+`spec` below is the iteration's `settings.IterationSettings` (its rollout, search, learner,
 advantage and the method's `options`); this layer does not import it (settings imports the
 methods).
 """

@@ -33,7 +33,7 @@ from jaxdistill.search import frontier, lm_expand
 
 
 @dataclasses.dataclass(frozen=True)
-class DeepSearchOptions:
+class DeepSearchMethodSettings:
   """The method's static settings: the search's and adaptive training's."""
 
   search: frontier.DeepSearchSettings
@@ -60,14 +60,14 @@ class DeepSearch(Method):
   def sampling_temperature(self, config):
     return "search.temperature", config.search.temperature
 
-  def options(self, config) -> DeepSearchOptions:
+  def options(self, config) -> DeepSearchMethodSettings:
     d = config.deepsearch
     search = frontier.DeepSearchSettings(
         trajectories=d.trajectories, expansions=d.expansions, max_depth=d.max_depth,
         frontier_q=d.frontier_q, frontier_entropy=d.frontier_entropy,
         frontier_depth=d.frontier_depth, backup_floor=d.backup_floor,
         incomplete_reward=d.incomplete_reward, advantage=d.advantage)
-    return DeepSearchOptions(search=search, round_iterations=d.round_iterations,
+    return DeepSearchMethodSettings(search=search, round_iterations=d.round_iterations,
                              filter_k=d.filter_k, filter_threshold=d.filter_threshold,
                              filter_pool=(d.filter_pool or d.round_iterations
                                           * config.train.prompts_per_iteration),
@@ -165,7 +165,7 @@ def tree_trajectories(tree: frontier.DeepTree, settings: frontier.DeepSearchSett
       advantages=flat(advantages)[:, 1:], valid=flat(valid))
 
 
-def replay_rows(model, lm: lm_expand.LMSearchConfig, settings: frontier.DeepSearchSettings,
+def replay_rows(model, lm: lm_expand.LMSearchSettings, settings: frontier.DeepSearchSettings,
                 prompt_tokens, prompt_lengths, problems, keys, extras, reward_fn) -> Trajectories:
   """n rows per prompt [B * n] of width P: plain samples (to EOS or the path cap), the first
   k = min(cached, n) replaced by the prompt's cached solutions; per-token advantage the
@@ -216,7 +216,7 @@ class Rounds:
     self.prompts = config.train.prompts_per_iteration
     lm = spec.search.lm
     self.width = lm.max_path_tokens
-    self.filter_settings = evaluate.EvalConfig(
+    self.filter_settings = evaluate.EvalSettings(
         k=self.options.filter_k, temperature=lm.temperature, top_p=1.0,
         max_new_tokens=lm.max_path_tokens - config.task.prompt_width,
         batch_size=config.eval.batch_size, prompt_width=config.task.prompt_width)

@@ -38,7 +38,7 @@ ADVANTAGES = {
 
 
 def assemble_batch(graphdef, params, ref_params, traj: rollouts.Trajectories, advantage: str,
-                   group_size: int, config: learner.LearnerConfig,
+                   group_size: int, config: learner.LearnerSettings,
                    ref_layer_weights=None) -> learner.LearnerBatch:
   """The learner batch of trajectories: mask, advantages and returns, the behaviour
   log-probs the sampler recorded, and the reference's log-probs (ref_params None: no KL).

@@ -29,7 +29,7 @@ from jaxdistill.rl import losses
 
 
 @dataclasses.dataclass(frozen=True)
-class LearnerConfig:
+class LearnerSettings:
   """Hyper-parameters of the update (built from the run config by `settings.learner`)."""
 
   policy_loss: str  # a name of losses.POLICY_LOSSES: cispo | ppo
@@ -83,7 +83,7 @@ class LearnerBatch:
   ref_logprobs: jax.Array | None = None  # [B, T] float32 frozen reference (None: no KL)
 
 
-def make_optimizer(config: LearnerConfig, square_norm=None) -> optax.GradientTransformation:
+def make_optimizer(config: LearnerSettings, square_norm=None) -> optax.GradientTransformation:
   """Global-norm clip, then AdamW with warm-up and linear decay; with a value_learning_rate,
   the value head's parameters get that peak rate (same schedule shape, same clip).
   square_norm: the squared global norm of a tree of gradients, for gradients split over
@@ -157,7 +157,7 @@ def sequence_values(graphdef, params, tokens):
   return model(tokens[:, :-1], compute_logits=False).values
 
 
-def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerConfig, weights,
+def loss_fn(params, graphdef, batch: LearnerBatch, config: LearnerSettings, weights,
             token_weights, layer_weights=None):
   """This device's share of the total loss, and of each metric: weighted sums whose sum over
   devices is the batch mean (weights: the loss's aggregation; token_weights: per token)."""
@@ -206,7 +206,7 @@ def _all_finite(tree):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def gradients(params, graphdef, batch: LearnerBatch, config: LearnerConfig,
+def gradients(params, graphdef, batch: LearnerBatch, config: LearnerSettings,
               axis_name: str | tuple | None = None, fsdp=None):
   """(gradients, metrics) of the batch's loss; inside shard_map the batch is every device's
   rows together: counts and gradients are summed over `axis_name` (the axes rows are split
@@ -256,7 +256,7 @@ def _axes(axis_name) -> tuple:
   return tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
 
 
-def update(state: TrainState, batch: LearnerBatch, *, graphdef, optimizer, config: LearnerConfig,
+def update(state: TrainState, batch: LearnerBatch, *, graphdef, optimizer, config: LearnerSettings,
            axis_name: str | tuple | None = None, fsdp=None):
   """epochs x minibatches gradient steps on batch; returns (state, metrics of the last).
   fsdp (`parallel.Fsdp`): state holds this device's shards of params and optimizer state

@@ -84,7 +84,7 @@ def ppo_clipped(ratio, advantages, eps: float, eps_high: float, dual_clip: float
 class PolicyLoss:
   """A policy loss by name (`POLICY_LOSSES`, the choices of `learner.policy_loss`): its
   per-token term and the tokens its clip acts on (the clip fraction), each reading its
-  constants from the learner's settings (`learner.LearnerConfig`)."""
+  constants from the learner's settings (`learner.LearnerSettings`)."""
 
   per_token: Callable  # (logprobs, old_logprobs, advantages, config) -> [B, T]
   clipped: Callable  # (ratio, advantages, config) -> [B, T] bool

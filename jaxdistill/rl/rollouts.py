@@ -46,7 +46,7 @@ class Trajectories:
 
 
 @dataclasses.dataclass(frozen=True)
-class RolloutConfig:
+class RolloutSettings:
   """Static settings shared by the producers (built by `settings.rollout`)."""
 
   max_completion_tokens: int
@@ -68,7 +68,7 @@ def _concat(prompt_tokens, prompt_lengths, out: sampling.SampleOutput, pad_id: i
   return tokens, lengths, behaviour[:, 1:]
 
 
-def sample_completions(model, prompt_tokens, prompt_lengths, row_keys, config: RolloutConfig,
+def sample_completions(model, prompt_tokens, prompt_lengths, row_keys, config: RolloutSettings,
                        temperature):
   """One completion per row (until EOS or max_completion_tokens)."""
   return sampling.sample_continuations(
@@ -97,7 +97,7 @@ def _group_samples(model, prompt_tokens, prompt_lengths, problems, keys, config,
 
 
 def cispo(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
-          config: RolloutConfig, reward_fn):
+          config: RolloutSettings, reward_fn):
   """G samples per prompt at the configured temperature; all of them go to the learner."""
   model = nnx.merge(graphdef, params)
   return _group_samples(model, prompt_tokens, prompt_lengths, problems, keys, config,
@@ -105,7 +105,7 @@ def cispo(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
 
 
 def best_of_n(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
-              config: RolloutConfig, reward_fn, dense_reward_fn):
+              config: RolloutSettings, reward_fn, dense_reward_fn):
   """N samples per prompt; the best by dense reward becomes the prompt's trajectory."""
   model = nnx.merge(graphdef, params)
   n = config.best_of
@@ -126,7 +126,7 @@ def best_of_n(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
 class SearchSettings:
   """Static search settings for mcts_distill (built by `settings.search`)."""
 
-  lm: lm_expand.LMSearchConfig
+  lm: lm_expand.LMSearchSettings
   num_iterations: int
   num_agents: int
   c_puct: float
@@ -147,7 +147,7 @@ class SearchSettings:
 
 
 def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys,
-                 config: RolloutConfig, search: SearchSettings, reward_fn):
+                 config: RolloutSettings, search: SearchSettings, reward_fn):
   """Search per prompt, then the learner rows of `search.targets` (`SEARCH_TARGETS`):
   (Trajectories, mcts.SearchOutput without the KV pool)."""
   model = nnx.merge(graphdef, params)
@@ -174,7 +174,7 @@ def mcts_distill(graphdef, params, prompt_tokens, prompt_lengths, problems, keys
 
 
 def _path_trajectories(model, out, searched, prompt_lengths, problems, keys,
-                       config: RolloutConfig, search: SearchSettings, reward_fn):
+                       config: RolloutSettings, search: SearchSettings, reward_fn):
   """The most-visited path, completed by sampling if it stopped short (complete_path), else
   as searched, an unfinished one scored search.unfinished_reward."""
   lm, emb = search.lm, out.tree.embeddings
@@ -251,10 +251,10 @@ class SearchTarget:
   """What the learner gets from an mcts_distill tree (`search.targets`). A new kind joins
   SEARCH_TARGETS with its trajectories function and these facts about its rows."""
 
-  # (model, search output, tokens searched, prompt lengths, problems, keys, RolloutConfig,
+  # (model, search output, tokens searched, prompt lengths, problems, keys, RolloutSettings,
   # SearchSettings, reward_fn) -> Trajectories
   trajectories: Callable
-  # (prompts, SearchSettings, RolloutConfig) -> (rows, tokens per row) the learner receives
+  # (prompts, SearchSettings, RolloutSettings) -> (rows, tokens per row) the learner receives
   learner_shape: Callable
   brings_advantages: bool  # rows carry their own per-token advantages
   # rows carry no behaviour log-probs: the loss is against the current policy, scored at

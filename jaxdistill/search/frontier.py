@@ -208,7 +208,7 @@ def _add_children(tree, node, active, children: dict, settings: DeepSearchSettin
                       dive=jnp.where(active, dive, tree.dive))
 
 
-def search(model, lm: lm_expand.LMSearchConfig, settings: DeepSearchSettings, prompt_tokens,
+def search(model, lm: lm_expand.LMSearchSettings, settings: DeepSearchSettings, prompt_tokens,
            prompt_lengths, problems, keys, reward_fn, skip=None) -> DeepTree:
   """DeepSearch over reasoning steps for a batch of prompts (see the module docstring);
   reward_fn: the task's sparse reward (1 for a correct answer); skip [B] bool: prompts not
@@ -260,7 +260,7 @@ class Paths:
   problem: jax.Array  # [B] int32
 
 
-def expand(model, lm: lm_expand.LMSearchConfig, settings: DeepSearchSettings, parent: Paths,
+def expand(model, lm: lm_expand.LMSearchSettings, settings: DeepSearchSettings, parent: Paths,
            depth, keys, active, reward_fn) -> dict:
   """The K children of each row's node, as [B, K, ...] arrays: their paths, whether each
   is terminal (an answer, a full path, or max_depth), complete (ended with EOS), correct,

@@ -78,7 +78,7 @@ class PromptKV:
 
 
 @dataclasses.dataclass(frozen=True)
-class LMSearchConfig:
+class LMSearchSettings:
   """Static settings of the LM expansion (built by `settings.search`; the token ids and the
   step end come from the tokenizer and the task)."""
 
@@ -118,7 +118,7 @@ RewardFn = Callable[[np.ndarray, int], float]
 `device` attribute (`rewards.TaskReward`) is graded inside the program instead."""
 
 
-def _evaluate(model, config: LMSearchConfig, state: NodeState, keys, terminal, reward_fn,
+def _evaluate(model, config: LMSearchSettings, state: NodeState, keys, terminal, reward_fn,
               prefilled=None):
   """Value, prior logits and K candidates of each row's path (terminal rows: the reward).
 
@@ -239,7 +239,7 @@ def task_rewards(tokens, start, end, problems, reward_fn: RewardFn, rows=None):
   return rewards
 
 
-def root_output(model, config: LMSearchConfig, prompt_tokens, prompt_lengths, problems,
+def root_output(model, config: LMSearchSettings, prompt_tokens, prompt_lengths, problems,
                 keys, reward_fn) -> RootOutput:
   """Root of each tree: the prompt, its value, and its K candidate first steps."""
   rows = prompt_tokens.shape[0]
@@ -295,7 +295,7 @@ def _slot_major(per_layer, keys_layout: bool, slots=slice(None)):
   return jnp.stack([v[:, :, slots].transpose(0, 2, 1, 3) for v in per_layer], axis=1)
 
 
-def _path_cache(config: LMSearchConfig, parent: NodeState, lineage: Lineage, extra: int):
+def _path_cache(config: LMSearchSettings, parent: NodeState, lineage: Lineage, extra: int):
   """The KV cache of each row's parent path, gathered from its tree (prompt context and its
   ancestors' steps): P + extra slots, slot p holding path token p (valid below the path's
   length), the `extra` slots free for the step to append."""
@@ -327,7 +327,7 @@ def _path_cache(config: LMSearchConfig, parent: NodeState, lineage: Lineage, ext
                  valid=valid, end=jnp.asarray(slot.shape[1], jnp.int32))
 
 
-def rollout_width(config: LMSearchConfig) -> int:
+def rollout_width(config: LMSearchSettings) -> int:
   """R: tokens kept per rollout (0 without rollout_to_end, so nodes carry no buffer)."""
   return config.max_rollout_tokens if config.rollout_to_end else 0
 
@@ -342,7 +342,7 @@ def splice(buffer, at, piece, piece_length):
   return jnp.where(inside, gathered.astype(buffer.dtype), buffer)
 
 
-def extend_path(config: LMSearchConfig, path_tokens, path_length, step, step_length):
+def extend_path(config: LMSearchSettings, path_tokens, path_length, step, step_length):
   """(path + step tokens [M, P], new length [M], step ends with EOS [M]) for step [M, L]."""
   rows = step.shape[0]
   path = splice(path_tokens, path_length, step, step_length)
@@ -358,7 +358,7 @@ def chosen_step(parent: NodeState, action):
   return parent.candidate_tokens[rows, action], parent.candidate_lengths[rows, action]
 
 
-def append_step(config: LMSearchConfig, parent: NodeState, action):
+def append_step(config: LMSearchSettings, parent: NodeState, action):
   """Child states: the parent's path + its candidate `action` (no candidates yet)."""
   rows = jnp.arange(action.shape[0])
   step, step_length = chosen_step(parent, action)
@@ -369,7 +369,7 @@ def append_step(config: LMSearchConfig, parent: NodeState, action):
   return parent.replace(path_tokens=path, path_logprobs=logprobs, path_length=length), ended
 
 
-def _prefill_step(model, config: LMSearchConfig, parent: NodeState, child: NodeState, action,
+def _prefill_step(model, config: LMSearchSettings, parent: NodeState, child: NodeState, action,
                   lineage: Lineage):
   """Prefill only the appended step, attending to its path's KV gathered from the tree.
 
@@ -398,7 +398,7 @@ def without_kv(state: NodeState) -> NodeState:
   return state.replace(step_keys=None, step_values=None, path_slot=None)
 
 
-def make_expand_fn(graphdef, params, config: LMSearchConfig, reward_fn: RewardFn):
+def make_expand_fn(graphdef, params, config: LMSearchSettings, reward_fn: RewardFn):
   """expand_fn(keys, parent NodeState, action) for `mcts.search`, closing over params."""
 
   def expand_fn(keys, parent: NodeState, action, lineage: Lineage | None = None):

@@ -145,7 +145,7 @@ def token_advantages(tree: Tree, rows: TreeRows, max_rows: int, step: bool):
   return per_token[:, 1:]
 
 
-def visit_rows(out, config: lm_expand.LMSearchConfig, depths: int):
+def visit_rows(out, config: lm_expand.LMSearchSettings, depths: int):
   """AlphaZero targets: (TreeRows [B * depths * K], target-aligned advantages [M, P - 1]).
 
   For each of the first `depths` nodes where the most-visited path chose an action (the

@@ -9,7 +9,7 @@ from jaxdistill.models.qwen2 import forward_flops_per_token
 from jaxdistill.rl.batch import ADVANTAGES
 
 
-def assemble_forwards(spec: settings.IterationSpec) -> int:
+def assemble_forwards(spec: settings.IterationSettings) -> int:
   """Forward passes `assemble_batch` runs over the learner batch: the reference policy's
   (KL), the current policy's (visit rows carry no behaviour log-probs) and the value
   head's (value-baseline advantages; tree targets bring their own)."""
@@ -20,7 +20,7 @@ def assemble_forwards(spec: settings.IterationSpec) -> int:
           + int(value_baseline))
 
 
-def phase_flops(spec: settings.IterationSpec, prompts: int, prompt_width: int,
+def phase_flops(spec: settings.IterationSettings, prompts: int, prompt_width: int,
                 flops_per_token: float) -> dict:
   """Forward-equivalent FLOPs of each phase for one iteration (static shapes, padding
   included): rollout = the positions the LM runs on; assemble = the forwards it runs
@@ -33,7 +33,7 @@ def phase_flops(spec: settings.IterationSpec, prompts: int, prompt_width: int,
           "update": 3 * spec.learner.epochs * positions * flops_per_token}
 
 
-def iteration_cost(config, spec: settings.IterationSpec, model) -> dict:
+def iteration_cost(config, spec: settings.IterationSettings, model) -> dict:
   """Compute per iteration, for comparisons at equal budget: positions the LM runs on
   (static shapes, padding included) and forward FLOPs (at a mid-length context); with
   train.phase_timing, each phase's FLOPs too."""

@@ -16,7 +16,7 @@ from jaxdistill.rl.batch import assemble_batch
 from jaxdistill.train.layout import Layout
 
 
-def _stages(graphdef, optimizer, spec: settings.IterationSpec, reward_fn, dense_reward_fn,
+def _stages(graphdef, optimizer, spec: settings.IterationSettings, reward_fn, dense_reward_fn,
             layout: Layout):
   """The iteration's three phases, per device: rollout, learner-batch assembly, update."""
   method = methods.get(spec.method)
@@ -109,7 +109,7 @@ class Program:
     return max(self._traces)
 
 
-def build_iteration(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
+def build_iteration(graphdef, optimizer, spec: settings.IterationSettings, reward_fn,
                     dense_reward_fn, mesh, layout: Layout, with_rows: bool = False) -> Program:
   """One program, jit(shard_map(iteration)): (state, ref_params, prompts, lengths, problems,
   keys, extras) -> (state, metrics, rows). Prompts, problem ids, keys, extras and rows are
@@ -135,7 +135,7 @@ def build_iteration(graphdef, optimizer, spec: settings.IterationSpec, reward_fn
   return Program(jax.jit(sharded, donate_argnums=(0,)), traces)
 
 
-def build_phases(graphdef, optimizer, spec: settings.IterationSpec, reward_fn,
+def build_phases(graphdef, optimizer, spec: settings.IterationSettings, reward_fn,
                  dense_reward_fn, mesh, layout: Layout, with_rows: bool = False) -> Program:
   """The same iteration as three jitted programs (rollout, assemble, learn), so that each
   phase can be timed on its own (`train.phase_timing`); same signature and results as

@@ -18,7 +18,7 @@ from jaxdistill.train.layout import Layout
 from jaxdistill.parallel import say
 
 
-def initial_state(model, spec: settings.IterationSpec, seed: int, mesh):
+def initial_state(model, spec: settings.IterationSettings, seed: int, mesh):
   """(graphdef, optimizer, state, ref_params, layout): the train state and the frozen
   initial policy (the KL reference, kept in the compute dtype it is read in), placed on the
   mesh as the layout says (repeated, or split over 'fsdp')."""
