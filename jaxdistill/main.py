@@ -111,12 +111,28 @@ def enable_compilation_cache(directory: str | None) -> None:
 
 def run_job(config, workdir: str, mode: str) -> dict:
   """Run one mode; returns what it measured."""
-  from jaxdistill import evaluate as evaluation
-  from jaxdistill import parallel, settings, tasks, tokenization
+  from jaxdistill import settings
   # learner fields left None take the method's values (method_learner): from here on every
   # part of the run (the notebooks call this too), and the config.json it records, sees the
   # values it trains with
   config = settings.resolved(config)
+  _start_jax(config)
+  model, tokenizer, task, splits = _prepare(config, workdir)
+  if mode == "train":
+    return _train(config, workdir, model, tokenizer, task, splits)
+  model = _restore_params(model, workdir)
+  if mode == "export":
+    return _export(model, tokenizer, FLAGS.out)
+  if mode == "eval":
+    return _evaluate(config, workdir, model, tokenizer, task, splits)
+  return _sample(model, tokenizer, task, splits[2][:8], settings.evaluation(config),
+                 config.task.prompt)
+
+
+def _start_jax(config) -> None:
+  """Join the other processes (when the environment says there are some), keep compiled
+  programs, and refuse a config the devices cannot run."""
+  from jaxdistill import parallel
   several = parallel.maybe_initialize_distributed()
   import jax
   # XLA:CPU's Gloo collectives give the processes 30 s to meet at a program's first
@@ -128,45 +144,60 @@ def run_job(config, workdir: str, mode: str) -> dict:
   found = validation.device_problems(config, jax.device_count())
   if found:
     raise UsageError("; ".join(found))
+
+
+def _prepare(config, workdir: str):
+  """(model, tokenizer, task, (train, validation, test) splits): the model warm-started
+  when the preset builds it locally."""
+  from jaxdistill import settings, tasks
   model, tokenizer = load_model_and_tokenizer(config, workdir)
   task = tasks.from_config(config)
   # validation: held out from the warm start and RL alike (learning rates and learning
   # curves are read off it, never off the test split)
-  train_split, validation_split, test_split = task.splits(
+  splits = task.splits(
       config.task.data_dir or os.path.join(workdir, "data"), config.task.data_seed,
       config.task.train_size, config.task.validation_size, config.task.test_size)
   if config.sft.steps and not config.model.path:
     from jaxdistill import sft
     model = sft.warm_start(
-        model, tokenizer, task, train_split, settings.warm_start(config),
+        model, tokenizer, task, splits[0], settings.warm_start(config),
         config.sft.cache_dir or os.path.join(workdir, "warm_start"),
         progress=config.train.progress)
-  if mode == "train":
-    from jaxdistill import train
-    summary = train.train(config, task, model, tokenizer, train_split, test_split, workdir,
-                          validation_problems=validation_split)
-    stopped = summary.get("stopped")
-    if stopped:
-      if parallel.is_primary():
-        print(f"stopped by {stopped['signal']} after step {stopped['step']}; the checkpoint "
-              f"is in {os.path.join(workdir, 'checkpoints')}: run the same command to resume")
-      sys.exit(stopped["exit_code"])
-    if not parallel.is_primary():
-      return summary  # one process reports
-    rows = [(name, summary[key]) for name, key in (
-        ("before", "eval_before"), ("after", "eval_after"),  # the test problems
-        ("before (validation)", "val_before"), ("after (validation)", "val_after"))
-            if key in summary]
-    if rows:
-      _print_table(rows)
-    if os.path.exists(os.path.join(workdir, "eval.png")):
-      print(f"plot: {os.path.join(workdir, 'eval.png')}")
-    return summary
-  eval_config = settings.evaluation(config)
-  model = _restore_params(model, workdir)
-  if mode == "export":
-    return _export(model, tokenizer, FLAGS.out)
-  if mode == "eval" and config.eval.test_time_search:  # the search section, whatever algo
+  return model, tokenizer, task, splits
+
+
+def _train(config, workdir: str, model, tokenizer, task, splits) -> dict:
+  """--mode train: the run, then its before/after table (or the exit a signal asked for)."""
+  from jaxdistill import parallel, train
+  train_split, validation_split, test_split = splits
+  summary = train.train(config, task, model, tokenizer, train_split, test_split, workdir,
+                        validation_problems=validation_split)
+  stopped = summary.get("stopped")
+  if stopped:
+    if parallel.is_primary():
+      print(f"stopped by {stopped['signal']} after step {stopped['step']}; the checkpoint "
+            f"is in {os.path.join(workdir, 'checkpoints')}: run the same command to resume")
+    sys.exit(stopped["exit_code"])
+  if not parallel.is_primary():
+    return summary  # one process reports
+  rows = [(name, summary[key]) for name, key in (
+      ("before", "eval_before"), ("after", "eval_after"),  # the test problems
+      ("before (validation)", "val_before"), ("after (validation)", "val_after"))
+          if key in summary]
+  if rows:
+    _print_table(rows)
+  if os.path.exists(os.path.join(workdir, "eval.png")):
+    print(f"plot: {os.path.join(workdir, 'eval.png')}")
+  return summary
+
+
+def _evaluate(config, workdir: str, model, tokenizer, task, splits) -> dict:
+  """--mode eval: mean@k / pass@k without search, or with the search section's test-time
+  search (eval.test_time_search, whatever the algo)."""
+  from jaxdistill import evaluate as evaluation
+  from jaxdistill import parallel, settings, tokenization
+  _, validation_split, test_split = splits
+  if config.eval.test_time_search:
     ids = tokenization.special_ids(tokenizer)
     result = evaluation.evaluate_with_search(
         model, tokenizer, task, test_split[:config.eval.num_problems],
@@ -177,18 +208,16 @@ def run_job(config, workdir: str, mode: str) -> dict:
         dense=config.reward.dense)
     print(result)
     return result
-  if mode == "eval":
-    problems = validation_split if config.eval.split == "validation" else test_split
-    result = evaluation.evaluate(model, tokenizer, task, problems[:config.eval.num_problems],
-                                 eval_config, seed=settings.evaluation_seed(config),
-                                 prompt=config.task.prompt,
-                                 per_problem=True)
-    if parallel.is_primary():
-      print({key: value for key, value in result.items() if key != "per_problem"})
-      evaluation.write_result(os.path.join(workdir, "eval_result.json"), result,
-                              split=config.eval.split, temperature=config.eval.temperature)
-    return result
-  return _sample(model, tokenizer, task, test_split[:8], eval_config, config.task.prompt)
+  problems = validation_split if config.eval.split == "validation" else test_split
+  result = evaluation.evaluate(model, tokenizer, task, problems[:config.eval.num_problems],
+                               settings.evaluation(config), seed=settings.evaluation_seed(config),
+                               prompt=config.task.prompt,
+                               per_problem=True)
+  if parallel.is_primary():
+    print({key: value for key, value in result.items() if key != "per_problem"})
+    evaluation.write_result(os.path.join(workdir, "eval_result.json"), result,
+                            split=config.eval.split, temperature=config.eval.temperature)
+  return result
 
 
 def _restore_params(model, workdir):
