@@ -54,59 +54,59 @@ def resolved(config):
   return out
 
 
+def _from(section, cls, **given):
+  """`cls` with each field read from the config section's field of the same name, or from
+  `given` (what the section does not hold as is: values computed from several fields, token
+  ids); a field in neither keeps its dataclass default, and one without a default is an
+  error. So a layer's setting is never copied by hand, and one the config lacks is found
+  at once."""
+  values = {}
+  for field in dataclasses.fields(cls):
+    if field.name in given:
+      values[field.name] = given[field.name]
+    elif field.name in section:
+      values[field.name] = section[field.name]
+    elif (field.default is dataclasses.MISSING
+          and field.default_factory is dataclasses.MISSING):
+      raise KeyError(f"{cls.__name__}.{field.name} is neither a config field of its section "
+                     "nor given")
+  unknown = set(given) - {field.name for field in dataclasses.fields(cls)}
+  if unknown:
+    raise KeyError(f"{cls.__name__} has no fields {sorted(unknown)}")
+  return cls(**values)
+
+
 def learner(config) -> learner_lib.LearnerSettings:
   """The update's settings (no tokenizer needed). warmup_steps and decay_steps count
   iterations in the config and optimizer steps here (epochs x minibatches per iteration)."""
   config = resolved(config)
   l = config.learner
   steps = l.epochs * l.minibatches
-  return learner_lib.LearnerSettings(
-      temperature=methods.get(config.algo).learner_temperature(config), logit_chunk=l.logit_chunk, remat=l.remat,
-      loss_aggregation=l.loss_aggregation, ppo_eps_high=l.ppo_eps_high,
-      dual_clip=l.dual_clip,
-      policy_loss=l.policy_loss, eps_high=l.eps_high, ppo_eps=l.ppo_eps,
-      value_coef=l.value_coef, value_trunk_grad=l.value_trunk_grad, kl_coef=l.kl_coef,
-      learning_rate=l.learning_rate, value_learning_rate=l.value_learning_rate,
-      end_learning_rate=l.end_learning_rate, warmup_steps=l.warmup_steps * steps,
-      decay_steps=(l.decay_steps or config.train.num_iterations) * steps,
-      weight_decay=l.weight_decay,
-      clip_norm=l.clip_norm, epochs=l.epochs, minibatches=l.minibatches)
+  return _from(l, learner_lib.LearnerSettings,
+               temperature=methods.get(config.algo).learner_temperature(config),
+               warmup_steps=l.warmup_steps * steps,
+               decay_steps=(l.decay_steps or config.train.num_iterations) * steps)
 
 
 def rollout(config, eos_id: int = 1, pad_id: int = 0) -> rollouts.RolloutSettings:
   """The trajectory producers' settings (token ids from the tokenizer)."""
-  r = config.rollout
-  return rollouts.RolloutSettings(
-      max_completion_tokens=r.max_completion_tokens, temperature=r.temperature, top_p=r.top_p,
-      group_size=r.group_size, best_of=r.best_of, eos_id=eos_id, pad_id=pad_id)
+  return _from(config.rollout, rollouts.RolloutSettings, eos_id=eos_id, pad_id=pad_id)
 
 
 def search(config, step_end: stopping.StopString | None = None, eos_id: int = 1,
            pad_id: int = 0) -> rollouts.SearchSettings:
   """The search's settings; step_end: the task's step delimiter as a stop string (None: the
   shapes only, as the memory planner needs them)."""
-  s, r = config.search, config.rollout
-  lm = lm_expand.LMSearchSettings(
-      num_children=s.num_children, max_step_tokens=s.max_step_tokens,
-      max_path_tokens=s.max_path_tokens, temperature=s.temperature,
-      length_normalized_prior=s.length_normalized_prior, dedup_children=s.dedup_children,
-      rollout_to_end=s.rollout_to_end, branch_at=s.branch_at, reuse_kv=s.reuse_kv,
-      max_rollout_tokens=s.max_rollout_tokens or r.max_completion_tokens,
-      step_end=step_end, eos_id=eos_id, pad_id=pad_id)
-  return rollouts.SearchSettings(
-      lm=lm, num_iterations=s.num_iterations, num_agents=s.num_agents, c_puct=s.c_puct,
-      first_play_value=s.first_play_value, virtual_loss=s.virtual_loss,
-      root_selection=s.root_selection, targets=s.targets, tree_rows=s.tree_rows,
-      step_advantage=s.step_advantage, complete_path=s.complete_path,
-      unfinished_reward=s.unfinished_reward)
+  s = config.search
+  lm = _from(s, lm_expand.LMSearchSettings,
+             max_rollout_tokens=s.max_rollout_tokens or config.rollout.max_completion_tokens,
+             step_end=step_end, eos_id=eos_id, pad_id=pad_id)
+  return _from(s, rollouts.SearchSettings, lm=lm)
 
 
 def evaluation(config) -> EvalSettings:
   """mean@k settings (the `eval` and `task` sections)."""
-  e = config.eval
-  return EvalSettings(k=e.k, temperature=e.temperature, top_p=e.top_p,
-                    max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                    prompt_width=config.task.prompt_width)
+  return _from(config.eval, EvalSettings, prompt_width=config.task.prompt_width)
 
 
 def evaluation_seed(config) -> int:
@@ -116,9 +116,7 @@ def evaluation_seed(config) -> int:
 
 def warm_start(config) -> SFTSettings:
   """The supervised warm start's settings."""
-  s = config.sft
-  return SFTSettings(steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate,
-                   warmup_steps=s.warmup_steps, sequence_length=s.sequence_length, seed=s.seed)
+  return _from(config.sft, SFTSettings)
 
 
 def iteration(config, tokenizer=None, step_delimiter: str | None = None,
@@ -130,10 +128,10 @@ def iteration(config, tokenizer=None, step_delimiter: str | None = None,
   ids = _ids(tokenizer)
   found = (step_search(config, tokenizer, step_delimiter, vocab_size) if method.searches
            else None)
-  return IterationSettings(method=config.algo, rollout=rollout(config, ids.eos_id, ids.pad_id),
-                       search=found, learner=learner(config),
-                       advantage=method.advantage(config), compute_dtype=config.model.dtype,
-                       options=method.options(config))
+  return IterationSettings(method=config.algo,
+                           rollout=rollout(config, ids.eos_id, ids.pad_id), search=found,
+                           learner=learner(config), advantage=method.advantage(config),
+                           compute_dtype=config.model.dtype, options=method.options(config))
 
 
 def _ids(tokenizer) -> tokenization.SpecialIds:

@@ -1,5 +1,6 @@
 """The package's import graph has no cycles, counting imports inside functions too (a
-module that imports from a layer above it closes one)."""
+module that imports from a layer above it closes one) and the package `__init__`s an import
+runs first."""
 
 import ast
 import os
@@ -24,7 +25,10 @@ def _graph():
                   else node.module for a in node.names}
       elif isinstance(node, ast.Import):
         found |= {a.name for a in node.names if a.name.startswith("jaxdistill")}
-    graph[module] = {m for m in found if m in modules and m != module}
+    # importing a.b.c runs a/__init__ and a/b/__init__ first: edges to those packages too
+    found |= {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
+    graph[module] = {m for m in found if m in modules and m != module
+                     and not module.startswith(m + ".")}  # a module's own package: no cycle
   return graph
 
 

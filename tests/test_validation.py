@@ -160,3 +160,28 @@ def test_the_locally_built_presets_shapes_hold_every_problem_of_their_size(prese
   assert answer <= min(config.rollout.max_completion_tokens, config.eval.max_new_tokens)
   assert step <= config.search.max_step_tokens
   assert config.task.prompt_width + answer <= config.search.max_path_tokens
+
+
+def test_a_layers_settings_are_read_by_name_never_copied_by_hand():
+  """settings._from fills a layer's dataclass from the config section's fields of the same
+  names (what the section lacks must be given): a field the config lacks, or a given name
+  the layer lacks, is an error, not a silent default."""
+  import dataclasses
+
+  import ml_collections
+
+  from jaxdistill import settings
+
+  @dataclasses.dataclass(frozen=True)
+  class Layer:
+    width: int
+    depth: int
+    pad_id: int = 0
+
+  section = ml_collections.ConfigDict({"width": 3, "depth": 2, "unrelated": 1.0})
+  assert settings._from(section, Layer) == Layer(3, 2, 0)
+  assert settings._from(section, Layer, depth=5, pad_id=7) == Layer(3, 5, 7)
+  with pytest.raises(KeyError, match="Layer.depth"):
+    settings._from(ml_collections.ConfigDict({"width": 3}), Layer)
+  with pytest.raises(KeyError, match="height"):
+    settings._from(section, Layer, height=1)

@@ -7,9 +7,20 @@
 - `loop`: the prompts each iteration gets and the outer loop;
 - `layout`, `checkpointing`, `runs`, `interrupts`: where the state lives on the mesh, orbax
   checkpoints, the run's record that a resume checks, and a clean stop on a signal.
+
+The names below are imported when first read (PEP 562): importing one of the light modules
+(`runs`, as the warm start does) must not import the loop, which imports the settings, which
+import the warm start.
 """
 
-from jaxdistill.train.loop import train
-from jaxdistill.train.program import advantage_stats, build_iteration, build_phases
+_EXPORTS = {"train": "loop", "advantage_stats": "program", "build_iteration": "program",
+            "build_phases": "program"}
 
-__all__ = ["train", "advantage_stats", "build_iteration", "build_phases"]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'jaxdistill.train' has no attribute {name!r}")
+  import importlib
+  return getattr(importlib.import_module(f"jaxdistill.train.{_EXPORTS[name]}"), name)
