@@ -42,8 +42,9 @@ def _shipped_presets() -> str:
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, f"NAME.py[:preset] of a config the package ships ({_shipped_presets()}; "
     "the first preset is the default), or a path to a config file. Any field is set with "
-    "--config.SECTION.FIELD=VALUE (e.g. --config.algo=cispo); every field, its default and "
-    "what it means: the config file's base() (jaxdistill/configs/)", lock_config=True)
+    "--config.SECTION.FIELD=VALUE (e.g. --config.algo=cispo); every field, its default, "
+    "its rule and what it means: the config file's declarations() (jaxdistill/configs/)",
+    lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (default runs/<preset>-<algo>)")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "export"], "what to run")
 flags.DEFINE_string("out", None, "--mode export: the directory to write")

@@ -1,154 +1,21 @@
 """One pass over the whole run config before anything is built, generated or compiled.
 
-Every field has a rule (type, range or choices); cross-field rules check that the settings
+Every field has a rule (type, range or choices), declared with its default in
+`configs/countdown.py` (`configs/rules.py`); cross-field rules check that the settings
 can work together. `problems(config)` returns one line per problem, each naming the field,
 its value and what is allowed; `main` prints them and exits with status 2.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any
 
 
-@dataclasses.dataclass(frozen=True)
-class Int:
-  """An integer >= low (and <= high)."""
-  low: int
-  high: int | None = None
-
-  def check(self, value) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-      return "must be an integer"
-    if value < self.low or (self.high is not None and value > self.high):
-      return f"must be an integer in [{self.low}, {self.high}]" if self.high is not None else (
-          f"must be an integer >= {self.low}")
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Float:
-  """A finite number >= low (> low when open), and <= high."""
-  low: float
-  high: float | None = None
-  open_low: bool = False
-
-  def check(self, value) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-      return "must be a finite number"
-    too_low = value <= self.low if self.open_low else value < self.low
-    if too_low or (self.high is not None and value > self.high):
-      low = f"({self.low}" if self.open_low else f"[{self.low}"
-      return (f"must be in {low}, {self.high}]" if self.high is not None else
-              f"must be {'>' if self.open_low else '>='} {self.low}")
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Choice:
-  options: tuple
-
-  def check(self, value) -> str | None:
-    return None if value in self.options else f"must be one of {', '.join(self.options)}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Bool:
-  def check(self, value) -> str | None:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-@dataclasses.dataclass(frozen=True)
-class Text:
-  def check(self, value) -> str | None:
-    return None if isinstance(value, str) else "must be a string"
-
-
-POSITIVE, COUNT = Int(1), Int(0)
-PROBABILITY = Float(0.0, 1.0, open_low=True)  # top-p: (0, 1]
-TEMPERATURE = Float(0.0)  # 0 is greedy
-RATE = Float(0.0, open_low=True)
-
-
 def _schema() -> dict[str, Any]:
-  from jaxdistill.configs.countdown import PRESETS
-  from jaxdistill.models.qwen2 import PRECISIONS
-  from jaxdistill.methods import METHODS
-  from jaxdistill.rl.batch import ADVANTAGES
-  from jaxdistill.rl.losses import POLICY_LOSSES
-  from jaxdistill.rl.rollouts import SEARCH_TARGETS
-  from jaxdistill.search.frontier import ADVANTAGES as TREE_ADVANTAGES
-  from jaxdistill.tasks import TASKS
-  rules = {
-      "preset": Choice(tuple(PRESETS)), "seed": COUNT,
-      "algo": Choice(tuple(METHODS)), "compile_cache_dir": Text(),
-      "model.path": Text(), "model.dtype": Choice(("float32", "bfloat16", "float16")),
-      "model.param_dtype": Choice(("float32", "bfloat16", "float16")),
-      "model.precision": Choice(PRECISIONS), "model.hidden_size": POSITIVE,
-      "model.intermediate_size": POSITIVE, "model.num_hidden_layers": POSITIVE,
-      "model.num_attention_heads": POSITIVE, "model.num_key_value_heads": POSITIVE,
-      "model.rope_theta": RATE,
-      "sft.steps": COUNT, "sft.batch_size": POSITIVE, "sft.learning_rate": RATE,
-      "sft.warmup_steps": COUNT, "sft.sequence_length": Int(2), "sft.seed": COUNT,
-      "sft.cache_dir": Text(),
-      "task.name": Choice(tuple(TASKS)), "task.data_seed": COUNT, "task.train_size": POSITIVE,
-      "task.test_size": POSITIVE,
-      "task.validation_size": COUNT, "task.numbers": Int(2, 6), "task.data_dir": Text(),
-      "task.data_path": Text(),
-      "task.prompt": Choice(("compact", "chat")), "task.prompt_width": POSITIVE,
-      "task.malformed_reward": Float(-1.0, 0.0), "search.complete_path": Bool(),
-      "search.unfinished_reward": Float(-1.0, 1.0),
-      "reward.dense": Bool(),
-      "search.num_children": POSITIVE, "search.max_step_tokens": POSITIVE,
-      "search.max_path_tokens": POSITIVE, "search.temperature": TEMPERATURE,
-      "search.c_puct": Float(0.0), "search.first_play_value": Float(-1.0, 1.0),
-      "search.num_agents": POSITIVE, "search.num_iterations": POSITIVE,
-      "search.virtual_loss": Choice(("visit", "value")),
-      "search.root_selection": Choice(("puct", "gumbel")),
-      "search.length_normalized_prior": Bool(), "search.dedup_children": Bool(),
-      "search.rollout_to_end": Bool(), "search.max_rollout_tokens": COUNT,
-      "search.branch_at": Choice(("step", "entropy")), "search.reuse_kv": Bool(),
-      "search.targets": Choice(tuple(SEARCH_TARGETS)), "search.tree_rows": POSITIVE,
-      "search.step_advantage": Bool(),
-      "deepsearch.trajectories": POSITIVE, "deepsearch.expansions": POSITIVE,
-      "deepsearch.max_depth": POSITIVE, "deepsearch.frontier_q": Float(0.0),
-      "deepsearch.frontier_entropy": Float(0.0), "deepsearch.frontier_depth": Float(0.0),
-      "deepsearch.backup_floor": Float(0.0, 1.0), "deepsearch.incomplete_reward": Float(-1.0, 0.0),
-      "deepsearch.advantage": Choice(tuple(TREE_ADVANTAGES)),
-      "deepsearch.round_iterations": COUNT, "deepsearch.filter_k": POSITIVE,
-      "deepsearch.filter_threshold": Float(0.0, 1.0), "deepsearch.filter_pool": COUNT,
-      "deepsearch.pool_rounds": POSITIVE,
-      "deepsearch.replay": Bool(), "deepsearch.replay_capacity": POSITIVE,
-      "rollout.max_completion_tokens": POSITIVE, "rollout.temperature": TEMPERATURE,
-      "rollout.top_p": PROBABILITY, "rollout.group_size": POSITIVE, "rollout.best_of": POSITIVE,
-      "learner.policy_loss": Choice(tuple(POLICY_LOSSES)),
-      "learner.advantage": Choice(tuple(name for name, estimator in ADVANTAGES.items()
-                                        if not estimator.grouped)),
-      "learner.advantage_std": Bool(),
-      "learner.eps_high": RATE, "learner.ppo_eps": Float(0.0, 1.0, open_low=True),
-      "learner.ppo_eps_high": Float(0.0), "learner.dual_clip": Float(0.0),
-      "learner.loss_aggregation": Choice(("sequence", "token")), "learner.logit_chunk": COUNT,
-      "learner.remat": Bool(),
-      "learner.value_coef": Float(0.0), "learner.value_trunk_grad": Bool(),
-      "learner.kl_coef": Float(0.0), "learner.learning_rate": RATE,
-      "learner.value_learning_rate": Float(0.0),
-      "learner.end_learning_rate": Float(0.0), "learner.warmup_steps": COUNT,
-      "learner.decay_steps": COUNT, "learner.weight_decay": Float(0.0),
-      "learner.clip_norm": RATE, "learner.epochs": POSITIVE, "learner.minibatches": POSITIVE,
-      "train.num_iterations": POSITIVE, "train.prompts_per_iteration": POSITIVE,
-      "train.checkpoint_every": POSITIVE, "train.keep": POSITIVE, "train.progress": Bool(),
-      "train.token_budget": COUNT, "train.phase_timing": Bool(),
-      "train.restart": Bool(), "train.max_skipped_updates": POSITIVE,
-      "parallel.fsdp": POSITIVE,
-      "eval.k": POSITIVE, "eval.seed": Int(-1), "eval.temperature": TEMPERATURE, "eval.top_p": PROBABILITY,
-      "eval.max_new_tokens": POSITIVE, "eval.batch_size": POSITIVE,
-      "eval.num_problems": POSITIVE, "eval.every": COUNT, "eval.curve_problems": COUNT,
-      "eval.split": Choice(("test", "validation")), "eval.at_start": Bool(),
-      "eval.test_time_search": Bool(),
-  }
-  # method_learner.<method>.<field>: the learner field's rule
-  from jaxdistill.configs.countdown import base
+  """{'section.field': rule}: each field's rule as declared beside its default
+  (`configs/countdown.py`), and method_learner.<method>.<field> the learner field's."""
+  from jaxdistill.configs.countdown import base, declarations
+  rules = declarations().rules()
   for method, entry in base().method_learner.items():
     rules |= {f"method_learner.{method}.{field}": rules[f"learner.{field}"] for field in entry}
   return rules

@@ -10,17 +10,18 @@ import pytest
 
 from jaxdistill import validation
 from jaxdistill.configs import countdown as presets
+from jaxdistill.configs import rules as rule_types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _outside(rule):
   """A value just outside what the rule allows (None: the rule has no such value)."""
-  if isinstance(rule, validation.Int):
+  if isinstance(rule, rule_types.Int):
     return rule.low - 1
-  if isinstance(rule, validation.Float):
+  if isinstance(rule, rule_types.Float):
     return rule.low if rule.open_low else rule.low - 1.0
-  if isinstance(rule, validation.Choice):
+  if isinstance(rule, rule_types.Choice):
     return "no-such-option"
   return None
 
@@ -185,3 +186,44 @@ def test_a_layers_settings_are_read_by_name_never_copied_by_hand():
     settings._from(ml_collections.ConfigDict({"width": 3}), Layer)
   with pytest.raises(KeyError, match="height"):
     settings._from(section, Layer, height=1)
+
+
+def test_every_field_is_declared_once_and_every_read_is_of_a_declared_field():
+  """A setting is declared in one place (`configs/countdown.py`: default and rule): declaring
+  a field twice is an error, and every `config.section.field` the package reads is declared
+  (a read of an undeclared field would fail only when its line runs)."""
+  import ast
+
+  from jaxdistill.configs.rules import COUNT, Declared
+  section = Declared()
+  section.steps = 1, COUNT
+  with pytest.raises(ValueError, match="'steps' is declared twice"):
+    section.steps = 2, COUNT
+  with pytest.raises(TypeError, match="default, rule"):
+    section.width = 3  # a default without its rule
+  declared = set(validation._schema())
+  sections = {name.split(".")[0] for name in declared if "." in name}
+  methods = set(dir(presets.get_config()))  # ConfigDict's own: items(), get_type(), ...
+  undeclared, reads = [], 0
+  package = os.path.join(ROOT, "jaxdistill")
+  for directory, _, files in os.walk(package):
+    for name in files:
+      if not name.endswith(".py"):
+        continue
+      path = os.path.join(directory, name)
+      for node in ast.walk(ast.parse(open(path).read())):
+        # config.section.field, c.section.field, self.config.section.field
+        if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)):
+          continue
+        root = node.value.value
+        if not ((isinstance(root, ast.Name) and root.id in ("config", "c", "cfg")) or
+                (isinstance(root, ast.Attribute) and root.attr == "config")):
+          continue
+        section, field = node.value.attr, node.attr
+        if section not in sections or field in methods:
+          continue
+        reads += 1
+        read = f"{section}.{field}"
+        if read not in declared and not any(d.startswith(read + ".") for d in declared):
+          undeclared.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {section}.{field}")
+  assert reads > 200 and not undeclared, undeclared

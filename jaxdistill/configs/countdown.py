@@ -7,7 +7,9 @@ line (--config.search.num_agents=8); unknown fields are errors.
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+
+from jaxdistill.configs.rules import (COUNT, POSITIVE, PROBABILITY, RATE, TEMPERATURE, Bool,
+                                    Choice, Declared, Float, Int, Text, registry)
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
@@ -29,176 +31,36 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
   return config
 
 
-def base() -> ml_collections.ConfigDict:
-  """Every setting, at the values of the `tiny` preset (the other presets change some)."""
-  c = ml_collections.ConfigDict()
-  c.preset = "tiny"
-  c.seed = 0
-  c.algo = "mcts_distill"  # mcts_distill | cispo | best_of_n | deepsearch (jaxdistill/methods/)
+def declarations() -> Declared:
+  """Every setting, declared once: `c.section.field = default, rule  # what it means`. The
+  defaults are the `tiny` preset's values (the other presets change some); `validation`
+  checks every value against its rule."""
+  c = Declared()
+  c.preset = "tiny", Choice(lambda: tuple(PRESETS))
+  c.seed = 0, COUNT
+  # mcts_distill | cispo | best_of_n | deepsearch (jaxdistill/methods/)
+  c.algo = "mcts_distill", registry("jaxdistill.methods", "METHODS")
   # persistent compilation cache: '' -> $XDG_CACHE_HOME (or ~/.cache)/jaxdistill/xla,
   # 'none' -> off, else a directory (e.g. inside the workdir)
-  c.compile_cache_dir = ""
+  c.compile_cache_dir = "", Text()
 
-  c.model = ml_collections.ConfigDict()
-  c.model.path = ""  # local Hugging Face directory (qwen presets); '' -> built locally
-  c.model.dtype = "float32"  # compute: activations, matmuls, KV cache, sampling and search
-  # parameters and optimizer state (master weights): fp32, or Adam's small steps round away
-  c.model.param_dtype = "float32"
-  # matmul precision: auto (HIGHEST for float32, so fp32 is fp32 on GPUs too; native for
-  # bfloat16) | highest | tensorfloat32 (faster fp32 on GPUs) | default
-  c.model.precision = "auto"
-  c.model.hidden_size = 128  # architecture of the locally built model (tiny / smoke)
-  c.model.intermediate_size = 384
-  c.model.num_hidden_layers = 4
-  c.model.num_attention_heads = 4
-  c.model.num_key_value_heads = 2
-  c.model.rope_theta = 1e6
+  _model(c)
+  _sft(c)
+  _task(c)
+  _reward(c)
+  _search(c)
+  _deepsearch(c)
+  _rollout(c)
+  _learner(c)
+  _train(c)
+  _parallel(c)
+  _eval(c)
+  return c
 
-  c.sft = ml_collections.ConfigDict()  # warm start of the locally built model
-  # calibrated so the base model solves a minority of held-out problems (mean@16 in 5-25%,
-  # like the instruct model the reference started from; tiny4's few percent, as the
-  # reference's): docs/results.md, "The reference's regime on a CPU"
-  c.sft.steps = 400  # 0: no warm start (random init)
-  c.sft.batch_size = 64
-  c.sft.learning_rate = 2e-3
-  c.sft.warmup_steps = 20
-  c.sft.sequence_length = 84  # compact prompt + solution + EOS: at most 82 tokens (3 numbers)
-  c.sft.seed = 0  # init and warm-start seed: the base model (c.seed varies the RL run only)
-  c.sft.cache_dir = ""  # '' -> WORKDIR/warm_start; runs may share one base model
 
-  c.task = ml_collections.ConfigDict()
-  c.task.name = "countdown"  # a key of jaxdistill.tasks.TASKS
-  c.task.data_seed = 0
-  # the three splits hold distinct problems (numbers and target) and share none. 3 numbers
-  # make 6,926 distinct problems, so train + validation + test stay below that
-  c.task.train_size = 4_000
-  c.task.test_size = 820
-  # numbers per problem, each in [1, 13]. The reference uses 4; the CPU presets use 3, which
-  # a 1M-parameter model learns in minutes (targets: median 21, p90 102, 90% <= 100)
-  c.task.numbers = 3
-  # validation: held out from warm start and RL training alike (learning rates and learning
-  # curves are read off it, never off the test split)
-  c.task.validation_size = 256
-  c.task.data_dir = ""  # '' -> WORKDIR/data: train.jsonl, validation.jsonl, test.jsonl
-  # '' -> problems from the generator; else a data file to carve the splits from: JSONL or
-  # parquet rows with `target` and `numbers`, `nums` (TinyZero) or `input` (the reference)
-  c.task.data_path = ""
-  c.task.prompt = "compact"  # compact (character tokenizer) | chat (instruct tokenizers)
-  c.task.prompt_width = 32  # prompt tokens (static shape): compact prompts of 3 numbers <= 32
-  c.task.malformed_reward = -1.0  # the dense reward of a malformed answer (a missing one: -1)
-
-  c.reward = ml_collections.ConfigDict()
-  # training reward and search terminal values (eval is always sparse). dense: -1 invalid, a
-  # graded score for a wrong value, 1 solved (the reference's; the qwen presets); sparse: 1 solved,
-  # else 0. On tiny every method ends above the base model with the sparse reward and not
-  # with the dense one, whose -1s make most of the signal large negative advantages
-  # (docs/results.md, "The sparse reward")
-  c.reward.dense = False
-
-  c.search = ml_collections.ConfigDict()
-  c.search.num_children = 4
-  c.search.max_step_tokens = 20  # a step line is at most 16 tokens
-  c.search.max_path_tokens = 96  # prompt + completion
-  c.search.temperature = 0.8
-  c.search.c_puct = 0.5
-  c.search.first_play_value = 0.0
-  c.search.num_agents = 4
-  c.search.num_iterations = 8
-  c.search.virtual_loss = "visit"  # visit | value
-  c.search.root_selection = "puct"  # puct | gumbel
-  c.search.length_normalized_prior = False
-  c.search.dedup_children = False  # identical candidate steps become one child
-  # each candidate continued to EOS in the same decode; node value = mean rollout reward
-  c.search.rollout_to_end = False
-  c.search.max_rollout_tokens = 0  # 0: rollout.max_completion_tokens
-  # step: a child ends at a step end | entropy (rollout_to_end): a child is its rollout cut
-  # before the rollout's most uncertain token among the first max_step_tokens (EPTree)
-  c.search.branch_at = "step"
-  # each node keeps its step's KV, an expansion prefills only the step it appends (False:
-  # the whole path again, as before; the same trees)
-  c.search.reuse_kv = True
-  # path: the most-visited path | tree: the tree's trajectories with tree advantages |
-  # visits: cross-entropy of the path nodes' candidate steps against their visit counts
-  c.search.targets = "path"
-  # path targets: True: a path that stopped before EOS is completed by plain sampling; False:
-  # it goes to the learner as searched, scored search.unfinished_reward (the reference's)
-  c.search.complete_path = True
-  c.search.unfinished_reward = -1.0
-  c.search.tree_rows = 16  # tree/visits targets: learner rows per prompt (visits: K per node)
-  c.search.step_advantage = True  # tree targets: step-level advantages besides global ones
-
-  # algo=deepsearch (DeepSearch, arXiv 2509.25454): the tree's width is search.num_children,
-  # a node one step (search.max_step_tokens, .max_path_tokens, .temperature as above)
-  c.deepsearch = ml_collections.ConfigDict()
-  c.deepsearch.trajectories = 8  # terminal paths harvested per prompt (learner rows)
-  c.deepsearch.expansions = 16  # expansion rounds at most per prompt
-  c.deepsearch.max_depth = 6  # steps; a node this deep is terminal (4 numbers: 4 steps)
-  # frontier score l1 * tanh(Q parent) + l2 * step NLL + l3 * sqrt(depth / max_depth)
-  c.deepsearch.frontier_q = 0.4
-  c.deepsearch.frontier_entropy = 0.0
-  c.deepsearch.frontier_depth = 0.01
-  c.deepsearch.backup_floor = 0.1  # the backup's depth weight never falls below this
-  c.deepsearch.incomplete_reward = -1.0  # outcome of a path that ended without an answer
-  # the learner rows' advantage: tree_grpo (published: node value minus the mean outcome),
-  # outcome (path outcome minus the mean), node_mean (node value minus the tree's mean
-  # node value over its tokens: no net push on any tree); search/frontier.py ADVANTAGES
-  c.deepsearch.advantage = "tree_grpo"
-  # adaptive training: every round_iterations iterations (0: off, every prompt searched)
-  # score the next filter_pool training problems by Pass1@filter_k (plain samples at
-  # search.temperature) and train the round on those at or below filter_threshold
-  c.deepsearch.round_iterations = 16
-  c.deepsearch.filter_k = 4
-  c.deepsearch.filter_threshold = 0.25
-  # 0: round_iterations x prompts_per_iteration, the problems a round trains on, so no scored
-  # problem goes untrained when nearly all are hard (tiny4: 98% are)
-  c.deepsearch.filter_pool = 0
-  # rounds in a row that score the same pool: problems still hard come back, so the ones the
-  # search solved are replayed (1: every round a new pool, no problem returns within a run).
-  # 4: on tiny4 the replayed share then grows 0, 16, 31, 43% over a pool's rounds
-  # (docs/results.md, "Rounds that come back")
-  c.deepsearch.pool_rounds = 4
-  # verified solutions kept per problem; a buffered problem is not searched again: n plain
-  # samples, the first min(cached, n) of them replaced by its cached solutions
-  c.deepsearch.replay = True
-  c.deepsearch.replay_capacity = 1024  # problems in the buffer (the oldest make way)
-
-  c.rollout = ml_collections.ConfigDict()
-  c.rollout.max_completion_tokens = 64  # solutions of 3 numbers: at most 50 tokens
-  c.rollout.temperature = 0.8
-  c.rollout.top_p = 1.0
-  c.rollout.group_size = 16  # cispo
-  c.rollout.best_of = 64  # best_of_n
-
-  c.learner = ml_collections.ConfigDict()
-  # a field left None (`placeholder`) takes its method's value from method_learner below;
-  # a value given here (--config.learner.minibatches=4) is used whatever the method
-  c.learner.policy_loss = placeholder(str)  # cispo | ppo
-  c.learner.advantage = "reward_minus_value"  # reward_minus_value | gae (cispo: group)
-  # group advantages divided by the group's standard deviation (GRPO); False: mean-only
-  c.learner.advantage_std = True
-  c.learner.eps_high = 5.0
-  c.learner.ppo_eps = 0.2
-  c.learner.ppo_eps_high = placeholder(float)  # PPO's upper clip (clip-higher); 0: ppo_eps
-  c.learner.dual_clip = placeholder(float)  # PPO dual clip c > 1 on negative advantages (0: off)
-  # sequence: mean over each sequence's tokens, then over sequences | token: over all tokens
-  c.learner.loss_aggregation = placeholder(str)
-  # positions whose [*, vocabulary] logits the update holds at once (0: all of them)
-  c.learner.logit_chunk = 1024
-  # recompute each layer in the backward pass: keeps layer inputs only (qwen presets: on)
-  c.learner.remat = False
-  c.learner.value_coef = placeholder(float)  # 0: no value loss, the value head untouched
-  c.learner.value_trunk_grad = True  # False: value loss trains the value head only
-  c.learner.kl_coef = placeholder(float)
-  c.learner.learning_rate = placeholder(float)
-  c.learner.value_learning_rate = 0.0  # the value head's peak rate (0: learning_rate)
-  c.learner.end_learning_rate = 0.0
-  c.learner.warmup_steps = 0  # iterations (each iteration's epochs x minibatches steps)
-  c.learner.decay_steps = 0  # iterations; 0: train.num_iterations
-  c.learner.weight_decay = placeholder(float)
-  c.learner.clip_norm = placeholder(float)
-  c.learner.epochs = 1
-  c.learner.minibatches = placeholder(int)  # gradient steps per epoch, each on a share of rows
-
+def base() -> ml_collections.ConfigDict:
+  """Every setting at its default (`declarations`), and each method's learner."""
+  c = declarations().config()
   # the learner each method trains with where a learner field is None: its own entry, else
   # `default`. Set a method's value here (--config.method_learner.deepsearch.minibatches=4)
   # or for every method in learner (which wins)
@@ -218,46 +80,231 @@ def base() -> ml_collections.ConfigDict:
       policy_loss="ppo", ppo_eps_high=0.28, dual_clip=10.0, loss_aggregation="token",
       value_coef=0.0, kl_coef=0.0, learning_rate=3e-6, weight_decay=0.1, clip_norm=1.0,
       minibatches=8))
+  return c
 
-  c.train = ml_collections.ConfigDict()
+def _model(c: Declared) -> None:
+  c.model = Declared()
+  c.model.path = "", Text()  # local Hugging Face directory (qwen presets); '' -> built locally
+  # compute: activations, matmuls, KV cache, sampling and search
+  c.model.dtype = "float32", Choice(("float32", "bfloat16", "float16"))
+  # parameters and optimizer state (master weights): fp32, or Adam's small steps round away
+  c.model.param_dtype = "float32", Choice(("float32", "bfloat16", "float16"))
+  # matmul precision: auto (HIGHEST for float32, so fp32 is fp32 on GPUs too; native for
+  # bfloat16) | highest | tensorfloat32 (faster fp32 on GPUs) | default
+  c.model.precision = "auto", registry("jaxdistill.models.qwen2", "PRECISIONS")
+  c.model.hidden_size = 128, POSITIVE  # architecture of the locally built model (tiny / smoke)
+  c.model.intermediate_size = 384, POSITIVE
+  c.model.num_hidden_layers = 4, POSITIVE
+  c.model.num_attention_heads = 4, POSITIVE
+  c.model.num_key_value_heads = 2, POSITIVE
+  c.model.rope_theta = 1e6, RATE
+
+def _sft(c: Declared) -> None:
+  c.sft = Declared()  # warm start of the locally built model
+  # calibrated so the base model solves a minority of held-out problems (mean@16 in 5-25%,
+  # like the instruct model the reference started from; tiny4's few percent, as the
+  # reference's): docs/results.md, "The reference's regime on a CPU"
+  c.sft.steps = 400, COUNT  # 0: no warm start (random init)
+  c.sft.batch_size = 64, POSITIVE
+  c.sft.learning_rate = 2e-3, RATE
+  c.sft.warmup_steps = 20, COUNT
+  # compact prompt + solution + EOS: at most 82 tokens (3 numbers)
+  c.sft.sequence_length = 84, Int(2)
+  c.sft.seed = 0, COUNT  # init and warm-start seed: the base model (c.seed varies the RL run only)
+  c.sft.cache_dir = "", Text()  # '' -> WORKDIR/warm_start; runs may share one base model
+
+def _task(c: Declared) -> None:
+  c.task = Declared()
+  # a key of jaxdistill.tasks.TASKS
+  c.task.name = "countdown", registry("jaxdistill.tasks", "TASKS")
+  c.task.data_seed = 0, COUNT
+  # the three splits hold distinct problems (numbers and target) and share none. 3 numbers
+  # make 6,926 distinct problems, so train + validation + test stay below that
+  c.task.train_size = 4_000, POSITIVE
+  c.task.test_size = 820, POSITIVE
+  # numbers per problem, each in [1, 13]. The reference uses 4; the CPU presets use 3, which
+  # a 1M-parameter model learns in minutes (targets: median 21, p90 102, 90% <= 100)
+  c.task.numbers = 3, Int(2, 6)
+  # validation: held out from warm start and RL training alike (learning rates and learning
+  # curves are read off it, never off the test split)
+  c.task.validation_size = 256, COUNT
+  c.task.data_dir = "", Text()  # '' -> WORKDIR/data: train.jsonl, validation.jsonl, test.jsonl
+  # '' -> problems from the generator; else a data file to carve the splits from: JSONL or
+  # parquet rows with `target` and `numbers`, `nums` (TinyZero) or `input` (the reference)
+  c.task.data_path = "", Text()
+  # compact (character tokenizer) | chat (instruct tokenizers)
+  c.task.prompt = "compact", Choice(("compact", "chat"))
+  # prompt tokens (static shape): compact prompts of 3 numbers <= 32
+  c.task.prompt_width = 32, POSITIVE
+  # the dense reward of a malformed answer (a missing one: -1)
+  c.task.malformed_reward = -1.0, Float(-1.0, 0.0)
+
+def _reward(c: Declared) -> None:
+  c.reward = Declared()
+  # training reward and search terminal values (eval is always sparse). dense: -1 invalid, a
+  # graded score for a wrong value, 1 solved (the reference's; the qwen presets); sparse: 1 solved,
+  # else 0. On tiny every method ends above the base model with the sparse reward and not
+  # with the dense one, whose -1s make most of the signal large negative advantages
+  # (docs/results.md, "The sparse reward")
+  c.reward.dense = False, Bool()
+
+def _search(c: Declared) -> None:
+  c.search = Declared()
+  c.search.num_children = 4, POSITIVE
+  c.search.max_step_tokens = 20, POSITIVE  # a step line is at most 16 tokens
+  c.search.max_path_tokens = 96, POSITIVE  # prompt + completion
+  c.search.temperature = 0.8, TEMPERATURE
+  c.search.c_puct = 0.5, Float(0.0)
+  c.search.first_play_value = 0.0, Float(-1.0, 1.0)
+  c.search.num_agents = 4, POSITIVE
+  c.search.num_iterations = 8, POSITIVE
+  c.search.virtual_loss = "visit", Choice(("visit", "value"))  # visit | value
+  c.search.root_selection = "puct", Choice(("puct", "gumbel"))  # puct | gumbel
+  c.search.length_normalized_prior = False, Bool()
+  c.search.dedup_children = False, Bool()  # identical candidate steps become one child
+  # each candidate continued to EOS in the same decode; node value = mean rollout reward
+  c.search.rollout_to_end = False, Bool()
+  c.search.max_rollout_tokens = 0, COUNT  # 0: rollout.max_completion_tokens
+  # step: a child ends at a step end | entropy (rollout_to_end): a child is its rollout cut
+  # before the rollout's most uncertain token among the first max_step_tokens (EPTree)
+  c.search.branch_at = "step", Choice(("step", "entropy"))
+  # each node keeps its step's KV, an expansion prefills only the step it appends (False:
+  # the whole path again, as before; the same trees)
+  c.search.reuse_kv = True, Bool()
+  # path: the most-visited path | tree: the tree's trajectories with tree advantages |
+  # visits: cross-entropy of the path nodes' candidate steps against their visit counts
+  c.search.targets = "path", registry("jaxdistill.rl.rollouts", "SEARCH_TARGETS")
+  # path targets: True: a path that stopped before EOS is completed by plain sampling; False:
+  # it goes to the learner as searched, scored search.unfinished_reward (the reference's)
+  c.search.complete_path = True, Bool()
+  c.search.unfinished_reward = -1.0, Float(-1.0, 1.0)
+  # tree/visits targets: learner rows per prompt (visits: K per node)
+  c.search.tree_rows = 16, POSITIVE
+  c.search.step_advantage = True, Bool()  # tree targets: step-level advantages besides global ones
+
+def _deepsearch(c: Declared) -> None:
+  # algo=deepsearch (DeepSearch, arXiv 2509.25454): the tree's width is search.num_children,
+  # a node one step (search.max_step_tokens, .max_path_tokens, .temperature as above)
+  c.deepsearch = Declared()
+  c.deepsearch.trajectories = 8, POSITIVE  # terminal paths harvested per prompt (learner rows)
+  c.deepsearch.expansions = 16, POSITIVE  # expansion rounds at most per prompt
+  c.deepsearch.max_depth = 6, POSITIVE  # steps; a node this deep is terminal (4 numbers: 4 steps)
+  # frontier score l1 * tanh(Q parent) + l2 * step NLL + l3 * sqrt(depth / max_depth)
+  c.deepsearch.frontier_q = 0.4, Float(0.0)
+  c.deepsearch.frontier_entropy = 0.0, Float(0.0)
+  c.deepsearch.frontier_depth = 0.01, Float(0.0)
+  # the backup's depth weight never falls below this
+  c.deepsearch.backup_floor = 0.1, Float(0.0, 1.0)
+  # outcome of a path that ended without an answer
+  c.deepsearch.incomplete_reward = -1.0, Float(-1.0, 0.0)
+  # the learner rows' advantage: tree_grpo (published: node value minus the mean outcome),
+  # outcome (path outcome minus the mean), node_mean (node value minus the tree's mean
+  # node value over its tokens: no net push on any tree); search/frontier.py ADVANTAGES
+  c.deepsearch.advantage = "tree_grpo", registry("jaxdistill.search.frontier", "ADVANTAGES")
+  # adaptive training: every round_iterations iterations (0: off, every prompt searched)
+  # score the next filter_pool training problems by Pass1@filter_k (plain samples at
+  # search.temperature) and train the round on those at or below filter_threshold
+  c.deepsearch.round_iterations = 16, COUNT
+  c.deepsearch.filter_k = 4, POSITIVE
+  c.deepsearch.filter_threshold = 0.25, Float(0.0, 1.0)
+  # 0: round_iterations x prompts_per_iteration, the problems a round trains on, so no scored
+  # problem goes untrained when nearly all are hard (tiny4: 98% are)
+  c.deepsearch.filter_pool = 0, COUNT
+  # rounds in a row that score the same pool: problems still hard come back, so the ones the
+  # search solved are replayed (1: every round a new pool, no problem returns within a run).
+  # 4: on tiny4 the replayed share then grows 0, 16, 31, 43% over a pool's rounds
+  # (docs/results.md, "Rounds that come back")
+  c.deepsearch.pool_rounds = 4, POSITIVE
+  # verified solutions kept per problem; a buffered problem is not searched again: n plain
+  # samples, the first min(cached, n) of them replaced by its cached solutions
+  c.deepsearch.replay = True, Bool()
+  c.deepsearch.replay_capacity = 1024, POSITIVE  # problems in the buffer (the oldest make way)
+
+def _rollout(c: Declared) -> None:
+  c.rollout = Declared()
+  c.rollout.max_completion_tokens = 64, POSITIVE  # solutions of 3 numbers: at most 50 tokens
+  c.rollout.temperature = 0.8, TEMPERATURE
+  c.rollout.top_p = 1.0, PROBABILITY
+  c.rollout.group_size = 16, POSITIVE  # cispo
+  c.rollout.best_of = 64, POSITIVE  # best_of_n
+
+def _learner(c: Declared) -> None:
+  c.learner = Declared()
+  # a field left None (`placeholder`) takes its method's value from method_learner below;
+  # a value given here (--config.learner.minibatches=4) is used whatever the method
+  c.learner.policy_loss = None, registry("jaxdistill.rl.losses", "POLICY_LOSSES")  # cispo | ppo
+  # reward_minus_value | gae (cispo: group)
+  c.learner.advantage = ("reward_minus_value",
+                         registry("jaxdistill.rl.batch", "ADVANTAGES", ungrouped=True))
+  # group advantages divided by the group's standard deviation (GRPO); False: mean-only
+  c.learner.advantage_std = True, Bool()
+  c.learner.eps_high = 5.0, RATE
+  c.learner.ppo_eps = 0.2, Float(0.0, 1.0, open_low=True)
+  c.learner.ppo_eps_high = None, Float(0.0)  # PPO's upper clip (clip-higher); 0: ppo_eps
+  c.learner.dual_clip = None, Float(0.0)  # PPO dual clip c > 1 on negative advantages (0: off)
+  # sequence: mean over each sequence's tokens, then over sequences | token: over all tokens
+  c.learner.loss_aggregation = None, Choice(("sequence", "token"))
+  # positions whose [*, vocabulary] logits the update holds at once (0: all of them)
+  c.learner.logit_chunk = 1024, COUNT
+  # recompute each layer in the backward pass: keeps layer inputs only (qwen presets: on)
+  c.learner.remat = False, Bool()
+  c.learner.value_coef = None, Float(0.0)  # 0: no value loss, the value head untouched
+  c.learner.value_trunk_grad = True, Bool()  # False: value loss trains the value head only
+  c.learner.kl_coef = None, Float(0.0)
+  c.learner.learning_rate = None, RATE
+  c.learner.value_learning_rate = 0.0, Float(0.0)  # the value head's peak rate (0: learning_rate)
+  c.learner.end_learning_rate = 0.0, Float(0.0)
+  c.learner.warmup_steps = 0, COUNT  # iterations (each iteration's epochs x minibatches steps)
+  c.learner.decay_steps = 0, COUNT  # iterations; 0: train.num_iterations
+  c.learner.weight_decay = None, Float(0.0)
+  c.learner.clip_norm = None, RATE
+  c.learner.epochs = 1, POSITIVE
+  c.learner.minibatches = None, POSITIVE  # gradient steps per epoch, each on a share of rows
+
+def _train(c: Declared) -> None:
+  c.train = Declared()
   # 3x the tokens of the first comparison's 64 iterations: at lr 1e-5 more updates gain
   # more than larger rates (docs/results.md, "Three times the tokens")
-  c.train.num_iterations = 232
-  c.train.prompts_per_iteration = 8
-  c.train.checkpoint_every = 8
-  c.train.keep = 3
-  c.train.progress = True
-  c.train.token_budget = 0  # >0: stop once this many tokens were sampled (equal-compute runs)
+  c.train.num_iterations = 232, POSITIVE
+  c.train.prompts_per_iteration = 8, POSITIVE
+  c.train.checkpoint_every = 8, POSITIVE
+  c.train.keep = 3, POSITIVE
+  c.train.progress = True, Bool()
+  # >0: stop once this many tokens were sampled (equal-compute runs)
+  c.train.token_budget = 0, COUNT
   # True: run rollout, batch assembly and update as three programs and log each one's
   # seconds and FLOP/s (phase_s/*, phase_flop_per_s/*); False: one fused program (faster)
-  c.train.phase_timing = False
+  c.train.phase_timing = False, Bool()
   # True: move this workdir's run aside (WORKDIR/restarted-<time>/, never deleted) and start
   # over; False: resume it, refusing settings that shape the saved state differently
-  c.train.restart = False
-  c.train.max_skipped_updates = 8  # non-finite updates in a row that stop the run
+  c.train.restart = False, Bool()
+  c.train.max_skipped_updates = 8, POSITIVE  # non-finite updates in a row that stop the run
 
-  c.parallel = ml_collections.ConfigDict()
+def _parallel(c: Declared) -> None:
+  c.parallel = Declared()
   # devices each parameter, its gradient and its Adam moments are split over (1: every
   # device holds them whole); it must divide the device count. Prompts are split over all
   # devices either way. Larger: less memory per device, an all-gather of the compute-dtype
   # weights per iteration and a reduce-scatter of the gradients per update
   # (docs/design.md, "Sharded parameters"; what fits: python -m jaxdistill.bench.memory)
-  c.parallel.fsdp = 1
+  c.parallel.fsdp = 1, POSITIVE
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.k = 16
-  c.eval.seed = -1  # the evaluation's own random stream (-1: the run's seed)
-  c.eval.temperature = 0.2
-  c.eval.top_p = 1.0
-  c.eval.max_new_tokens = 64
-  c.eval.batch_size = 512
-  c.eval.num_problems = 820
-  c.eval.every = 58  # iterations between learning-curve evaluations (0: no evaluation at all)
-  c.eval.curve_problems = 256  # learning curve: that many validation problems (0: test set)
-  c.eval.split = "test"  # --mode eval: test | validation
-  c.eval.at_start = True
-  c.eval.test_time_search = False  # --mode eval: answer by search (budget: the search section)
-  return c
+def _eval(c: Declared) -> None:
+  c.eval = Declared()
+  c.eval.k = 16, POSITIVE
+  c.eval.seed = -1, Int(-1)  # the evaluation's own random stream (-1: the run's seed)
+  c.eval.temperature = 0.2, TEMPERATURE
+  c.eval.top_p = 1.0, PROBABILITY
+  c.eval.max_new_tokens = 64, POSITIVE
+  c.eval.batch_size = 512, POSITIVE
+  c.eval.num_problems = 820, POSITIVE
+  # iterations between learning-curve evaluations (0: no evaluation at all)
+  c.eval.every = 58, COUNT
+  c.eval.curve_problems = 256, COUNT  # learning curve: that many validation problems (0: test set)
+  c.eval.split = "test", Choice(("test", "validation"))  # --mode eval: test | validation
+  c.eval.at_start = True, Bool()
+  # --mode eval: answer by search (budget: the search section)
+  c.eval.test_time_search = False, Bool()
 
 
 def tiny(c: ml_collections.ConfigDict) -> None:

@@ -79,24 +79,9 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
   from flax import nnx
 
   from jaxdistill import evaluate as evaluation
-  from jaxdistill.rl import rollouts
-  from jaxdistill import rewards, settings
   config.algo = "mcts_distill"
-  spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
-  graphdef, params = nnx.split(model)
-  sparse = rewards.task_reward_fn(task, tokenizer, problems, dense=False)
-  dense = rewards.task_reward_fn(task, tokenizer, problems, dense=config.reward.dense)
-  search = jax.jit(lambda p, t, l, i, k: rollouts.mcts_distill(
-      graphdef, p, t, l, i, k, spec.rollout, spec.search, dense))
-  plain_config = dataclasses.replace(spec.rollout, group_size=samples)
-  sample = jax.jit(lambda p, t, l, i, k: rollouts.cispo(
-      graphdef, p, t, l, i, k, plain_config, sparse))
-  if with_deepsearch:
-    from jaxdistill.methods import deepsearch as deepsearch_method
-    from jaxdistill.search import frontier
-    options = deepsearch_method.DeepSearch().options(config).search
-    deep = jax.jit(lambda p, t, l, i, k: frontier.search(
-        nnx.merge(graphdef, p), spec.search.lm, options, t, l, i, k, sparse))
+  programs = _programs(config, task, model, tokenizer, problems, samples, with_deepsearch)
+  _, params = nnx.split(model)
   batch = 8
   tokens, lengths = evaluation.encode_prompts(task, tokenizer, problems, config.task.prompt,
                                               config.task.prompt_width)
@@ -110,55 +95,104 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
     part = slice(start, start + batch)
     problem_ids = np.arange(start, start + batch, dtype=np.int32)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(problem_ids)
-    traj, out = jax.device_get(search(params, tokens[part], lengths[part], problem_ids, keys))
-    tree, emb = out.tree, out.tree.embeddings
-    # task rewards were graded during the search (a terminal node's raw value is its
-    # reward); dense or sparse, a reward of 1 means solved
-    totals["path_solved"].extend((traj.reward >= 1.0).tolist())
-    solved_nodes = tree.terminal & (tree.parent >= 0) & (tree.raw_value >= 1.0)
-    solved_rollouts = ((emb.rollout_rewards >= 1.0).any(-1) & tree.expanded & ~tree.terminal)
-    totals["tree_solved"].extend((solved_nodes | solved_rollouts).any(-1).tolist())
-    used = tree.parent >= 0
-    totals["depth"].extend(np.where(used, tree.depth, 0).max(-1).tolist())
-    totals["answer_depth"].extend(
-        (np.where(used, tree.depth, 0) >= config.task.numbers).any(-1).tolist())
-    totals["terminals"].extend((tree.terminal & used).sum(-1).tolist())
-    for row in range(batch):
-      for node in np.nonzero(tree.expanded[row] & ~tree.terminal[row])[0]:
-        steps = {tuple(emb.candidate_tokens[row, node, k, :emb.candidate_lengths[row, node, k]])
-                 for k in range(emb.candidate_tokens.shape[2])}
-        totals["distinct"].append(len(steps))
-    for row in range(batch):
-      start = int(emb.prompt_length[row, 0])
-      found = set()
-      for node in np.nonzero(solved_nodes[row])[0]:
-        found.add(_generated(emb.path_tokens[row, node], start, emb.path_length[row, node]))
-      for node, k in zip(*np.nonzero(solved_rollouts[row, :, None]
-                                    & (emb.rollout_rewards[row] >= 1.0))):
-        path = _generated(emb.path_tokens[row, node], start, emb.path_length[row, node])
-        found.add(path + _generated(emb.rollout_tokens[row, node, k], 0,
-                                    emb.rollout_lengths[row, node, k]))
-      totals["solutions"]["mcts_tree"] += len(found)
-    totals["search_tokens"] += int(traj.generated_tokens)
+    args = (params, tokens[part], lengths[part], problem_ids, keys)
+    _tally_search(totals, *jax.device_get(programs["search"](*args)), config.task.numbers)
     if with_deepsearch:
-      tree_ds = jax.device_get(deep(params, tokens[part], lengths[part], problem_ids, keys))
-      for row in range(batch):
-        found, harvested = _deepsearch_solutions(tree_ds, row)
-        totals["solutions"]["deepsearch_tree"] += len(found)
-        totals["solutions"]["deepsearch_harvested"] += len(harvested)
-        totals["deepsearch_solved"].append(bool(found))
-      totals["deepsearch_tokens"] += int(tree_ds.generated.sum())
-    plain = jax.device_get(sample(params, tokens[part], lengths[part], problem_ids, keys))
-    rows = plain.tokens.reshape(batch, samples, -1)
-    for row in range(batch):
-      found = {_generated(rows[row, j], plain.prompt_length[row * samples],
-                          plain.length[row * samples + j])
-               for j in range(samples) if plain.reward[row * samples + j] >= 1.0}
-      totals["solutions"]["samples"] += len(found)
-    totals["sample_solved"].extend(plain.reward.tolist())
-    totals["sample_pass"].extend((plain.reward.reshape(batch, samples) >= 1.0).any(-1).tolist())
-    totals["sample_correct"].extend((plain.reward.reshape(batch, samples) >= 1.0).sum(-1).tolist())
-    totals["sample_tokens"] += int(plain.generated_tokens)
+      _tally_deepsearch(totals, jax.device_get(programs["deepsearch"](*args)))
+    _tally_samples(totals, jax.device_get(programs["sample"](*args)), samples)
+  return _summary(totals, config, samples)
+
+
+def _programs(config, task, model, tokenizer, problems, samples: int,
+              with_deepsearch: bool) -> dict:
+  """The jitted search (mcts_distill's), plain sampling (`samples` per prompt) and, when
+  asked, DeepSearch's tree: each (params, tokens, lengths, problem ids, keys) -> its output."""
+  import jax
+  from flax import nnx
+
+  from jaxdistill import rewards, settings
+  from jaxdistill.rl import rollouts
+  spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
+  graphdef = nnx.graphdef(model)
+  sparse = rewards.task_reward_fn(task, tokenizer, problems, dense=False)
+  dense = rewards.task_reward_fn(task, tokenizer, problems, dense=config.reward.dense)
+  plain_config = dataclasses.replace(spec.rollout, group_size=samples)
+  programs = {
+      "search": jax.jit(lambda p, t, l, i, k: rollouts.mcts_distill(
+          graphdef, p, t, l, i, k, spec.rollout, spec.search, dense)),
+      "sample": jax.jit(lambda p, t, l, i, k: rollouts.cispo(
+          graphdef, p, t, l, i, k, plain_config, sparse))}
+  if with_deepsearch:
+    from jaxdistill.methods import deepsearch as deepsearch_method
+    from jaxdistill.search import frontier
+    options = deepsearch_method.DeepSearch().options(config).search
+    programs["deepsearch"] = jax.jit(lambda p, t, l, i, k: frontier.search(
+        nnx.merge(graphdef, p), spec.search.lm, options, t, l, i, k, sparse))
+  return programs
+
+
+def _tally_search(totals: dict, traj, out, numbers: int) -> None:
+  """One batch of mcts_distill trees: what the path and the tree solved, depth, terminals,
+  distinct candidates per expansion and distinct solutions."""
+  tree, emb = out.tree, out.tree.embeddings
+  batch = tree.parent.shape[0]
+  # task rewards were graded during the search (a terminal node's raw value is its
+  # reward); dense or sparse, a reward of 1 means solved
+  totals["path_solved"].extend((traj.reward >= 1.0).tolist())
+  solved_nodes = tree.terminal & (tree.parent >= 0) & (tree.raw_value >= 1.0)
+  solved_rollouts = ((emb.rollout_rewards >= 1.0).any(-1) & tree.expanded & ~tree.terminal)
+  totals["tree_solved"].extend((solved_nodes | solved_rollouts).any(-1).tolist())
+  used = tree.parent >= 0
+  totals["depth"].extend(np.where(used, tree.depth, 0).max(-1).tolist())
+  totals["answer_depth"].extend((np.where(used, tree.depth, 0) >= numbers).any(-1).tolist())
+  totals["terminals"].extend((tree.terminal & used).sum(-1).tolist())
+  for row in range(batch):
+    for node in np.nonzero(tree.expanded[row] & ~tree.terminal[row])[0]:
+      steps = {tuple(emb.candidate_tokens[row, node, k, :emb.candidate_lengths[row, node, k]])
+               for k in range(emb.candidate_tokens.shape[2])}
+      totals["distinct"].append(len(steps))
+  for row in range(batch):
+    start = int(emb.prompt_length[row, 0])
+    found = set()
+    for node in np.nonzero(solved_nodes[row])[0]:
+      found.add(_generated(emb.path_tokens[row, node], start, emb.path_length[row, node]))
+    for node, k in zip(*np.nonzero(solved_rollouts[row, :, None]
+                                  & (emb.rollout_rewards[row] >= 1.0))):
+      path = _generated(emb.path_tokens[row, node], start, emb.path_length[row, node])
+      found.add(path + _generated(emb.rollout_tokens[row, node, k], 0,
+                                  emb.rollout_lengths[row, node, k]))
+    totals["solutions"]["mcts_tree"] += len(found)
+  totals["search_tokens"] += int(traj.generated_tokens)
+
+
+def _tally_deepsearch(totals: dict, tree) -> None:
+  """One batch of DeepSearch trees: their distinct and harvested solutions and tokens."""
+  for row in range(tree.generated.shape[0]):
+    found, harvested = _deepsearch_solutions(tree, row)
+    totals["solutions"]["deepsearch_tree"] += len(found)
+    totals["solutions"]["deepsearch_harvested"] += len(harvested)
+    totals["deepsearch_solved"].append(bool(found))
+  totals["deepsearch_tokens"] += int(tree.generated.sum())
+
+
+def _tally_samples(totals: dict, plain, samples: int) -> None:
+  """One batch of plain samples: solved share, pass@samples, correct counts, distinct
+  solutions and tokens."""
+  batch = plain.reward.shape[0] // samples
+  rows = plain.tokens.reshape(batch, samples, -1)
+  for row in range(batch):
+    found = {_generated(rows[row, j], plain.prompt_length[row * samples],
+                        plain.length[row * samples + j])
+             for j in range(samples) if plain.reward[row * samples + j] >= 1.0}
+    totals["solutions"]["samples"] += len(found)
+  totals["sample_solved"].extend(plain.reward.tolist())
+  totals["sample_pass"].extend((plain.reward.reshape(batch, samples) >= 1.0).any(-1).tolist())
+  totals["sample_correct"].extend((plain.reward.reshape(batch, samples) >= 1.0).sum(-1).tolist())
+  totals["sample_tokens"] += int(plain.generated_tokens)
+
+
+def _summary(totals: dict, config, samples: int) -> dict:
+  """The reported numbers of the tallies over all batches."""
   n = len(totals["path_solved"])
   per_sample = totals["sample_tokens"] / max(n * samples, 1)
   equal = int(min(samples, max(1, round(totals["search_tokens"] / n / max(per_sample, 1)))))
@@ -167,7 +201,8 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
           "terminals_per_tree": float(np.mean(totals["terminals"])),
           "samples_at_equal_tokens": equal,
           "sample_pass_at_equal_tokens": float(np.mean(
-              [pass_at(samples, c, equal) for c in totals["sample_correct"]])), "sample_solved": float(np.mean(totals["sample_solved"])),
+              [pass_at(samples, c, equal) for c in totals["sample_correct"]])),
+          "sample_solved": float(np.mean(totals["sample_solved"])),
           "sample_pass": float(np.mean(totals["sample_pass"])), "samples": samples,
           "path_solved": float(np.mean(totals["path_solved"])),
           "tree_solved": float(np.mean(totals["tree_solved"])),

@@ -281,17 +281,38 @@ def rewards(table: TokenTable, numbers, targets, tokens, problems, *, dense: boo
             malformed_reward: float = -1.0, invalid_reward: float = -1.0):
   """The verifier's reward [M] float32 of token rows [M, T] (-1 where a position is not part
   of the completion) for problems [M] (indices into numbers [P, N] and targets [P])."""
-  import jax
   import jax.numpy as jnp
   seq = _join(table, tokens)
-  rows, size = seq.shape
-  index = jnp.arange(size)[None]
+  index = jnp.arange(seq.shape[1])[None]
   end = _find_last(seq, END_TAG)
   start = _find_last(seq, START_TAG, before=end)
   has_answer = (end >= 0) & (start >= 0)
   inside = has_answer[:, None] & (index >= start[:, None] + len(START_TAG)) & (
       index < end[:, None])
+  error, kind, depth = _grammar(seq, inside, index)
+  error, lits, used = _literals(seq, inside, kind, numbers, problems, error)
+  n, d, error = _evaluate(seq, kind, depth, lits, used, error)
+  target = jnp.asarray(targets)[problems]
+  valid = has_answer & ~error
+  correct = valid & (n == target * d)
+  if not dense:
+    return jnp.where(correct, 1.0, 0.0).astype(jnp.float32)
+  scale = jnp.abs(target) * d
+  gap = jnp.abs(target * d - n)
+  near = (target != 0) & (gap < scale)
+  score = _exact_float32(jnp.where(near, (scale - gap) - gap, 0), jnp.where(near, scale, 1))
+  score = jnp.where(target == 0, jnp.where(n == 0, 1.0, -1.0), jnp.where(near, score, -1.0))
+  out = jnp.where(valid, score, jnp.where(has_answer, malformed_reward, invalid_reward))
+  return out.astype(jnp.float32)
 
+
+def _grammar(seq, inside, index):
+  """(error [M], kind [M, T], depth [M, T]): whether the answer breaks the grammar (a
+  character outside it, a literal too long, an operand or operator out of turn, unbalanced
+  parentheses, an empty answer or one ending in an operator), each position's kind (1
+  literal, 2 '(', 3 ')', 4 operator, 0 none) and its parenthesis depth."""
+  import jax
+  import jax.numpy as jnp
   digit = (seq >= DIGIT0) & (seq < DIGIT0 + 10)
   operator = (seq >= PLUS) & (seq <= DIVIDE)
   allowed = digit | operator | (seq == LPAREN) | (seq == RPAREN) | (seq == SPACE)
@@ -321,11 +342,18 @@ def rewards(table: TokenTable, numbers, targets, tokens, problems, *, dense: boo
   kind_last = jnp.where(final >= 0, jnp.take_along_axis(kind, jnp.maximum(final, 0)[:, None],
                                                         axis=1)[:, 0], 0)
   error |= (kind_last != 1) & (kind_last != 3)  # empty, or ends with an operator or '('
+  return error, kind, depth
 
-  # literals: the problem's numbers, each at most as often as it is given
+
+def _literals(seq, inside, kind, numbers, problems, error):
+  """(error, literals [M, N], used [M, N]): the answer's literals in order (-2 where
+  unused), which must be the problem's numbers, each at most as often as it is given."""
+  import jax.numpy as jnp
+  rows = seq.shape[0]
+  digit = (seq >= DIGIT0) & (seq < DIGIT0 + 10)
+  literal = kind == 1
   slots = numbers.shape[1]
   problem_numbers = jnp.asarray(numbers)[problems]  # [M, N]
-  target = jnp.asarray(targets)[problems]
   values = _literal_values(seq)
   run_end = digit & ~jnp.pad(digit, ((0, 0), (0, 1)))[:, 1:]
   literal_index = jnp.cumsum(literal, axis=1) - 1
@@ -338,7 +366,16 @@ def rewards(table: TokenTable, numbers, targets, tokens, problems, *, dense: boo
   same_lit = ((lits[:, :, None] == lits[:, None, :]) & used[:, None, :]).sum(-1)
   same_num = (lits[:, :, None] == problem_numbers[:, None, :]).sum(-1)
   error |= jnp.any(used & (same_lit > same_num), axis=1)
+  return error, lits, used
 
+
+def _evaluate(seq, kind, depth, lits, used, error):
+  """(numerator [M], denominator [M], error): the answer's value as a fraction, reduced
+  operator by operator, the most tightly bound first (depth, then * and / over + and -,
+  then left to right); a division by zero is an error."""
+  import jax.numpy as jnp
+  rows, slots = lits.shape
+  row = jnp.arange(rows)[:, None]
   # operators in order, keyed by how tightly they bind
   ops = max(1, slots - 1)
   is_op = kind == 4
@@ -372,18 +409,7 @@ def rewards(table: TokenTable, numbers, targets, tokens, problems, *, dense: boo
     op_kind = jnp.where(live[:, None], drop(op_kind, 0), op_kind)
     op_key = jnp.where(live[:, None], drop(op_key, -1), op_key)
   n, d = n[:, 0], d[:, 0]
-  n, d = jnp.where(d < 0, -n, n), jnp.abs(d)
-  valid = has_answer & ~error
-  correct = valid & (n == target * d)
-  if not dense:
-    return jnp.where(correct, 1.0, 0.0).astype(jnp.float32)
-  scale = jnp.abs(target) * d
-  gap = jnp.abs(target * d - n)
-  near = (target != 0) & (gap < scale)
-  score = _exact_float32(jnp.where(near, (scale - gap) - gap, 0), jnp.where(near, scale, 1))
-  score = jnp.where(target == 0, jnp.where(n == 0, 1.0, -1.0), jnp.where(near, score, -1.0))
-  out = jnp.where(valid, score, jnp.where(has_answer, malformed_reward, invalid_reward))
-  return out.astype(jnp.float32)
+  return jnp.where(d < 0, -n, n), jnp.abs(d), error
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
