@@ -82,6 +82,7 @@ def base() -> ml_collections.ConfigDict:
       minibatches=8))
   return c
 
+
 def _model(c: Declared) -> None:
   c.model = Declared()
   c.model.path = "", Text()  # local Hugging Face directory (qwen presets); '' -> built locally

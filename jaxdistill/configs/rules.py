@@ -120,7 +120,7 @@ class Declared:
       raise AttributeError(name) from None
 
   def config(self) -> ml_collections.ConfigDict:
-    """The defaults as a ConfigDict, in declaration order."""
+    """The defaults as a ConfigDict (a None default: a placeholder of the rule's type)."""
     out = ml_collections.ConfigDict()
     for name, value in self._entries.items():
       if isinstance(value, Declared):
