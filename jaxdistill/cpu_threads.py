@@ -2,7 +2,7 @@
 
 XLA:CPU runs every device's work on one thread pool of max(cores, devices) threads, and a
 collective blocks its thread until every device has reached it. A program in which a
-collective can start while a loop's collectives still wait (`jaxdistill.hlo_collectives`:
+collective can start while a loop's collectives still wait (`jaxdistill.bench.hlo_collectives`:
 the update's count psum beside the KL reference's layer loop under `parallel.fsdp`) can then
 block two or three threads of each device at once; with one thread per device every thread ends up
 waiting for a device that has none left, and the run dies after XLA's 40 s rendezvous

@@ -79,7 +79,7 @@ def _local_model(model):
 def write_result(path: str, result: dict, **fields) -> None:
   """An evaluation's result (with its per-problem scores, if any) and fields saying what was
   evaluated, as JSON at path, published whole (a killed run leaves no partial file)."""
-  from jaxdistill.metrics import write_json
+  from jaxdistill.train.metrics import write_json
   write_json(path, result | fields)
 
 
@@ -130,7 +130,7 @@ def _search_program(graphdef, search, rollout, task, tokenizer, dense: bool):
   """The jitted test-time search of one model structure and budget, compiled once for every
   set of problems and parameters of the same shapes (a notebook answers before and after
   training)."""
-  from jaxdistill import rewards
+  from jaxdistill.tasks import rewards
   from jaxdistill.rl import rollouts
   current = []  # the problems its reward grades: refilled before each call
   host = rewards.task_reward_fn(task, tokenizer, current, dense=dense, device=False)

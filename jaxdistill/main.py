@@ -23,7 +23,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxdistill.errors import UsageError  # printed in one line, exit 2 (see errors.py)
-from jaxdistill.initial_model import load_model_and_tokenizer  # noqa: F401 (tests, notebooks)
+# read as main.load_model_and_tokenizer by the tests and notebooks
+from jaxdistill.warmstart.initial_model import load_model_and_tokenizer  # noqa: F401
 
 
 
@@ -159,7 +160,7 @@ def _prepare(config, workdir: str):
       config.task.data_dir or os.path.join(workdir, "data"), config.task.data_seed,
       config.task.train_size, config.task.validation_size, config.task.test_size)
   if config.sft.steps and not config.model.path:
-    from jaxdistill import sft
+    from jaxdistill.warmstart import sft
     model = sft.warm_start(
         model, tokenizer, task, splits[0], settings.warm_start(config),
         config.sft.cache_dir or os.path.join(workdir, "warm_start"),

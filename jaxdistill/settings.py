@@ -18,7 +18,7 @@ from jaxdistill.evaluate import EvalSettings
 from jaxdistill.rl import learner as learner_lib
 from jaxdistill.rl import rollouts
 from jaxdistill.search import lm_expand
-from jaxdistill.sft import SFTSettings
+from jaxdistill.warmstart.sft import SFTSettings
 
 METHODS = tuple(methods.METHODS)
 

@@ -11,7 +11,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import xla_env
-from jaxdistill import cpu_threads, hlo_collectives, parallel
+from jaxdistill import cpu_threads, parallel
+from jaxdistill.bench import hlo_collectives
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -77,7 +77,7 @@ def test_division_rounds_as_python_does():
 def test_problems_too_large_stay_on_the_host(tmp_path):
   """A problem whose arithmetic could overflow int32 is refused by the device tables, and
   the reward then falls back to the host; generated problems all fit."""
-  from jaxdistill import rewards
+  from jaxdistill.tasks import rewards
   big = countdown.Problem(numbers=(100, 99, 98, 97, 96, 95), target=999_983)
   with pytest.raises(countdown_device.NotExact, match="too large"):
     countdown_device.device_tables([big])
@@ -106,7 +106,7 @@ def test_no_host_callback_in_the_training_program(algo):
 def test_a_task_that_grades_its_own_way_keeps_the_host(tmp_path):
   """A Countdown subclass with its own `reward` must not inherit Countdown's device form
   (it would grade what the subclass does not)."""
-  from jaxdistill import rewards
+  from jaxdistill.tasks import rewards
 
   class Lenient(countdown.Countdown):
     def reward(self, completion, problem, dense):
@@ -126,7 +126,8 @@ def test_no_host_callback_in_the_evaluation_search(tmp_path):
 
   from flax import nnx
 
-  from jaxdistill import evaluate, initial_model, settings
+  from jaxdistill import evaluate, settings
+  from jaxdistill.warmstart import initial_model
   from jaxdistill.configs import countdown as presets
   config = presets.get_config("smoke")
   model, tokenizer = initial_model.load_model_and_tokenizer(config, str(tmp_path))

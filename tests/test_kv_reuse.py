@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdistill import evaluate, initial_model, rewards, settings
+from jaxdistill import evaluate, settings
+from jaxdistill.tasks import rewards
+from jaxdistill.warmstart import initial_model
 from jaxdistill.configs import countdown as presets
 from jaxdistill.rl import rollouts
 from jaxdistill.tasks import countdown

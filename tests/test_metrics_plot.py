@@ -3,7 +3,7 @@ import warnings
 
 import pytest
 
-from jaxdistill import metrics
+from jaxdistill.train import metrics
 
 
 @pytest.mark.parametrize("with_scores", [False, True])

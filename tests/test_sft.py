@@ -5,7 +5,8 @@ import pytest
 import jax.numpy as jnp
 
 from settings_for_tests import sft_config
-from jaxdistill import sft, tokenization
+from jaxdistill import tokenization
+from jaxdistill.warmstart import sft
 from jaxdistill.models import Qwen2Config, init_model
 from jaxdistill.tasks import countdown
 

@@ -88,7 +88,8 @@ def test_a_toy_task_trains_end_to_end(tmp_path, algo):
 def test_the_search_cuts_steps_at_the_tasks_delimiter(tmp_path):
   """Candidate steps at the root end at the first newline (the task's delimiter), at EOS or
   at the step cap; none holds a newline before its end, and some end at one."""
-  from jaxdistill import evaluate, main, rewards, settings, tokenization
+  from jaxdistill import evaluate, main, settings, tokenization
+  from jaxdistill.tasks import rewards
   from jaxdistill.search import lm_expand
   config = _config("mcts_distill")
   task = Echo()

@@ -5,7 +5,7 @@
 
 Compiles the training iteration (`train.build_iteration`, the program a run compiles) of each
 method x `parallel.fsdp` x `learner.remat` on --devices fake CPU devices at tiny shapes and
-reports, per program (`jaxdistill.hlo_collectives`): its collectives, the loops holding
+reports, per program (`jaxdistill.bench.hlo_collectives`): its collectives, the loops holding
 them, any collective that could diverge (inside a conditional, or a loop whose trip count
 XLA does not know), and the most threads of one device that can be blocked in collectives at
 once (a collective that starts while a loop's collectives still wait). Exits 1 when a program
@@ -80,10 +80,11 @@ def lowered_iteration(config, devices: int, device_rewards: bool = True):
   `train.train` builds it, its rewards included; device_rewards=False: graded on the host)."""
   from flax import nnx
 
-  from jaxdistill import methods, parallel, rewards, settings, tasks, train
+  from jaxdistill import methods, parallel, settings, tasks, train
+  from jaxdistill.tasks import rewards
   from jaxdistill.train.loop import feeder
   from jaxdistill.train.state import initial_state
-  from jaxdistill.initial_model import load_model_and_tokenizer
+  from jaxdistill.warmstart.initial_model import load_model_and_tokenizer
   from jaxdistill.models.qwen2 import compute_copy
   with tempfile.TemporaryDirectory() as workdir:
     model, tokenizer = load_model_and_tokenizer(config, workdir)
@@ -112,7 +113,7 @@ def check(algo: str, fsdp: int, remat: bool, devices: int, fast: bool = True) ->
   """One row: what `hlo_collectives.analyze` finds in the program, and whether it passes."""
   import time
 
-  from jaxdistill import hlo_collectives
+  from jaxdistill.bench import hlo_collectives
   started = time.perf_counter()
   report = hlo_collectives.analyze(iteration_hlo(tiny_config(algo, fsdp, remat), devices,
                                                  fast))

@@ -76,12 +76,12 @@ def measured_matmul_flops() -> float:
 
 def time_phases(shapes: str, algo: str, peak: float):
   """Per-phase rows for one method."""
-  from jaxdistill.initial_model import load_model_and_tokenizer
+  from jaxdistill.warmstart.initial_model import load_model_and_tokenizer
   from jaxdistill import methods, settings, tasks
   from jaxdistill.train import cost
   from jaxdistill.evaluate import encode_prompts
   from jaxdistill.models.qwen2 import compute_copy, forward_flops_per_token
-  from jaxdistill import rewards
+  from jaxdistill.tasks import rewards
   from jaxdistill.rl import learner
   from jaxdistill.rl.batch import assemble_batch
   import tempfile

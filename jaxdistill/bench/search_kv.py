@@ -46,7 +46,7 @@ def architecture(preset: str, config):
   """The preset's model: the published Qwen2.5 config, or the small model the config
   describes (tiny, tiny4, ...; the character tokenizer's vocabulary)."""
   from jaxdistill import tokenization
-  from jaxdistill.initial_model import small_architecture
+  from jaxdistill.warmstart.initial_model import small_architecture
   from jaxdistill.models.qwen2 import ARCHITECTURES
   if preset in ARCHITECTURES:
     return ARCHITECTURES[preset]

@@ -34,8 +34,9 @@ FLAGS = flags.FLAGS
 
 def measure(config, steps: int, workdir: str, problems: int) -> dict:
   """One row: the base model after `steps` warm-start steps, scored on the test split."""
-  from jaxdistill import evaluate, settings, sft, tasks
-  from jaxdistill.initial_model import load_model_and_tokenizer
+  from jaxdistill import evaluate, settings, tasks
+  from jaxdistill.warmstart import sft
+  from jaxdistill.warmstart.initial_model import load_model_and_tokenizer
   config = config.copy_and_resolve_references()
   config.sft.steps = steps
   task = tasks.from_config(config)
@@ -57,7 +58,7 @@ def main(argv):
   del argv
   from jaxdistill.bench.common import print_table
   from jaxdistill.configs import countdown as presets
-  from jaxdistill.metrics import write_json
+  from jaxdistill.train.metrics import write_json
   config = presets.apply_overrides(presets.get_config(FLAGS.preset), FLAGS.set)
   rows = []
   for steps in map(int, FLAGS.steps):

@@ -110,7 +110,8 @@ def _programs(config, task, model, tokenizer, problems, samples: int,
   import jax
   from flax import nnx
 
-  from jaxdistill import rewards, settings
+  from jaxdistill import settings
+  from jaxdistill.tasks import rewards
   from jaxdistill.rl import rollouts
   spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
   graphdef = nnx.graphdef(model)
@@ -264,7 +265,7 @@ def load(preset: str, overrides: list[str], model_dir: str, problems: int, run: 
 
 def write_result(path: str, result: dict) -> None:
   """result as JSON at path (its directory made), written whole."""
-  from jaxdistill.metrics import write_json
+  from jaxdistill.train.metrics import write_json
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   write_json(path, result)
 

@@ -233,7 +233,7 @@ def collect_states(config, task, model, tokenizer, problems, samples: int, max_s
   from flax import nnx
 
   from jaxdistill import evaluate as evaluation
-  from jaxdistill import rewards
+  from jaxdistill.tasks import rewards
   from jaxdistill.rl import rollouts
   from jaxdistill import settings
   config.algo = "cispo"

@@ -9,7 +9,7 @@ from flax import nnx
 
 from jaxdistill import evaluate as evaluation
 from jaxdistill import parallel, settings
-from jaxdistill.metrics import MetricsLog, plot_run
+from jaxdistill.train.metrics import MetricsLog, plot_run
 from jaxdistill.models.qwen2 import compute_copy
 
 

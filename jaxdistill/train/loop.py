@@ -14,8 +14,9 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxdistill import evaluate as evaluation
-from jaxdistill import methods, parallel, rewards, settings, streams
-from jaxdistill.metrics import MetricsLog, plot_run
+from jaxdistill import methods, parallel, settings, streams
+from jaxdistill.tasks import rewards
+from jaxdistill.train.metrics import MetricsLog, plot_run
 from jaxdistill.models.qwen2 import compute_copy
 from jaxdistill.parallel import say
 from jaxdistill.train.cost import iteration_cost, timing_metrics
