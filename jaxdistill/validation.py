@@ -15,8 +15,9 @@ def _schema() -> dict[str, Any]:
   """{'section.field': rule}: each field's rule as declared beside its default
   (`configs/countdown.py`), and method_learner.<method>.<field> the learner field's."""
   from jaxdistill.configs.countdown import base, declarations
-  rules = declarations().rules()
-  for method, entry in base().method_learner.items():
+  declared = declarations()
+  rules = declared.rules()
+  for method, entry in base(declared).method_learner.items():
     rules |= {f"method_learner.{method}.{field}": rules[f"learner.{field}"] for field in entry}
   return rules
 

@@ -58,9 +58,10 @@ def declarations() -> Declared:
   return c
 
 
-def base() -> ml_collections.ConfigDict:
-  """Every setting at its default (`declarations`), and each method's learner."""
-  c = declarations().config()
+def base(declared: Declared | None = None) -> ml_collections.ConfigDict:
+  """Every setting at its default (`declared`, else `declarations()`), and each method's
+  learner."""
+  c = (declarations() if declared is None else declared).config()
   # the learner each method trains with where a learner field is None: its own entry, else
   # `default`. Set a method's value here (--config.method_learner.deepsearch.minibatches=4)
   # or for every method in learner (which wins)

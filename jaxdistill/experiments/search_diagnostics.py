@@ -30,6 +30,7 @@ Prints a table and writes JSON (`--out`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import sys
@@ -79,7 +80,8 @@ def diagnose(config, task, model, tokenizer, problems, samples: int, seed: int =
   from flax import nnx
 
   from jaxdistill import evaluate as evaluation
-  config.algo = "mcts_distill"
+  config = copy.deepcopy(config)  # the caller's stays as given
+  config.algo = "mcts_distill"  # the search diagnosed is mcts_distill's, whatever the method
   programs = _programs(config, task, model, tokenizer, problems, samples, with_deepsearch)
   _, params = nnx.split(model)
   batch = 8
@@ -111,8 +113,8 @@ def _programs(config, task, model, tokenizer, problems, samples: int,
   from flax import nnx
 
   from jaxdistill import settings
-  from jaxdistill.tasks import rewards
   from jaxdistill.rl import rollouts
+  from jaxdistill.tasks import rewards
   spec = settings.iteration(config, tokenizer, task.step_delimiter, model.config.vocab_size)
   graphdef = nnx.graphdef(model)
   sparse = rewards.task_reward_fn(task, tokenizer, problems, dense=False)

@@ -212,13 +212,18 @@ def _find_last(seq, pattern, before=None):
   return jnp.max(jnp.where(match, index, -1), axis=1)
 
 
+def _is_digit(seq):
+  """Whether each class is one of the digits 0..9."""
+  return (seq >= DIGIT0) & (seq < DIGIT0 + 10)
+
+
 def _literal_values(seq):
   """At each digit, the value of the digit run up to it, or CAP when it has more than nine
   significant digits (no problem has such a number). A window of nine shifted adds plus a
   count of nonzero digits: cheap to compile, unlike a scan of saturating affine maps."""
   import jax
   import jax.numpy as jnp
-  digit = (seq >= DIGIT0) & (seq < DIGIT0 + 10)
+  digit = _is_digit(seq)
   value_of = jnp.where(digit, seq - DIGIT0, 0)
   index = jnp.arange(seq.shape[1])[None]
   run_start = jax.lax.cummax(jnp.where(digit, -1, index), axis=1) + 1
@@ -313,7 +318,7 @@ def _grammar(seq, inside, index):
   literal, 2 '(', 3 ')', 4 operator, 0 none) and its parenthesis depth."""
   import jax
   import jax.numpy as jnp
-  digit = (seq >= DIGIT0) & (seq < DIGIT0 + 10)
+  digit = _is_digit(seq)
   operator = (seq >= PLUS) & (seq <= DIVIDE)
   allowed = digit | operator | (seq == LPAREN) | (seq == RPAREN) | (seq == SPACE)
   error = jnp.any(inside & ~allowed, axis=1)
@@ -350,7 +355,7 @@ def _literals(seq, inside, kind, numbers, problems, error):
   unused), which must be the problem's numbers, each at most as often as it is given."""
   import jax.numpy as jnp
   rows = seq.shape[0]
-  digit = (seq >= DIGIT0) & (seq < DIGIT0 + 10)
+  digit = _is_digit(seq)
   literal = kind == 1
   slots = numbers.shape[1]
   problem_numbers = jnp.asarray(numbers)[problems]  # [M, N]
