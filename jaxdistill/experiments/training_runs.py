@@ -43,6 +43,11 @@ METHODS = {name: [f"algo={name}"] for name in registry.METHODS} | {
 # default, so a record keeps meaning what it was trained as
 METHODS |= {f"ds_{rule}": ["algo=deepsearch", f"deepsearch.advantage={rule}"]
             for rule in ("tree_grpo", "outcome", "node_mean")}
+# mcts_distill at the search settings issue 53 picked on training problems (docs/results.md,
+# "Search settings that reach the answers on tiny4"): a pessimistic first-play value, so
+# pUCT goes deep and every tree reaches the answer depth, and identical candidates merged
+METHODS["mcts_reach"] = ["algo=mcts_distill", "search.first_play_value=-1.0",
+                         "search.dedup_children=True"]
 # mcts_tree, its children cut at the rollouts' most uncertain tokens (EPTree)
 METHODS["mcts_entropy"] = METHODS["mcts_tree"] + ["search.branch_at=entropy"]
 # mcts_tree (some 130 value targets per update, not 8) with the value head at its own rate
