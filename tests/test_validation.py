@@ -138,6 +138,9 @@ def test_overrides_as_the_scripts_take_them_reach_any_depth_and_keep_the_field_s
     presets.apply_overrides(config, ["eval.no_such_field=1"])
   with pytest.raises(ValueError, match="field=value"):
     presets.apply_overrides(config, ["eval.temperature"])
+  with pytest.raises(ValueError, match="true or false"):  # not read as False
+    presets.apply_overrides(config, ["search.rollout_to_end=yes please"])
+  assert presets.apply_overrides(config, ["search.rollout_to_end=1"]).search.rollout_to_end
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny4", "medium"])

@@ -53,6 +53,8 @@ def define_flags():
   flags.DEFINE_float("device_memory_gb", 80.0, "one device's memory (GiB), for 'fits'")
   flags.DEFINE_bool("breakdown", False, "also compile the rollout, assembly and update alone")
   flags.DEFINE_bool("learner_table", False, "compile the update alone per logit_chunk and remat")
+  flags.DEFINE_multi_string("set", [], "config overrides, e.g. --set=search.reuse_kv=True "
+                            "(the qwen2.5-7b preset turns the search's KV pool off)")
   flags.DEFINE_string("out", "bench_results/memory.json", "JSON output")
 
 
@@ -251,7 +253,15 @@ PLAN_COLUMNS = ["algo", "devices", "fsdp", "params_gb", "opt_state_gb", "grads_g
 
 def main(argv):
   del argv
+  from jaxdistill.configs.countdown import apply_overrides
   config = load_preset(FLAGS.config)
+  for override in FLAGS.set:
+    try:
+      apply_overrides(config, [override])
+    except (KeyError, AttributeError):
+      raise app.UsageError(f"--set={override}: no such config field") from None
+    except ValueError as e:
+      raise app.UsageError(f"--set={override}: {e}") from None
   from jaxdistill.models.qwen2 import ARCHITECTURES
   if config.preset not in ARCHITECTURES:
     raise app.UsageError(f"--config needs a Qwen2.5 preset, got {config.preset!r}")
@@ -271,7 +281,7 @@ def main(argv):
           f"{FLAGS.devices} device(s), parameters split over {FLAGS.fsdp}; per-device GiB of "
           f"the compiled iteration; fits: peak <= {FLAGS.device_memory_gb:g} GiB")
     print_table(rows, [c for c in PLAN_COLUMNS if any(c in r for r in rows)])
-    write_json(FLAGS.out, {"config": FLAGS.config, "devices": FLAGS.devices,
+    write_json(FLAGS.out, {"config": FLAGS.config, "set": FLAGS.set, "devices": FLAGS.devices,
                            "fsdp": FLAGS.fsdp, "device_memory_gb": FLAGS.device_memory_gb,
                            "rows": rows})
     return
@@ -287,7 +297,8 @@ def main(argv):
         f"{FLAGS.devices} device(s); per-device GiB of the compiled update")
   print_table(rows, ["algo", "logit_chunk", "remat", "rows", "tokens", "params_gb", "opt_state_gb",
                      "batch_gb", "temp_gb", "peak_gb", "logits_fp32_gb", "compile_s"])
-  write_json(FLAGS.out, {"config": FLAGS.config, "devices": FLAGS.devices, "rows": rows})
+  write_json(FLAGS.out, {"config": FLAGS.config, "set": FLAGS.set, "devices": FLAGS.devices,
+                         "rows": rows})
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
       node = node[section]
     kind = node.get_type(field)  # a field left None (placeholder) has its type too
     if kind is bool:
+      if value.lower() not in ("1", "true", "0", "false"):
+        raise ValueError(f"override {item!r}: {key} is true or false")
       node[field] = value.lower() in ("1", "true")
     else:
       node[field] = kind(value)
