@@ -8,11 +8,10 @@ import pytest
 from flax import nnx
 
 from jaxdistill import evaluate, settings
-from jaxdistill.tasks import rewards
-from jaxdistill.warmstart import initial_model
 from jaxdistill.configs import countdown as presets
 from jaxdistill.rl import rollouts
-from jaxdistill.tasks import countdown
+from jaxdistill.tasks import countdown, rewards
+from jaxdistill.warmstart import initial_model
 
 
 def _search(model, tokenizer, config, reuse: bool, problems):
@@ -162,3 +161,38 @@ def test_kv_reuse_bench_at_tiny_size(tmp_path):
   assert on["fewer_flops"] > 1.5 and on["fewer_flops_at_8_tokens"] > on["fewer_flops"]
   assert [row["simulations"] for row in result["speed"]] == [1, 1]
   assert result["machine"]["platform"] == "cpu"
+
+
+def test_the_kv_pool_costs_its_own_size_in_bf16():
+  """The search compiled from shapes in bf16 at a tiny model with many nodes, so the pool
+  dominates: reuse on holds about the pool more than reuse off, not an fp32 copy of it too
+  (XLA:CPU runs a bf16 gather or scatter on one; stored as its bits it cost 2.9x, now 0.9x)."""
+  import jax.numpy as jnp
+
+  from jaxdistill.bench.memory import _peak
+  from jaxdistill.methods import get
+  from jaxdistill.models import Qwen2Config, init_model
+  from jaxdistill.models.qwen2 import compute_copy
+  arch = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     tie_word_embeddings=True)
+  peaks = {}
+  for reuse in (False, True):
+    c = presets.get_config("qwen2.5-0.5b")  # bf16 compute
+    c.search.reuse_kv, c.task.prompt_width = reuse, 16
+    c.search.max_step_tokens, c.search.max_path_tokens = 8, 48
+    c.search.num_agents, c.search.num_iterations = 2, 256
+    spec = settings.iteration(c)
+    model = nnx.eval_shape(lambda: init_model(arch, dtype=jnp.bfloat16,
+                                              param_dtype=jnp.float32))
+    graphdef, params = nnx.split(model)
+    params = jax.eval_shape(lambda p: compute_copy(p, jnp.bfloat16), params)
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 4))
+    search = jax.jit(lambda p, t, l, i, k: get("mcts_distill").search_tree(
+        graphdef, p, t, l, i, k, spec, lambda *_: 0.0))
+    peaks[reuse] = _peak(search.lower(params, i32(4, 16), i32(4), i32(4), keys).compile())[0]
+  s = c.search
+  pool = (4 * (1 + s.num_agents * s.num_iterations) * s.max_step_tokens
+          * 2 * arch.num_hidden_layers * arch.num_key_value_heads * arch.head_dim * 2)
+  assert 0.7 * pool < peaks[True] - peaks[False] < 1.3 * pool, (peaks, pool)

@@ -62,8 +62,10 @@ class NodeState:
   # reuse_kv (None without it): the KV of the node's own step, and where each path token's KV
   # is kept. The tree's nodes together are its KV pool; the prompt's KV is the root's context
   # (`PromptKV`), so a path's KV is gathered, never recomputed.
-  step_keys: jax.Array | None = None  # [M, layers, L, kv_heads, head_dim] compute dtype
-  step_values: jax.Array | None = None  # [M, layers, L, kv_heads, head_dim]
+  # [M, layers, L, kv_heads, head_dim], the compute dtype's bits as unsigned integers of its
+  # width (`_as_bits`)
+  step_keys: jax.Array | None = None
+  step_values: jax.Array | None = None
   # [M, P] int32: path token p's KV is prompt slot path_slot (< T, the prompt's width) or
   # step slot (path_slot - T) % L of node (path_slot - T) // L; 0 past the path
   path_slot: jax.Array | None = None
@@ -272,7 +274,7 @@ def root_output(model, config: LMSearchSettings, prompt_tokens, prompt_lengths, 
   positions = jnp.arange(config.max_path_tokens)[None]
   slot = width - prompt_lengths.astype(jnp.int32)[:, None] + positions  # left-aligned prompt
   path_slot = jnp.where(positions < prompt_lengths[:, None], slot, 0).astype(jnp.int32)
-  step_kv = jnp.zeros((rows,) + _step_kv_shape(model.config, steps), model.dtype)
+  step_kv = _as_bits(jnp.zeros((rows,) + _step_kv_shape(model.config, steps), model.dtype))
   state = state.replace(step_keys=step_kv, step_values=step_kv, path_slot=path_slot)
   value, prior, state = _evaluate(model, config, state, keys, terminal, reward_fn,
                                   prefilled=(cache, logits, value))
@@ -285,6 +287,14 @@ def _step_kv_shape(model_config, steps: int):
   """[layers, L, kv_heads, head_dim]: one node's step KV."""
   c = model_config
   return (c.num_hidden_layers, steps, c.num_key_value_heads, c.head_dim)
+
+
+def _as_bits(kv):
+  """The pool's storage: the KV's bits as unsigned integers of the same width (exact both
+  ways). XLA:CPU runs a bf16 gather or scatter on an fp32 copy of its whole operand, which
+  made the pool cost 2.7 times its size in bf16 (docs/benchmarks.md); integers it moves as
+  they are, and on accelerators the bitcast is free."""
+  return jax.lax.bitcast_convert_type(kv, jnp.dtype(f"uint{kv.dtype.itemsize * 8}"))
 
 
 def _slot_major(per_layer, keys_layout: bool, slots=slice(None)):
@@ -311,7 +321,7 @@ def _path_cache(config: LMSearchSettings, parent: NodeState, lineage: Lineage, e
 
   def gather(from_prompt, from_steps):  # -> [M, P, layers, kv, D]
     a = from_prompt[tree, :, prompt_slot]
-    b = from_steps[tree, node, :, offset]
+    b = jax.lax.bitcast_convert_type(from_steps[tree, node, :, offset], a.dtype)
     return jnp.where(in_prompt[..., None, None, None], a, b)
 
   keys = gather(prompt.keys, lineage.embeddings.step_keys)
@@ -384,8 +394,8 @@ def _prefill_step(model, config: LMSearchSettings, parent: NodeState, child: Nod
   width = parent.path_slot.shape[1]
   own = slice(width, width + steps)
   child = child.replace(
-      step_keys=_slot_major(out.cache.key_states, True, own),
-      step_values=_slot_major(out.cache.value_states, False, own),
+      step_keys=_as_bits(_slot_major(out.cache.key_states, True, own)),
+      step_values=_as_bits(_slot_major(out.cache.value_states, False, own)),
       path_slot=splice(parent.path_slot, parent.path_length,
                        (lineage.context.keys.shape[2] + lineage.node[:, None] * steps
                         + steps - step_length[:, None] + jnp.arange(steps)[None]),
