@@ -388,8 +388,8 @@ def qwen_7b(c: ml_collections.ConfigDict) -> None:
   accelerator). What the iteration needs per device: docs/benchmarks.md (the planner)."""
   qwen(c)
   c.parallel.fsdp = 8
-  # the search's KV pool (5.5 GiB per tree, 4 trees per device) would take the planner's
-  # 68.9 GiB to about 91: past an 80 GB device (docs/benchmarks.md, "The search's KV reuse")
+  # the search's KV pool (5.5 GiB per tree, 4 trees per device) takes the planner's 68.9 GiB
+  # to 89.0: past an 80 GB device (docs/benchmarks.md, "The search's KV reuse")
   c.search.reuse_kv = False
 
 
