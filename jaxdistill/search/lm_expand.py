@@ -292,7 +292,7 @@ def _step_kv_shape(model_config, steps: int):
 def _as_bits(kv):
   """The pool's storage: the KV's bits as unsigned integers of the same width (exact both
   ways). XLA:CPU runs a bf16 gather or scatter on an fp32 copy of its whole operand, which
-  made the pool cost 2.7 times its size in bf16 (docs/benchmarks.md); integers it moves as
+  made the pool cost 2.7-2.9 times its size in bf16 (docs/benchmarks.md); integers it moves as
   they are, and on accelerators the bitcast is free."""
   return jax.lax.bitcast_convert_type(kv, jnp.dtype(f"uint{kv.dtype.itemsize * 8}"))
 
