@@ -14,7 +14,12 @@ import pytest
 
 from test_train import ROOT, _config, _main
 
-RUN = ["--config.train.num_iterations=2", "--config.eval.every=0"]
+# the rate's decay fixed, so that a resume with more iterations runs the same programs (by
+# default it decays over train.num_iterations, a constant of the compiled update) and the
+# compilation cache serves them
+RUN = ["--config.train.num_iterations=2", "--config.eval.every=0",
+       "--config.learner.decay_steps=3"]
+MORE = ["--config.train.num_iterations=3", *RUN[1:]]
 
 
 def _snapshot(workdir):
@@ -37,8 +42,7 @@ def test_a_resume_that_would_mix_runs_refuses_and_others_resume(tmp_path):
   # a value head with its own rate: another optimizer state; a wider model: other params
   for change in (["--config.learner.value_learning_rate=1e-2"],
                  ["--config.model.hidden_size=64", "--config.model.intermediate_size=128"]):
-    result = _main(tmp_path, "--config.train.num_iterations=3", "--config.eval.every=0",
-                   *change, check=False)
+    result = _main(tmp_path, *MORE, *change, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     field = change[0].split("=")[0][len("--config."):]
     assert "error: " in result.stderr and field in result.stderr
@@ -53,8 +57,7 @@ def test_a_resume_that_would_mix_runs_refuses_and_others_resume(tmp_path):
   assert not (tmp_path / "config.json").exists() and _snapshot(tmp_path) == before
   (tmp_path / "config.saved").rename(tmp_path / "config.json")
   # more iterations and another evaluation size shape nothing: resumed, and said so
-  result = _main(tmp_path, "--config.train.num_iterations=3", "--config.eval.every=0",
-                 "--config.eval.num_problems=8")
+  result = _main(tmp_path, *MORE, "--config.eval.num_problems=8")
   assert "resumed from checkpoint 2" in result.stdout
   assert "train.num_iterations: 2 -> 3" in result.stdout
   assert "eval.num_problems: 32 -> 8" in result.stdout
