@@ -24,7 +24,11 @@ TINY = ["--config.model.hidden_size=32", "--config.model.intermediate_size=64",
         "--config.task.validation_size=16",
         "--config.train.prompts_per_iteration=8", "--config.eval.at_start=False",
         "--config.eval.every=0", "--config.train.progress=False", "--config.learner.learning_rate=1e-3",
-        "--config.sft.steps=0"]
+        "--config.sft.steps=0", "--config.learner.decay_steps=8"]
+# learner.decay_steps fixed: by default the rate decays over train.num_iterations, a constant
+# of the compiled update, so runs of these settings with other iteration counts (and resumes
+# with more iterations) would each compile the training program again instead of sharing it
+# through the compilation cache
 
 
 def _config(**overrides):
