@@ -1,9 +1,9 @@
 """The reference presets with a real Qwen2.5 vocabulary: a tiny random Qwen2 checkpoint of
 151,936 embedding rows and the real Qwen2.5 tokenizer (built offline), as a user's local
 download would be. Each kind of method runs end to end: DeepSearch's tree from the command
-line, mcts_distill's in bf16 with its evaluation, and cispo's and best_of_n's sampling is the
-evaluation's; search steps end at '</step>', which that tokenizer splits into several
-tokens."""
+line, mcts_distill's in bf16 with its evaluation; cispo and best_of_n are the evaluation's
+sampler and the learner every method shares, which both run. Search steps end at '</step>',
+which that tokenizer splits into several tokens."""
 
 import json
 import os
@@ -30,14 +30,11 @@ SMALL = ["--config.task.prompt_width=160", "--config.search.num_agents=2",
 
 
 @pytest.mark.slow
-# mcts_distill runs in bf16 below, with its evaluation; cispo and best_of_n sample as the
-# evaluation does and update with the learner every method shares, so both tests run their
-# parts at this vocabulary (test_train runs every method on 8 devices)
-@pytest.mark.parametrize("algo", ["deepsearch"])
-def test_qwen_preset_runs_every_algorithm(qwen_checkpoint, tmp_path, algo):
+def test_qwen_preset_runs_deepsearch_from_the_command_line(qwen_checkpoint, tmp_path):
+  """(test_train runs every method on 8 devices.)"""
   cmd = [sys.executable, "-m", "jaxdistill.main", "--config", "countdown.py:qwen2.5-0.5b",
          f"--config.model.path={qwen_checkpoint}", f"--workdir={tmp_path}",
-         f"--config.algo={algo}", *SMALL, "--config.deepsearch.trajectories=2",
+         "--config.algo=deepsearch", *SMALL, "--config.deepsearch.trajectories=2",
          "--config.deepsearch.expansions=3", "--config.deepsearch.filter_pool=4",
          "--config.deepsearch.round_iterations=1",
          "--config.method_learner.deepsearch.minibatches=2"]  # 2 prompts x 2 rows
@@ -56,9 +53,8 @@ def test_qwen_preset_runs_every_algorithm(qwen_checkpoint, tmp_path, algo):
 def test_qwen_preset_in_bf16_moves_its_weights(qwen_checkpoint, tmp_path):
   """The preset as users run it (mcts_distill, bf16 compute, lr 5e-6), then evaluated on its
   test problems: fp32 master weights take Adam's steps, so 3 updates move most policy
-  weights and every RMSNorm weight. (Stored in bf16,
-  where the spacing near 0.02 is 1.2e-4 and near 1.0 is 7.8e-3, a 5e-6 step rounds away:
-  0.1% of the weights and no norm moved.)"""
+  weights and every RMSNorm weight. (Stored in bf16, where the spacing near 0.02 is 1.2e-4
+  and near 1.0 is 7.8e-3, a 5e-6 step rounds away: 0.1% of the weights and no norm moved.)"""
   from flax import nnx
 
   from jaxdistill import main, parallel, settings, train
