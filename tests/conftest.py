@@ -22,6 +22,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # in process and a run it starts both compile it once
 os.environ["XDG_CACHE_HOME"] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                             ".jax_cache", "xdg")
+# the suite's programs are compiled without LLVM's optimisation of their kernels (XLA's HLO
+# passes, SPMD partitioning, fusion and collectives are the same; only the machine code is
+# slower): compiling is about 70% of the suite's time, and at the tiny models' sizes a
+# program runs for far less time than LLVM takes to optimise it. Tests marked `optimized`
+# keep it (the fixture below). JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the whole suite optimised.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -29,6 +35,22 @@ import pytest  # noqa: E402
 jax.config.update("jax_compilation_cache_dir",
                   os.path.join(os.environ["XDG_CACHE_HOME"], "jaxdistill", "xla"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+@pytest.fixture(autouse=True)
+def _compile_effort(request, monkeypatch):
+  """Tests marked `optimized` compile with the kernels' optimisation, in this process (read
+  at each compile) and in the programs they start (read when jax starts)."""
+  fast = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() not in ("0", "false", "no", "off")
+  if not fast or request.node.get_closest_marker("optimized") is None:
+    yield
+    return
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", True)
 
 
 def make_hf_checkpoint(path, *, tied, theta, num_kv_heads, vocab_size=97, hidden=64,

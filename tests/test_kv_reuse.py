@@ -67,6 +67,7 @@ def test_reuse_builds_the_same_trees_on_the_presets(preset, option, tmp_path):
   assert (tree.depth.max(-1) >= 2).all()  # paths whose KV came from ancestors, not the root
 
 
+@pytest.mark.optimized  # the 151,936-row vocabulary runs longer than LLVM takes
 def test_reuse_builds_the_same_trees_with_the_qwen_tokenizer(qwen_checkpoint):
   """Also: each candidate step holds '</step>' once, at its very end (completed by its last
   token, which may carry a newline), or it ended at EOS or at the step cap; the prompts are

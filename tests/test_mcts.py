@@ -159,6 +159,9 @@ def test_invariants_on_random_trees(agents, virtual_loss):
     assert (out.collisions == 0).all()
 
 
+# bit for bit: the programs agree when LLVM optimises their kernels; compiled without that
+# (tests/conftest.py), a few node values differ in the last bit (measured: 2 of 65, 2.4e-7)
+@pytest.mark.optimized
 @pytest.mark.parametrize("agents,virtual_loss", [(1, "visit"), (4, "value")])
 def test_loop_unroll_changes_nothing(agents, virtual_loss):
   """Walking several tree levels per loop iteration (fewer GPU round trips) gives the same

@@ -27,6 +27,9 @@ SMALL = ["--config.task.prompt_width=160", "--config.search.num_agents=2",
          "--config.eval.batch_size=8", "--config.eval.every=2", "--config.task.train_size=300",
          "--config.task.test_size=8", "--config.task.validation_size=16",
          "--config.eval.at_start=False", "--config.train.progress=False"]
+# both tests keep LLVM's optimisation of the kernels (tests/conftest.py): at 151,936 rows their
+# programs run longer than LLVM takes to optimise them
+pytestmark = pytest.mark.optimized
 
 
 @pytest.mark.slow

@@ -2,10 +2,9 @@
 
 import os
 
-# extra XLA flags for the suite and every program it starts (none by default). Measured and
-# not taken: --xla_backend_optimization_level=0 compiles the tiny models' programs about 40%
-# faster but runs the 151,936-row vocabulary slower (the suite's total was unchanged), and
-# it changes the last bit of some results, which the loop-unroll test compares exactly
+# extra XLA flags for the suite and every program it starts (none by default). The kernels'
+# optimisation is left out per test instead (conftest.py: JAX_DISABLE_MOST_OPTIMIZATIONS),
+# so that the tests of the 151,936-row vocabulary, which it would slow down, keep it
 EXTRA = os.environ.get("JAXDISTILL_TEST_XLA_FLAGS", "")
 
 
