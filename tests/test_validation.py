@@ -7,10 +7,12 @@ import sys
 import time
 
 import pytest
+from absl import app
 
 from jaxdistill import validation
 from jaxdistill.configs import countdown as presets
 from jaxdistill.configs import rules as rule_types
+from jaxdistill.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,12 +136,19 @@ def test_overrides_as_the_scripts_take_them_reach_any_depth_and_keep_the_field_s
   assert config.seed == 3 and config.eval.temperature == 0.8
   assert config.search.rollout_to_end is False and config.learner.decay_steps == 7
   assert isinstance(config.eval.temperature, float)
-  with pytest.raises((KeyError, AttributeError)):
-    presets.apply_overrides(config, ["eval.no_such_field=1"])
-  with pytest.raises(ValueError, match="field=value"):
-    presets.apply_overrides(config, ["eval.temperature"])
-  with pytest.raises(ValueError, match="true or false"):  # not read as False
-    presets.apply_overrides(config, ["search.rollout_to_end=yes please"])
+  # every bad override is one usage error, for the command line and for absl's scripts alike
+  for item, message in (
+      ("eval.temprature=0.5", r"no config field eval.temprature \(did you mean temperature\?\)"),
+      ("evl.temperature=0.5", r"no config field evl \(did you mean eval\?\)"),
+      ("eval.temperature.x=1", "no config field eval.temperature.x"),
+      ("eval.temperature", "field=value"),
+      ("search.rollout_to_end=yes please", "true or false"),  # not read as False
+      ("search.num_agents=4.5", "search.num_agents takes int values")):
+    with pytest.raises(presets.OverrideError, match=message) as raised:
+      presets.apply_overrides(config, [item])
+    assert isinstance(raised.value, UsageError) and isinstance(raised.value, app.UsageError)
+  assert config.eval.temperature == 0.8 and config.search.num_agents == presets.get_config(
+      "tiny").search.num_agents  # nothing half-applied
   assert presets.apply_overrides(config, ["search.rollout_to_end=1"]).search.rollout_to_end
 
 

@@ -254,14 +254,7 @@ PLAN_COLUMNS = ["algo", "devices", "fsdp", "params_gb", "opt_state_gb", "grads_g
 def main(argv):
   del argv
   from jaxdistill.configs.countdown import apply_overrides
-  config = load_preset(FLAGS.config)
-  for override in FLAGS.set:
-    try:
-      apply_overrides(config, [override])
-    except (KeyError, AttributeError):
-      raise app.UsageError(f"--set={override}: no such config field") from None
-    except ValueError as e:
-      raise app.UsageError(f"--set={override}: {e}") from None
+  config = apply_overrides(load_preset(FLAGS.config), FLAGS.set)  # OverrideError: usage
   from jaxdistill.models.qwen2 import ARCHITECTURES
   if config.preset not in ARCHITECTURES:
     raise app.UsageError(f"--config needs a Qwen2.5 preset, got {config.preset!r}")

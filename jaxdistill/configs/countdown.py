@@ -6,30 +6,50 @@ default to the reference's settings (`qwen` below). Any field can be overridden 
 line (--config.search.num_agents=8); unknown fields are errors.
 """
 
+import difflib
+
 import ml_collections
+from absl import app
 
 from jaxdistill.configs.rules import (COUNT, POSITIVE, PROBABILITY, RATE, TEMPERATURE, Bool,
                                     Choice, Declared, Float, Int, Text, registry)
+from jaxdistill.errors import UsageError
+
+
+class OverrideError(UsageError, app.UsageError):
+  """An override the config cannot take, in one line: `jaxdistill.main` prints it as its
+  other usage errors, and the scripts' `--set` (absl's app.run) with their short usage."""
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
   """`path.to.field=value` strings (as after --config.) applied to `config` in place, the value
-  cast to the field's type (booleans from true/false/1/0). Unknown fields are errors."""
+  cast to the field's type (booleans from true/false/1/0). An unknown field, a value the
+  field's type cannot take or a string without '=' raises OverrideError."""
   for item in overrides:
     if "=" not in item:
-      raise ValueError(f"override {item!r} is not of the form field=value")
+      raise OverrideError(f"override {item!r} is not of the form field=value")
     key, value = item.split("=", 1)
     *sections, field = key.split(".")
     node = config
-    for section in sections:
-      node = node[section]
+    for depth, name in enumerate([*sections, field]):
+      if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(name, known, n=1)
+        path = ".".join([*sections, field][:depth + 1])
+        raise OverrideError(f"override {item!r}: no config field {path}"
+                            + (f" (did you mean {close[0]}?)" if close else ""))
+      if depth < len(sections):
+        node = node[name]
     kind = node.get_type(field)  # a field left None (placeholder) has its type too
     if kind is bool:
       if value.lower() not in ("1", "true", "0", "false"):
-        raise ValueError(f"override {item!r}: {key} is true or false")
+        raise OverrideError(f"override {item!r}: {key} is true or false")
       node[field] = value.lower() in ("1", "true")
-    else:
+      continue
+    try:
       node[field] = kind(value)
+    except (TypeError, ValueError):
+      raise OverrideError(f"override {item!r}: {key} takes {kind.__name__} values") from None
   return config
 
 
