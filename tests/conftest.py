@@ -41,8 +41,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 def _compile_effort(request, monkeypatch):
   """Tests marked `optimized` compile with the kernels' optimisation, in this process (read
   at each compile) and in the programs they start (read when jax starts)."""
-  fast = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() not in ("0", "false", "no", "off")
-  if not fast or request.node.get_closest_marker("optimized") is None:
+  if (request.node.get_closest_marker("optimized") is None
+      or not jax.config.read("jax_disable_most_optimizations")):  # the env var, as jax read it
     yield
     return
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")

@@ -138,9 +138,9 @@ def test_overrides_as_the_scripts_take_them_reach_any_depth_and_keep_the_field_s
   assert isinstance(config.eval.temperature, float)
   # every bad override is one usage error, for the command line and for absl's scripts alike
   for item, message in (
-      ("eval.temprature=0.5", r"no config field eval.temprature \(did you mean temperature\?\)"),
-      ("evl.temperature=0.5", r"no config field evl \(did you mean eval\?\)"),
-      ("eval.temperature.x=1", "no config field eval.temperature.x"),
+      ("eval.temprature=0.5", r"unknown config field eval.temprature \(did you mean temperature\?\)"),
+      ("evl.temperature=0.5", r"unknown config field evl \(did you mean eval\?\)"),
+      ("eval.temperature.x=1", "unknown config field eval.temperature.x"),
       ("eval.temperature", "field=value"),
       ("search.rollout_to_end=yes please", "true or false"),  # not read as False
       ("search.num_agents=4.5", "search.num_agents takes int values")):

@@ -29,25 +29,25 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
     if "=" not in item:
       raise OverrideError(f"override {item!r} is not of the form field=value")
     key, value = item.split("=", 1)
-    *sections, field = key.split(".")
+    names = key.split(".")
     node = config
-    for depth, name in enumerate([*sections, field]):
+    for depth, name in enumerate(names):
       if not isinstance(node, ml_collections.ConfigDict) or name not in node:
         known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         close = difflib.get_close_matches(name, known, n=1)
-        path = ".".join([*sections, field][:depth + 1])
-        raise OverrideError(f"override {item!r}: no config field {path}"
+        raise OverrideError(f"override {item!r}: unknown config field "
+                            f"{'.'.join(names[:depth + 1])}"
                             + (f" (did you mean {close[0]}?)" if close else ""))
-      if depth < len(sections):
-        node = node[name]
-    kind = node.get_type(field)  # a field left None (placeholder) has its type too
+      parent, node = node, node[name]
+    field = names[-1]
+    kind = parent.get_type(field)  # a field left None (placeholder) has its type too
     if kind is bool:
       if value.lower() not in ("1", "true", "0", "false"):
         raise OverrideError(f"override {item!r}: {key} is true or false")
-      node[field] = value.lower() in ("1", "true")
+      parent[field] = value.lower() in ("1", "true")
       continue
     try:
-      node[field] = kind(value)
+      parent[field] = kind(value)
     except (TypeError, ValueError):
       raise OverrideError(f"override {item!r}: {key} takes {kind.__name__} values") from None
   return config
