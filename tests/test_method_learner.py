@@ -16,6 +16,8 @@ def test_deepsearch_alone_trains_with_its_published_learner():
   assert (ds.policy_loss, ds.ppo_eps, ds.ppo_eps_high, ds.dual_clip) == ("ppo", 0.2, 0.28, 10.0)
   assert (ds.loss_aggregation, ds.kl_coef, ds.value_coef) == ("token", 0.0, 0.0)
   assert (ds.weight_decay, ds.clip_norm, ds.minibatches) == (0.1, 1.0, 8)
+  # the tiny model's rate: the ds_tree_grpo row's validation pick (docs/results.md)
+  assert ds.learning_rate == 1e-5
   # the schedule counts optimizer steps: 8 per iteration
   assert ds.decay_steps == 8 * get_config("tiny4").train.num_iterations
   other = _learner("tiny4", "algo=cispo")

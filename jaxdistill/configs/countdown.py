@@ -97,11 +97,11 @@ def base(declared: Declared | None = None) -> ml_collections.ConfigDict:
   # 0.2 / 0.28 and dual clip 10, token-mean, no KL, no value loss (its advantages come from
   # the tree), AdamW weight decay 0.1, gradient clip 1.0, each batch in 8 minibatches so the
   # ratio leaves 1 and the clip acts. Published rate 1e-6 at 1.5B (the qwen presets); the
-  # tiny model's: 3e-6, as 8 steps per batch at a third of the rate its one-step-per-batch
-  # port was picked at (1e-5, results/countdown_tiny4.md)
+  # tiny model's: 1e-5, the validation pick of 3e-6, 1e-5, 3e-5 for the recipe with its
+  # default advantage (the ds_tree_grpo row, docs/results.md)
   c.method_learner.deepsearch = ml_collections.ConfigDict(dict(
       policy_loss="ppo", ppo_eps_high=0.28, dual_clip=10.0, loss_aggregation="token",
-      value_coef=0.0, kl_coef=0.0, learning_rate=3e-6, weight_decay=0.1, clip_norm=1.0,
+      value_coef=0.0, kl_coef=0.0, learning_rate=1e-5, weight_decay=0.1, clip_norm=1.0,
       minibatches=8))
   return c
 
