@@ -79,7 +79,7 @@ def _local_model(model):
 def write_result(path: str, result: dict, **fields) -> None:
   """An evaluation's result (with its per-problem scores, if any) and fields saying what was
   evaluated, as JSON at path, published whole (a killed run leaves no partial file)."""
-  from jaxdistill.train.metrics import write_json
+  from jaxdistill.files import write_json
   write_json(path, result | fields)
 
 

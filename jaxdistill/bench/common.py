@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import sys
 import time
+
+from jaxdistill import files
 
 
 def machine() -> dict:
@@ -44,8 +45,7 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 def write_json(path: str, payload: dict) -> None:
   """Write the results with the machine description."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"machine": machine(), **payload}, f, indent=2)
+  files.write_json(path, {"machine": machine(), **payload}, indent=2)
   print(f"wrote {path}")
 
 

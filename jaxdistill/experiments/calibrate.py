@@ -58,7 +58,7 @@ def main(argv):
   del argv
   from jaxdistill.bench.common import print_table
   from jaxdistill.configs import countdown as presets
-  from jaxdistill.train.metrics import write_json
+  from jaxdistill.files import write_json
   config = presets.apply_overrides(presets.get_config(FLAGS.preset), FLAGS.set)
   rows = []
   for steps in map(int, FLAGS.steps):

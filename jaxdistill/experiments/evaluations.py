@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxdistill.experiments import settings
 from jaxdistill.experiments.jobs import check_stopped, run_command
-from jaxdistill.train.metrics import write_json
+from jaxdistill.files import write_json
 
 
 def metrics_rows(workdir: str) -> list[dict]:

@@ -267,7 +267,7 @@ def load(preset: str, overrides: list[str], model_dir: str, problems: int, run: 
 
 def write_result(path: str, result: dict) -> None:
   """result as JSON at path (its directory made), written whole."""
-  from jaxdistill.train.metrics import write_json
+  from jaxdistill.files import write_json
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   write_json(path, result)
 

@@ -16,6 +16,7 @@ import random
 from typing import Iterable, Sequence
 
 from jaxdistill.errors import UsageError
+from jaxdistill.files import publish, write_json
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -178,13 +179,8 @@ def _cached(directory: str, settings: dict, make) -> tuple[list, list, list]:
   splits = make()
   os.makedirs(directory, exist_ok=True)
   for split, path in zip(splits, paths):
-    partial = f"{path}.{os.getpid()}.partial"  # atomic publish: a killed run leaves no stub
-    write_jsonl(split, partial)
-    os.replace(partial, path)
-  partial = f"{record}.{os.getpid()}.partial"
-  with open(partial, "w") as f:
-    json.dump(settings, f)
-  os.replace(partial, record)
+    write_jsonl(split, path)
+  write_json(record, settings)
   return splits
 
 
@@ -265,7 +261,5 @@ def file_splits(directory: str, path: str, seed: int, train_size: int, validatio
 
 
 def write_jsonl(problems: Iterable[Problem], path: str) -> None:
-  """One JSON object a line."""
-  with open(path, "w") as f:
-    for p in problems:
-      f.write(p.to_json() + "\n")
+  """One JSON object a line, published whole."""
+  publish(path, lambda f: f.writelines(p.to_json() + "\n" for p in problems))

@@ -6,14 +6,7 @@ import json
 import math
 import os
 
-
-def write_json(path: str, value) -> None:
-  """value as JSON at path, published whole: written beside it, then renamed over it (a
-  killed process leaves no partial file, so the file's presence means it is complete)."""
-  partial = path + ".partial"
-  with open(partial, "w") as f:
-    json.dump(value, f)
-  os.replace(partial, path)
+from jaxdistill.files import publish
 
 
 def _clean(value):
@@ -44,10 +37,7 @@ class MetricsLog:
       if len(kept) < len(rows):
         announce(f"metrics: dropped {len(rows) - len(kept)} row(s) of {self.path} after step "
                  f"{resume_step}, which no checkpoint holds")
-        partial = self.path + ".partial"
-        with open(partial, "w") as f:
-          f.writelines(kept)
-        os.replace(partial, self.path)
+        publish(self.path, lambda f: f.writelines(kept))
     try:  # TensorBoard only when installed: pip install -e ".[tensorboard]"
       from tensorboardX import SummaryWriter
       self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -83,7 +83,7 @@ def read_record(workdir: str) -> dict | None:
 
 def write_record(workdir: str, config) -> None:
   """The config as JSON (written whole, then renamed over the old one)."""
-  from jaxdistill.train.metrics import write_json
+  from jaxdistill.files import write_json
   write_json(os.path.join(workdir, RECORD), json.loads(config.to_json_best_effort()))
 
 
