@@ -15,7 +15,8 @@ from typing import Callable, TextIO
 
 
 def publish(path: str, write: Callable[[TextIO], object]) -> None:
-  """write(f) to a file beside path, then rename it over path."""
+  """write(f) to a file beside path (its directory made), then rename it over path."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   partial = f"{path}.{os.getpid()}.partial"
   try:
     with open(partial, "w") as f:

@@ -44,3 +44,8 @@ def test_a_resume_drops_the_metrics_rows_no_checkpoint_holds(tmp_path):
                   "which no checkpoint holds"]
   assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]
   assert MetricsLog(str(tmp_path)).rows() == []  # a fresh start keeps nothing
+
+
+def test_the_directory_is_made(tmp_path):
+  write_json(str(tmp_path / "made" / "result.json"), {"score": 1})
+  assert json.loads((tmp_path / "made" / "result.json").read_text()) == {"score": 1}

@@ -44,7 +44,6 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 def write_json(path: str, payload: dict) -> None:
   """Write the results with the machine description."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   files.write_json(path, {"machine": machine(), **payload}, indent=2)
   print(f"wrote {path}")
 

@@ -66,7 +66,6 @@ def main(argv):
     print_table(rows[-1:], list(rows[-1]))
   print(f"\n{FLAGS.preset} {' '.join(FLAGS.set)}: base model by warm-start length")
   print_table(rows, list(rows[0]))
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   write_json(FLAGS.out, {"preset": FLAGS.preset, "overrides": FLAGS.set, "rows": rows})
 
 

@@ -265,13 +265,6 @@ def load(preset: str, overrides: list[str], model_dir: str, problems: int, run: 
   return config, task, model, tokenizer, train[:problems]
 
 
-def write_result(path: str, result: dict) -> None:
-  """result as JSON at path (its directory made), written whole."""
-  from jaxdistill.files import write_json
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  write_json(path, result)
-
-
 def main(argv):
   del argv
   sys.path.insert(0, os.getcwd())
@@ -283,7 +276,8 @@ def main(argv):
   print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in result.items()))
   if FLAGS.out:
-    write_result(FLAGS.out, result)
+    from jaxdistill.files import write_json
+    write_json(FLAGS.out, result)
 
 
 if __name__ == "__main__":

@@ -373,7 +373,8 @@ def main(argv):
         f"variance of the reward on {result['held_out_problems']} held-out problems:")
   print(markdown(result))
   if FLAGS.out:
-    search_diagnostics.write_result(FLAGS.out, result)
+    from jaxdistill.files import write_json
+    write_json(FLAGS.out, result)
 
 
 if __name__ == "__main__":

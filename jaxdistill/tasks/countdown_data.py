@@ -177,7 +177,6 @@ def _cached(directory: str, settings: dict, make) -> tuple[list, list, list]:
       if json.load(f) == settings:
         return tuple(read_jsonl(path) for path in paths)
   splits = make()
-  os.makedirs(directory, exist_ok=True)
   for split, path in zip(splits, paths):
     write_jsonl(split, path)
   write_json(record, settings)
