@@ -133,7 +133,7 @@ def verdict(rows: list[dict]) -> dict:
   """What the table decides, from `summarize`'s rows: every method's paired difference with
   cispo and with the base model, whether it counts (`counts`), and a sentence that says which
   differences count, with the leader named first, or that none against cispo does. The
-  README's verdict is this sentence."""
+  verdict docs/results.md quotes under each table is this sentence."""
   pairs = []
   for r in rows:
     if r["method"] == "base":  # its difference with cispo is cispo's with it, said once
